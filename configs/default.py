@@ -1,0 +1,82 @@
+"""Default recipe: embedded synthetic data, MMoE backbone, PICO (personalized tau).
+
+  python launch/train.py --config=configs/default.py --workdir=/tmp/pico
+  python launch/train.py --config=configs/default.py --config.model.backbone=ple \
+      --config.train.steps=200
+
+Every key that any recipe may set exists here; other recipes start from this one and
+override values, so an unknown key fails at start wherever it is given.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "synthetic"  # synthetic | store (a columnar store at data.path)
+  c.data.path = ""
+  c.data.eval_split = "val"  # split evaluated during training; test is evaluated at the end.
+  c.data.prefetch = 4
+  c.data.num_threads = 2
+  c.data.synthetic = ml_collections.ConfigDict(dict(
+      num_rows=500_000, num_users=1_000, num_items=500, num_categories=32,
+      rho=(0.0, 0.33, 0.67, 1.0), latent_dim=4, signal=1.5, ctr_bias=-1.5, cvr_bias=-1.0,
+      history_len=4, dense_noise=0.2, val_fraction=0.1, test_fraction=0.1))
+
+  c.model = ml_collections.ConfigDict()
+  c.model.embed_dim = 16
+  c.model.dense_dim = 16
+  c.model.pooling = "sum"  # multi-valued fields: sum | mean
+  c.model.vocab_pad_multiple = 256  # embedding rows padded so the table shards evenly.
+  c.model.backbone = "mmoe"  # shared_bottom | mmoe | ple
+  c.model.shared_bottom = ml_collections.ConfigDict(dict(hidden=(64,)))
+  c.model.mmoe = ml_collections.ConfigDict(dict(num_experts=8, expert_hidden=(64,)))
+  c.model.ple = ml_collections.ConfigDict(dict(
+      num_levels=1, num_shared_experts=4, num_task_experts=4, expert_hidden=(64,)))
+  c.model.tower_hidden = (32,)
+  c.model.layer_norm = False
+  c.model.dropout = 0.0
+  c.model.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
+
+  c.contrast = ml_collections.ConfigDict()
+  c.contrast.mode = "personalized"  # none | fixed | global | personalized
+  c.contrast.weight = 0.1  # lambda
+  c.contrast.proj_dim = 32
+  c.contrast.proj_hidden = (32,)
+  c.contrast.tau_min = 0.05
+  c.contrast.tau_max = 1.0
+  c.contrast.tau_init = 0.2  # the fixed tau, and the start of learned ones.
+  c.contrast.relatedness_hidden = (32,)
+  c.contrast.relatedness_input = "embedding"  # embedding | towers
+  c.contrast.relatedness_stop_gradient = True
+  c.contrast.symmetric = True
+  c.contrast.normalize = True
+  c.contrast.negatives = "global"  # global (whole global batch) | local (own shard only)
+  c.contrast.chunk_size = 0  # > 0: streaming logsumexp over candidate chunks.
+  # Optional supervision of the relatedness logit by label agreement (y == c).
+  c.contrast.relatedness_supervision_weight = 0.0
+
+  c.loss = ml_collections.ConfigDict(dict(ctr_weight=1.0, ctcvr_weight=1.0, cvr_weight=0.0))
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+      grad_clip_norm=0.0))
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 512  # global
+  c.train.steps = 3_000
+  c.train.log_every = 100
+  c.train.eval_every = 1_000
+  c.train.eval_batch_size = 4_096
+
+  c.checkpoint = ml_collections.ConfigDict(dict(enabled=True, every_steps=1_000, keep=2))
+
+  # Devices: mesh.data * mesh.model must equal the device count; -1 takes the rest.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+  # Logical parameter axis -> mesh axis (None: replicated).
+  c.axis_rules = (("vocab", None), ("embed", None), ("mlp_in", None), ("mlp_out", None),
+                  ("expert", None))
+  return c

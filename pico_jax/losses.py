@@ -1,0 +1,203 @@
+"""Task losses and the PICO contrastive loss. All losses are computed in float32.
+
+Every per-row quantity is weighted by ``weights`` (float [B], the batch ``mask`` for
+padding rows) and averaged as sum(w * l) / sum(w); an all-zero weight vector gives 0.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def _weighted_mean(values, weights):
+  values = values.astype(jnp.float32)
+  if weights is None:
+    return jnp.mean(values)
+  weights = weights.astype(jnp.float32)
+  return jnp.sum(weights * values) / jnp.maximum(jnp.sum(weights), 1e-12)
+
+
+def bce_with_logits(logits, labels, weights=None):
+  """Binary cross-entropy of sigmoid(logits) against labels in {0, 1}: a scalar.
+
+  Args:
+    logits: float [B]. labels: float [B]. weights: optional float [B].
+  """
+  logits = logits.astype(jnp.float32)
+  labels = labels.astype(jnp.float32)
+  per_row = -(labels * jax.nn.log_sigmoid(logits) + (1 - labels) * jax.nn.log_sigmoid(-logits))
+  return _weighted_mean(per_row, weights)
+
+
+def _log1mexp(x):
+  """log(1 - exp(x)) for x < 0, accurate on both sides of -log 2 (Maechler, 2012)."""
+  x = jnp.minimum(x, -1e-7)
+  return jnp.where(x > -0.6931472, jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
+
+
+def ctcvr_loss(ctr_logits, cvr_logits, clicks, conversions, weights=None):
+  """ESMM entire-space loss: BCE of p_ctr * p_cvr against click * conversion, all rows.
+
+  log p_ctcvr = log_sigmoid(a) + log_sigmoid(b) is formed in log space, so the loss is
+  finite even where p_ctcvr underflows.
+  """
+  log_p = (jax.nn.log_sigmoid(ctr_logits.astype(jnp.float32))
+           + jax.nn.log_sigmoid(cvr_logits.astype(jnp.float32)))
+  target = clicks.astype(jnp.float32) * conversions.astype(jnp.float32)
+  per_row = -(target * log_p + (1 - target) * _log1mexp(log_p))
+  return _weighted_mean(per_row, weights)
+
+
+def cvr_loss(cvr_logits, clicks, conversions, weights=None):
+  """BCE of p_cvr against conversion over clicked rows only (0 if no row is clicked)."""
+  w = clicks.astype(jnp.float32)
+  if weights is not None:
+    w = w * weights.astype(jnp.float32)
+  return bce_with_logits(cvr_logits, conversions, w)
+
+
+def _normalize(z, eps=1e-12):
+  z = z.astype(jnp.float32)
+  return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), eps))
+
+
+def _anchor_loss(anchors, candidates, tau):
+  """-s_ii / tau_i + logsumexp_j(s_ij / tau_i), s_ij = anchors_i . candidates_j: [B]."""
+  s = jnp.einsum("id,jd->ij", anchors, candidates, precision=jax.lax.Precision.HIGHEST)
+  logits = s / tau[:, None]
+  return -jnp.diagonal(logits) + jax.nn.logsumexp(logits, axis=1)
+
+
+def _logsumexp_chunked(anchors, candidates, tau, chunk_size):
+  """logsumexp_j(anchors_i . candidates_j / tau_i): [B], streamed over candidate chunks.
+
+  Temporary memory is [B_anchor, chunk_size] rather than [B_anchor, B_candidate]; the
+  chunk body is rematerialised in the backward pass so nothing of size
+  B_anchor x B_candidate is kept either.
+  """
+  n = candidates.shape[0]
+  if n % chunk_size:
+    raise ValueError(f"chunk_size {chunk_size} does not divide the {n} candidates")
+  chunks = candidates.reshape(n // chunk_size, chunk_size, -1)
+  inv_tau = 1.0 / tau
+
+  @jax.checkpoint
+  def body(carry, chunk):
+    running_max, running_sum = carry
+    logits = jnp.einsum("id,jd->ij", anchors, chunk,
+                        precision=jax.lax.Precision.HIGHEST) * inv_tau[:, None]
+    new_max = jnp.maximum(running_max, jnp.max(logits, axis=1))
+    running_sum = (running_sum * jnp.exp(running_max - new_max)
+                   + jnp.sum(jnp.exp(logits - new_max[:, None]), axis=1))
+    return (new_max, running_sum), None
+
+  init = (jnp.full(anchors.shape[:1], -jnp.inf, jnp.float32),
+          jnp.zeros(anchors.shape[:1], jnp.float32))
+  (running_max, running_sum), _ = jax.lax.scan(body, init, chunks)
+  return running_max + jnp.log(running_sum)
+
+
+def contrastive_per_instance(z_ctr, z_cvr, tau, *, symmetric: bool = True,
+                             normalize: bool = True, chunk_size: int = 0):
+  """The per-instance terms l_i of ``pico_contrastive_loss``: float32 [B]."""
+  if normalize:
+    z_ctr, z_cvr = _normalize(z_ctr), _normalize(z_cvr)
+  z_ctr, z_cvr = z_ctr.astype(jnp.float32), z_cvr.astype(jnp.float32)
+  tau = tau.astype(jnp.float32)
+  if chunk_size:
+    positive = jnp.sum(z_ctr * z_cvr, axis=-1) / tau
+    lse = functools.partial(_logsumexp_chunked, chunk_size=chunk_size)
+    row = lse(z_ctr, z_cvr, tau) - positive
+    return (row + lse(z_cvr, z_ctr, tau) - positive) / 2 if symmetric else row
+  row = _anchor_loss(z_ctr, z_cvr, tau)
+  return (row + _anchor_loss(z_cvr, z_ctr, tau)) / 2 if symmetric else row
+
+
+def pico_contrastive_loss(z_ctr, z_cvr, tau, *, symmetric: bool = True,
+                          normalize: bool = True, weights=None, chunk_size: int = 0):
+  """In-batch InfoNCE between the CTR and CVR representations with per-instance tau.
+
+  With S_ij = z_ctr_i . z_cvr_j (after L2 normalisation when ``normalize``):
+
+    row_i = -S_ii / tau_i + logsumexp_j(S_ij / tau_i)   (CTR anchor, CVR candidates)
+    col_i = -S_ii / tau_i + logsumexp_j(S_ji / tau_i)   (CVR anchor, CTR candidates)
+    l_i   = (row_i + col_i) / 2 if symmetric else row_i
+    loss  = sum_i w_i l_i / sum_i w_i                   (w_i = 1 when weights is None)
+
+  The diagonal is the positive pair; every other row of the batch is a negative.
+  Under ``jax.jit`` with the batch sharded over devices, the candidates are the whole
+  global batch.
+
+  Args:
+    z_ctr: float [B, dz]. z_cvr: float [B, dz]. tau: float [B], > 0.
+    symmetric: average the CTR-anchored and CVR-anchored terms.
+    normalize: L2-normalise z first (epsilon 1e-12 on the squared norm).
+    weights: optional float [B] (0 for padding rows; such rows stay candidates).
+    chunk_size: if > 0, a streaming logsumexp over candidate chunks of this size (it
+      must divide B): the same value with [B, chunk_size] temporary memory.
+
+  Returns:
+    A float32 scalar.
+  """
+  per_instance = contrastive_per_instance(z_ctr, z_cvr, tau, symmetric=symmetric,
+                                          normalize=normalize, chunk_size=chunk_size)
+  return _weighted_mean(per_instance, weights)
+
+
+def local_contrastive_per_instance(z_ctr, z_cvr, tau, *, num_groups: int, **kwargs):
+  """``contrastive_per_instance`` with negatives restricted to each of ``num_groups``
+  consecutive row blocks (the data-parallel shards): float32 [B]."""
+  split = lambda x: x.reshape((num_groups, x.shape[0] // num_groups) + x.shape[1:])
+  per_group = jax.vmap(functools.partial(contrastive_per_instance, **kwargs))(
+      split(z_ctr), split(z_cvr), split(tau))
+  return per_group.reshape(-1)
+
+
+def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
+                   cvr_weight: float, contrast_weight: float, symmetric: bool = True,
+                   normalize: bool = True, chunk_size: int = 0, negative_groups: int = 1,
+                   relatedness_supervision_weight: float = 0.0):
+  """The total loss L = w_ctr L_ctr + w_ctcvr L_ctcvr + w_cvr L_cvr + lambda L_cl.
+
+  Args:
+    outputs: the model's output dict (``contrast`` terms are used when present).
+    batch: the batch dict (``click``, ``conversion``, ``mask``).
+    negative_groups: 1 for global negatives; the number of data shards for
+      shard-local negatives.
+
+  Returns:
+    (total float32 scalar, dict of every term by name).
+  """
+  mask = batch["mask"]
+  click, conversion = batch["click"], batch["conversion"]
+  terms = {
+      "loss_ctr": bce_with_logits(outputs["ctr_logit"], click, mask),
+      "loss_ctcvr": ctcvr_loss(outputs["ctr_logit"], outputs["cvr_logit"], click, conversion,
+                               mask),
+      "loss_cvr": cvr_loss(outputs["cvr_logit"], click, conversion, mask),
+  }
+  total = (ctr_weight * terms["loss_ctr"] + ctcvr_weight * terms["loss_ctcvr"]
+           + cvr_weight * terms["loss_cvr"])
+  if "z_ctr" in outputs:
+    kwargs = dict(symmetric=symmetric, normalize=normalize, chunk_size=chunk_size)
+    if negative_groups > 1:
+      per_instance = local_contrastive_per_instance(
+          outputs["z_ctr"], outputs["z_cvr"], outputs["tau"], num_groups=negative_groups,
+          **kwargs)
+    else:
+      per_instance = contrastive_per_instance(outputs["z_ctr"], outputs["z_cvr"],
+                                              outputs["tau"], **kwargs)
+    terms["loss_contrast"] = _weighted_mean(per_instance, mask)
+    terms["tau_mean"] = _weighted_mean(outputs["tau"], mask)
+    total = total + contrast_weight * terms["loss_contrast"]
+    if relatedness_supervision_weight:
+      # Lower tau = more related: sigmoid(-r) is the predicted probability that the two
+      # tasks agree on this instance (y == c).
+      agree = (click == conversion).astype(jnp.float32)
+      terms["loss_relatedness"] = bce_with_logits(-outputs["relatedness_logit"], agree, mask)
+      total = total + relatedness_supervision_weight * terms["loss_relatedness"]
+  terms["loss"] = total
+  return total, terms

@@ -1,0 +1,89 @@
+"""Task towers (serving path) and the PICO contrast head (training only).
+
+The contrast head holds the projection heads and the temperature model. It lives in
+its own parameter subtree, ``params["contrast"]``, which serving never creates or reads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pico_jax.models.layers import MLP, Dtype, dense
+
+TAU_MODES = ("fixed", "global", "personalized")
+RELATEDNESS_INPUTS = ("embedding", "towers")
+
+
+class Tower(nn.Module):
+  """Task tower: [B, d] -> (logit float32 [B], representation h [B, hidden[-1]])."""
+  hidden: Sequence[int]
+  layer_norm: bool = False
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    h = MLP(self.hidden, self.layer_norm, self.dropout, self.dtype, name="mlp")(x, train=train)
+    logit = dense(1, dtype=self.dtype, name="logit")(h)[:, 0]
+    return logit.astype(jnp.float32), h
+
+
+def _sigmoid_inverse(p: float) -> float:
+  return math.log(p / (1 - p))
+
+
+class ContrastHead(nn.Module):
+  """Projection heads and per-instance temperature.
+
+  Returns ``(z_ctr, z_cvr, tau, relatedness_logit)``: projections float32 [B, proj_dim]
+  (not normalised; the loss normalises), tau float32 [B] in [tau_min, tau_max], and the
+  relatedness logit r float32 [B] with tau = tau_min + (tau_max - tau_min) * sigmoid(r)
+  (zeros for ``fixed``). Lower tau means higher predicted inter-task relatedness.
+
+  tau_mode: ``fixed`` (tau = tau_init everywhere), ``global`` (one learned scalar),
+  ``personalized`` (the relatedness network r(.) of PICO, fed with stop_gradient(e) or
+  with the tower representations).
+  """
+  proj_dim: int
+  proj_hidden: Sequence[int]
+  tau_mode: str
+  tau_min: float
+  tau_max: float
+  tau_init: float
+  relatedness_hidden: Sequence[int]
+  relatedness_input: str = "embedding"
+  relatedness_stop_gradient: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h_ctr, h_cvr, e, *, train: bool = False):
+    project = lambda name: nn.Sequential(
+        [MLP(self.proj_hidden, dtype=self.dtype), dense(self.proj_dim, dtype=self.dtype)],
+        name=name)
+    z_ctr = project("projection_ctr")(h_ctr).astype(jnp.float32)
+    z_cvr = project("projection_cvr")(h_cvr).astype(jnp.float32)
+    batch = z_ctr.shape[0]
+    span = self.tau_max - self.tau_min
+    # Start every learned temperature at tau_init.
+    r0 = _sigmoid_inverse((self.tau_init - self.tau_min) / span)
+    if self.tau_mode == "fixed":
+      r = jnp.zeros((batch,), jnp.float32)
+      return z_ctr, z_cvr, jnp.full((batch,), self.tau_init, jnp.float32), r
+    if self.tau_mode == "global":
+      r = jnp.broadcast_to(self.param("tau_logit", nn.initializers.constant(r0), ()), (batch,))
+    elif self.tau_mode == "personalized":
+      x = e if self.relatedness_input == "embedding" else jnp.concatenate([h_ctr, h_cvr], -1)
+      if self.relatedness_stop_gradient:
+        x = jax.lax.stop_gradient(x)
+      h = MLP(self.relatedness_hidden, dtype=self.dtype, name="relatedness")(x)
+      r = dense(1, dtype=self.dtype, name="relatedness_logit",
+                bias_init=nn.initializers.constant(r0))(h)[:, 0]
+    else:
+      raise ValueError(f"unknown tau_mode {self.tau_mode!r}; expected one of {TAU_MODES}")
+    r = r.astype(jnp.float32)
+    return z_ctr, z_cvr, self.tau_min + span * nn.sigmoid(r), r

@@ -1,0 +1,82 @@
+"""The joint CTR/CVR model with the PICO contrast head, assembled from the config."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from pico_jax.data.schema import Schema
+from pico_jax.models import backbones
+from pico_jax.models.embeddings import FeatureEmbedding
+from pico_jax.models.heads import ContrastHead, Tower
+
+CONTRAST_MODES = ("none", "fixed", "global", "personalized")
+BACKBONES = ("shared_bottom", "mmoe", "ple")
+# The parameter subtree that exists for training only; serving never holds it.
+CONTRAST_SCOPE = "contrast"
+
+
+class PicoModel(nn.Module):
+  """Embeddings -> backbone -> CTR and CVR towers [-> contrast head].
+
+  ``__call__(features, train=False, with_contrast=True)`` returns a dict of float32
+  arrays: ``ctr_logit``, ``cvr_logit``, ``p_ctr``, ``p_cvr``, ``p_ctcvr`` [B], and, when
+  the model has a contrast head and ``with_contrast`` is set, ``z_ctr``, ``z_cvr``
+  [B, proj_dim], ``tau``, ``relatedness_logit`` [B]. ``with_contrast=False`` is the
+  serving path: it neither creates nor reads ``params["contrast"]``.
+  """
+  embedding: nn.Module
+  backbone: nn.Module
+  ctr_tower: nn.Module
+  cvr_tower: nn.Module
+  contrast: nn.Module | None = None
+
+  def __call__(self, features, *, train: bool = False, with_contrast: bool = True):
+    e = self.embedding(features)
+    ctr_in, cvr_in = self.backbone(e, train=train)[:2]
+    ctr_logit, h_ctr = self.ctr_tower(ctr_in, train=train)
+    cvr_logit, h_cvr = self.cvr_tower(cvr_in, train=train)
+    p_ctr, p_cvr = nn.sigmoid(ctr_logit), nn.sigmoid(cvr_logit)
+    out = dict(ctr_logit=ctr_logit, cvr_logit=cvr_logit, p_ctr=p_ctr, p_cvr=p_cvr,
+               p_ctcvr=p_ctr * p_cvr)
+    if with_contrast and self.contrast is not None:
+      z_ctr, z_cvr, tau, r = self.contrast(h_ctr, h_cvr, e, train=train)
+      out.update(z_ctr=z_ctr, z_cvr=z_cvr, tau=tau, relatedness_logit=r)
+    return out
+
+
+def build_model(config: ml_collections.ConfigDict, schema: Schema) -> PicoModel:
+  """Builds the model of ``config.model`` and ``config.contrast`` for ``schema``."""
+  m, c = config.model, config.contrast
+  dtype = jnp.dtype(m.compute_dtype)
+  common = dict(layer_norm=m.layer_norm, dropout=m.dropout, dtype=dtype)
+  if m.backbone == "shared_bottom":
+    backbone = backbones.SharedBottom(tuple(m.shared_bottom.hidden), **common)
+  elif m.backbone == "mmoe":
+    backbone = backbones.MMoE(m.mmoe.num_experts, tuple(m.mmoe.expert_hidden), **common)
+  elif m.backbone == "ple":
+    backbone = backbones.PLE(m.ple.num_levels, m.ple.num_shared_experts,
+                             m.ple.num_task_experts, tuple(m.ple.expert_hidden), **common)
+  else:
+    raise ValueError(f"config.model.backbone={m.backbone!r}; expected one of {BACKBONES}")
+  contrast = None
+  if c.mode != "none":
+    contrast = ContrastHead(
+        proj_dim=c.proj_dim, proj_hidden=tuple(c.proj_hidden), tau_mode=c.mode,
+        tau_min=c.tau_min, tau_max=c.tau_max, tau_init=c.tau_init,
+        relatedness_hidden=tuple(c.relatedness_hidden), relatedness_input=c.relatedness_input,
+        relatedness_stop_gradient=c.relatedness_stop_gradient, dtype=dtype)
+  return PicoModel(
+      embedding=FeatureEmbedding(schema, m.embed_dim, m.dense_dim, m.pooling,
+                                 m.vocab_pad_multiple, dtype=dtype),
+      backbone=backbone,
+      ctr_tower=Tower(tuple(m.tower_hidden), **common),
+      cvr_tower=Tower(tuple(m.tower_hidden), **common),
+      contrast=contrast,
+  )
+
+
+def serving_params(params):
+  """The parameters the serving path reads: ``params`` without the contrast subtree."""
+  return {k: v for k, v in params.items() if k != CONTRAST_SCOPE}

@@ -1,0 +1,1 @@
+"""Training: state, pure steps, the loop and checkpoints."""

@@ -1,0 +1,59 @@
+"""The train state: a plain pytree of params, optimizer state, step and base rng."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pico_jax import batch as B
+from pico_jax.data.schema import Schema
+from pico_jax.parallel import logical_shardings
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # uint32 [2] base PRNG key; step t uses fold_in(rng, t).
+
+
+def example_features(schema: Schema, batch_size: int = 2) -> dict[str, np.ndarray]:
+  """Zero-valued model inputs of the right shapes and dtypes, for ``init``."""
+  out = {}
+  if schema.sparse:
+    out[B.SPARSE] = np.zeros((batch_size, len(schema.sparse)), np.int32)
+  if schema.multi:
+    shape = (batch_size, len(schema.multi), schema.multi_len)
+    out[B.MULTI] = np.zeros(shape, np.int32)
+    out[B.MULTI_MASK] = np.zeros(shape, bool)
+  if schema.num_dense:
+    out[B.DENSE] = np.zeros((batch_size, schema.num_dense), np.float32)
+  return out
+
+
+def _init_boxed(model, tx, schema, rng):
+  init_rng, state_rng = jax.random.split(rng)
+  params = model.init(init_rng, example_features(schema), train=False)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    # Boxed params: the optimizer moments inherit the params' logical axes.
+                    opt_state=tx.init(params), rng=state_rng)
+
+
+def state_shardings(model, tx, schema: Schema, mesh, axis_rules):
+  """NamedShardings of the train state, derived from the params' logical axes."""
+  abstract = jax.eval_shape(lambda k: _init_boxed(model, tx, schema, k), jax.random.PRNGKey(0))
+  return logical_shardings(abstract, mesh, axis_rules)
+
+
+def create_train_state(model, tx, schema: Schema, seed: int, mesh, axis_rules) -> TrainState:
+  """Initialises the state from ``seed``, born sharded (never whole on one device)."""
+  shardings = state_shardings(model, tx, schema, mesh, axis_rules)
+  init = jax.jit(lambda k: nn.meta.unbox(_init_boxed(model, tx, schema, k)),
+                 out_shardings=shardings)
+  return init(jax.random.PRNGKey(seed))

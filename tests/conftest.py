@@ -1,0 +1,53 @@
+"""Test set-up: 8 CPU devices (set before jax is imported) and small configs."""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import pytest  # noqa: E402
+
+from configs import default as default_config  # noqa: E402
+
+
+def small_config(**overrides):
+  """The default recipe shrunk to run in seconds on CPU."""
+  c = default_config.get_config()
+  c.data.synthetic.num_rows = 8_000
+  c.data.synthetic.num_users = 200
+  c.data.synthetic.num_items = 100
+  c.model.embed_dim = 8
+  c.model.dense_dim = 8
+  c.model.mmoe.num_experts = 4
+  c.model.mmoe.expert_hidden = (16,)
+  c.model.shared_bottom.hidden = (16,)
+  c.model.ple.expert_hidden = (16,)
+  c.model.ple.num_shared_experts = 2
+  c.model.ple.num_task_experts = 2
+  c.model.tower_hidden = (8,)
+  c.contrast.proj_dim = 8
+  c.contrast.proj_hidden = (8,)
+  c.contrast.relatedness_hidden = (8,)
+  c.train.batch_size = 64
+  c.train.steps = 20
+  c.train.log_every = 10
+  c.train.eval_every = 10
+  c.train.eval_batch_size = 512
+  c.checkpoint.enabled = False
+  c.data.num_threads = 1
+  for key, value in overrides.items():
+    node = c
+    *path, leaf = key.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.fixture
+def config():
+  return small_config()

@@ -63,7 +63,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-      grad_clip_norm=0.0))
+      grad_clip_norm=0.0,
+      # The embedding table's optimizer: dense (the one above) | lazy_adam | lazy_adagrad
+      # (row-sparse: only the rows a batch touches are read and written; see
+      # pico_jax/train/sparse_optimizer.py).
+      embedding_optimizer="dense"))
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 512  # global

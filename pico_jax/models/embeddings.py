@@ -43,21 +43,28 @@ class FeatureEmbedding(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, features):
+  def __call__(self, features, gathered=None):
+    """``gathered``: optional ``(values, index)`` from the lazy optimizer
+    (``pico_jax.train.sparse_optimizer``): ``values`` float32 [U, D] holds the rows the
+    batch touches and ``index`` maps ``sparse`` / ``multi`` to positions in ``values``
+    (shapes of the ids). Lookups then read ``values``, so the loss is differentiated
+    w.r.t. the U touched rows and never w.r.t. the whole table."""
     offsets, rows = table_layout(self.schema, self.vocab_pad_multiple)
     table = self.param(
         "table",
         nn.with_logical_partitioning(nn.initializers.normal(self.init_scale), (VOCAB, EMBED)),
         (rows, self.embed_dim), jnp.float32)
+    lookup = lambda key, ids: (jnp.take(table, ids, axis=0) if gathered is None
+                               else jnp.take(gathered[0], gathered[1][key], axis=0))
     num_sparse = len(self.schema.sparse)
     parts = []
     if num_sparse:
       ids = features[B.SPARSE] + jnp.asarray(offsets[:num_sparse], jnp.int32)
-      parts.append(jnp.take(table, ids, axis=0))  # [B, F, D]
+      parts.append(lookup(B.SPARSE, ids))  # [B, F, D]
     if self.schema.multi:
       ids = features[B.MULTI] + jnp.asarray(offsets[num_sparse:], jnp.int32)[:, None]
       mask = features[B.MULTI_MASK].astype(table.dtype)[..., None]  # [B, G, L, 1]
-      pooled = jnp.sum(jnp.take(table, ids, axis=0) * mask, axis=2)  # [B, G, D]
+      pooled = jnp.sum(lookup(B.MULTI, ids) * mask, axis=2)  # [B, G, D]
       if self.pooling == "mean":
         pooled = pooled / jnp.maximum(jnp.sum(mask, axis=2), 1.0)
       elif self.pooling != "sum":

@@ -11,6 +11,7 @@ import optax
 from pico_jax import batch as B
 from pico_jax.losses import pico_objective
 from pico_jax.parallel import DATA, batch_sharding, replicated
+from pico_jax.train import sparse_optimizer
 from pico_jax.train.state import TrainState
 
 
@@ -28,12 +29,17 @@ def objective_kwargs(config, mesh) -> dict:
 def train_step(state: TrainState, batch, *, model, tx, objective: dict):
   """One optimisation step: (state, batch) -> (state, metrics of float32 scalars)."""
   rng = jax.random.fold_in(state.rng, state.step)
+  features = B.features(batch)
 
-  def loss_fn(params):
-    outputs = model.apply({"params": params}, B.features(batch), train=True,
-                          rngs={"dropout": rng})
+  def loss_fn(params, embedding_rows=None):
+    outputs = model.apply({"params": params}, features, train=True, rngs={"dropout": rng},
+                          embedding_rows=embedding_rows)
     return pico_objective(outputs, batch, **objective)
 
+  if isinstance(tx, sparse_optimizer.LazyEmbeddingOptimizer):
+    ids = sparse_optimizer.row_ids(model.embedding.schema, features)
+    params, opt_state, metrics = tx.step(loss_fn, state.params, state.opt_state, ids)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

@@ -97,13 +97,15 @@ def test_lazy_adam_equals_dense_adam_when_every_row_is_touched():
   np.testing.assert_array_equal(lazy.opt_state.table.count[12:], 0)
 
 
-V, D = 10, 3  # the toy problem's table.
+V, D = 10, 3  # the toy problem's table: two fields of 5 ids.
+TOY_SCHEMA = Schema(sparse=(SparseField("f", 5), SparseField("g", 5)))
 
 
 def _toy_loss(params, embedding_rows=None, *, ids, target):
-  """A loss of a table and a weight vector: ids int32 [N, 2] -> mean squared error."""
+  """A loss of a table and a weight vector: ids int32 [N, 2] (fields f, g of
+  TOY_SCHEMA) -> mean squared error."""
   if embedding_rows is None:
-    e = params["embedding"]["table"][ids]
+    e = params["embedding"]["table"][ids + jnp.array([0, 5])]
   else:
     values, index = embedding_rows
     e = values[index[B.SPARSE]]
@@ -112,12 +114,13 @@ def _toy_loss(params, embedding_rows=None, *, ids, target):
 
 
 def _toy_run(config_overrides, steps=4, seed=3):
-  """(lazy params, dense params, lazy state) after ``steps`` toy steps on ids 2..5."""
+  """(initial params, lazy params, dense params, lazy state, dense state) after
+  ``steps`` toy steps on ids 1..3 of each field (table rows 1..3 and 6..8)."""
   config = small_config(**config_overrides)
   rng = np.random.default_rng(seed)
   params = {"embedding": {"table": jnp.asarray(rng.normal(size=(V, D)), jnp.float32)},
             "w": jnp.asarray(rng.normal(size=(D,)), jnp.float32)}
-  data = [(jnp.asarray(rng.integers(2, 6, size=(8, 2)), jnp.int32),
+  data = [(jnp.asarray(rng.integers(1, 4, size=(8, 2)), jnp.int32),
            jnp.asarray(rng.normal(size=8), jnp.float32)) for _ in range(steps)]
   lazy_tx = make_optimizer(config.optimizer)
   config.optimizer.embedding_optimizer = "dense"
@@ -126,7 +129,7 @@ def _toy_run(config_overrides, steps=4, seed=3):
   @jax.jit
   def lazy_step(params, state, ids, target):
     loss = functools.partial(_toy_loss, ids=ids, target=target)
-    return lazy_tx.step(loss, params, state, {B.SPARSE: ids})[:2]
+    return lazy_tx.step(loss, params, state, TOY_SCHEMA, {B.SPARSE: ids})[:2]
 
   @jax.jit
   def dense_step(params, state, ids, target):
@@ -143,7 +146,7 @@ def _toy_run(config_overrides, steps=4, seed=3):
 
 
 def test_lazy_adagrad_equals_dense_adagrad_on_partial_batches():
-  """Rows 0, 1 and 6..9 are never touched, others only at some steps: still equal."""
+  """Rows 0, 4, 5 and 9 are never touched, others at some steps: still equal."""
   _, lazy, dense, lazy_state, dense_state = _toy_run({
       "optimizer.name": "adagrad", "optimizer.embedding_optimizer": "lazy_adagrad"})
   _assert_trees_close(lazy, dense)
@@ -155,7 +158,7 @@ def test_lazy_adam_leaves_untouched_rows_and_moments_alone():
   initial, lazy, dense, lazy_state, _ = _toy_run(
       {"optimizer.embedding_optimizer": "lazy_adam"}, steps=1)
   touched = np.zeros(V, bool)
-  touched[2:6] = True
+  touched[[1, 2, 3, 6, 7, 8]] = True
   table0, table = initial["embedding"]["table"], lazy["embedding"]["table"]
   np.testing.assert_array_equal(table[~touched], table0[~touched])
   assert np.all(np.any(table[touched] != table0[touched], axis=1))
@@ -194,6 +197,13 @@ def test_touched_rows_dedupes_and_indexes():
   np.testing.assert_array_equal(rows, [1, 3, 7, 9, 10, 10, 10, 10])
   for key in ids:
     np.testing.assert_array_equal(rows[index[key]], ids[key])
+
+
+def test_max_touched_rows_bounds_each_field_by_its_vocabulary():
+  schema = Schema(sparse=(SparseField("a", 3), SparseField("b", 100)),
+                  multi=(SparseField("m", 5, 4),))
+  ids = {B.SPARSE: np.zeros((16, 2), np.int32), B.MULTI: np.zeros((16, 1, 4), np.int32)}
+  assert sparse_optimizer.max_touched_rows(schema, ids) == 3 + 16 + 5
 
 
 def test_lazy_step_never_holds_a_table_sized_gradient():

@@ -37,8 +37,8 @@ def train_step(state: TrainState, batch, *, model, tx, objective: dict):
     return pico_objective(outputs, batch, **objective)
 
   if isinstance(tx, sparse_optimizer.LazyEmbeddingOptimizer):
-    ids = sparse_optimizer.row_ids(model.embedding.schema, features)
-    params, opt_state, metrics = tx.step(loss_fn, state.params, state.opt_state, ids)
+    params, opt_state, metrics = tx.step(loss_fn, state.params, state.opt_state,
+                                         model.embedding.schema, features)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)

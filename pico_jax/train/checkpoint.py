@@ -104,12 +104,13 @@ class Checkpointer:
     self.best_mode = best_mode
     self._warn_half_written()
     keep_policies = [policies.preservation_policy.LatestN(n=keep)]
+    rank = None
     if self.best_metric:
       worst = -math.inf if best_mode == "max" else math.inf
+      rank = lambda m: worst if math.isnan(m[self.best_metric]) else m[self.best_metric]
       keep_policies.append(policies.preservation_policy.BestN(
-          get_metric_fn=lambda m: worst if math.isnan(m[self.best_metric]) else
-          m[self.best_metric],
-          reverse=best_mode == "min", n=keep_best, keep_checkpoints_without_metrics=False))
+          get_metric_fn=rank, reverse=best_mode == "min", n=keep_best,
+          keep_checkpoints_without_metrics=False))
     self.manager = ocp.CheckpointManager(
         self.directory,
         item_handlers=dict(state=ocp.StandardCheckpointHandler(),
@@ -117,6 +118,9 @@ class Checkpointer:
                            config=ocp.JsonCheckpointHandler()),
         options=ocp.CheckpointManagerOptions(
             create=True, enable_async_checkpointing=True, cleanup_tmp_directories=True,
+            # With a best_fn orbax also writes each step's metrics to disk, so a
+            # restarted run still knows which checkpoint is the best.
+            best_fn=rank, best_mode=best_mode,
             preservation_policy=policies.AnyPreservationPolicy(keep_policies)))
 
   @classmethod
@@ -143,7 +147,12 @@ class Checkpointer:
     """The kept step with the best ``best_metric``, or None."""
     if not self.best_metric:
       return None
-    return self.manager.best_step()
+    ranked = []
+    for step in self.all_steps():
+      value = (self.manager.metrics(step) or {}).get(self.best_metric)
+      if value is not None and not math.isnan(value):
+        ranked.append((value if self.best_mode == "max" else -value, step))
+    return max(ranked)[1] if ranked else None
 
   def should_save(self, step: int) -> bool:
     return step % self.every_steps == 0

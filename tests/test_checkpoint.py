@@ -1,6 +1,7 @@
-"""Orbax checkpoints: retention, resume, half-written and incompatible checkpoints."""
+"""Orbax checkpoints: retention, restore, half-written and incompatible checkpoints.
 
-import json
+Resuming a whole training run is tested end to end in test_faults.py."""
+
 import logging
 import os
 import shutil
@@ -11,10 +12,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import small_config
 from pico_jax.data import pipeline
 from pico_jax.train import checkpoint as ckpt_lib
-from pico_jax.train.loop import train_and_evaluate
 
 
 def _iterator():
@@ -129,24 +128,6 @@ def test_incompatible_model_fails_naming_the_mismatch(tmp_path):
 def test_bad_checkpoint_settings_name_the_key(tmp_path, key, value, match):
   with pytest.raises(ValueError, match=f"config.checkpoint.{match}"):
     _checkpointer(tmp_path, **{key: value})
-
-
-def test_training_resumes_as_if_never_stopped(tmp_path):
-  overrides = {"checkpoint.enabled": True, "checkpoint.every_steps": 4,
-               "train.eval_every": 4, "train.steps": 12}
-  whole = str(tmp_path / "whole")
-  expected = train_and_evaluate(small_config(**overrides), whole)
-  split = str(tmp_path / "split")
-  train_and_evaluate(small_config(**{**overrides, "train.steps": 6}), split)
-  assert ckpt_lib.Checkpointer(split, keep=1, every_steps=1).latest_step() == 6
-  resumed = train_and_evaluate(small_config(**overrides), split)
-  assert resumed == expected
-  a, b = ckpt_lib.load_state_arrays(whole), ckpt_lib.load_state_arrays(split)
-  assert int(b["step"]) == 12
-  jax.tree.map(np.testing.assert_array_equal, a, b)
-  with open(os.path.join(split, "metrics.jsonl")) as f:
-    steps = [json.loads(line)["step"] for line in f]
-  assert steps == sorted(steps)
 
 
 def test_best_checkpoint_survives_a_restart(tmp_path):

@@ -107,7 +107,9 @@ class Checkpointer:
     rank = None
     if self.best_metric:
       worst = -math.inf if best_mode == "max" else math.inf
-      rank = lambda m: worst if math.isnan(m[self.best_metric]) else m[self.best_metric]
+      # Unevaluated (metrics {}) and NaN-scored checkpoints rank last.
+      rank = lambda m: worst if math.isnan(m.get(self.best_metric, math.nan)) else (
+          m[self.best_metric])
       keep_policies.append(policies.preservation_policy.BestN(
           get_metric_fn=rank, reverse=best_mode == "min", n=keep_best,
           keep_checkpoints_without_metrics=False))
@@ -170,14 +172,12 @@ class Checkpointer:
       return False
     if step in self.manager.all_steps():
       return False
-    if metrics is not None and self.best_metric not in metrics:
-      metrics = None
+    metrics = {k: float(v) for k, v in (metrics or {}).items()}
     return self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(data_iterator),
         config=ocp.args.JsonSave(config.to_dict())),
-        metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
-        force=True)
+        metrics=metrics if self.best_metric else None, force=True)
 
   def saved_config(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(

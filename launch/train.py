@@ -42,6 +42,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", force=True)
+  logging.getLogger("pico_jax").setLevel(logging.INFO)
   from pico_jax import parallel
   # Before anything touches a device: the device list depends on it.
   parallel.initialize_distributed(

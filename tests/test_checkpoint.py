@@ -6,7 +6,6 @@ import logging
 import os
 import shutil
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np

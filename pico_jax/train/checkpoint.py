@@ -259,8 +259,11 @@ def load_state_arrays(workdir: str, step: int | None = None) -> dict:
   """
   manager = ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints")),
-      item_handlers=dict(state=ocp.StandardCheckpointHandler()),
-      options=ocp.CheckpointManagerOptions(read_only=True))
+      item_handlers=dict(state=ocp.StandardCheckpointHandler(),
+                         data=grain.checkpoint.CheckpointHandler(),
+                         config=ocp.JsonCheckpointHandler()),
+      options=ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0,
+                                           create=False))
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {manager.directory}")

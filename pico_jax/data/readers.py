@@ -163,8 +163,7 @@ def _split_checked(path, line_no, line: bytes, delimiter: bytes, num_columns: in
   tokens = line.rstrip(b"\r\n").split(delimiter)
   if len(tokens) != num_columns:
     raise DataError(f"expected {num_columns} columns, found {len(tokens)}", path=path,
-                    line=line_no, column=min(len(tokens), num_columns) + (
-                        len(tokens) > num_columns))
+                    line=line_no, column=min(len(tokens), num_columns) + 1)
   return tokens
 
 

@@ -8,7 +8,8 @@
    rows/s at global batch 2048 and 4096, one process and process 0 of 2, after
    ``--warmup`` batches; plus the bare whole-batch gather (no Grain) for reference.
 2. Writes an AliExpress-format CSV of the same shape (``--csv-rows`` rows) and times
-   ``preprocess.build_store`` on it: preprocessing rows/s (all three passes).
+   ``preprocess.build_store`` on it: preprocessing rows/s (all three passes), with one
+   worker and with ``--workers`` parsing processes.
 
 Prints one JSON object; the figures go in BENCHMARKS.md.
 """
@@ -128,6 +129,8 @@ def main():
   p.add_argument("--csv-rows", type=int, default=200_000)
   p.add_argument("--batches", type=int, default=200)
   p.add_argument("--warmup", type=int, default=20)
+  p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                 help="preprocessing workers (timed beside 1 worker)")
   p.add_argument("--workdir", default="/tmp/pico_pipeline_bench")
   p.add_argument("--keep", action="store_true", help="keep the generated files")
   args = p.parse_args()
@@ -153,12 +156,14 @@ def main():
   csv = os.path.join(args.workdir, "w2.csv")
   write_w2_csv(csv, args.csv_rows)
   out = os.path.join(args.workdir, "w2_from_csv")
-  t = time.perf_counter()
-  preprocess.build_store("aliexpress", [csv], out, overwrite=True)
-  elapsed = time.perf_counter() - t
   result["csv_mb"] = round(os.path.getsize(csv) / 2 ** 20, 1)
-  result["preprocess_rows_per_s"] = round(args.csv_rows / elapsed)
-  result["preprocess_s"] = round(elapsed, 2)
+  for workers in sorted({1, args.workers}):
+    t = time.perf_counter()
+    preprocess.build_store("aliexpress", [csv], out, overwrite=True,
+                           options=preprocess.Options(workers=workers))
+    elapsed = time.perf_counter() - t
+    result[f"preprocess_rows_per_s_workers{workers}"] = round(args.csv_rows / elapsed)
+    result[f"preprocess_s_workers{workers}"] = round(elapsed, 2)
   if not args.keep:
     shutil.rmtree(args.workdir)
   print(json.dumps(result, indent=1))

@@ -69,6 +69,9 @@ def parse_args(argv=None):
   p.add_argument("--dense", default=None, help="comma-separated dense columns "
                  "(replaces the format's default)")
   p.add_argument("--chunk-rows", type=int, default=65_536)
+  p.add_argument("--workers", type=int, default=1,
+                 help="processes parsing blocks in parallel; worth it only with idle "
+                      "cores (see BENCHMARKS.md)")
   args = p.parse_args(argv)
   options = preprocess.Options(
       min_count=args.min_count, hash_buckets=_hash(args.hash), max_vocab=args.max_vocab,
@@ -76,7 +79,7 @@ def parse_args(argv=None):
       policy=args.conversion_without_click, dense_transform=args.dense_transform,
       seed=args.seed,
       split_fractions=tuple(float(x) for x in args.split_fractions.split(",")),
-      val_fraction=args.val_fraction, chunk_rows=args.chunk_rows,
+      val_fraction=args.val_fraction, chunk_rows=args.chunk_rows, workers=args.workers,
       sparse=_names(args.sparse), dense=_names(args.dense))
   return args, options
 

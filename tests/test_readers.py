@@ -487,3 +487,24 @@ def test_gzip_input_and_split_arguments(tmp_path):
     preprocess.parse_inputs([f"train={path}", str(path)])
   with pytest.raises(ValueError, match="4 inputs"):
     preprocess.parse_inputs(["a", "b", "c", "d"])
+
+
+def test_parallel_workers_write_the_same_store(tmp_path):
+  lines = good_ae(tmp_path, n=300)
+  path = write(tmp_path, "ae.csv", lines)
+  one = preprocess.build_store("aliexpress", [path], str(tmp_path / "one"),
+                               options=preprocess.Options(chunk_rows=16))
+  two = preprocess.build_store("aliexpress", [path], str(tmp_path / "two"),
+                               options=preprocess.Options(chunk_rows=16, workers=2))
+  assert one["splits"] == two["splits"]
+  a, b = store.load_store(str(tmp_path / "one")), store.load_store(str(tmp_path / "two"))
+  for split in a.splits:
+    for key in a.splits[split]:
+      np.testing.assert_array_equal(a.splits[split][key], b.splits[split][key])
+  lines[250] = ae_row(1, numeric="x")  # an error raised inside a worker keeps its place.
+  bad = write(tmp_path, "bad.csv", lines)
+  with pytest.raises(DataError, match=r"bad\.csv:251: column 18") as info:
+    preprocess.build_store("aliexpress", [bad], str(tmp_path / "three"),
+                           options=preprocess.Options(chunk_rows=16, workers=2))
+  assert (info.value.line, info.value.column) == (251, 18)
+  assert not os.path.exists(tmp_path / "three")

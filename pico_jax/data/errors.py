@@ -22,4 +22,12 @@ class DataError(ValueError):
       where += f"column {column}{name}: "
     elif column_name is not None:
       where += f"column {column_name!r}: "
+    self._message = message
     super().__init__(where + message)
+
+  def __reduce__(self):  # keeps the parts when raised in a preprocessing worker.
+    return (_rebuild, (self._message, self.path, self.line, self.column, self.column_name))
+
+
+def _rebuild(message, path, line, column, column_name):
+  return DataError(message, path=path, line=line, column=column, column_name=column_name)

@@ -31,7 +31,10 @@ independent; meta.json records ``task_relation: "independent"``).
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
+import multiprocessing
 import os
 from typing import Callable, Sequence
 
@@ -67,6 +70,7 @@ class Options:
     split_fractions: (train, val, test) fractions of a single input.
     val_fraction: the part of the train file carved out as val with two inputs.
     chunk_rows: lines per block.
+    workers: processes parsing blocks in parallel (1: parse in this process).
     sparse, dense: column names replacing the format's default features.
   """
   min_count: int = 1
@@ -80,6 +84,7 @@ class Options:
   split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
   val_fraction: float = 0.1
   chunk_rows: int = 65_536
+  workers: int = 1
   sparse: tuple[str, ...] | None = None
   dense: tuple[str, ...] | None = None
 
@@ -96,8 +101,8 @@ class Options:
       raise ValueError(f"split_fractions={f}: three non-negative fractions summing to 1")
     if not 0 <= self.val_fraction < 1:
       raise ValueError(f"val_fraction={self.val_fraction}: must be in [0, 1)")
-    if self.chunk_rows < 1 or self.multi_max_len < 1:
-      raise ValueError("chunk_rows and multi_max_len must be >= 1")
+    if self.chunk_rows < 1 or self.multi_max_len < 1 or self.workers < 1:
+      raise ValueError("chunk_rows, multi_max_len and workers must be >= 1")
     for name, buckets in self.hash_buckets:
       if buckets < 1:
         raise ValueError(f"hash buckets for {name!r}: must be >= 1, got {buckets}")
@@ -185,14 +190,36 @@ class _Moments:
     return np.where(std > 0, std, 1.0)  # a constant column stays constant (0).
 
 
-def _chunks(fmt, source: _Source, options: Options):
-  """(global row indices int64 [n], Chunk) for every block of ``source``."""
+def _parse(fmt, path, first_line, lines, layout):
+  return fmt.parse(path, lines, first_line, layout)
+
+
+def _chunks(fmt, source: _Source, options: Options, pool=None):
+  """(global row indices int64 [n], Chunk) for every block of ``source``, in order.
+
+  With a worker ``pool`` the blocks are parsed in parallel, at most two per worker in
+  flight, so memory stays bounded however fast the file is read.
+  """
+  blocks = readers.iter_chunks(source.path, options.chunk_rows, source.layout.header)
+  args = ((fmt, source.path, first, lines, source.layout) for first, lines in blocks)
+  if pool is None:
+    parsed = (_parse(*a) for a in args)
+  else:
+    parsed = _bounded_imap(pool, _parse, args, 2 * options.workers)
   row = source.offset
-  for first_line, lines in readers.iter_chunks(source.path, options.chunk_rows,
-                                               source.layout.header):
-    chunk = fmt.parse(source.path, lines, first_line, source.layout)
+  for chunk in parsed:
     yield np.arange(row, row + len(chunk)), chunk
     row += len(chunk)
+
+
+def _bounded_imap(pool, fn, args, window):
+  pending = collections.deque()
+  for a in args:
+    pending.append(pool.apply_async(fn, a))
+    if len(pending) >= window:
+      yield pending.popleft().get()
+  while pending:
+    yield pending.popleft().get()
 
 
 def _positions_in_rows(rows: np.ndarray) -> np.ndarray:
@@ -216,14 +243,25 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
     The store's meta dict (also written to ``output/meta.json``).
 
   Raises:
-    DataError: bad input, naming file, line and column. Nothing is left at ``output``.
+    DataError: bad input, naming file, line and column. No store is written (an
+      existing one at ``output`` stays as it was) and no temporary directory is left.
   """
   options.validate()
   fmt = readers.get_format(format_name, sparse=options.sparse, dense=options.dense)
-  policy = options.policy or fmt.default_policy
   output = os.path.abspath(output)
   if os.path.exists(output) and not overwrite:
     raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+  with contextlib.ExitStack() as stack:
+    pool = None
+    if options.workers > 1:
+      # spawn, not fork: the caller may hold threads (JAX, Grain) that fork would copy.
+      pool = stack.enter_context(
+          multiprocessing.get_context("spawn").Pool(options.workers))
+    return _build(fmt, inputs, output, options, overwrite, log, pool)
+
+
+def _build(fmt, inputs, output, options, overwrite, log, pool):
+  policy = options.policy or fmt.default_policy
 
   # Pass 0: scan.
   sources, offset = [], 0
@@ -249,7 +287,7 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
   max_mult = {name: 0 for name in fmt.list_names}
   dropped = {s: 0 for s in _SPLIT_ID}
   for source in sources:
-    for rows, chunk in _chunks(fmt, source, options):
+    for rows, chunk in _chunks(fmt, source, options, pool):
       bad = np.flatnonzero((chunk.conversion == 1) & (chunk.click == 0))
       if len(bad) and policy == "error":
         col, name = fmt.conversion_column
@@ -320,7 +358,7 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
   truncated = {n: 0 for n in multi_names}
   with store.StoreWriter(output, schema, split_rows, overwrite=overwrite) as writer:
     for source in sources:
-      for rows, chunk in _chunks(fmt, source, options):
+      for rows, chunk in _chunks(fmt, source, options, pool):
         n = len(chunk)
         cols = {B.CLICK: chunk.click, B.CONVERSION: chunk.conversion}
         if sparse_names:

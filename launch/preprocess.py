@@ -27,12 +27,12 @@ def _names(text):
   return None if text is None else tuple(n for n in text.split(",") if n)
 
 
-def _hash(items):
+def _hash(parser, items):
   out = []
   for item in items:
     name, sep, buckets = item.rpartition("=")
     if not sep or not buckets.isdigit():
-      raise argparse.ArgumentTypeError(f"--hash {item!r}: expected FIELD=BUCKETS")
+      parser.error(f"--hash {item!r}: expected FIELD=BUCKETS")
     out.append((name, int(buckets)))
   return tuple(out)
 
@@ -73,12 +73,16 @@ def parse_args(argv=None):
                  help="processes parsing blocks in parallel; worth it only with idle "
                       "cores (see BENCHMARKS.md)")
   args = p.parse_args(argv)
+  try:
+    fractions = tuple(float(x) for x in args.split_fractions.split(","))
+  except ValueError:
+    p.error(f"--split-fractions {args.split_fractions!r}: expected TRAIN,VAL,TEST")
   options = preprocess.Options(
-      min_count=args.min_count, hash_buckets=_hash(args.hash), max_vocab=args.max_vocab,
+      min_count=args.min_count, hash_buckets=_hash(p, args.hash), max_vocab=args.max_vocab,
       multi_max_len=args.multi_max_len, multi_fields=_names(args.multi_fields),
       policy=args.conversion_without_click, dense_transform=args.dense_transform,
       seed=args.seed,
-      split_fractions=tuple(float(x) for x in args.split_fractions.split(",")),
+      split_fractions=fractions,
       val_fraction=args.val_fraction, chunk_rows=args.chunk_rows, workers=args.workers,
       sparse=_names(args.sparse), dense=_names(args.dense))
   return args, options

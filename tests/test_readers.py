@@ -508,3 +508,21 @@ def test_parallel_workers_write_the_same_store(tmp_path):
                            options=preprocess.Options(chunk_rows=16, workers=2))
   assert (info.value.line, info.value.column) == (251, 18)
   assert not os.path.exists(tmp_path / "three")
+
+
+def test_command_line(tmp_path, capsys):
+  import importlib.util
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location(
+      "preprocess_cli", os.path.join(root, "launch", "preprocess.py"))
+  cli = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(cli)
+  good = write(tmp_path, "ae.csv", good_ae(tmp_path, n=40))
+  assert cli.main(["--format", "aliexpress", "--input", good, "--output",
+                   str(tmp_path / "s"), "--hash", "categorical_1=4"]) == 0
+  assert "40 rows" in capsys.readouterr().out
+  assert store.load_store(str(tmp_path / "s")).schema.sparse[0].vocab_size == 5
+  bad = write(tmp_path, "bad.csv", good_ae(tmp_path)[:3] + ["1,2"])
+  assert cli.main(["--format", "aliexpress", "--input", bad, "--output",
+                   str(tmp_path / "t")]) == 1
+  assert "bad.csv:4: column 3: expected 82 columns, found 2" in capsys.readouterr().err

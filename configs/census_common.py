@@ -17,10 +17,9 @@ info["task_relation"] = "independent"). So on census:
     never-married AUC among the 6% of people with income > 50K, a different number;
   - ctcvr (p_ctr * p_cvr against income > 50K AND never married) is a joint event with
     no meaning for this benchmark.
-The recipe therefore trains BCE on income and BCE on never-married and leaves the
-CTCVR term at weight 0. For data with task_relation "independent", the CVR loss and
-the CVR AUC belong on all rows, not on clicked rows; until the loss and the metrics
-read task_relation, the CVR loss here sees only the rows with income > 50K.
+The recipe therefore trains BCE on income and BCE on never-married, both on all rows
+(loss.cvr_rows = "all"), and leaves the CTCVR term at weight 0; the metrics report the
+never-married AUC on all rows for stores whose task_relation is "independent".
 """
 
 from configs import default
@@ -44,6 +43,7 @@ def get_config(backbone: str = "mmoe", pico: bool = True):
   c.loss.ctr_weight = 1.0
   c.loss.ctcvr_weight = 0.0
   c.loss.cvr_weight = 1.0
+  c.loss.cvr_rows = "all"
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-3
   c.train.batch_size = 1024

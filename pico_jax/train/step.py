@@ -21,7 +21,8 @@ def objective_kwargs(config, mesh) -> dict:
   c = config.contrast
   return dict(
       ctr_weight=config.loss.ctr_weight, ctcvr_weight=config.loss.ctcvr_weight,
-      cvr_weight=config.loss.cvr_weight, contrast_weight=c.weight, symmetric=c.symmetric,
+      cvr_weight=config.loss.cvr_weight, cvr_rows=config.loss.cvr_rows,
+      contrast_weight=c.weight, symmetric=c.symmetric,
       normalize=c.normalize, chunk_size=c.chunk_size,
       negative_groups=mesh.shape[DATA] if c.negatives == "local" else 1,
       relatedness_supervision_weight=c.relatedness_supervision_weight)
@@ -39,7 +40,7 @@ def train_step(state: TrainState, batch, *, model, tx, objective: dict):
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

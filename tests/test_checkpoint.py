@@ -141,3 +141,23 @@ def test_best_checkpoint_survives_a_restart(tmp_path):
   assert again.all_steps() == [1, 3]
   assert again.best_step() == 1
   again.close()
+
+
+@pytest.mark.parametrize("key,value", [("train.batch_size", 16), ("seed", 1)])
+def test_resuming_with_a_different_data_order_names_the_key(tmp_path, key, value):
+  base = ml_collections.ConfigDict({"seed": 0, "model": {"embed_dim": 4},
+                                    "train": {"steps": 10, "batch_size": 8}})
+  ckpt = _checkpointer(tmp_path)
+  ckpt.save(1, _state(1.0), _iterator(), base)
+  ckpt.close()
+  changed = ml_collections.ConfigDict(base.to_dict())
+  section, _, leaf = key.rpartition(".")
+  (changed[section] if section else changed)[leaf] = value
+  again = _checkpointer(tmp_path)
+  with pytest.raises(ckpt_lib.CheckpointMismatchError, match=key):
+    again.restore_latest(ckpt_lib.abstract_like(_state()), _iterator(), changed)
+  # The same config resumes; a changed runtime-only key resumes too.
+  base.train.steps = 20
+  state, step = again.restore_latest(ckpt_lib.abstract_like(_state()), _iterator(), base)
+  assert step == 1
+  again.close()

@@ -31,8 +31,11 @@ log = logging.getLogger("pico_jax")
 
 _TMP_MARKER = ".orbax-checkpoint-tmp"
 # Config sections that may differ between a checkpoint and the run resuming it.
-_RESUMABLE_SECTIONS = ("train", "checkpoint", "mesh", "distributed")
+_RESUMABLE_SECTIONS = ("train", "checkpoint", "mesh")
 _RESUMABLE_KEYS = ("data.prefetch", "data.num_threads", "data.eval_split")
+# Keys that fix which rows the saved data-iterator position points at: a resume with
+# any of them changed would silently train on a different data order.
+_DATA_ORDER_KEYS = ("seed", "train.batch_size", "data.name", "data.path")
 
 
 class CheckpointMismatchError(ValueError):
@@ -212,6 +215,24 @@ class Checkpointer:
           + ("; ".join(diffs) if diffs else "none (the dataset schema changed?)")
           + "\nUse a new --workdir, or the checkpoint's config.")
 
+  def check_same_run(self, step: int, config: ml_collections.ConfigDict):
+    """Raises ``CheckpointMismatchError`` if a key that fixes the data order differs from
+    the checkpoint's; logs every other changed key (except runtime-only ones)."""
+    diffs = config_differences(self.saved_config(step), config.to_dict())
+    key_of = lambda d: d.split(":")[0]
+    order = [d for d in diffs if key_of(d) in _DATA_ORDER_KEYS
+             or key_of(d).startswith("data.synthetic.")]
+    if order:
+      raise CheckpointMismatchError(
+          f"checkpoint {os.path.join(self.directory, str(step))} was written with a "
+          f"different data order: {'; '.join(order)}. Its data-iterator position would "
+          "point at other rows. Use a new --workdir, or the checkpoint's values.")
+    changed = [d for d in diffs if d.split(".")[0] not in _RESUMABLE_SECTIONS
+               and key_of(d) not in _RESUMABLE_KEYS]
+    if changed:
+      log.warning("resuming checkpoint %d with a changed config: %s", step,
+                  "; ".join(changed))
+
   def restore(self, step: int, abstract_state, data_iterator):
     """Restores ``step`` into ``abstract_state``'s shapes/shardings and the iterator."""
     restored = self.manager.restore(step, args=ocp.args.Composite(
@@ -234,6 +255,7 @@ class Checkpointer:
         log.warning("ignoring unreadable checkpoint %d in %s: %s", step, self.directory, e)
         continue
       self.check_compatible(step, abstract_state, config)
+      self.check_same_run(step, config)
       try:
         state, _ = self.restore(step, abstract_state, data_iterator)
       except Exception as e:  # pylint: disable=broad-except

@@ -59,7 +59,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Optional supervision of the relatedness logit by label agreement (y == c).
   c.contrast.relatedness_supervision_weight = 0.0
 
-  c.loss = ml_collections.ConfigDict(dict(ctr_weight=1.0, ctcvr_weight=1.0, cvr_weight=0.0))
+  # cvr_rows: "clicked" (entire-space data: CVR is defined on clicks) or "all" (two
+  # independent tasks, such as Census income / never-married).
+  c.loss = ml_collections.ConfigDict(dict(ctr_weight=1.0, ctcvr_weight=1.0, cvr_weight=0.0,
+                                          cvr_rows="clicked"))
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
@@ -76,11 +79,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 1_000
   c.train.eval_batch_size = 4_096
 
-  c.checkpoint = ml_collections.ConfigDict(dict(enabled=True, every_steps=1_000, keep=2))
+  # Orbax checkpoints in workdir/checkpoints, written asynchronously every every_steps
+  # and at the end. Kept: the last `keep` and the `keep_best` best by best_metric
+  # ("<split>/<metric>" of an evaluation at the checkpoint's step; "" keeps only the
+  # latest), ranked by best_mode (max | min).
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      enabled=True, every_steps=1_000, keep=2, best_metric="val/ctr_auc", best_mode="max",
+      keep_best=1))
 
   # Devices: mesh.data * mesh.model must equal the device count; -1 takes the rest.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
-  # Logical parameter axis -> mesh axis (None: replicated).
-  c.axis_rules = (("vocab", None), ("embed", None), ("mlp_in", None), ("mlp_out", None),
-                  ("expert", None))
+  # fsdp: also split every dense parameter over `data` (its largest divisible axis);
+  # the default replicates them.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1, fsdp=False))
+  # Logical parameter axis -> mesh axis (None: replicated). The embedding table's rows
+  # are split over every device; its lookup never moves the table (see
+  # pico_jax.models.embeddings.sharded_lookup).
+  c.axis_rules = (("vocab", ("data", "model")), ("embed", None), ("mlp_in", None),
+                  ("mlp_out", None), ("expert", None))
   return c

@@ -9,9 +9,9 @@ import ml_collections
 from pico_jax.data.schema import Schema
 from pico_jax.models import backbones
 from pico_jax.models.embeddings import FeatureEmbedding
-from pico_jax.models.heads import ContrastHead, Tower
+from pico_jax.models.heads import TAU_MODES, ContrastHead, Tower
 
-CONTRAST_MODES = ("none", "fixed", "global", "personalized")
+CONTRAST_MODES = ("none",) + TAU_MODES
 BACKBONES = ("shared_bottom", "mmoe", "ple")
 # The parameter subtree that exists for training only; serving never holds it.
 CONTRAST_SCOPE = "contrast"

@@ -5,12 +5,16 @@ All side effects (I/O, logging, checkpoints) live here; the steps it drives are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -57,6 +61,26 @@ class MetricsWriter:
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, "metrics.jsonl")
 
+  def truncate_after(self, step: int):
+    """Drops records of steps after ``step``: a resumed run redoes those steps, and
+    the file then reads as if the run had never stopped."""
+    if jax.process_index() != 0 or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = [line for line in f if line.strip()]
+    # A line cut short by a kill mid-write is dropped with the rest.
+    kept = []
+    for line in lines:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if record["step"] <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    with open(self.path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(self.path + ".tmp", self.path)
+
   def write(self, step: int, split: str, metrics: dict):
     if jax.process_index() != 0:
       return
@@ -65,17 +89,75 @@ class MetricsWriter:
       f.write(json.dumps(record) + "\n")
 
 
+class PreemptionWatch:
+  """Whether the job was asked to stop (SIGTERM: preemption, scancel, kubectl delete).
+
+  Single process: a SIGTERM handler sets a flag that the loop reads between steps.
+  Multi-process: jax's preemption sync service (started by
+  ``jax.distributed.initialize``) catches the signal on any process and makes every
+  process agree on the same step to stop at.
+  """
+
+  def __init__(self):
+    self._flag = threading.Event()
+    self._previous = None
+
+  def __enter__(self):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def requested(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self._flag.is_set()
+    from jax.experimental import multihost_utils
+    return multihost_utils.reached_preemption_sync_point(step)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _check_finite(history, state, step: int, checkpointer):
+  """Raises FloatingPointError if a logged loss or the params are not finite."""
+  bad = next(((s, float(m["loss"])) for s, m in history if not np.isfinite(m["loss"])), None)
+  if bad is None and bool(_all_finite(state.params)):
+    return
+  where = (f"loss {bad[1]} at step {bad[0]}" if bad is not None
+           else f"non-finite parameters after step {step}")
+  last = checkpointer.latest_step() if checkpointer else None
+  kept = (f"the last good checkpoint (step {last}) in {checkpointer.directory} is intact"
+          if last is not None else "no checkpoint was written")
+  raise FloatingPointError(
+      f"training diverged: {where}; stopped without saving it, {kept}. Lower "
+      "config.optimizer.learning_rate, set config.optimizer.grad_clip_norm, or check "
+      "the input data for NaN/inf.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and returns
-  the final test metrics."""
+  the final test metrics.
+
+  Returns an empty dict when the job was preempted (SIGTERM): the state was saved and
+  the same command resumes it. Raises FloatingPointError on a non-finite loss (the
+  last good checkpoint is kept) and ``CheckpointMismatchError`` when the workdir holds
+  a checkpoint of a different model.
+  """
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   dataset = load_dataset(config)
   mesh = parallel.mesh_from_config(config)
   model = build_model(config, dataset.schema)
   tx = make_optimizer(config.optimizer)
-  shardings = state_shardings(model, tx, dataset.schema, mesh, config.axis_rules)
-  state = create_train_state(model, tx, dataset.schema, config.seed, mesh, config.axis_rules)
+  fsdp = config.mesh.fsdp
+  shardings = state_shardings(model, tx, dataset.schema, mesh, config.axis_rules, fsdp=fsdp)
+  state = create_train_state(model, tx, dataset.schema, config.seed, mesh, config.axis_rules,
+                             fsdp=fsdp)
   train_step, eval_step = compile_steps(model, tx, config, mesh, shardings)
   t = config.train
   data_iter = pipeline.train_iterator(
@@ -84,16 +166,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       process_count=jax.process_count(), prefetch=config.data.prefetch,
       num_threads=config.data.num_threads)
 
+  writer = MetricsWriter(workdir)
   checkpointer = None
   if config.checkpoint.enabled:
-    checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
-                                         every_steps=config.checkpoint.every_steps)
-    if checkpointer.latest_step() is not None:
-      state, _ = checkpointer.restore(checkpointer.latest_step(),
-                                      ckpt_lib.abstract_like(state), data_iter)
-      log.info("resumed from step %d", int(state.step))
-
-  writer = MetricsWriter(workdir)
+    checkpointer = ckpt_lib.Checkpointer.from_config(workdir, config.checkpoint)
+    resumed = checkpointer.restore_latest(ckpt_lib.abstract_like(state), data_iter, config)
+    if resumed is not None:
+      state, resumed_step = resumed
+      writer.truncate_after(resumed_step)
+      log.info("resumed from the checkpoint of step %d in %s", resumed_step,
+               checkpointer.directory)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   log.info("%s backbone, contrast=%s, %d params, %d devices, mesh %s, %d train rows",
            config.model.backbone, config.contrast.mode, n_params, jax.device_count(),
@@ -114,35 +196,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           for k in taus))
     return result
 
-  step = int(state.step)
-  window_start, window_steps = time.perf_counter(), 0
-  pending = []
-  while step < t.steps:
-    batch = next(data_iter)
-    state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
-    step += 1
-    window_steps += 1
-    pending.append(metrics)  # fetched at log time: no host round trip per step.
-    if step % t.log_every == 0 or step == t.steps:
-      host = jax.device_get(pending)
-      pending = []
-      loss = float(np.mean([m["loss"] for m in host]))
-      if not np.isfinite(loss):
-        raise FloatingPointError(f"non-finite loss {loss} at step {step}; the last "
-                                 "checkpoint is kept as it was")
-      elapsed = time.perf_counter() - window_start
-      log.info("step %d/%d loss=%.4f %s | %.1f steps/s %.0f examples/s", step, t.steps, loss,
-               _format(host[-1], ("loss_ctr", "loss_ctcvr", "loss_contrast", "tau_mean")),
-               window_steps / elapsed, window_steps * t.batch_size / elapsed)
-      window_start, window_steps = time.perf_counter(), 0
-    if step % t.eval_every == 0 and step != t.steps:
-      evaluate(config.data.eval_split, step)
+  with contextlib.ExitStack() as stack:
     if checkpointer:
-      checkpointer.save(step, state, data_iter, config, force=step == t.steps)
+      # Runs last: a failing run still finishes the saves already started.
+      stack.callback(checkpointer.close)
+      stack.callback(checkpointer.wait)
+    watch = stack.enter_context(PreemptionWatch())
+    step = int(state.step)
+    window_start, window_steps = time.perf_counter(), 0
+    pending = []
+    while step < t.steps:
+      batch = next(data_iter)
+      state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
+      step += 1
+      window_steps += 1
+      pending.append((step, metrics))  # fetched at log time: no host round trip per step.
+      save_now = checkpointer is not None and (checkpointer.should_save(step)
+                                               or step == t.steps)
+      if step % t.log_every == 0 or step == t.steps or save_now:
+        host = jax.device_get(pending)
+        pending = []
+        # A checkpoint is only written from a state known to be finite.
+        _check_finite(host, state, step, checkpointer)
+        if step % t.log_every == 0 or step == t.steps:
+          loss = float(np.mean([m["loss"] for _, m in host]))
+          elapsed = time.perf_counter() - window_start
+          log.info("step %d/%d loss=%.4f %s | %.1f steps/s %.0f examples/s", step, t.steps,
+                   loss, _format(host[-1][1], ("loss_ctr", "loss_ctcvr", "loss_contrast",
+                                               "tau_mean")),
+                   window_steps / elapsed, window_steps * t.batch_size / elapsed)
+          window_start, window_steps = time.perf_counter(), 0
+      eval_result = None
+      if step % t.eval_every == 0 or step == t.steps:
+        eval_result = evaluate(config.data.eval_split, step)
+      if save_now:
+        checkpointer.save(step, state, data_iter, config, force=True, metrics=None if
+                          eval_result is None else {f"{config.data.eval_split}/{k}": v
+                                                    for k, v in eval_result.items()})
+      if watch.requested(step):
+        if checkpointer:
+          _check_finite(jax.device_get(pending), state, step, checkpointer)
+          checkpointer.save(step, state, data_iter, config, force=True)
+        log.warning("preempted (SIGTERM) at step %d: %s; run the same command to resume",
+                    step, "state saved" if checkpointer else "checkpoints are disabled, "
+                    "nothing saved")
+        return {}
 
-  evaluate(config.data.eval_split, step)
-  result = evaluate("test", step)
-  if checkpointer:
-    checkpointer.wait()
-    checkpointer.close()
+    result = evaluate("test", step)
   return result

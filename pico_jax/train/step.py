@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 
+import contextlib
+
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 
 from pico_jax import batch as B
@@ -20,7 +22,8 @@ def objective_kwargs(config, mesh) -> dict:
   c = config.contrast
   return dict(
       ctr_weight=config.loss.ctr_weight, ctcvr_weight=config.loss.ctcvr_weight,
-      cvr_weight=config.loss.cvr_weight, contrast_weight=c.weight, symmetric=c.symmetric,
+      cvr_weight=config.loss.cvr_weight, cvr_rows=config.loss.cvr_rows,
+      contrast_weight=c.weight, symmetric=c.symmetric,
       normalize=c.normalize, chunk_size=c.chunk_size,
       negative_groups=mesh.shape[DATA] if c.negatives == "local" else 1,
       relatedness_supervision_weight=c.relatedness_supervision_weight)
@@ -43,7 +46,7 @@ def train_step(state: TrainState, batch, *, model, tx, objective: dict):
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -54,14 +57,36 @@ def eval_step(params, batch, *, model):
   return {k: out[k] for k in keys if k in out}
 
 
+def partitioning_context(mesh, axis_rules):
+  """The mesh and logical axis rules as trace-time context.
+
+  Modules that choose a distributed algorithm by the placement of their params (the
+  sharded embedding lookup) read both from here.
+  """
+  stack = contextlib.ExitStack()
+  stack.enter_context(jax.sharding.use_abstract_mesh(mesh.abstract_mesh))
+  stack.enter_context(nn.logical_axis_rules(tuple(tuple(r) for r in axis_rules)))
+  return stack
+
+
+def _traced_under(fn, mesh, axis_rules):
+  @functools.wraps(fn)
+  def wrapped(*args):
+    with partitioning_context(mesh, axis_rules):
+      return fn(*args)
+  return wrapped
+
+
 def compile_steps(model, tx, config, mesh, state_shardings):
   """jit-compiled ``train_step`` (state donated) and ``eval_step`` with explicit shardings."""
   data = batch_sharding(mesh)
+  rules = config.axis_rules
   train = jax.jit(
-      functools.partial(train_step, model=model, tx=tx,
-                        objective=objective_kwargs(config, mesh)),
+      _traced_under(functools.partial(train_step, model=model, tx=tx,
+                                      objective=objective_kwargs(config, mesh)),
+                    mesh, rules),
       in_shardings=(state_shardings, data), out_shardings=(state_shardings, replicated(mesh)),
       donate_argnums=0)
-  evaluate = jax.jit(functools.partial(eval_step, model=model),
+  evaluate = jax.jit(_traced_under(functools.partial(eval_step, model=model), mesh, rules),
                      in_shardings=(state_shardings.params, data), out_shardings=data)
   return train, evaluate

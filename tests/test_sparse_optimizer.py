@@ -1,6 +1,7 @@
 """The row-sparse (lazy) embedding optimizers against optax's dense ones."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +45,8 @@ def _batch(rng, cover_all: bool):
 
 def _train(embedding_optimizers, batches, **overrides):
   """Runs the compiled train step over ``batches`` from one initial state, once per
-  embedding optimizer, on the 8-device mesh: [(final state, metrics per step)]."""
+  embedding optimizer, on the 8-device mesh (the table row-sharded over all 8):
+  [(final state, metrics per step, the compiled step's HLO text)]."""
   config = small_config(**{"train.batch_size": BATCH, **overrides})
   mesh = parallel.mesh_from_config(config)
   model = build_model(config, SCHEMA)
@@ -58,11 +60,12 @@ def _train(embedding_optimizers, batches, **overrides):
     shardings = state_shardings(model, tx, SCHEMA, mesh, config.axis_rules)
     state = jax.device_put(initial.replace(opt_state=tx.init(initial.params)), shardings)
     train_step, _ = compile_steps(model, tx, config, mesh, shardings)
+    compiled = train_step.lower(state, parallel.shard_batch(batches[0], mesh)).compile()
     metrics = []
     for batch in batches:
-      state, m = train_step(state, parallel.shard_batch(batch, mesh))
+      state, m = compiled(state, parallel.shard_batch(batch, mesh))
       metrics.append(jax.device_get(m))
-    results.append((jax.device_get(state), metrics))
+    results.append((jax.device_get(state), metrics, compiled.as_text()))
   return results
 
 
@@ -82,8 +85,8 @@ def test_lazy_adam_equals_dense_adam_when_every_row_is_touched():
   rng = np.random.default_rng(0)
   batches = [_batch(rng, cover_all=True) for _ in range(3)]
   clip = {"optimizer.grad_clip_norm": 0.05}
-  (dense, dense_metrics), (lazy, lazy_metrics) = _train(("dense", "lazy_adam"), batches,
-                                                        **clip)
+  (dense, dense_metrics, _), (lazy, lazy_metrics, hlo) = _train(("dense", "lazy_adam"),
+                                                                batches, **clip)
   _assert_trees_close(lazy.params, dense.params)
   _assert_trees_close((lazy.opt_state.table.mu, lazy.opt_state.table.nu),
                       (_dense_state(dense.opt_state, "mu"), _dense_state(dense.opt_state, "nu")))
@@ -95,6 +98,13 @@ def test_lazy_adam_equals_dense_adam_when_every_row_is_touched():
   assert lazy_metrics[0]["touched_rows"] == 12
   np.testing.assert_array_equal(lazy.opt_state.table.count[:12], 3)
   np.testing.assert_array_equal(lazy.opt_state.table.count[12:], 0)
+  # The table (256 padded rows, 32 per device) stays sharded: no collective carries an
+  # array with a table-sized row count (the batch-sized arrays have 16 or 12 rows).
+  collective = re.compile(r"=\s*(.*?)\s(all-gather|all-reduce|reduce-scatter|all-to-all|"
+                          r"collective-permute)(-start)?\(")
+  shapes = [m.group(1) for m in map(collective.search, hlo.splitlines()) if m]
+  assert shapes
+  assert not [s for s in shapes if re.search(r"\[(256|32),", s)], shapes
 
 
 V, D = 10, 3  # the toy problem's table: two fields of 5 ids.

@@ -71,6 +71,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.log_every = 100
   c.train.eval_every = 1_000
   c.train.eval_batch_size = 4_096
+  # Early stopping on a metric of the eval split ('' = off; e.g. mean_auc, ctcvr_logloss):
+  # stop after `patience` evaluations without improvement; test scores the best params.
+  c.train.early_stopping_metric = ""
+  c.train.patience = 2
 
   c.checkpoint = ml_collections.ConfigDict(dict(enabled=True, every_steps=1_000, keep=2))
 

@@ -22,6 +22,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", force=True)
   logging.getLogger("pico_jax").setLevel(logging.INFO)
+  from pico_jax.config import ConfigError, validate
+  try:
+    validate(_CONFIG.value)
+  except ConfigError as e:
+    raise app.UsageError(str(e)) from None
   from pico_jax.train.loop import train_and_evaluate
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -37,6 +37,18 @@ def _sigmoid_inverse(p: float) -> float:
   return math.log(p / (1 - p))
 
 
+class Projection(nn.Module):
+  """Projection head: MLP then a linear map to the contrast space, [B, d] -> [B, dim]."""
+  hidden: Sequence[int]
+  dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, h):
+    h = MLP(self.hidden, dtype=self.dtype, name="mlp")(h)
+    return dense(self.dim, dtype=self.dtype, name="out")(h).astype(jnp.float32)
+
+
 class ContrastHead(nn.Module):
   """Projection heads and per-instance temperature.
 
@@ -62,11 +74,8 @@ class ContrastHead(nn.Module):
 
   @nn.compact
   def __call__(self, h_ctr, h_cvr, e, *, train: bool = False):
-    project = lambda name: nn.Sequential(
-        [MLP(self.proj_hidden, dtype=self.dtype), dense(self.proj_dim, dtype=self.dtype)],
-        name=name)
-    z_ctr = project("projection_ctr")(h_ctr).astype(jnp.float32)
-    z_cvr = project("projection_cvr")(h_cvr).astype(jnp.float32)
+    z_ctr = Projection(self.proj_hidden, self.proj_dim, self.dtype, name="projection_ctr")(h_ctr)
+    z_cvr = Projection(self.proj_hidden, self.proj_dim, self.dtype, name="projection_cvr")(h_cvr)
     batch = z_ctr.shape[0]
     span = self.tau_max - self.tau_min
     # Start every learned temperature at tau_init.

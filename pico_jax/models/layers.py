@@ -36,7 +36,7 @@ class MLP(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool = False):
+  def __call__(self, x, train: bool = False):
     for i, width in enumerate(self.features):
       x = dense(width, dtype=self.dtype, name=f"dense_{i}")(x)
       if self.layer_norm:
@@ -61,12 +61,13 @@ class Experts(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
+    # ``train`` is passed positionally: nn.vmap drops keyword arguments.
     bank = nn.vmap(
-        MLP, in_axes=None, out_axes=1, axis_size=self.num_experts,
+        MLP, in_axes=(None, None), out_axes=1, axis_size=self.num_experts,
         variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
         metadata_params={nn.PARTITION_NAME: EXPERT})
     return bank(self.features, self.layer_norm, self.dropout, self.dtype,
-                name="bank")(x, train=train)
+                name="bank")(x, train)
 
 
 def gate(x, num_experts: int, *, dtype: Dtype, name: str):

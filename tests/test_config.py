@@ -1,0 +1,62 @@
+"""Config loading: overrides, unknown keys, wrong types and invalid values fail at start."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from conftest import ROOT
+from pico_jax.config import ConfigError, validate
+
+DEFAULT = os.path.join(ROOT, "configs", "default.py")
+
+
+def parse(*overrides):
+  argv = ["train.py", f"--config={DEFAULT}", *overrides]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", DEFAULT, flag_values=fv, lock_config=True,
+                                  sys_argv=argv)
+  fv(argv)
+  return fv.config
+
+
+def test_overrides_apply():
+  c = parse("--config.model.backbone=ple", "--config.train.steps=200",
+            "--config.model.tower_hidden=(16,8)")
+  assert (c.model.backbone, c.train.steps, tuple(c.model.tower_hidden)) == ("ple", 200, (16, 8))
+  validate(c)
+
+
+def test_unknown_key_names_the_key():
+  with pytest.raises(Exception, match="stepz"):
+    parse("--config.train.stepz=5")
+
+
+def test_wrong_type_names_the_key():
+  with pytest.raises(Exception, match="train.steps"):
+    parse("--config.train.steps=many")
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("model.backbone", "'moe'", "config.model.backbone"),
+    ("contrast.mode", "'always'", "config.contrast.mode"),
+    ("train.batch_size", "0", "config.train.batch_size"),
+    ("contrast.tau_min", "2.0", "config.contrast.tau_min"),
+    ("contrast.tau_init", "1.0", "config.contrast.tau_init"),
+    ("contrast.weight", "-1.0", "config.contrast.weight"),
+])
+def test_invalid_values_name_the_key(key, value, match):
+  with pytest.raises(ConfigError, match=match):
+    validate(parse(f"--config.{key}={value}"))
+
+
+def test_cli_rejects_unknown_key_before_training(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch", "train.py"), f"--workdir={tmp_path}",
+       "--config.model.backbon=mmoe"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+  assert proc.returncode != 0
+  assert "backbon" in proc.stderr
+  assert not os.listdir(tmp_path)

@@ -17,11 +17,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run's work directory.", required=True)
-_SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "best | latest | a step number.")
-_OUTPUT = flags.DEFINE_string("output", "", "JSON file (default in the work directory).")
-
 
 def evaluate(workdir: str, split: str = "test", checkpoint: str = "latest") -> dict:
   """The metrics of ``split`` for the chosen checkpoint, with ``step``/``split`` keys."""
@@ -57,4 +52,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a script, so tests can import several CLIs.
+  _WORKDIR = flags.DEFINE_string("workdir", None, "The run's work directory.", required=True)
+  _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate.")
+  _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "best | latest | a step number.")
+  _OUTPUT = flags.DEFINE_string("output", "", "JSON file (default in the work directory).")
   app.run(main)

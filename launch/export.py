@@ -16,11 +16,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run's work directory.", required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "Artifact directory.", required=True)
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "best | latest | a step number.")
-_PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "Lowering platforms.")
-
 
 def main(argv):
   if len(argv) > 1:
@@ -41,4 +36,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a script, so tests can import several CLIs.
+  _WORKDIR = flags.DEFINE_string("workdir", None, "The run's work directory.", required=True)
+  _OUTPUT = flags.DEFINE_string("output", None, "Artifact directory.", required=True)
+  _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "best | latest | a step number.")
+  _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "Lowering platforms.")
   app.run(main)

@@ -97,7 +97,7 @@ class Reporter:
     self._last_step = start_step
     if not self.enabled:
       return
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
     self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                      file=progress_file or sys.stderr,
                      # None: shown on a terminal only (explicit files always show).

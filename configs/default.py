@@ -59,7 +59,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Optional supervision of the relatedness logit by label agreement (y == c).
   c.contrast.relatedness_supervision_weight = 0.0
 
-  c.loss = ml_collections.ConfigDict(dict(ctr_weight=1.0, ctcvr_weight=1.0, cvr_weight=0.0))
+  # cvr_rows: "clicked" (entire-space data: CVR is defined on clicks) or "all" (two
+  # independent tasks, such as Census income / never-married).
+  c.loss = ml_collections.ConfigDict(dict(ctr_weight=1.0, ctcvr_weight=1.0, cvr_weight=0.0,
+                                          cvr_rows="clicked"))
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,

@@ -20,6 +20,7 @@ _CHOICES = {
     "contrast.mode": CONTRAST_MODES,
     "contrast.relatedness_input": RELATEDNESS_INPUTS,
     "contrast.negatives": ("global", "local"),
+    "loss.cvr_rows": ("clicked", "all"),
     "optimizer.name": ("adam", "adamw", "adagrad", "sgd"),
 }
 _POSITIVE = ("train.batch_size", "train.steps", "train.log_every", "train.eval_every",

@@ -51,8 +51,14 @@ def ctcvr_loss(ctr_logits, cvr_logits, clicks, conversions, weights=None):
   return _weighted_mean(per_row, weights)
 
 
-def cvr_loss(cvr_logits, clicks, conversions, weights=None):
-  """BCE of p_cvr against conversion over clicked rows only (0 if no row is clicked)."""
+def cvr_loss(cvr_logits, clicks, conversions, weights=None, *, clicked_only: bool = True):
+  """BCE of p_cvr against conversion over clicked rows (0 if no row is clicked).
+
+  ``clicked_only=False`` uses every row: for two independent tasks (Census income /
+  never-married) where "conversion" is not conditioned on "click".
+  """
+  if not clicked_only:
+    return bce_with_logits(cvr_logits, conversions, weights)
   w = clicks.astype(jnp.float32)
   if weights is not None:
     w = w * weights.astype(jnp.float32)
@@ -157,7 +163,8 @@ def local_contrastive_per_instance(z_ctr, z_cvr, tau, *, num_groups: int, **kwar
 
 
 def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
-                   cvr_weight: float, contrast_weight: float, symmetric: bool = True,
+                   cvr_weight: float, contrast_weight: float, cvr_rows: str = "clicked",
+                   symmetric: bool = True,
                    normalize: bool = True, chunk_size: int = 0, negative_groups: int = 1,
                    relatedness_supervision_weight: float = 0.0):
   """The total loss L = w_ctr L_ctr + w_ctcvr L_ctcvr + w_cvr L_cvr + lambda L_cl.
@@ -165,6 +172,7 @@ def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
   Args:
     outputs: the model's output dict (``contrast`` terms are used when present).
     batch: the batch dict (``click``, ``conversion``, ``mask``).
+    cvr_rows: "clicked" (CVR loss on clicked rows) or "all".
     negative_groups: 1 for global negatives; the number of data shards for
       shard-local negatives.
 
@@ -177,7 +185,8 @@ def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
       "loss_ctr": bce_with_logits(outputs["ctr_logit"], click, mask),
       "loss_ctcvr": ctcvr_loss(outputs["ctr_logit"], outputs["cvr_logit"], click, conversion,
                                mask),
-      "loss_cvr": cvr_loss(outputs["cvr_logit"], click, conversion, mask),
+      "loss_cvr": cvr_loss(outputs["cvr_logit"], click, conversion, mask,
+                           clicked_only=cvr_rows == "clicked"),
   }
   total = (ctr_weight * terms["loss_ctr"] + ctcvr_weight * terms["loss_ctcvr"]
            + cvr_weight * terms["loss_cvr"])

@@ -151,3 +151,11 @@ def test_cvr_loss_ignores_unclicked_rows_and_is_zero_without_clicks():
   assert float(losses.cvr_loss(b, click, conv)) == pytest.approx(
       float(losses.cvr_loss(flipped, click, conv)))
   assert float(losses.cvr_loss(b, np.zeros(3, np.float32), conv)) == 0.0
+
+
+def test_cvr_loss_on_all_rows_for_independent_tasks():
+  b = np.array([2.0, -1.0, 0.5], np.float32)
+  click = np.array([1.0, 0.0, 0.0], np.float32)
+  conv = np.array([1.0, 1.0, 0.0], np.float32)
+  np.testing.assert_allclose(float(losses.cvr_loss(b, click, conv, clicked_only=False)),
+                             _np_bce(b, conv).mean(), rtol=1e-6)

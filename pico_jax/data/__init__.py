@@ -1,4 +1,5 @@
-"""Datasets: schema, readers, the synthetic generator and the input pipeline."""
+"""Datasets: schema, readers, the columnar store, the synthetic generator and the input
+pipeline."""
 
 from __future__ import annotations
 
@@ -6,11 +7,20 @@ from pico_jax.data.synthetic import Dataset
 
 
 def load_dataset(config) -> Dataset:
-  """The dataset named by ``config.data``, with splits ``train``, ``val``, ``test``."""
+  """The dataset named by ``config.data``, with splits ``train``, ``val``, ``test``.
+
+  ``config.data.name``: "synthetic" generates the embedded dataset from the config seed;
+  "store" maps the columnar store at ``config.data.path`` (built by
+  ``launch/preprocess.py``), whose columns are read-only memory maps.
+  """
   if config.data.name == "synthetic":
     from pico_jax.data import synthetic
     s = config.data.synthetic
     return synthetic.generate(seed=config.seed, **{k: (tuple(v) if isinstance(v, (list, tuple))
                                                          else v) for k, v in s.items()})
-  raise ValueError(f"config.data.name={config.data.name!r}: no loader "
-                   "(columnar stores arrive with launch/preprocess.py)")
+  if config.data.name == "store":
+    from pico_jax.data import store
+    if not config.data.path:
+      raise ValueError("config.data.path: required when config.data.name='store'")
+    return store.load_store(config.data.path)
+  raise ValueError(f"config.data.name={config.data.name!r}: expected 'synthetic' or 'store'")

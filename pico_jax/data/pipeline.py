@@ -8,6 +8,11 @@ Batch k of epoch e is the k-th slice of ``permutation(seed, e)``; process p of P
 rows [p * B / P, (p + 1) * B / P) of that global batch. The global batch is therefore
 the same whatever the number of processes, which makes multi-host runs reproduce
 single-host runs.
+
+Columns are usually the read-only memory maps of a columnar store
+(``pico_jax.data.store``): a batch gather touches only the pages of its rows, so the
+store may be far larger than memory, and every process maps the same files.
+Throughput on W2-shaped data is in BENCHMARKS.md ("Pipeline").
 """
 
 from __future__ import annotations
@@ -25,6 +30,21 @@ def epoch_permutation(num_rows: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_rows)
 
 
+def num_rows(columns: Mapping[str, np.ndarray]) -> int:
+  """The common leading dimension N of ``columns``; raises if the columns disagree."""
+  if not columns:
+    raise ValueError("no columns")
+  sizes = {key: len(col) for key, col in columns.items()}
+  if len(set(sizes.values())) != 1:
+    raise ValueError(f"columns differ in row count: {sizes}")
+  return next(iter(sizes.values()))
+
+
+def steps_per_epoch(rows: int, global_batch_size: int) -> int:
+  """Full global batches in one epoch of ``rows`` rows (the remainder is dropped)."""
+  return rows // global_batch_size
+
+
 def gather(columns: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
   """One batch: every column indexed by ``rows`` (int64 [b]), plus ``mask`` of ones."""
   out = {key: np.asarray(col[rows]) for key, col in columns.items()}
@@ -38,7 +58,7 @@ class _TrainBatches:
   def __init__(self, columns, *, global_batch_size, seed, shuffle, process_index,
                process_count):
     self.columns = columns
-    self.num_rows = len(next(iter(columns.values())))
+    self.num_rows = num_rows(columns)
     self.global_batch_size = global_batch_size
     self.local_batch_size = global_batch_size // process_count
     self.batches_per_epoch = self.num_rows // global_batch_size
@@ -99,11 +119,14 @@ def eval_batches(columns: Mapping[str, np.ndarray], *, global_batch_size: int,
   Every row is visited exactly once; the last batch is padded to full size by
   repeating row 0 with ``mask = 0``, so all batches share one compiled shape.
   """
-  num_rows = len(next(iter(columns.values())))
+  if global_batch_size % process_count:
+    raise ValueError(f"global batch {global_batch_size} is not divisible by "
+                     f"{process_count} processes")
+  n = num_rows(columns)
   local = global_batch_size // process_count
-  for start in range(0, num_rows, global_batch_size):
+  for start in range(0, n, global_batch_size):
     rows = np.arange(start + process_index * local, start + (process_index + 1) * local)
-    valid = rows < num_rows
+    valid = rows < n
     out = gather(columns, np.where(valid, rows, 0))
     out[B.MASK] = valid.astype(np.float32)
     yield out

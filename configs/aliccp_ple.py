@@ -1,0 +1,10 @@
+"""aliccp: ple backbone without contrast; see configs/aliccp_common.py.
+
+  python launch/train.py --config=configs/aliccp_ple.py --config.data.path=DIR
+"""
+
+from configs import aliccp_common
+
+
+def get_config():
+  return aliccp_common.get_config(backbone="ple", pico=False)

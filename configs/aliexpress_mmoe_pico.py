@@ -1,0 +1,10 @@
+"""aliexpress: mmoe backbone with PICO; see configs/aliexpress_common.py.
+
+  python launch/train.py --config=configs/aliexpress_mmoe_pico.py --config.data.path=DIR
+"""
+
+from configs import aliexpress_common
+
+
+def get_config():
+  return aliexpress_common.get_config(backbone="mmoe", pico=True)

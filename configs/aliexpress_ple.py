@@ -1,0 +1,10 @@
+"""aliexpress: ple backbone without contrast; see configs/aliexpress_common.py.
+
+  python launch/train.py --config=configs/aliexpress_ple.py --config.data.path=DIR
+"""
+
+from configs import aliexpress_common
+
+
+def get_config():
+  return aliexpress_common.get_config(backbone="ple", pico=False)

@@ -1,0 +1,10 @@
+"""aliexpress: shared_bottom backbone without contrast; see configs/aliexpress_common.py.
+
+  python launch/train.py --config=configs/aliexpress_shared_bottom.py --config.data.path=DIR
+"""
+
+from configs import aliexpress_common
+
+
+def get_config():
+  return aliexpress_common.get_config(backbone="shared_bottom", pico=False)

@@ -1,0 +1,10 @@
+"""census: mmoe backbone without contrast; see configs/census_common.py.
+
+  python launch/train.py --config=configs/census_mmoe.py --config.data.path=DIR
+"""
+
+from configs import census_common
+
+
+def get_config():
+  return census_common.get_config(backbone="mmoe", pico=False)

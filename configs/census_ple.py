@@ -1,0 +1,10 @@
+"""census: ple backbone without contrast; see configs/census_common.py.
+
+  python launch/train.py --config=configs/census_ple.py --config.data.path=DIR
+"""
+
+from configs import census_common
+
+
+def get_config():
+  return census_common.get_config(backbone="ple", pico=False)

@@ -1,0 +1,10 @@
+"""census: ple backbone with PICO; see configs/census_common.py.
+
+  python launch/train.py --config=configs/census_ple_pico.py --config.data.path=DIR
+"""
+
+from configs import census_common
+
+
+def get_config():
+  return census_common.get_config(backbone="ple", pico=True)

@@ -1,0 +1,179 @@
+"""The columnar store: a directory of memory-mapped ``.npy`` columns and ``meta.json``.
+
+Layout::
+
+  DIR/meta.json             schema, row counts, column shapes/dtypes, sources, versions
+  DIR/{train,val,test}/KEY.npy
+                            one array per batch key (``pico_jax.batch``): sparse int32
+                            [N, F], multi int32 [N, G, L], multi_mask bool [N, G, L],
+                            dense float32 [N, D], click/conversion float32 [N], and the
+                            extras (group int32 [N]) the schema lists
+  DIR/vocab/*.npy           the sorted raw values of each table vocabulary (id = index + 1)
+
+A store is written into a temporary directory next to ``DIR`` and renamed into place
+only when complete, so a directory with ``meta.json`` is always a whole store. Loading
+maps every column read-only (``np.load(mmap_mode="r")``): the arrays are the same
+whatever the process count, and each process pages in only the rows it gathers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from pico_jax import batch as B
+from pico_jax.data.errors import DataError
+from pico_jax.data.schema import Schema
+from pico_jax.data.synthetic import Dataset
+
+STORE_VERSION = 1
+META = "meta.json"
+SPLITS = ("train", "val", "test")
+_EXTRA_DTYPES = {B.GROUP: np.int32, B.SEGMENT: np.int32, B.P_CTR_TRUE: np.float32,
+                 B.P_CVR_TRUE: np.float32}
+
+
+def column_specs(schema: Schema) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """Per batch key of a store with ``schema``: (shape after the row axis, dtype)."""
+  specs = {B.CLICK: ((), np.dtype(np.float32)), B.CONVERSION: ((), np.dtype(np.float32))}
+  if schema.sparse:
+    specs[B.SPARSE] = ((len(schema.sparse),), np.dtype(np.int32))
+  if schema.multi:
+    tail = (len(schema.multi), schema.multi_len)
+    specs[B.MULTI] = (tail, np.dtype(np.int32))
+    specs[B.MULTI_MASK] = (tail, np.dtype(np.bool_))
+  if schema.dense:
+    specs[B.DENSE] = ((schema.num_dense,), np.dtype(np.float32))
+  for key in schema.extras:
+    if key not in _EXTRA_DTYPES:
+      raise ValueError(f"unknown extra column {key!r}; expected one of {list(_EXTRA_DTYPES)}")
+    specs[key] = ((), np.dtype(_EXTRA_DTYPES[key]))
+  return specs
+
+
+class StoreWriter:
+  """Writes a store: preallocated memory-mapped columns, filled in any order.
+
+  Use as a context manager; ``commit(meta)`` writes ``meta.json`` and renames the
+  temporary directory to ``path``. Leaving the block without a commit (an exception)
+  deletes the temporary directory.
+
+  Attributes:
+    columns: {split: {key: np.memmap of shape [rows] + tail}}.
+  """
+
+  def __init__(self, path: str, schema: Schema, rows: dict[str, int], *,
+               overwrite: bool = False):
+    self.path = os.path.abspath(path)
+    parent = os.path.dirname(self.path)
+    if os.path.exists(self.path) and not overwrite:
+      raise FileExistsError(f"{self.path} exists; pass overwrite=True (--overwrite) to "
+                            "replace it")
+    os.makedirs(parent, exist_ok=True)
+    self.schema, self.rows = schema, dict(rows)
+    self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.path)}.tmp-", dir=parent)
+    self.overwrite = overwrite
+    self.columns: dict[str, dict[str, np.ndarray]] = {}
+    for split, n in self.rows.items():
+      os.makedirs(os.path.join(self.tmp, split))
+      self.columns[split] = {
+          key: np.lib.format.open_memmap(os.path.join(self.tmp, split, f"{key}.npy"), "w+",
+                                         dtype, (n,) + tail)
+          for key, (tail, dtype) in column_specs(schema).items()}
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc_type is not None:
+      self.abort()
+    return False
+
+  def save_array(self, relpath: str, array: np.ndarray) -> None:
+    """An extra array (e.g. a vocabulary) at ``relpath`` inside the store."""
+    full = os.path.join(self.tmp, relpath)
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    np.save(full, array, allow_pickle=False)
+
+  def commit(self, meta: dict[str, Any]) -> dict[str, Any]:
+    """Flushes the columns, writes ``meta.json`` and moves the store into place."""
+    for cols in self.columns.values():
+      for col in cols.values():
+        col.flush()
+    self.columns = {}
+    meta = dict(meta, store_version=STORE_VERSION, schema=self.schema.to_json(),
+                splits={s: {"rows": n, **meta.get("splits", {}).get(s, {})}
+                        for s, n in self.rows.items()},
+                columns={k: {"shape": list(t), "dtype": d.name}
+                         for k, (t, d) in column_specs(self.schema).items()})
+    with open(os.path.join(self.tmp, META), "w") as f:
+      json.dump(meta, f, indent=1, sort_keys=True)
+    old = None
+    if os.path.exists(self.path):
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.path)}.old-",
+                             dir=os.path.dirname(self.path))
+      os.rename(self.path, os.path.join(old, "store"))
+    os.rename(self.tmp, self.path)
+    if old:
+      shutil.rmtree(old)
+    return meta
+
+  def abort(self) -> None:
+    self.columns = {}
+    shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def read_meta(path: str) -> dict[str, Any]:
+  """The parsed ``meta.json`` of the store at ``path`` (checked for version)."""
+  meta_path = os.path.join(path, META)
+  if not os.path.isfile(meta_path):
+    raise DataError(f"not a columnar store (no {META}); build one with "
+                    "launch/preprocess.py", path=path)
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+  except json.JSONDecodeError as e:
+    raise DataError(f"invalid JSON: {e.msg}", path=meta_path, line=e.lineno,
+                    column=e.colno) from None
+  if meta.get("store_version") != STORE_VERSION:
+    raise DataError(f"store version {meta.get('store_version')!r}; this code reads "
+                    f"version {STORE_VERSION}: rebuild the store", path=meta_path)
+  return meta
+
+
+def load_store(path: str) -> Dataset:
+  """Maps the store at ``path``: a ``Dataset`` with splits train/val/test.
+
+  Returns:
+    ``Dataset(schema, splits, info)``: ``splits[split][key]`` are read-only memory maps
+    keyed by batch key; ``info`` has ``format``, ``task_relation`` ("entire_space" or
+    "independent"), ``tasks`` (what click and conversion mean), ``path`` and ``meta``.
+  """
+  path = os.path.abspath(path)
+  meta = read_meta(path)
+  schema = Schema.from_json(meta["schema"])
+  specs = column_specs(schema)
+  splits = {}
+  for split in SPLITS:
+    if split not in meta["splits"]:
+      raise DataError(f"meta.json has no split {split!r}", path=os.path.join(path, META))
+    n = meta["splits"][split]["rows"]
+    cols = {}
+    for key, (tail, dtype) in specs.items():
+      file = os.path.join(path, split, f"{key}.npy")
+      if not os.path.isfile(file):
+        raise DataError(f"missing column {key!r} of split {split!r}", path=file)
+      col = np.load(file, mmap_mode="r", allow_pickle=False)
+      if col.shape != (n,) + tail or col.dtype != dtype:
+        raise DataError(f"column {key!r} has shape {col.shape} {col.dtype}; meta.json "
+                        f"says {(n,) + tail} {dtype}", path=file)
+      cols[key] = col
+    splits[split] = cols
+  info = {"format": meta.get("format"), "task_relation": meta.get("task_relation"),
+          "tasks": meta.get("tasks"), "path": path, "meta": meta}
+  return Dataset(schema=schema, splits=splits, info=info)

@@ -15,7 +15,7 @@ evaluates once per epoch. Any ``--config.*`` override applies to every run.
 Every run trains in ``DIR/<name>/`` with its own ``metrics.jsonl`` and writes
 ``result.json`` (its final test metrics: those of the best evaluation when early
 stopping is on); a run that already has one is not run again, so an interrupted grid
-resumes. Results: ``DIR/results.csv`` (every metric, mean and std over seeds),
+resumes; ``--report_only`` tabulates the finished runs without training. Results: ``DIR/results.csv`` (every metric, mean and std over seeds),
 ``DIR/results.md`` (the main metrics as mean ± std) and ``DIR/runs.csv`` (every run).
 """
 
@@ -127,6 +127,9 @@ def markdown(rows: list[dict], group_keys: list[str], columns) -> str:
     for c in columns:
       mean, std = r.get(f"{c}_mean", float("nan")), r.get(f"{c}_std", float("nan"))
       digits = 0 if c == "best_step" else 4
+      if math.isnan(mean):
+        cells.append("–")
+        continue
       cells.append(f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}"))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
@@ -143,8 +146,11 @@ def _write_csv(path: str, rows: list[dict]):
 
 
 def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
-             columns=DEFAULT_COLUMNS) -> list[dict]:
-  """Trains every (grid point, seed) not yet done; returns every run's result row."""
+             columns=DEFAULT_COLUMNS, train: bool = True) -> list[dict]:
+  """Trains every (grid point, seed) not yet done; returns every run's result row.
+
+  With ``train=False`` nothing is trained: the tables cover the finished runs only.
+  """
   from pico_jax.data import load_dataset
   from pico_jax.train.loop import train_and_evaluate
   from pico_jax.train.reporting import read_metrics
@@ -169,6 +175,8 @@ def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
       if os.path.exists(result_path):
         with open(result_path) as f:
           result = json.load(f)
+      elif not train:
+        continue
       else:
         config = base.copy_and_resolve_references()
         for key, value in settings.items():
@@ -189,6 +197,8 @@ def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
         with open(result_path, "w") as f:
           json.dump(result, f, indent=2)
       rows.append(result)
+  if not rows:
+    raise ValueError(f"{workdir}: no finished run to tabulate")
   summary = summarize(rows, group_keys)
   _write_csv(os.path.join(workdir, "runs.csv"),
              [{k: v for k, v in r.items() if k != "settings"} for r in rows])
@@ -208,7 +218,7 @@ def main(argv):
   grid = [parse_axis(spec) for spec in _GRID.value]
   variants = [parse_variant(spec) for spec in _VARIANT.value]
   run_grid(base, _WORKDIR.value, grid, variants, [int(s) for s in _SEEDS.value],
-           _EPOCHS.value, _COLUMNS.value or DEFAULT_COLUMNS)
+           _EPOCHS.value, _COLUMNS.value or DEFAULT_COLUMNS, not _REPORT_ONLY.value)
   with open(os.path.join(_WORKDIR.value, "results.md")) as f:
     print(f.read())
 
@@ -225,4 +235,6 @@ if __name__ == "__main__":
                                  "split, evaluated once per epoch.")
   _COLUMNS = flags.DEFINE_list("columns", [], "Metrics of the markdown table (default: "
                                "the task AUCs, oracle AUCs and tau summaries present).")
+  _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Tabulate the finished runs "
+                                  "without training the others.")
   app.run(main)

@@ -56,6 +56,7 @@ def test_summarize_mean_and_sample_std():
   table = experiment.markdown(rows, ["point"], ["auc", "missing"])
   assert "| a | 3 | 0.8000 ± 0.1000 |" in table and "missing" not in table
   assert "| b | 1 | 0.5000 |" in table
+  assert "| a | 3 | – |" in experiment.markdown(rows, ["point"], ["x"])
 
 
 def test_grid_runs_tabulates_resumes_and_plots(tmp_path, monkeypatch):
@@ -81,6 +82,12 @@ def test_grid_runs_tabulates_resumes_and_plots(tmp_path, monkeypatch):
   monkeypatch.setattr(loop, "train_and_evaluate", lambda *a: pytest.fail("retrained"))
   (again,) = experiment.run_grid(base, workdir, [], variants, [0], epochs=2)
   assert again["ctr_auc"] == row["ctr_auc"]
+  # Report-only tabulates the finished runs and trains none of the others.
+  more = variants + [("none", {"contrast.mode": "none"})]
+  (only,) = experiment.run_grid(base, workdir, [], more, [0, 1], epochs=2, train=False)
+  assert only["ctr_auc"] == row["ctr_auc"]
+  with pytest.raises(ValueError, match="no finished run"):
+    experiment.run_grid(base, str(tmp_path / "empty"), [], more, [0], train=False)
 
   written = plot.plot_run(os.path.join(workdir, "pico_seed=0"))
   assert sorted(os.path.basename(p) for p in written) == [

@@ -98,6 +98,32 @@ def grid_points(grid: list[tuple[str, list]], variants: list[tuple[str, dict]]):
     yield names, settings
 
 
+DELTA_METRICS = ("ctr_auc", "cvr_auc", "cvr_auc_all_rows", "ctcvr_auc", "mean_auc")
+
+
+def add_deltas(runs: list[dict], baseline: str) -> list[dict]:
+  """Adds ``delta_<metric>`` = run - run of grid point ``baseline`` with the same seed
+  (and the same other grid coordinates): paired differences, free of the seed-to-seed
+  variation that both runs share (synthetic data are drawn from the seed)."""
+  def key(r, point):
+    return (point, r["seed"])
+  def peer(point):  # the baseline of a point: its name with the variant replaced.
+    parts = point.split(" ")
+    return " ".join(parts[:-1] + [baseline]) if len(parts) > 1 else baseline
+  index = {key(r, r["point"]): r for r in runs}
+  names = {r["point"].split(" ")[-1] for r in runs}
+  if baseline not in names:
+    raise ValueError(f"--baseline={baseline!r}: not a variant of this grid {sorted(names)}")
+  for r in runs:
+    base = index.get(key(r, peer(r["point"])))
+    if base is None:
+      continue
+    for m in DELTA_METRICS:
+      if m in r and m in base:
+        r[f"delta_{m}"] = r[m] - base[m]
+  return runs
+
+
 def summarize(runs: list[dict], group_keys: list[str]) -> list[dict]:
   """Mean and sample std (ddof=1) over seeds of every numeric field, per grid point."""
   groups = {}
@@ -146,7 +172,7 @@ def _write_csv(path: str, rows: list[dict]):
 
 
 def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
-             columns=DEFAULT_COLUMNS, train: bool = True) -> list[dict]:
+             columns=DEFAULT_COLUMNS, train: bool = True, baseline: str = "") -> list[dict]:
   """Trains every (grid point, seed) not yet done; returns every run's result row.
 
   With ``train=False`` nothing is trained: the tables cover the finished runs only.
@@ -199,6 +225,8 @@ def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
       rows.append(result)
   if not rows:
     raise ValueError(f"{workdir}: no finished run to tabulate")
+  if baseline:
+    rows = add_deltas([dict(r) for r in rows], baseline)
   summary = summarize(rows, group_keys)
   _write_csv(os.path.join(workdir, "runs.csv"),
              [{k: v for k, v in r.items() if k != "settings"} for r in rows])
@@ -218,7 +246,8 @@ def main(argv):
   grid = [parse_axis(spec) for spec in _GRID.value]
   variants = [parse_variant(spec) for spec in _VARIANT.value]
   run_grid(base, _WORKDIR.value, grid, variants, [int(s) for s in _SEEDS.value],
-           _EPOCHS.value, _COLUMNS.value or DEFAULT_COLUMNS, not _REPORT_ONLY.value)
+           _EPOCHS.value, _COLUMNS.value or DEFAULT_COLUMNS, not _REPORT_ONLY.value,
+           _BASELINE.value)
   with open(os.path.join(_WORKDIR.value, "results.md")) as f:
     print(f.read())
 
@@ -237,4 +266,7 @@ if __name__ == "__main__":
                                "the task AUCs, oracle AUCs and tau summaries present).")
   _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Tabulate the finished runs "
                                   "without training the others.")
+  _BASELINE = flags.DEFINE_string("baseline", "", "A variant name: adds delta_<metric> "
+                                  "columns, each run minus that variant's run of the same "
+                                  "seed and grid point.")
   app.run(main)

@@ -78,7 +78,8 @@ def plot_run(workdir: str, output: str = "") -> list[str]:
     for ax, title in ((ax_auc, "AUC"), (ax_ll, "logloss")):
       ax.set_title(title)
       ax.set_xlabel("step")
-      ax.legend(fontsize=7)
+      if ax.get_lines():
+        ax.legend(fontsize=7)
     save(fig, "eval_metrics.png")
 
   seg_keys = sorted({k for r in records for k in r if k.startswith("tau_segment_")},

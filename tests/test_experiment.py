@@ -44,6 +44,20 @@ def test_parse_grid_and_variants():
   assert config.data.synthetic.rho == (0.5, 1.0)
 
 
+def test_paired_deltas_against_a_baseline_variant():
+  runs = [{"point": "backbone=mmoe none", "seed": 0, "ctr_auc": 0.70},
+          {"point": "backbone=mmoe none", "seed": 1, "ctr_auc": 0.80},
+          {"point": "backbone=mmoe pico", "seed": 0, "ctr_auc": 0.71},
+          {"point": "backbone=mmoe pico", "seed": 1, "ctr_auc": 0.83},
+          {"point": "backbone=ple pico", "seed": 0, "ctr_auc": 0.9}]  # no ple baseline
+  out = experiment.add_deltas(runs, "none")
+  assert [r.get("delta_ctr_auc") for r in out] == pytest.approx([0, 0, 0.01, 0.03, None])
+  rows = experiment.summarize(out, ["point"])
+  assert rows[1]["delta_ctr_auc_mean"] == pytest.approx(0.02)
+  with pytest.raises(ValueError, match="--baseline='nope'"):
+    experiment.add_deltas(runs, "nope")
+
+
 def test_summarize_mean_and_sample_std():
   runs = [{"point": "a", "seed": 0, "auc": 0.7}, {"point": "a", "seed": 1, "auc": 0.8},
           {"point": "a", "seed": 2, "auc": 0.9, "x": float("nan")},

@@ -1,6 +1,6 @@
 """Plot a run: python launch/plot.py --workdir DIR [--output DIR/plots].
 
-Reads the run's ``metrics.jsonl`` and ``tau_<split>.npz`` (see
+Reads the run's ``metrics.jsonl``, ``train_metrics.jsonl`` and ``tau_<split>.npz`` (see
 ``pico_jax/train/reporting.py``) and writes PNGs:
 
   training_curves.png   train loss terms, tau_mean and examples/s against the step.
@@ -36,11 +36,13 @@ def plot_run(workdir: str, output: str = "") -> list[str]:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import numpy as np
-  from pico_jax.train.reporting import read_metrics, tau_file
+  from pico_jax.train.reporting import TRAIN_METRICS_FILE, read_metrics, tau_file
 
   output = output or os.path.join(workdir, "plots")
   os.makedirs(output, exist_ok=True)
   records = read_metrics(workdir)
+  if os.path.exists(os.path.join(workdir, TRAIN_METRICS_FILE)):
+    records += read_metrics(workdir, TRAIN_METRICS_FILE)
   splits = sorted({r["split"] for r in records} - {"train"})
   written = []
 

@@ -112,11 +112,12 @@ def test_grid_runs_tabulates_resumes_and_plots(tmp_path, monkeypatch):
 
 
 def test_plot_without_tau_or_segments(tmp_path):
-  records = [{"step": 5, "split": "train", "loss": 1.0, "examples_per_sec": 10.0},
-             {"step": 5, "split": "val", "ctr_auc": 0.6, "cvr_auc": 0.55},
+  records = [{"step": 5, "split": "val", "ctr_auc": 0.6, "cvr_auc": 0.55},
              {"step": 10, "split": "val", "ctr_auc": 0.7, "cvr_auc": 0.6}]
   with open(tmp_path / "metrics.jsonl", "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in records)
+  with open(tmp_path / "train_metrics.jsonl", "w") as f:
+    f.write(json.dumps({"step": 5, "split": "train", "loss": 1.0}) + "\n")
   written = plot.plot_run(str(tmp_path), str(tmp_path / "out"))
   assert sorted(os.path.basename(p) for p in written) == ["eval_metrics.png",
                                                           "training_curves.png"]

@@ -2,11 +2,13 @@
 
 Everything a run reports lands in its work directory (process 0 only):
 
-  metrics.jsonl    one JSON object per line: {"step", "split", <metric>: float, ...};
-                   split "train" holds the averaged step metrics of a logging window
-                   (loss terms, tau_mean, grad_norm, examples_per_sec), the evaluation
-                   splits hold ``pico_jax.metrics.task_metrics``. A resumed run may
-                   append a step again; readers keep the last record of a (split, step).
+  metrics.jsonl    one JSON object per evaluation: {"step", "split", <metric>: float,
+                   ...} with the metrics of ``pico_jax.metrics.task_metrics``.
+  train_metrics.jsonl  the same format, split "train": the averaged step metrics of
+                   each logging window (loss terms, tau_mean, grad_norm,
+                   examples_per_sec, steps_per_sec).
+                   A resumed run may append a step again; ``read_metrics`` keeps the
+                   last record of a (split, step).
   tensorboard/     TensorBoard event files (tensorboardX): the same scalars as
                    ``<split>/<metric>``, and histograms of the evaluated tau, overall
                    and per segment.
@@ -32,6 +34,7 @@ import numpy as np
 from pico_jax import batch as B
 
 METRICS_FILE = "metrics.jsonl"
+TRAIN_METRICS_FILE = "train_metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -40,10 +43,10 @@ def tau_file(split: str) -> str:
 
 
 class MetricsWriter:
-  """Appends one JSON object per record to ``workdir/metrics.jsonl`` (process 0)."""
+  """Appends one JSON object per record to ``workdir/<filename>`` (process 0)."""
 
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, METRICS_FILE)
+  def __init__(self, workdir: str, filename: str = METRICS_FILE):
+    self.path = os.path.join(workdir, filename)
 
   def write(self, step: int, split: str, metrics: dict):
     if jax.process_index() != 0:
@@ -53,10 +56,10 @@ class MetricsWriter:
       f.write(json.dumps(record) + "\n")
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  """The records of ``workdir/metrics.jsonl``, the last one of each (split, step) kept,
-  in file order. Raises ValueError naming the file and line of a malformed record."""
-  path = os.path.join(workdir, METRICS_FILE)
+def read_metrics(workdir: str, filename: str = METRICS_FILE) -> list[dict]:
+  """The records of ``workdir/<filename>``, the last one of each (split, step) kept, in
+  file order. Raises ValueError naming the file and line of a malformed record."""
+  path = os.path.join(workdir, filename)
   latest = {}
   with open(path) as f:
     for line_no, line in enumerate(f, 1):
@@ -91,6 +94,7 @@ class Reporter:
     self.workdir = workdir
     self.batch_size = batch_size
     self.metrics = MetricsWriter(workdir)
+    self.train_metrics = MetricsWriter(workdir, TRAIN_METRICS_FILE)
     self._bar = None
     self._tb = None
     self._last_time = time.perf_counter()
@@ -128,7 +132,7 @@ class Reporter:
     self._last_time, self._last_step = now, step
     if not self.enabled:
       return record
-    self.metrics.write(step, "train", record)
+    self.train_metrics.write(step, "train", record)
     if self._bar is not None:
       self._bar.set_postfix({"loss": f"{record.get('loss', math.nan):.4f}",
                              "ex/s": f"{record['examples_per_sec']:.0f}"}, refresh=False)

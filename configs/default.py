@@ -66,7 +66,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-      grad_clip_norm=0.0))
+      grad_clip_norm=0.0,
+      # The embedding table's optimizer: dense (the one above) | lazy_adam | lazy_adagrad
+      # (row-sparse: only the rows a batch touches are read and written; see
+      # pico_jax/train/sparse_optimizer.py).
+      embedding_optimizer="dense"))
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 512  # global
@@ -79,11 +83,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.early_stopping_metric = ""
   c.train.patience = 2
 
-  c.checkpoint = ml_collections.ConfigDict(dict(enabled=True, every_steps=1_000, keep=2))
+  # Orbax checkpoints in workdir/checkpoints, written asynchronously every every_steps
+  # and at the end. Kept: the last `keep` and the `keep_best` best by best_metric
+  # ("<split>/<metric>" of an evaluation at the checkpoint's step; "" keeps only the
+  # latest), ranked by best_mode (max | min).
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      enabled=True, every_steps=1_000, keep=2, best_metric="val/ctr_auc", best_mode="max",
+      keep_best=1))
 
   # Devices: mesh.data * mesh.model must equal the device count; -1 takes the rest.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
-  # Logical parameter axis -> mesh axis (None: replicated).
-  c.axis_rules = (("vocab", None), ("embed", None), ("mlp_in", None), ("mlp_out", None),
-                  ("expert", None))
+  # fsdp: also split every dense parameter over `data` (its largest divisible axis);
+  # the default replicates them.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1, fsdp=False))
+  # Logical parameter axis -> mesh axis (None: replicated). The embedding table's rows
+  # are split over every device; its lookup never moves the table (see
+  # pico_jax.models.embeddings.sharded_lookup).
+  c.axis_rules = (("vocab", ("data", "model")), ("embed", None), ("mlp_in", None),
+                  ("mlp_out", None), ("expert", None))
   return c

@@ -1,6 +1,13 @@
 """Train a model: python launch/train.py --config=configs/default.py --workdir=DIR.
 
 Any config value can be overridden: --config.model.backbone=ple --config.train.steps=200.
+
+Multi-process (several hosts, or one process per GPU): run the same command in every
+process. ``--distributed=auto`` (the default) joins the processes into one job when a
+coordinator is given (``--coordinator_address`` or ``JAX_COORDINATOR_ADDRESS``) or
+when SLURM / Open MPI / Cloud TPU on GKE launched it; on a Cloud TPU VM pod slice pass
+``--distributed=on`` (jax reads the topology from the TPU metadata). Rerunning the
+same command with the same ``--workdir`` resumes from the latest checkpoint.
 """
 
 import logging
@@ -15,6 +22,20 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/default", "Output directory.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "Join a multi-process job with jax.distributed.initialize: auto (when a coordinator "
+    "or a cluster launcher is found), on (always; jax detects TPU pods, SLURM, Open MPI, "
+    "Kubernetes), off.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0 (default: $JAX_COORDINATOR_ADDRESS or auto-detected).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in the job (default: $JAX_NUM_PROCESSES or detected).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index (default: $JAX_PROCESS_ID or detected).")
+_LOCAL_DEVICES = flags.DEFINE_list(
+    "local_device_ids", None, "Devices this process uses, e.g. 0 for one process per GPU.")
 
 
 def main(argv):
@@ -27,6 +48,15 @@ def main(argv):
     validate(_CONFIG.value)
   except ConfigError as e:
     raise app.UsageError(str(e)) from None
+  from pico_jax import parallel
+  # Before anything touches a device: the device list depends on it.
+  parallel.initialize_distributed(
+      _DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+      local_device_ids=[int(i) for i in _LOCAL_DEVICES.value] if _LOCAL_DEVICES.value else None)
+  # Logs from process 0 only; the others report warnings and errors.
+  logging.getLogger("pico_jax").setLevel(
+      logging.INFO if parallel.is_main_process() else logging.WARNING)
   from pico_jax.train.loop import train_and_evaluate
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -22,6 +22,7 @@ _CHOICES = {
     "contrast.negatives": ("global", "local"),
     "loss.cvr_rows": ("clicked", "all"),
     "optimizer.name": ("adam", "adamw", "adagrad", "sgd"),
+    "optimizer.embedding_optimizer": ("dense", "lazy_adam", "lazy_adagrad"),
 }
 _POSITIVE = ("train.batch_size", "train.steps", "train.log_every", "train.eval_every",
              "train.eval_batch_size", "model.embed_dim", "model.vocab_pad_multiple",

@@ -70,11 +70,18 @@ def _normalize(z, eps=1e-12):
   return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), eps))
 
 
-def _anchor_loss(anchors, candidates, tau):
-  """-s_ii / tau_i + logsumexp_j(s_ij / tau_i), s_ij = anchors_i . candidates_j: [B]."""
-  s = jnp.einsum("id,jd->ij", anchors, candidates, precision=jax.lax.Precision.HIGHEST)
-  logits = s / tau[:, None]
-  return -jnp.diagonal(logits) + jax.nn.logsumexp(logits, axis=1)
+def _exact_terms(z_ctr, z_cvr, tau, symmetric: bool):
+  """(row, col or None), each float32 [B], from one similarity matrix S = z_ctr z_cvr^T.
+
+  The CVR-anchored logits S_ji / tau_i are S's columns scaled by tau: the second
+  direction reuses S (and its gradient) instead of forming S^T with a second matmul.
+  """
+  s = jnp.einsum("id,jd->ij", z_ctr, z_cvr, precision=jax.lax.Precision.HIGHEST)
+  positive = jnp.diagonal(s) / tau
+  row = jax.nn.logsumexp(s / tau[:, None], axis=1) - positive
+  if not symmetric:
+    return row, None
+  return row, jax.nn.logsumexp(s / tau[None, :], axis=0) - positive
 
 
 def _logsumexp_chunked(anchors, candidates, tau, chunk_size):
@@ -118,8 +125,8 @@ def contrastive_per_instance(z_ctr, z_cvr, tau, *, symmetric: bool = True,
     lse = functools.partial(_logsumexp_chunked, chunk_size=chunk_size)
     row = lse(z_ctr, z_cvr, tau) - positive
     return (row + lse(z_cvr, z_ctr, tau) - positive) / 2 if symmetric else row
-  row = _anchor_loss(z_ctr, z_cvr, tau)
-  return (row + _anchor_loss(z_cvr, z_ctr, tau)) / 2 if symmetric else row
+  row, col = _exact_terms(z_ctr, z_cvr, tau, symmetric)
+  return (row + col) / 2 if symmetric else row
 
 
 def pico_contrastive_loss(z_ctr, z_cvr, tau, *, symmetric: bool = True,

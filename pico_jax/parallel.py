@@ -1,12 +1,21 @@
-"""Device mesh and shardings: the one place that decides where arrays live.
+"""Device mesh, shardings and multi-process set-up: where arrays live.
 
 The mesh has a ``data`` axis (batch rows) and a ``model`` axis. Parameters carry
 logical axis names (``vocab``, ``embed``, ``mlp_in``, ...; see
 ``pico_jax.models.layers``) and the config's ``axis_rules`` map them to mesh axes.
+With ``mesh.fsdp`` every parameter the rules leave replicated is split over ``data``
+along its largest axis that divides evenly (fully sharded data parallelism).
+
+Multi-process (several hosts, or several processes on one host): call
+``initialize_distributed`` before anything touches a device; every process then runs
+the same program on its own Grain shard, and ``shard_batch`` joins the per-process
+rows into global arrays.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Sequence
 
 import flax.linen as nn
@@ -15,6 +24,71 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA, MODEL = "data", "model"
+DISTRIBUTED_MODES = ("auto", "on", "off")
+
+log = logging.getLogger("pico_jax")
+
+
+def _cluster_detected() -> str | None:
+  """The name of a multi-process launcher found in the environment, else None.
+
+  SLURM (``srun`` with more than one task), Open MPI (``mpirun``) and Cloud TPU on
+  GKE/Megascale set these; a Cloud TPU VM pod slice is found by jax itself through
+  the TPU metadata server, which ``--distributed=on`` consults.
+  """
+  env = os.environ
+  if "JAX_COORDINATOR_ADDRESS" in env:
+    return "JAX_COORDINATOR_ADDRESS"
+  if int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")) or 1) > 1:
+    return "SLURM"
+  if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+    return "Open MPI"
+  if "MEGASCALE_COORDINATOR_ADDRESS" in env or "," in env.get("TPU_WORKER_HOSTNAMES", ""):
+    return "Cloud TPU"
+  return None
+
+
+def initialize_distributed(mode: str = "auto", *, coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None,
+                           local_device_ids: Sequence[int] | None = None,
+                           initialization_timeout: int = 300) -> bool:
+  """Joins this process to a multi-process JAX job; returns whether it did.
+
+  ``mode``: ``on`` always calls ``jax.distributed.initialize`` (missing values are
+  detected by jax on TPU pods, SLURM, Open MPI and Kubernetes); ``off`` never does;
+  ``auto`` does when a coordinator address is given or a multi-process launcher is
+  found in the environment (see ``_cluster_detected``). Unset arguments fall back to
+  ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` and then to
+  jax's detection.
+  """
+  if mode not in DISTRIBUTED_MODES:
+    raise ValueError(f"--distributed={mode!r}: expected one of {list(DISTRIBUTED_MODES)}")
+  env = os.environ
+  coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
+  if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+    num_processes = int(env["JAX_NUM_PROCESSES"])
+  if process_id is None and env.get("JAX_PROCESS_ID"):
+    process_id = int(env["JAX_PROCESS_ID"])
+  if mode == "off" or (mode == "auto" and coordinator_address is None
+                       and _cluster_detected() is None):
+    return False
+  if jax.distributed.is_initialized():
+    return True
+  # Collectives between processes on CPU (tests, CPU clusters) go through gloo.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id,
+                             local_device_ids=local_device_ids,
+                             initialization_timeout=initialization_timeout)
+  log.info("process %d of %d joined the job (coordinator %s); %d local, %d global devices",
+           jax.process_index(), jax.process_count(), coordinator_address or "auto-detected",
+           jax.local_device_count(), jax.device_count())
+  return True
+
+
+def is_main_process() -> bool:
+  """Whether this process writes logs, metrics and other single-writer files."""
+  return jax.process_index() == 0
 
 
 def make_mesh(data: int = -1, model: int = 1,
@@ -47,13 +121,55 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def logical_shardings(boxed_tree, mesh: Mesh, rules) -> object:
+def _rules(rules) -> tuple:
+  return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+               for name, axes in rules)
+
+
+def _fsdp_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+  """``spec`` with ``data`` added on the largest free axis it divides (or unchanged)."""
+  used = {a for entry in spec for a in ((entry,) if isinstance(entry, str) else entry or ())}
+  n = mesh.shape[DATA]
+  if DATA in used or n == 1:
+    return spec
+  entries = list(spec) + [None] * (len(shape) - len(spec))
+  free = [i for i, e in enumerate(entries) if e is None and shape[i] % n == 0]
+  if not free:
+    return spec
+  entries[max(free, key=lambda i: shape[i])] = DATA
+  return P(*entries)
+
+
+def logical_shardings(boxed_tree, mesh: Mesh, rules, *, fsdp: bool = False) -> object:
   """NamedShardings for a tree whose leaves may be ``nn.LogicallyPartitioned``.
 
-  Unannotated leaves (optimizer counts, the step, the rng) are replicated.
+  Unannotated leaves (optimizer counts, the step, the rng) are replicated. With
+  ``fsdp``, annotated leaves that the rules leave unsplit over ``data`` are split
+  over it along their largest axis that divides evenly (small ones stay replicated).
+  Rows of vocab-sharded leaves must divide evenly: a clear error says which key to
+  change when they do not.
   """
-  specs = nn.get_partition_spec(boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, tuple(tuple(r) for r in rules))
+  rules = _rules(rules)
+
+  def sharding(leaf):
+    if not isinstance(leaf, nn.Partitioned):
+      return NamedSharding(mesh, P())
+    names = tuple(leaf.names)
+    spec = nn.logical_to_mesh_axes(names, rules)
+    shape = tuple(leaf.value.shape)
+    for dim, entry in zip(shape, spec):
+      axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+      size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+      if dim % size:
+        raise ValueError(
+            f"a parameter axis of size {dim} (logical axes {names}) cannot be split over "
+            f"mesh axes {axes} of {size} devices; change config.axis_rules, config.mesh "
+            "or (for the embedding table) config.model.vocab_pad_multiple")
+    if fsdp:
+      spec = _fsdp_spec(spec, shape, mesh)
+    return NamedSharding(mesh, spec)
+
+  return jax.tree.map(sharding, boxed_tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 def shard_batch(batch, mesh: Mesh):

@@ -248,3 +248,15 @@ def test_census_trains_end_to_end(census_sample_store, tmp_path):
   assert np.isfinite(result["ctr_auc"]) and {"cvr_auc", "ctcvr_auc"} <= set(result)
   records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert records[-1]["split"] == "test"
+
+
+@pytest.mark.parametrize("drop", ["schema", "splits"])
+def test_meta_json_missing_key_names_file_and_key(tmp_path, drop):
+  directory = tmp_path / "store"
+  directory.mkdir()
+  meta = {"store_version": store.STORE_VERSION,
+          "schema": {"sparse": [], "multi": [], "dense": [], "extras": []}, "splits": {}}
+  del meta[drop]
+  (directory / "meta.json").write_text(json.dumps(meta))
+  with pytest.raises(DataError, match=f"meta.json.*{drop}|{drop}.*meta.json"):
+    store.load_store(str(directory))

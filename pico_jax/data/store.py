@@ -156,12 +156,21 @@ def load_store(path: str) -> Dataset:
   """
   path = os.path.abspath(path)
   meta = read_meta(path)
-  schema = Schema.from_json(meta["schema"])
+  meta_path = os.path.join(path, META)
+  for key in ("schema", "splits"):
+    if key not in meta:
+      raise DataError(f"meta.json has no key {key!r}", path=meta_path)
+  try:
+    schema = Schema.from_json(meta["schema"])
+  except (TypeError, ValueError, KeyError) as e:
+    raise DataError(f"invalid 'schema' in meta.json: {e}", path=meta_path) from None
   specs = column_specs(schema)
   splits = {}
   for split in SPLITS:
     if split not in meta["splits"]:
       raise DataError(f"meta.json has no split {split!r}", path=os.path.join(path, META))
+    if "rows" not in meta["splits"][split]:
+      raise DataError(f"meta.json split {split!r} has no key 'rows'", path=meta_path)
     n = meta["splits"][split]["rows"]
     cols = {}
     for key, (tail, dtype) in specs.items():

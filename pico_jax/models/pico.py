@@ -9,9 +9,9 @@ import ml_collections
 from pico_jax.data.schema import Schema
 from pico_jax.models import backbones
 from pico_jax.models.embeddings import FeatureEmbedding
-from pico_jax.models.heads import ContrastHead, Tower
+from pico_jax.models.heads import TAU_MODES, ContrastHead, Tower
 
-CONTRAST_MODES = ("none", "fixed", "global", "personalized")
+CONTRAST_MODES = ("none",) + TAU_MODES
 BACKBONES = ("shared_bottom", "mmoe", "ple")
 # The parameter subtree that exists for training only; serving never holds it.
 CONTRAST_SCOPE = "contrast"
@@ -24,7 +24,8 @@ class PicoModel(nn.Module):
   arrays: ``ctr_logit``, ``cvr_logit``, ``p_ctr``, ``p_cvr``, ``p_ctcvr`` [B], and, when
   the model has a contrast head and ``with_contrast`` is set, ``z_ctr``, ``z_cvr``
   [B, proj_dim], ``tau``, ``relatedness_logit`` [B]. ``with_contrast=False`` is the
-  serving path: it neither creates nor reads ``params["contrast"]``.
+  serving path: it neither creates nor reads ``params["contrast"]``. ``embedding_rows``
+  is passed to ``FeatureEmbedding`` as ``gathered`` (the lazy optimizer's touched rows).
   """
   embedding: nn.Module
   backbone: nn.Module
@@ -32,8 +33,9 @@ class PicoModel(nn.Module):
   cvr_tower: nn.Module
   contrast: nn.Module | None = None
 
-  def __call__(self, features, *, train: bool = False, with_contrast: bool = True):
-    e = self.embedding(features)
+  def __call__(self, features, *, train: bool = False, with_contrast: bool = True,
+               embedding_rows=None):
+    e = self.embedding(features, embedding_rows)
     ctr_in, cvr_in = self.backbone(e, train=train)[:2]
     ctr_logit, h_ctr = self.ctr_tower(ctr_in, train=train)
     cvr_logit, h_cvr = self.cvr_tower(cvr_in, train=train)

@@ -7,8 +7,9 @@ Everything a run reports lands in its work directory (process 0 only):
   train_metrics.jsonl  the same format, split "train": the averaged step metrics of
                    each logging window (loss terms, tau_mean, grad_norm,
                    examples_per_sec, steps_per_sec).
-                   A resumed run may append a step again; ``read_metrics`` keeps the
-                   last record of a (split, step).
+                   A resumed run first drops the records after its checkpoint
+                   (``truncate_after``); ``read_metrics`` also keeps only the last
+                   record of a (split, step).
   tensorboard/     TensorBoard event files (tensorboardX): the same scalars as
                    ``<split>/<metric>``, and histograms of the evaluated tau, overall
                    and per segment.
@@ -47,6 +48,26 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, filename: str = METRICS_FILE):
     self.path = os.path.join(workdir, filename)
+
+  def truncate_after(self, step: int):
+    """Drops records of steps after ``step``: a resumed run redoes those steps, and
+    the file then reads as if the run had never stopped."""
+    if jax.process_index() != 0 or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = [line for line in f if line.strip()]
+    # A line cut short by a kill mid-write is dropped with the rest.
+    kept = []
+    for line in lines:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if record["step"] <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    with open(self.path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(self.path + ".tmp", self.path)
 
   def write(self, step: int, split: str, metrics: dict):
     if jax.process_index() != 0:
@@ -111,6 +132,11 @@ class Reporter:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(logdir=os.path.join(workdir, TENSORBOARD_DIR),
                                flush_secs=30)
+
+  def truncate_after(self, step: int):
+    """Drops the records of steps after ``step`` (a resumed run redoes them)."""
+    self.metrics.truncate_after(step)
+    self.train_metrics.truncate_after(step)
 
   def step(self, n: int = 1):
     """Advances the bar by ``n`` steps (no device sync)."""

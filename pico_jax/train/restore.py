@@ -5,10 +5,11 @@ so ``launch/evaluate.py`` and ``launch/export.py`` need only the work directory.
 
 Which checkpoint (``which``):
   ``latest``  the newest step.
-  ``best``    the kept step whose evaluation on ``config.data.eval_split`` (from the
-              run's ``metrics.jsonl``) is best on ``config.checkpoint.best_metric`` when
-              the config has it, else ``config.train.early_stopping_metric``, else
-              ``mean_auc``.
+  ``best``    the kept step whose evaluation (from the run's ``metrics.jsonl``) is
+              best on ``config.checkpoint.best_metric`` ("<split>/<metric>", ranked
+              by ``checkpoint.best_mode``) when set, else on
+              ``config.train.early_stopping_metric`` of ``config.data.eval_split``,
+              else on its ``mean_auc``.
   ``STEP``    that step (an integer).
 """
 
@@ -57,23 +58,26 @@ def _manager(workdir: str) -> ocp.CheckpointManager:
       read_only=True, create=False))
 
 
-def best_metric(config) -> str:
-  """The metric that defines the best checkpoint of ``config``."""
-  named = config.get("checkpoint", {}).get("best_metric", "") or \
-      config.get("train", {}).get("early_stopping_metric", "")
-  return named or "mean_auc"
+def best_metric(config) -> tuple[str, str, str]:
+  """(split, metric, 'max' | 'min') that define the best checkpoint of ``config``."""
+  ckpt = config.get("checkpoint", {})
+  if ckpt.get("best_metric", ""):
+    split, _, metric = ckpt.best_metric.partition("/")
+    return split, metric, ckpt.get("best_mode", "max")
+  metric = config.get("train", {}).get("early_stopping_metric", "") or "mean_auc"
+  return config.data.eval_split, metric, metric_mode(metric)
 
 
 def best_step(workdir: str, steps, config) -> int:
-  """The step of ``steps`` whose eval-split record in ``metrics.jsonl`` is best."""
-  metric, split = best_metric(config), config.data.eval_split
+  """The step of ``steps`` whose evaluation record in ``metrics.jsonl`` is best."""
+  split, metric, mode = best_metric(config)
   records = {r["step"]: r for r in reporting.read_metrics(workdir)
              if r["split"] == split and metric in r}
   scored = [s for s in steps if s in records]
   if not scored:
     raise ValueError(f"{os.path.join(workdir, reporting.METRICS_FILE)}: no {split!r} "
                      f"evaluation with {metric!r} at a kept checkpoint step {sorted(steps)}")
-  sign = 1 if metric_mode(metric) == "max" else -1
+  sign = 1 if mode == "max" else -1
   chosen = max(scored, key=lambda s: sign * records[s][metric])
   overall = max(records, key=lambda s: sign * records[s][metric])
   if overall not in steps:

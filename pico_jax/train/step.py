@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import functools
 
+import contextlib
+
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 
 from pico_jax import batch as B
 from pico_jax.losses import pico_objective
 from pico_jax.parallel import DATA, batch_sharding, replicated
+from pico_jax.train import sparse_optimizer
 from pico_jax.train.state import TrainState
 
 
@@ -29,12 +32,17 @@ def objective_kwargs(config, mesh) -> dict:
 def train_step(state: TrainState, batch, *, model, tx, objective: dict):
   """One optimisation step: (state, batch) -> (state, metrics of float32 scalars)."""
   rng = jax.random.fold_in(state.rng, state.step)
+  features = B.features(batch)
 
-  def loss_fn(params):
-    outputs = model.apply({"params": params}, B.features(batch), train=True,
-                          rngs={"dropout": rng})
+  def loss_fn(params, embedding_rows=None):
+    outputs = model.apply({"params": params}, features, train=True, rngs={"dropout": rng},
+                          embedding_rows=embedding_rows)
     return pico_objective(outputs, batch, **objective)
 
+  if isinstance(tx, sparse_optimizer.LazyEmbeddingOptimizer):
+    params, opt_state, metrics = tx.step(loss_fn, state.params, state.opt_state,
+                                         model.embedding.schema, features)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -49,14 +57,36 @@ def eval_step(params, batch, *, model):
   return {k: out[k] for k in keys if k in out}
 
 
+def partitioning_context(mesh, axis_rules):
+  """The mesh and logical axis rules as trace-time context.
+
+  Modules that choose a distributed algorithm by the placement of their params (the
+  sharded embedding lookup) read both from here.
+  """
+  stack = contextlib.ExitStack()
+  stack.enter_context(jax.sharding.use_abstract_mesh(mesh.abstract_mesh))
+  stack.enter_context(nn.logical_axis_rules(tuple(tuple(r) for r in axis_rules)))
+  return stack
+
+
+def _traced_under(fn, mesh, axis_rules):
+  @functools.wraps(fn)
+  def wrapped(*args):
+    with partitioning_context(mesh, axis_rules):
+      return fn(*args)
+  return wrapped
+
+
 def compile_steps(model, tx, config, mesh, state_shardings):
   """jit-compiled ``train_step`` (state donated) and ``eval_step`` with explicit shardings."""
   data = batch_sharding(mesh)
+  rules = config.axis_rules
   train = jax.jit(
-      functools.partial(train_step, model=model, tx=tx,
-                        objective=objective_kwargs(config, mesh)),
+      _traced_under(functools.partial(train_step, model=model, tx=tx,
+                                      objective=objective_kwargs(config, mesh)),
+                    mesh, rules),
       in_shardings=(state_shardings, data), out_shardings=(state_shardings, replicated(mesh)),
       donate_argnums=0)
-  evaluate = jax.jit(functools.partial(eval_step, model=model),
+  evaluate = jax.jit(_traced_under(functools.partial(eval_step, model=model), mesh, rules),
                      in_shardings=(state_shardings.params, data), out_shardings=data)
   return train, evaluate

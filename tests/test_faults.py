@@ -1,0 +1,158 @@
+"""Faults: SIGKILL and SIGTERM mid-run, NaN losses, incompatible resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, small_config
+from pico_jax import batch as B
+from pico_jax import parallel
+from pico_jax.data import load_dataset, pipeline
+from pico_jax.models import build_model
+from pico_jax.train import checkpoint as ckpt_lib
+from pico_jax.train import loop
+from pico_jax.train.optimizer import make_optimizer
+from pico_jax.train.state import create_train_state
+
+# A tiny model that compiles fast; the kill test runs it in fresh processes.
+TINY = {"model.backbone": "shared_bottom", "train.steps": 120, "train.log_every": 1,
+        "train.eval_every": 40, "checkpoint.enabled": True, "checkpoint.every_steps": 10,
+        "checkpoint.keep": 2, "mesh.data": 2}
+
+
+def write_config(path, overrides: dict) -> str:
+  """A config file for launch/train.py: the test suite's small config + ``overrides``."""
+  # The whole config as a literal: importing conftest there would reset the device count.
+  with open(path, "w") as f:
+    f.write("import ml_collections\n\n"
+            "def get_config():\n"
+            f"  return ml_collections.ConfigDict({small_config(**overrides).to_dict()!r})\n")
+  return str(path)
+
+
+def launch_env(devices: int, cache_dir) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             # Restarts load their compiled steps instead of compiling them again.
+             JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  return env
+
+
+def train_command(config_path, workdir, *flags):
+  return [sys.executable, os.path.join(ROOT, "launch", "train.py"), f"--config={config_path}",
+          f"--workdir={workdir}", *flags]
+
+
+def _run_until(cmd, env, *, step: int, sig: int) -> tuple[int, str]:
+  """Runs ``cmd``, sends ``sig`` once it logs training step ``step``; (exit code, log)."""
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  lines = []
+  sent = False
+  for line in proc.stdout:
+    lines.append(line)
+    if not sent and f" step {step}/" in line:
+      proc.send_signal(sig)
+      sent = True
+  code = proc.wait(timeout=120)
+  assert sent, "".join(lines[-30:])
+  return code, "".join(lines)
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path):
+  config = write_config(tmp_path / "tiny.py", TINY)
+  env = launch_env(2, tmp_path / "jax_cache")
+  reference = str(tmp_path / "reference")
+  subprocess.run(train_command(config, reference), env=env, check=True, timeout=300,
+                 capture_output=True)
+  workdir = str(tmp_path / "interrupted")
+  rng = np.random.default_rng(0)
+  first, second, third = sorted(rng.choice(np.arange(5, 115), size=3, replace=False))
+  # SIGKILL: no chance to clean up; the step's checkpoint may be half-written.
+  code, _ = _run_until(train_command(config, workdir), env, step=first, sig=signal.SIGKILL)
+  assert code == -signal.SIGKILL
+  # SIGTERM (preemption): saves the current step and exits cleanly.
+  code, log = _run_until(train_command(config, workdir), env, step=second, sig=signal.SIGTERM)
+  assert code == 0, log[-3000:]
+  assert "preempted (SIGTERM) at step" in log
+  stopped = int(log.split("preempted (SIGTERM) at step ")[1].split(":")[0])
+  assert stopped >= second
+  assert ckpt_lib.Checkpointer(workdir, keep=1, every_steps=1).latest_step() == stopped
+  code, _ = _run_until(train_command(config, workdir), env, step=third, sig=signal.SIGKILL)
+  assert code == -signal.SIGKILL
+  done = subprocess.run(train_command(config, workdir), env=env, timeout=300,
+                        capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "resumed from the checkpoint of step" in done.stderr
+
+  expected, got = ckpt_lib.load_state_arrays(reference), ckpt_lib.load_state_arrays(workdir)
+  assert int(got["step"]) == TINY["train.steps"]
+  jax.tree.map(np.testing.assert_array_equal, got, expected)
+  assert _records(workdir) == _records(reference)
+
+
+def _poisoned_loader(first_bad_batch: int, config):
+  """load_dataset, with NaN dense features in the rows of training batches from
+  ``first_bad_batch`` on (epoch 0 order)."""
+  def load(cfg):
+    dataset = load_dataset(cfg)
+    train = dataset.splits["train"]
+    order = pipeline.epoch_permutation(len(train[B.CLICK]), cfg.seed, 0)
+    bad = order[first_bad_batch * cfg.train.batch_size:]
+    train[B.DENSE] = train[B.DENSE].copy()
+    train[B.DENSE][bad] = np.nan
+    return dataset
+  return load
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch):
+  config = small_config(**{**TINY, "train.steps": 12, "train.log_every": 5,
+                           "train.eval_every": 100, "checkpoint.every_steps": 4,
+                           "mesh.data": -1})
+  # Batch index 5 is step 6: steps 1-5 are finite, the checkpoint of step 4 is good.
+  monkeypatch.setattr(loop, "load_dataset", _poisoned_loader(5, config))
+  with pytest.raises(FloatingPointError) as e:
+    loop.train_and_evaluate(config, str(tmp_path))
+  message = str(e.value)
+  assert "at step 6" in message and "step 4" in message and "learning_rate" in message
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), keep=2, every_steps=4)
+  assert ckpt.all_steps() == [4]
+  state = ckpt_lib.load_state_arrays(str(tmp_path))
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state))
+  ckpt.close()
+
+
+def test_resuming_a_different_model_names_the_mismatch(tmp_path):
+  overrides = {**TINY, "mesh.data": -1}
+  config = small_config(**overrides)
+  # A checkpoint of this config, written without training (quicker to build).
+  dataset = load_dataset(config)
+  mesh = parallel.mesh_from_config(config)
+  model = build_model(config, dataset.schema)
+  state = create_train_state(model, make_optimizer(config.optimizer), dataset.schema,
+                             config.seed, mesh, config.axis_rules)
+  data = pipeline.train_iterator(dataset.splits["train"], global_batch_size=64, num_batches=4,
+                                 seed=0, num_threads=1)
+  ckpt = ckpt_lib.Checkpointer.from_config(str(tmp_path), config.checkpoint)
+  ckpt.save(10, state, data, config, force=True)
+  ckpt.close()
+  with pytest.raises(ckpt_lib.CheckpointMismatchError) as e:
+    loop.train_and_evaluate(
+        small_config(**{**overrides, "model.shared_bottom.hidden": (32,)}), str(tmp_path))
+  message = str(e.value)
+  assert "params/backbone/bottom/dense_0/kernel: saved shape" in message
+  assert "model.shared_bottom.hidden: [16] -> [32]" in message

@@ -34,5 +34,6 @@ fi
     --steps="${STEPS:-30}" --repeats=5 --warmup=3 \
     > "$OUT_DIR/train_throughput.jsonl" 2> "$OUT_DIR/train_throughput.log"
 "$PYTHON" benchmarks/contrastive.py --batch_sizes=1024,4096,16384,65536 --chunk_size=1024 \
+    --max_temp_gib=64 \
     > "$OUT_DIR/contrastive.jsonl" 2> "$OUT_DIR/contrastive.log"
 cat "$OUT_DIR/machine.txt" "$OUT_DIR/train_throughput.jsonl" "$OUT_DIR/contrastive.jsonl"

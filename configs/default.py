@@ -78,6 +78,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.log_every = 100
   c.train.eval_every = 1_000
   c.train.eval_batch_size = 4_096
+  # Early stopping on a metric of the eval split ('' = off; e.g. mean_auc, ctcvr_logloss):
+  # stop after `patience` evaluations without improvement; test scores the best params.
+  c.train.early_stopping_metric = ""
+  c.train.patience = 2
 
   # Orbax checkpoints in workdir/checkpoints, written asynchronously every every_steps
   # and at the end. Kept: the last `keep` and the `keep_best` best by best_metric

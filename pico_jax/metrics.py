@@ -1,7 +1,20 @@
 """Evaluation metrics over whole splits (never averages of per-batch values).
 
-All functions take host numpy arrays holding every prediction of a split and compute
-in float64.
+All functions take host numpy arrays holding every prediction of a split (gathered
+across processes by ``pico_jax.train.loop.predict_split``) and compute in float64.
+
+Which rows each task is scored on:
+
+- CTR: all rows (click).
+- CVR: clicked rows only (conversion given click), the post-click space the CVR tower
+  models. When the dataset's two tasks are independent (``info["task_relation"] ==
+  "independent"``, e.g. Census income / never-married, where the "conversion" does not
+  imply the "click"), ``cvr_auc_all_rows`` scores the CVR tower on all rows as well.
+- CTCVR: all rows, p_ctr * p_cvr against click * conversion (ESMM's entire space).
+
+GAUC is the impression-weighted mean of per-group AUCs over the batch key ``group``
+(user id, search id); groups holding a single class have no AUC and are skipped, and
+the number skipped is reported beside the value.
 """
 
 from __future__ import annotations
@@ -10,24 +23,45 @@ import numpy as np
 
 from pico_jax import batch as B
 
+INDEPENDENT = "independent"
+
+
+def _as_1d(x):
+  return np.asarray(x, np.float64).ravel()
+
+
+def _check_inputs(fn, labels, scores, weights):
+  labels, scores = _as_1d(labels), _as_1d(scores)
+  weights = (np.ones_like(labels) if weights is None else _as_1d(weights))
+  if not labels.shape == scores.shape == weights.shape:
+    raise ValueError(f"{fn}: labels {labels.shape}, scores {scores.shape} and weights "
+                     f"{weights.shape} differ in shape")
+  bad = ~((labels == 0) | (labels == 1))
+  if bad.any():
+    raise ValueError(f"{fn}: labels must be 0 or 1; row {int(np.argmax(bad))} holds "
+                     f"{labels[bad][0]!r} ({int(bad.sum())} such rows)")
+  if not np.isfinite(scores).all():
+    raise ValueError(f"{fn}: {int((~np.isfinite(scores)).sum())} non-finite scores, first "
+                     f"at row {int(np.argmax(~np.isfinite(scores)))}")
+  if (weights < 0).any() or not np.isfinite(weights).all():
+    raise ValueError(f"{fn}: weights must be finite and >= 0")
+  return labels, scores, weights
+
 
 def auc(labels, scores, weights=None) -> float:
   """Exact ROC AUC; tied scores count 1/2 per positive-negative pair (as sklearn).
 
   Args:
-    labels: [N] in {0, 1}. scores: [N] float. weights: optional [N] >= 0.
+    labels: [N] in {0, 1}. scores: [N] finite floats. weights: optional [N] >= 0.
   Returns:
     The (weighted) probability that a random positive outranks a random negative;
     NaN when either class has zero weight.
   """
-  labels = np.asarray(labels, np.float64).ravel()
-  scores = np.asarray(scores, np.float64).ravel()
-  weights = np.ones_like(labels) if weights is None else np.asarray(weights, np.float64).ravel()
-  if not labels.shape == scores.shape == weights.shape:
-    raise ValueError(f"auc: labels {labels.shape}, scores {scores.shape} and weights "
-                     f"{weights.shape} differ in shape")
+  labels, scores, weights = _check_inputs("auc", labels, scores, weights)
   order = np.argsort(scores, kind="stable")
   s, y, w = scores[order], labels[order], weights[order]
+  if not len(s):
+    return float("nan")
   # Sum positive and negative weight per distinct score.
   starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
   pos = np.add.reduceat(w * y, starts)
@@ -39,46 +73,173 @@ def auc(labels, scores, weights=None) -> float:
   return float(np.sum(pos * (neg_below + 0.5 * neg)) / (total_pos * total_neg))
 
 
+def group_aucs(labels, scores, groups, weights=None):
+  """Exact AUC of every group, in one sort (no Python loop over groups).
+
+  Args:
+    labels: [N] in {0, 1}. scores: [N] float. groups: [N] integer group keys.
+    weights: optional [N] >= 0 row weights.
+  Returns:
+    (keys [G] sorted group keys, aucs float64 [G] with NaN for single-class groups,
+     impressions float64 [G] = the summed row weight of each group).
+  """
+  labels, scores, weights = _check_inputs("group_aucs", labels, scores, weights)
+  groups = np.asarray(groups).ravel()
+  if groups.shape != labels.shape:
+    raise ValueError(f"group_aucs: groups {groups.shape} and labels {labels.shape} differ "
+                     "in shape")
+  if not len(groups):
+    empty = np.zeros(0)
+    return groups[:0], empty, empty
+  order = np.lexsort((scores, groups))  # by group, then by score within the group.
+  g, s, y, w = groups[order], scores[order], labels[order], weights[order]
+  new_group = np.r_[True, g[1:] != g[:-1]]
+  # A run is a maximal block of equal (group, score): ties within a group.
+  starts = np.flatnonzero(new_group | np.r_[True, s[1:] != s[:-1]])
+  pos = np.add.reduceat(w * y, starts)
+  neg = np.add.reduceat(w * (1 - y), starts)
+  group_of_run = np.cumsum(new_group[starts]) - 1
+  num_groups = int(group_of_run[-1]) + 1
+  cum_neg = np.cumsum(neg) - neg  # negatives below the run, over all earlier groups too.
+  first_run = np.flatnonzero(new_group[starts])
+  neg_below = cum_neg - cum_neg[first_run][group_of_run]
+  numer = np.bincount(group_of_run, pos * (neg_below + 0.5 * neg), num_groups)
+  total_pos = np.bincount(group_of_run, pos, num_groups)
+  total_neg = np.bincount(group_of_run, neg, num_groups)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    aucs = np.where((total_pos > 0) & (total_neg > 0), numer / (total_pos * total_neg),
+                    np.nan)
+  return g[new_group], aucs, total_pos + total_neg
+
+
+def gauc(labels, scores, groups, weights=None) -> dict[str, float]:
+  """Group AUC: sum_g n_g AUC_g / sum_g n_g over groups holding both classes.
+
+  Args:
+    labels, scores, groups, weights: as ``group_aucs``.
+  Returns:
+    {"gauc": value (NaN if no group has both classes), "groups": groups used,
+     "skipped_groups": single-class groups left out}.
+  """
+  _, aucs, impressions = group_aucs(labels, scores, groups, weights)
+  valid = ~np.isnan(aucs)
+  used = int(valid.sum())
+  value = (float(np.sum(impressions[valid] * aucs[valid]) / np.sum(impressions[valid]))
+           if used and np.sum(impressions[valid]) > 0 else float("nan"))
+  return {"gauc": value, "groups": used, "skipped_groups": int((~valid).sum())}
+
+
 def logloss(labels, probs, weights=None, eps: float = 1e-7) -> float:
-  """Mean binary cross-entropy of probabilities clipped to [eps, 1 - eps]."""
-  labels = np.asarray(labels, np.float64)
-  p = np.clip(np.asarray(probs, np.float64), eps, 1 - eps)
+  """Mean binary cross-entropy of probabilities clipped to [eps, 1 - eps] (NaN if empty)."""
+  labels, p, weights = _check_inputs("logloss", labels, probs, weights)
+  if not len(labels) or weights.sum() <= 0:
+    return float("nan")
+  p = np.clip(p, eps, 1 - eps)
   per_row = -(labels * np.log(p) + (1 - labels) * np.log1p(-p))
   return float(np.average(per_row, weights=weights))
 
 
-def task_metrics(predictions, columns) -> dict[str, float]:
-  """CTR, CVR (clicked rows only) and CTCVR metrics of one split.
+def spearman(x, y) -> float:
+  """Spearman rank correlation with average ranks for ties (NaN if a side is constant)."""
+  rx, ry = _average_ranks(x), _average_ranks(y)
+  if len(rx) < 2 or rx.std() == 0 or ry.std() == 0:
+    return float("nan")
+  return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _average_ranks(x):
+  x = np.asarray(x, np.float64).ravel()
+  order = np.argsort(x, kind="stable")
+  sorted_x = x[order]
+  starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
+  ends = np.r_[starts[1:], len(x)]
+  ranks = np.empty(len(x))
+  ranks[order] = np.repeat((starts + ends - 1) / 2.0, ends - starts)
+  return ranks
+
+
+def _group_metrics(prefix, labels, scores, groups):
+  g = gauc(labels, scores, groups)
+  return {f"{prefix}_gauc": g["gauc"], f"{prefix}_gauc_groups": float(g["groups"]),
+          f"{prefix}_gauc_skipped_groups": float(g["skipped_groups"])}
+
+
+def task_metrics(predictions, columns, info: dict | None = None) -> dict[str, float]:
+  """CTR, CVR and CTCVR metrics of one whole split.
 
   Args:
     predictions: dict with ``p_ctr``, ``p_cvr``, ``p_ctcvr`` [N] (and optionally
       ``tau``) for every row of the split, in row order.
-    columns: the split's columns (``click``, ``conversion``; the synthetic
-      ``p_ctr_true``/``p_cvr_true``/``segment`` are used when present).
+    columns: the split's columns: ``click``, ``conversion`` [N]; used when present:
+      ``group`` (GAUC), ``segment`` (tau per segment), ``p_ctr_true`` /
+      ``p_cvr_true`` (oracle AUCs of synthetic data).
+    info: the dataset's info dict: ``task_relation`` ("independent" adds
+      ``cvr_auc_all_rows``), ``rho`` per segment (adds ``tau_rho_spearman``).
   Returns:
-    Flat dict of metric name -> float.
+    Flat dict of metric name -> float: ``{ctr,cvr,ctcvr}_{auc,logloss}``,
+    ``mean_auc`` (the mean of the two task AUCs, the early-stopping default),
+    ``{ctr,cvr,ctcvr}_gauc`` with ``_gauc_groups`` and ``_gauc_skipped_groups``,
+    ``oracle_*_auc``, ``tau_mean``, ``tau_segment_<s>``, row counts.
+  Raises:
+    ValueError: a row with conversion 1 and click 0 in a dataset whose conversion is
+      post-click (the CVR rows would be wrong), or predictions of the wrong length.
   """
+  info = info or {}
+  independent = info.get("task_relation") == INDEPENDENT
   click = np.asarray(columns[B.CLICK], np.float64)
   conv = np.asarray(columns[B.CONVERSION], np.float64)
+  n = len(click)
+  for key in ("p_ctr", "p_cvr", "p_ctcvr"):
+    if len(predictions[key]) != n:
+      raise ValueError(f"task_metrics: predictions[{key!r}] has {len(predictions[key])} "
+                       f"rows, the split has {n}")
+  bad = (conv > 0) & (click <= 0)
+  if bad.any() and not independent:
+    raise ValueError(
+        f"task_metrics: {int(bad.sum())} rows have conversion=1 and click=0 (first: row "
+        f"{int(np.argmax(bad))}); CVR is scored on clicked rows, so this is bad input "
+        "unless the dataset's info sets task_relation='independent'")
   clicked = click > 0
+  p_ctr, p_cvr, p_ctcvr = (np.asarray(predictions[k], np.float64)
+                           for k in ("p_ctr", "p_cvr", "p_ctcvr"))
   out = {
-      "ctr_auc": auc(click, predictions["p_ctr"]),
-      "cvr_auc": auc(conv[clicked], predictions["p_cvr"][clicked]),
-      "ctcvr_auc": auc(click * conv, predictions["p_ctcvr"]),
-      "ctr_logloss": logloss(click, predictions["p_ctr"]),
-      "cvr_logloss": logloss(conv[clicked], predictions["p_cvr"][clicked]),
-      "ctcvr_logloss": logloss(click * conv, predictions["p_ctcvr"]),
+      "num_rows": float(n), "num_clicks": float(click.sum()),
+      "num_conversions": float((click * conv).sum()),
+      "ctr_auc": auc(click, p_ctr),
+      "cvr_auc": auc(conv[clicked], p_cvr[clicked]),
+      "ctcvr_auc": auc(click * conv, p_ctcvr),
+      "ctr_logloss": logloss(click, p_ctr),
+      "cvr_logloss": logloss(conv[clicked], p_cvr[clicked]),
+      "ctcvr_logloss": logloss(click * conv, p_ctcvr),
   }
+  if independent:
+    out["cvr_auc_all_rows"] = auc(conv, p_cvr)
+    out["cvr_logloss_all_rows"] = logloss(conv, p_cvr)
+    out["mean_auc"] = (out["ctr_auc"] + out["cvr_auc_all_rows"]) / 2
+  else:
+    out["mean_auc"] = (out["ctr_auc"] + out["cvr_auc"]) / 2
+  if B.GROUP in columns:
+    groups = np.asarray(columns[B.GROUP])
+    out.update(_group_metrics("ctr", click, p_ctr, groups))
+    out.update(_group_metrics("cvr", conv[clicked], p_cvr[clicked], groups[clicked]))
+    out.update(_group_metrics("ctcvr", click * conv, p_ctcvr, groups))
   if B.P_CTR_TRUE in columns:
-    p_ctr, p_cvr = columns[B.P_CTR_TRUE], columns[B.P_CVR_TRUE]
-    out["oracle_ctr_auc"] = auc(click, p_ctr)
-    out["oracle_cvr_auc"] = auc(conv[clicked], p_cvr[clicked])
-    out["oracle_ctcvr_auc"] = auc(click * conv, p_ctr * p_cvr)
+    true_ctr = np.asarray(columns[B.P_CTR_TRUE], np.float64)
+    true_cvr = np.asarray(columns[B.P_CVR_TRUE], np.float64)
+    out["oracle_ctr_auc"] = auc(click, true_ctr)
+    out["oracle_cvr_auc"] = auc(conv[clicked], true_cvr[clicked])
+    out["oracle_ctcvr_auc"] = auc(click * conv, true_ctr * true_cvr)
   if "tau" in predictions:
     tau = np.asarray(predictions["tau"], np.float64)
     out["tau_mean"] = float(tau.mean())
+    out["tau_std"] = float(tau.std())
     if B.SEGMENT in columns:
       seg = np.asarray(columns[B.SEGMENT])
-      for s in np.unique(seg):
-        out[f"tau_segment_{int(s)}"] = float(tau[seg == s].mean())
+      segments = np.unique(seg)
+      means = [float(tau[seg == s].mean()) for s in segments]
+      for s, m in zip(segments, means):
+        out[f"tau_segment_{int(s)}"] = m
+      rho = info.get("rho")
+      if rho is not None and len(segments) > 1:
+        out["tau_rho_spearman"] = spearman(means, [rho[int(s)] for s in segments])
   return out

@@ -6,12 +6,10 @@ All side effects (I/O, logging, checkpoints) live here; the steps it drives are 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
 import threading
-import time
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +23,8 @@ from pico_jax import parallel
 from pico_jax.data import load_dataset, pipeline
 from pico_jax.models import build_model
 from pico_jax.train import checkpoint as ckpt_lib
+from pico_jax.train import reporting
+from pico_jax.train.early_stopping import EarlyStopping
 from pico_jax.train.optimizer import make_optimizer
 from pico_jax.train.state import create_train_state, state_shardings
 from pico_jax.train.step import compile_steps
@@ -55,38 +55,19 @@ def _format(metrics: dict, keys) -> str:
   return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
 
 
-class MetricsWriter:
-  """Appends one JSON object per evaluation to ``workdir/metrics.jsonl`` (process 0)."""
+def _copy(params):
+  return jax.tree.map(lambda x: x.copy(), params)
 
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, "metrics.jsonl")
 
-  def truncate_after(self, step: int):
-    """Drops records of steps after ``step``: a resumed run redoes those steps, and
-    the file then reads as if the run had never stopped."""
-    if jax.process_index() != 0 or not os.path.exists(self.path):
-      return
-    with open(self.path) as f:
-      lines = [line for line in f if line.strip()]
-    # A line cut short by a kill mid-write is dropped with the rest.
-    kept = []
-    for line in lines:
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      if record["step"] <= step:
-        kept.append(line if line.endswith("\n") else line + "\n")
-    with open(self.path + ".tmp", "w") as f:
-      f.writelines(kept)
-    os.replace(self.path + ".tmp", self.path)
-
-  def write(self, step: int, split: str, metrics: dict):
-    if jax.process_index() != 0:
-      return
-    record = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+def _early_stopping(config, workdir: str, step: int) -> EarlyStopping | None:
+  """The config's early stopping, replayed from the run's evaluations up to ``step``."""
+  stopper = EarlyStopping.from_config(config)
+  if stopper is None or step == 0 or not os.path.exists(
+      os.path.join(workdir, reporting.METRICS_FILE)):
+    return stopper
+  return EarlyStopping.from_history(
+      stopper.metric, stopper.patience, reporting.read_metrics(workdir),
+      split=config.data.eval_split, up_to_step=step)
 
 
 class PreemptionWatch:
@@ -166,26 +147,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       process_count=jax.process_count(), prefetch=config.data.prefetch,
       num_threads=config.data.num_threads)
 
-  writer = MetricsWriter(workdir)
   checkpointer = None
+  resumed_step = None
   if config.checkpoint.enabled:
     checkpointer = ckpt_lib.Checkpointer.from_config(workdir, config.checkpoint)
     resumed = checkpointer.restore_latest(ckpt_lib.abstract_like(state), data_iter, config)
     if resumed is not None:
       state, resumed_step = resumed
-      writer.truncate_after(resumed_step)
       log.info("resumed from the checkpoint of step %d in %s", resumed_step,
                checkpointer.directory)
+  reporter = reporting.Reporter(workdir, total_steps=t.steps, start_step=int(state.step),
+                                batch_size=t.batch_size)
+  if resumed_step is not None:
+    reporter.truncate_after(resumed_step)
+  stopper = _early_stopping(config, workdir, int(state.step))
+  # The best params live beside the state (one extra copy) so the final test
+  # evaluation scores the best validation step, as early stopping promises.
+  best_params = (_copy(state.params) if stopper and stopper.best_step == int(state.step)
+                 else None)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   log.info("%s backbone, contrast=%s, %d params, %d devices, mesh %s, %d train rows",
            config.model.backbone, config.contrast.mode, n_params, jax.device_count(),
            dict(mesh.shape), dataset.num_rows("train"))
 
-  def evaluate(split: str, step: int) -> dict[str, float]:
-    preds = predict_split(eval_step, state.params, dataset.splits[split], mesh,
-                          t.eval_batch_size)
-    result = metrics_lib.task_metrics(preds, dataset.splits[split])
-    writer.write(step, split, result)
+  def evaluate(split: str, step: int, params=None) -> dict[str, float]:
+    preds = predict_split(eval_step, state.params if params is None else params,
+                          dataset.splits[split], mesh, t.eval_batch_size)
+    result = metrics_lib.task_metrics(preds, dataset.splits[split], dataset.info)
+    reporter.eval(step, split, result, preds, dataset.splits[split])
     log.info("eval %s step %d: %s", split, step, _format(result, (
         "ctr_auc", "oracle_ctr_auc", "cvr_auc", "oracle_cvr_auc", "ctcvr_auc",
         "oracle_ctcvr_auc", "ctr_logloss", "cvr_logloss", "ctcvr_logloss")))
@@ -202,14 +191,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       stack.callback(checkpointer.close)
       stack.callback(checkpointer.wait)
     watch = stack.enter_context(PreemptionWatch())
+    stack.callback(reporter.close)
     step = int(state.step)
-    window_start, window_steps = time.perf_counter(), 0
     pending = []
-    while step < t.steps:
+    while step < t.steps and not (stopper and stopper.should_stop):
       batch = next(data_iter)
       state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
       step += 1
-      window_steps += 1
+      reporter.step()
       pending.append((step, metrics))  # fetched at log time: no host round trip per step.
       save_now = checkpointer is not None and (checkpointer.should_save(step)
                                                or step == t.steps)
@@ -220,15 +209,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _check_finite(host, state, step, checkpointer)
         if step % t.log_every == 0 or step == t.steps:
           loss = float(np.mean([m["loss"] for _, m in host]))
-          elapsed = time.perf_counter() - window_start
+          record = reporter.train(step, {k: np.mean([m[k] for _, m in host])
+                                         for k in host[-1][1]})
           log.info("step %d/%d loss=%.4f %s | %.1f steps/s %.0f examples/s", step, t.steps,
                    loss, _format(host[-1][1], ("loss_ctr", "loss_ctcvr", "loss_contrast",
                                                "tau_mean")),
-                   window_steps / elapsed, window_steps * t.batch_size / elapsed)
-          window_start, window_steps = time.perf_counter(), 0
+                   record["steps_per_sec"], record["examples_per_sec"])
       eval_result = None
       if step % t.eval_every == 0 or step == t.steps:
         eval_result = evaluate(config.data.eval_split, step)
+        if stopper and stopper.update(step, eval_result):
+          best_params = _copy(state.params)
+        if stopper and stopper.should_stop:
+          log.info("early stop at step %d: %s has not improved on %.4f (step %d) for %d "
+                   "evaluations", step, stopper.metric, stopper.best_value,
+                   stopper.best_step, stopper.bad_evals)
+          if checkpointer is not None:  # the stopping point is saved, checked finite.
+            _check_finite(jax.device_get(pending), state, step, checkpointer)
+            save_now = True
       if save_now:
         checkpointer.save(step, state, data_iter, config, force=True, metrics=None if
                           eval_result is None else {f"{config.data.eval_split}/{k}": v
@@ -242,5 +240,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     "nothing saved")
         return {}
 
-    result = evaluate("test", step)
+    if stopper and best_params is None:
+      log.warning("the best params (step %s) predate this resumed run; the test metrics "
+                  "below are of the last step; `launch/evaluate.py --checkpoint best` "
+                  "scores the best checkpoint", stopper.best_step)
+    test_step = stopper.best_step if stopper and best_params is not None else step
+    result = evaluate("test", test_step, best_params)
   return result

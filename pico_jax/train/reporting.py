@@ -1,0 +1,198 @@
+"""Observability of a training run: a progress bar, JSON-lines metrics, TensorBoard.
+
+Everything a run reports lands in its work directory (process 0 only):
+
+  metrics.jsonl    one JSON object per evaluation: {"step", "split", <metric>: float,
+                   ...} with the metrics of ``pico_jax.metrics.task_metrics``.
+  train_metrics.jsonl  the same format, split "train": the averaged step metrics of
+                   each logging window (loss terms, tau_mean, grad_norm,
+                   examples_per_sec, steps_per_sec).
+                   A resumed run first drops the records after its checkpoint
+                   (``truncate_after``); ``read_metrics`` also keeps only the last
+                   record of a (split, step).
+  tensorboard/     TensorBoard event files (tensorboardX): the same scalars as
+                   ``<split>/<metric>``, and histograms of the evaluated tau, overall
+                   and per segment.
+  tau_<split>.npz  the per-row tau of the latest evaluation of a split (``tau``,
+                   ``segment`` when the data has segments, ``step``), for
+                   ``launch/plot.py``.
+
+The progress bar (tqdm: steps, loss, examples/s, ETA) shows on a terminal only; tqdm's
+environment variables (e.g. ``TQDM_DISABLE=1``) override that.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+from pico_jax import batch as B
+
+METRICS_FILE = "metrics.jsonl"
+TRAIN_METRICS_FILE = "train_metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def tau_file(split: str) -> str:
+  return f"tau_{split}.npz"
+
+
+class MetricsWriter:
+  """Appends one JSON object per record to ``workdir/<filename>`` (process 0)."""
+
+  def __init__(self, workdir: str, filename: str = METRICS_FILE):
+    self.path = os.path.join(workdir, filename)
+
+  def truncate_after(self, step: int):
+    """Drops records of steps after ``step``: a resumed run redoes those steps, and
+    the file then reads as if the run had never stopped."""
+    if jax.process_index() != 0 or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = [line for line in f if line.strip()]
+    # A line cut short by a kill mid-write is dropped with the rest.
+    kept = []
+    for line in lines:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if record["step"] <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    with open(self.path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(self.path + ".tmp", self.path)
+
+  def write(self, step: int, split: str, metrics: dict):
+    if jax.process_index() != 0:
+      return
+    record = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(workdir: str, filename: str = METRICS_FILE) -> list[dict]:
+  """The records of ``workdir/<filename>``, the last one of each (split, step) kept, in
+  file order. Raises ValueError naming the file and line of a malformed record."""
+  path = os.path.join(workdir, filename)
+  latest = {}
+  with open(path) as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        key = (record["split"], int(record["step"]))
+      except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}:{line_no}: malformed metrics record ({e})") from None
+      latest.pop(key, None)  # re-insert: a rewritten step moves to its new place.
+      latest[key] = record
+  return list(latest.values())
+
+
+class Reporter:
+  """The run's reporting sinks. Only process 0 writes; the others do nothing.
+
+  Args:
+    workdir: the run's work directory.
+    total_steps: the planned number of steps (the bar's total; its ETA).
+    start_step: the step training starts (or resumes) from.
+    batch_size: global batch size, for examples/s.
+    progress_file: where the bar goes (default stderr); None on a non-terminal
+      disables the bar unless tqdm's environment says otherwise.
+    tensorboard: write TensorBoard event files.
+  """
+
+  def __init__(self, workdir: str, *, total_steps: int, start_step: int = 0,
+               batch_size: int, progress_file=None, tensorboard: bool = True):
+    self.enabled = jax.process_index() == 0
+    self.workdir = workdir
+    self.batch_size = batch_size
+    self.metrics = MetricsWriter(workdir)
+    self.train_metrics = MetricsWriter(workdir, TRAIN_METRICS_FILE)
+    self._bar = None
+    self._tb = None
+    self._last_time = time.perf_counter()
+    self._last_step = start_step
+    if not self.enabled:
+      return
+    from tqdm import tqdm
+    self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                     file=progress_file or sys.stderr,
+                     # None: shown on a terminal only (explicit files always show).
+                     disable=False if progress_file is not None else None,
+                     desc="train", mininterval=0.5)
+    if tensorboard:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(logdir=os.path.join(workdir, TENSORBOARD_DIR),
+                               flush_secs=30)
+
+  def truncate_after(self, step: int):
+    """Drops the records of steps after ``step`` (a resumed run redoes them)."""
+    self.metrics.truncate_after(step)
+    self.train_metrics.truncate_after(step)
+
+  def step(self, n: int = 1):
+    """Advances the bar by ``n`` steps (no device sync)."""
+    if self._bar is not None:
+      self._bar.update(n)
+
+  def train(self, step: int, metrics: dict) -> dict:
+    """Records the averaged step metrics of a logging window ending at ``step``.
+
+    Adds ``examples_per_sec`` (and ``steps_per_sec``) over the window; returns the
+    record written.
+    """
+    now = time.perf_counter()
+    elapsed = max(now - self._last_time, 1e-9)
+    steps = max(step - self._last_step, 0)
+    record = {k: float(v) for k, v in metrics.items()}
+    record["steps_per_sec"] = steps / elapsed
+    record["examples_per_sec"] = steps * self.batch_size / elapsed
+    self._last_time, self._last_step = now, step
+    if not self.enabled:
+      return record
+    self.train_metrics.write(step, "train", record)
+    if self._bar is not None:
+      self._bar.set_postfix({"loss": f"{record.get('loss', math.nan):.4f}",
+                             "ex/s": f"{record['examples_per_sec']:.0f}"}, refresh=False)
+    if self._tb is not None:
+      for k, v in record.items():
+        self._tb.add_scalar(f"train/{k}", v, step)
+    return record
+
+  def eval(self, step: int, split: str, metrics: dict, predictions=None, columns=None):
+    """Records an evaluation of ``split``; with ``predictions["tau"]``, its distribution."""
+    if not self.enabled:
+      return
+    self.metrics.write(step, split, metrics)
+    if self._tb is not None:
+      for k, v in metrics.items():
+        self._tb.add_scalar(f"{split}/{k}", float(v), step)
+    if predictions is None or "tau" not in predictions:
+      return
+    tau = np.asarray(predictions["tau"], np.float32)
+    arrays = {"tau": tau, "step": np.asarray(step)}
+    if columns is not None and B.SEGMENT in columns:
+      arrays["segment"] = np.asarray(columns[B.SEGMENT], np.int32)
+    np.savez(os.path.join(self.workdir, tau_file(split)), **arrays)
+    if self._tb is not None:
+      self._tb.add_histogram(f"{split}/tau", tau, step)
+      if "segment" in arrays:
+        for s in np.unique(arrays["segment"]):
+          self._tb.add_histogram(f"{split}/tau_segment_{int(s)}",
+                                 tau[arrays["segment"] == s], step)
+
+  def close(self):
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None

@@ -1,0 +1,131 @@
+"""Export: the artifact reproduces the model without pico_jax and holds no contrast params."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, small_config
+from pico_jax import batch as B
+from pico_jax import export
+from pico_jax.models import serving_params
+
+# Run in a clean interpreter: importing pico_jax (or flax) there fails loudly.
+_CLEAN_RUN = """
+import sys
+class Block:
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in ("pico_jax", "flax", "optax", "orbax"):
+      raise ImportError("the serving process imported " + name)
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import serve
+predict = serve.load(sys.argv[1])
+with np.load(sys.argv[2]) as z:
+  features = {k: z[k] for k in z.files}
+out = predict(features)
+small = predict({k: v[:3] for k, v in features.items()})
+np.savez(sys.argv[3], **out, small_p_ctr=small["p_ctr"])
+assert not any(m.split(".")[0] == "pico_jax" for m in sys.modules)
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A short checkpointed run, exported with launch/export.py."""
+  from pico_jax.train.loop import train_and_evaluate
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = small_config(**{"checkpoint.enabled": True, "checkpoint.every_steps": 10})
+  train_and_evaluate(config, workdir)
+  artifact = os.path.join(workdir, "artifact")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "export.py"),
+                         f"--workdir={workdir}", f"--output={artifact}",
+                         "--platforms=cpu,cuda"], capture_output=True, text=True, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "contrast-head params dropped" in proc.stdout
+  from pico_jax.train.restore import restore
+  return workdir, artifact, restore(workdir, "latest")
+
+
+def test_artifact_reproduces_model_in_a_process_without_pico_jax(trained, tmp_path):
+  from pico_jax.train import loop
+  from pico_jax.train.step import eval_step
+  _, artifact, r = trained
+  cols = r.dataset.splits["test"]
+  expected = loop.predict_split(jax.jit(functools.partial(eval_step, model=r.model)),
+                                r.params, cols, r.mesh, 256)  # 8-device mesh
+  features = {k: v for k, v in cols.items() if k in B.FEATURE_KEYS}
+  np.savez(tmp_path / "features.npz", **features)
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  proc = subprocess.run([sys.executable, "-c", _CLEAN_RUN, artifact,
+                         str(tmp_path / "features.npz"), str(tmp_path / "out.npz")],
+                        capture_output=True, text=True, env=env, cwd=str(tmp_path))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with np.load(tmp_path / "out.npz") as got:
+    for key in ("p_ctr", "p_cvr", "p_ctcvr"):
+      assert got[key].shape == (len(cols[B.CLICK]),)
+      np.testing.assert_allclose(got[key], expected[key], rtol=0, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(got["small_p_ctr"], expected["p_ctr"][:3], rtol=0, atol=1e-6)
+
+
+def test_artifact_holds_exactly_the_serving_params(trained):
+  _, artifact, r = trained
+  manifest = json.load(open(os.path.join(artifact, export.MANIFEST_FILE)))
+  serving = export.num_params(serving_params(r.params))
+  assert manifest["num_params"] == serving < export.num_params(r.params)
+  assert not any(p["name"].startswith("contrast") for p in manifest["params"])
+  with np.load(os.path.join(artifact, export.PARAMS_FILE)) as z:
+    assert sum(z[k].size for k in z.files) == serving
+  assert manifest["platforms"] == ["cpu", "cuda"]
+  assert manifest["step"] == 20
+  inputs = {i["name"]: i for i in manifest["inputs"]}
+  assert inputs["sparse"] == {"name": "sparse", "shape": ["batch", 5], "dtype": "int32"}
+  assert inputs["multi_mask"]["dtype"] == "bool"
+
+
+def test_loaded_artifact_checks_its_inputs(trained):
+  _, artifact, _ = trained
+  predict = export.load(artifact)
+  features = {i["name"]: np.zeros([2] + i["shape"][1:], i["dtype"])
+              for i in predict.manifest["inputs"]}
+  assert predict(features)["p_ctcvr"].shape == (2,)
+  with pytest.raises(ValueError, match=r"missing inputs \['dense'\]"):
+    predict({k: v for k, v in features.items() if k != "dense"})
+  with pytest.raises(ValueError, match="input 'dense': dtype float64, expected float32"):
+    predict({**features, "dense": features["dense"].astype(np.float64)})
+  with pytest.raises(ValueError, match=r"input 'sparse': shape \[2, 4\], expected"):
+    predict({**features, "sparse": features["sparse"][:, :4]})
+  with pytest.raises(ValueError, match="input 'dense': batch 3, others have 2"):
+    predict({**features, "dense": np.zeros((3, 8), np.float32)})
+
+
+def test_evaluate_cli_agrees_with_the_training_loop(trained, tmp_path):
+  """launch/evaluate.py on the last checkpoint gives the loop's final test metrics."""
+  import importlib.util
+  workdir, _, _ = trained
+  spec = importlib.util.spec_from_file_location(
+      "evaluate_cli", os.path.join(ROOT, "launch", "evaluate.py"))
+  cli = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(cli)
+  result = cli.evaluate(workdir, "test", "best")
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  (loop_test,) = [r for r in records if r["split"] == "test"]
+  assert result["step"] == 20 and result["split"] == "test"
+  for key, value in loop_test.items():
+    if key not in ("step", "split"):
+      assert result[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+  assert cli.evaluate(workdir, "val", "10")["step"] == 10
+  with pytest.raises(ValueError, match=r"--checkpoint=15: no such checkpoint.*\[10, 20\]"):
+    cli.evaluate(workdir, "test", "15")
+  with pytest.raises(ValueError, match="--checkpoint='last'"):
+    cli.evaluate(workdir, "test", "last")
+  with pytest.raises(FileNotFoundError, match="no checkpoints"):
+    cli.evaluate(str(tmp_path), "test", "latest")

@@ -1,0 +1,93 @@
+"""Reporting: JSON-lines metrics, TensorBoard event files, the progress bar, tau files."""
+
+import io
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from pico_jax import batch as B
+from pico_jax.train import reporting
+
+
+def _events(logdir):
+  """(tag, kind) of every summary in the TensorBoard event files under ``logdir``."""
+  from tensorboardX.proto import event_pb2
+  out = []
+  for name in os.listdir(logdir):
+    with open(os.path.join(logdir, name), "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc.
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 16 + length
+      for v in event.summary.value:
+        out.append((v.tag, v.WhichOneof("value"), event.step))
+  return out
+
+
+def test_reporter_writes_jsonl_tensorboard_tau_and_progress(tmp_path):
+  bar = io.StringIO()
+  rep = reporting.Reporter(str(tmp_path), total_steps=20, batch_size=32, progress_file=bar)
+  for _ in range(10):
+    rep.step()
+  record = rep.train(10, {"loss": np.float32(0.5), "loss_ctr": 0.25})
+  assert record["examples_per_sec"] > 0 and record["steps_per_sec"] > 0
+  preds = {"tau": np.array([0.1, 0.2, 0.3, 0.4], np.float32)}
+  cols = {B.SEGMENT: np.array([0, 0, 1, 1])}
+  rep.eval(10, "val", {"ctr_auc": 0.75, "tau_segment_0": 0.15}, preds, cols)
+  rep.eval(10, "test", {"ctr_auc": 0.7})
+  rep.close()
+
+  lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [(r["split"], r["step"]) for r in lines] == [("val", 10), ("test", 10)]
+  assert lines[0]["ctr_auc"] == 0.75
+  (train,) = [json.loads(line) for line in open(tmp_path / "train_metrics.jsonl")]
+  assert train["step"] == 10 and train["loss"] == 0.5 and train["examples_per_sec"] > 0
+
+  tags = {(tag, kind) for tag, kind, _ in _events(tmp_path / "tensorboard")}
+  assert {("train/loss", "simple_value"), ("train/examples_per_sec", "simple_value"),
+          ("val/ctr_auc", "simple_value"), ("test/ctr_auc", "simple_value"),
+          ("val/tau", "histo"), ("val/tau_segment_1", "histo")} <= tags
+
+  tau = np.load(tmp_path / "tau_val.npz")
+  np.testing.assert_array_equal(tau["tau"], preds["tau"])
+  np.testing.assert_array_equal(tau["segment"], cols[B.SEGMENT])
+  assert int(tau["step"]) == 10
+
+  text = bar.getvalue()
+  assert "10/20" in text and "loss=0.5000" in text and "ex/s=" in text
+  assert "<" in text  # tqdm's elapsed<remaining: the ETA
+
+
+def test_read_metrics_keeps_last_record_per_step_and_names_bad_lines(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "split": "val", "a": 1}\n'
+                  '{"step": 2, "split": "val", "a": 2}\n'
+                  '{"step": 2, "split": "val", "a": 3}\n'
+                  '\n'
+                  '{"step": 2, "split": "train", "a": 4}\n')
+  records = reporting.read_metrics(str(tmp_path))
+  assert [(r["split"], r["step"], r["a"]) for r in records] == [
+      ("val", 1, 1), ("val", 2, 3), ("train", 2, 4)]
+  with open(path, "a") as f:
+    f.write('{"step": 3, "split"\n')
+  with pytest.raises(ValueError, match=r"metrics.jsonl:6: malformed"):
+    reporting.read_metrics(str(tmp_path))
+
+
+def test_training_run_reports(tmp_path, config):
+  """A real run leaves train and eval records, event files and tau of both splits."""
+  from pico_jax.train.loop import train_and_evaluate
+  train_and_evaluate(config, str(tmp_path))
+  records = reporting.read_metrics(str(tmp_path))
+  assert [(r["split"], r["step"]) for r in records] == [("val", 10), ("val", 20),
+                                                        ("test", 20)]
+  train = reporting.read_metrics(str(tmp_path), reporting.TRAIN_METRICS_FILE)
+  assert [r["step"] for r in train] == [10, 20]
+  assert all("examples_per_sec" in r and "loss_contrast" in r for r in train)
+  assert os.listdir(tmp_path / "tensorboard")
+  assert os.path.exists(tmp_path / "tau_val.npz") and os.path.exists(tmp_path / "tau_test.npz")

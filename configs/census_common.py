@@ -22,38 +22,15 @@ The recipe therefore trains BCE on income and BCE on never-married, both on all 
 never-married AUC on all rows for stores whose task_relation is "independent".
 """
 
-from configs import default
+from configs.store_recipe import store_config
 
 
 def get_config(backbone: str = "mmoe", pico: bool = True):
-  c = default.get_config()
-  c.data.name = "store"
-  c.data.path = ""  # required: --config.data.path=DIR
-  c.model.backbone = backbone
-  c.model.embed_dim = 16
-  c.model.dense_dim = 16
-  c.model.shared_bottom.hidden = (64,)
-  c.model.mmoe.num_experts = 8
-  c.model.mmoe.expert_hidden = (64,)
-  c.model.ple.num_levels = 1
-  c.model.ple.num_shared_experts = 4
-  c.model.ple.num_task_experts = 4
-  c.model.ple.expert_hidden = (64,)
-  c.model.tower_hidden = (32,)
+  c = store_config(backbone=backbone, pico=pico, embed_dim=16, expert_hidden=(64,),
+                   tower_hidden=(32,), batch_size=1024, steps=780, log_every=78,
+                   eval_every=78)
   c.loss.ctr_weight = 1.0
   c.loss.ctcvr_weight = 0.0
   c.loss.cvr_weight = 1.0
   c.loss.cvr_rows = "all"
-  c.optimizer.name = "adam"
-  c.optimizer.learning_rate = 1e-3
-  c.train.batch_size = 1024
-  c.train.steps = 780
-  c.train.log_every = 78
-  c.train.eval_every = 78
-  c.checkpoint.every_steps = 78
-  if pico:
-    c.contrast.mode = "personalized"
-  else:
-    c.contrast.mode = "none"
-    c.contrast.weight = 0.0
   return c

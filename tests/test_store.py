@@ -191,7 +191,7 @@ def test_recipes_load_and_validate(name):
   assert config.data.name == "store"
   config.data.path = "/some/store"
   validate(config)
-  if name.startswith("census"):  # DESIGN section 5, W1.
+  if name.startswith("census"):  # W1 of docs/benchmarks.md.
     assert (config.model.embed_dim, config.train.batch_size) == (16, 1024)
     assert tuple(config.model.tower_hidden) == (32,)
     assert config.optimizer.learning_rate == 1e-3

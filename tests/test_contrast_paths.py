@@ -15,9 +15,9 @@ from pico_jax import parallel
 from pico_jax.data import load_dataset, pipeline
 from pico_jax.losses import pico_objective
 from pico_jax.models import build_model
-from pico_jax.train.optimizer import make_optimizer
-from pico_jax.train.state import create_train_state, example_features, state_shardings
-from pico_jax.train.step import compile_steps, objective_kwargs
+from pico_jax.train.state import example_features
+from pico_jax.train.step import objective_kwargs
+from pico_jax.train.trainer import build
 
 BATCH = 64
 
@@ -93,20 +93,14 @@ def _under(grads, *prefixes):
 def _train(config, steps):
   """``steps`` compiled train steps on one device: (initial params, final params,
   host metrics of every step)."""
-  dataset = load_dataset(config)
-  mesh = parallel.make_mesh(1, 1, jax.devices()[:1])
-  model = build_model(config, dataset.schema)
-  tx = make_optimizer(config.optimizer)
-  shardings = state_shardings(model, tx, dataset.schema, mesh, config.axis_rules)
-  state = create_train_state(model, tx, dataset.schema, config.seed, mesh, config.axis_rules)
-  before = jax.device_get(state.params)
-  train_step, _ = compile_steps(model, tx, config, mesh, shardings)
+  config.train.steps = steps
+  trainer = build(config, mesh=parallel.make_mesh(1, 1, jax.devices()[:1]))
+  before = jax.device_get(trainer.state.params)
   metrics = []
-  for batch in pipeline.train_iterator(dataset.splits["train"], global_batch_size=BATCH,
-                                       num_batches=steps, seed=config.seed, num_threads=1):
-    state, m = train_step(state, parallel.shard_batch(batch, mesh))
+  for batch in trainer.batches():
+    trainer.state, m = trainer.train_step(trainer.state, batch)
     metrics.append(m)
-  return before, jax.device_get(state.params), jax.device_get(metrics)
+  return before, jax.device_get(trainer.state.params), jax.device_get(metrics)
 
 
 # --------------------------------------------------------------- relatedness input

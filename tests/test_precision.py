@@ -15,11 +15,7 @@ import pytest
 
 from conftest import small_config
 from pico_jax import parallel
-from pico_jax.data import load_dataset, pipeline
-from pico_jax.models import build_model
-from pico_jax.train.optimizer import make_optimizer
-from pico_jax.train.state import create_train_state, state_shardings
-from pico_jax.train.step import compile_steps
+from pico_jax.train.trainer import build
 
 # stablehlo.dot_general ... precision = [P, P] : (tensor<AxBxT>, tensor<CxDxT>) -> tensor<..xT>
 _DOT = re.compile(r"stablehlo\.dot_general .*precision = \[(\w+), \w+\].*"
@@ -30,16 +26,9 @@ def _dots(compute_dtype):
   """(dot_general ops of the lowered train step as (precision, lhs shape, lhs dtype,
   rhs shape, rhs dtype, result dtype), the float32 param kernels' shapes)."""
   config = small_config(**{"model.compute_dtype": compute_dtype})
-  dataset = load_dataset(config)
-  mesh = parallel.make_mesh(1, 1, jax.devices()[:1])
-  model = build_model(config, dataset.schema)
-  tx = make_optimizer(config.optimizer)
-  shardings = state_shardings(model, tx, dataset.schema, mesh, config.axis_rules)
-  state = create_train_state(model, tx, dataset.schema, config.seed, mesh, config.axis_rules)
-  train_step, _ = compile_steps(model, tx, config, mesh, shardings)
-  batch = next(pipeline.train_iterator(dataset.splits["train"], global_batch_size=64,
-                                       num_batches=1, seed=0, num_threads=1))
-  text = train_step.lower(state, parallel.shard_batch(batch, mesh)).as_text()
+  trainer = build(config, mesh=parallel.make_mesh(1, 1, jax.devices()[:1]))
+  state = trainer.state
+  text = trainer.train_step.lower(state, next(trainer.batches())).as_text()
   dots = [m.groups() for m in map(_DOT.search, text.splitlines()) if m]
   assert len(dots) == text.count("stablehlo.dot_general")  # the pattern read every one.
   kernels = {"/".join(k.key for k in path): leaf.shape

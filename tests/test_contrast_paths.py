@@ -82,12 +82,13 @@ def _paths(tree):
 
 
 def _reached(grads):
-  """The parameter paths whose gradient is not exactly zero."""
-  return {path for path, g in _paths(grads).items() if np.any(g != 0)}
+  """The parameter paths of ``grads`` ({path: gradient}) whose gradient is not exactly
+  zero."""
+  return {path for path, g in grads.items() if np.any(g != 0)}
 
 
 def _under(grads, *prefixes):
-  return {path for path in _paths(grads) if path.startswith(prefixes)}
+  return {path for path in grads if path.startswith(prefixes)}
 
 
 def _train(config, steps):
@@ -135,9 +136,10 @@ def test_towers_input_with_supervision_trains_and_reports_the_supervision_loss()
   before, after, metrics = _train(config, 4)
   for m in metrics:
     assert all(np.isfinite(v) for v in m.values())
-    # The supervision term is reported and is part of the optimised total
-    # (loss.cvr_weight is 0 in this recipe).
-    total = (m["loss_ctr"] + m["loss_ctcvr"] + config.contrast.weight * m["loss_contrast"]
+    # The supervision term is reported and is part of the optimised total.
+    w = config.loss
+    total = (w.ctr_weight * m["loss_ctr"] + w.ctcvr_weight * m["loss_ctcvr"]
+             + w.cvr_weight * m["loss_cvr"] + config.contrast.weight * m["loss_contrast"]
              + weight * m["loss_relatedness"])
     np.testing.assert_allclose(m["loss"], total, rtol=1e-5)
   tau = [float(m["tau_mean"]) for m in metrics]

@@ -145,6 +145,20 @@ def test_sharded_step_moves_no_vocabulary_sized_array_and_equals_single_device(
   _assert_params_close(state.params, expected)
 
 
+def test_sharded_step_with_pallas_contrast_equals_single_device_xla(single_device_run):
+  # --config.contrast.implementation=pallas on 8 devices: local anchors against the
+  # all-gathered candidates (interpret mode), against the single-device XLA form.
+  config = _tiny(**{"contrast.implementation": "pallas"})
+  _, mesh, state, train, _ = _setup(config)
+  batches, expected = single_device_run
+  compiled = train.lower(state, parallel.shard_batch(batches[0], mesh)).compile()
+  gathered = [shapes for op, shapes in _collectives(compiled.as_text()) if op == "all-gather"]
+  assert [(config.train.batch_size, config.contrast.proj_dim)] in gathered
+  for batch in batches:
+    state, _ = compiled(state, parallel.shard_batch(batch, mesh))
+  _assert_params_close(state.params, expected)
+
+
 def _contrast_inputs(n, dz=8, seed=0):
   rng = np.random.default_rng(seed)
   return (jnp.asarray(rng.normal(size=(n, dz)), jnp.float32),

@@ -62,13 +62,16 @@ def _compare(interpret: bool) -> str | None:
   xla = lambda a, c, t: jax.nn.logsumexp(
       jnp.dot(a, c.T, precision=jax.lax.Precision.HIGHEST) * t[:, None], axis=1)
   try:
+    # Ahead-of-time compiled executables run eagerly, also while a jit is being
+    # traced (where the check usually runs): nothing of this joins the caller's trace.
     compiled = jax.jit(jax.value_and_grad(lambda *x: loss(kernel, *x), argnums=(0, 1, 2))
                        ).lower(a, c, inv_tau).compile()
     got = jax.device_get(compiled(a, c, inv_tau))
   except Exception as e:  # noqa: BLE001  (any compile or run failure means: do not use it)
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-  want = jax.device_get(jax.jit(jax.value_and_grad(lambda *x: loss(xla, *x),
-                                                   argnums=(0, 1, 2)))(a, c, inv_tau))
+  want = jax.jit(jax.value_and_grad(lambda *x: loss(xla, *x), argnums=(0, 1, 2))
+                 ).lower(a, c, inv_tau).compile()(a, c, inv_tau)
+  want = jax.device_get(want)
   names = ("value", "d anchors", "d candidates", "d inv_tau")
   for name, x, y in zip(names, jax.tree.leaves(got), jax.tree.leaves(want)):
     if not np.allclose(x, y, rtol=_RTOL, atol=_ATOL):
@@ -80,14 +83,13 @@ def _compare(interpret: bool) -> str | None:
 def kernel_works(fallback: str = "xla") -> bool:
   """Whether the Pallas kernel passed this process's self-check on the default backend.
 
-  Runs the check on first call (it compiles and executes eagerly, also when called
-  while a jit is being traced) and warns, once, with the error when it fails;
+  Runs the check on first call (it compiles and executes ahead of time, so it may be
+  called while a jit is being traced) and warns, once, with the error when it fails;
   ``fallback`` names the implementation the caller uses instead (for the warning).
   """
   name = backend()
   if name not in _VERDICTS:
-    with jax.ensure_compile_time_eval():
-      _VERDICTS[name] = _compare(interpret=interpret_mode())
+    _VERDICTS[name] = _compare(interpret=interpret_mode())
     if _VERDICTS[name] is not None:
       message = (f"the Pallas contrast kernel failed its self-check on {name} "
                  f"({_VERDICTS[name]}); using implementation={fallback!r} instead")

@@ -44,14 +44,14 @@ class DevicePrefetcher(grain.DatasetIterator):
   """
 
   def __init__(self, iterator, put: Callable[[Any], Any], *, buffer_size: int = 2):
+    super().__init__(iterator if isinstance(iterator, grain.DatasetIterator) else ())
+    self._thread: threading.Thread | None = None
     if buffer_size < 1:
       raise ValueError(f"buffer_size={buffer_size}: must be >= 1")
-    super().__init__(iterator if isinstance(iterator, grain.DatasetIterator) else ())
     self._inner = iterator
     self._put = put
     self._buffer_size = buffer_size
     self._state = iterator.get_state()
-    self._thread: threading.Thread | None = None
     self._queue: queue.Queue | None = None
     self._stop: threading.Event | None = None
     self._ended = False
@@ -93,7 +93,7 @@ class DevicePrefetcher(grain.DatasetIterator):
 
   def _shutdown(self):
     """Stops the producer and drops every batch it read ahead."""
-    if getattr(self, "_thread", None) is None:  # also: __init__ raised before setting it.
+    if self._thread is None:
       return
     self._stop.set()
     self._thread.join()

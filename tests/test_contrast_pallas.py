@@ -152,3 +152,13 @@ def test_forced_compile_failure_falls_back_warns_and_trains(fake_accelerator):
   moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), jax.device_get(state.params),
                        before)
   assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_shard_local_negatives_with_pallas_equal_xla():
+  # negatives="local" vmaps the kernel over the groups (no mesh: each group on its own).
+  z_ctr, z_cvr, tau, _ = _inputs(32, 8, seed=13)
+  def loss(implementation):
+    return jax.value_and_grad(lambda a, b, t: jnp.mean(losses.local_contrastive_per_instance(
+        a, b, t, num_groups=4, implementation=implementation)), argnums=(0, 1, 2))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7),
+               loss("pallas")(z_ctr, z_cvr, tau), loss("xla")(z_ctr, z_cvr, tau))

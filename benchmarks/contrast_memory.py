@@ -14,7 +14,6 @@ kernel's tiles live in registers and shared memory and XLA sees O(B dz) buffers.
 
 import argparse
 import os
-import sys
 
 
 def main():
@@ -28,7 +27,6 @@ def main():
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + f" --xla_force_host_platform_device_count={args.devices}")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax
   import jax.numpy as jnp
   from jax.sharding import NamedSharding, PartitionSpec as P

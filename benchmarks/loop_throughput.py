@@ -34,10 +34,7 @@ from configs import w2 as w2_config
 from pico_jax import parallel
 from pico_jax.data import pipeline, w2
 from pico_jax.data.device_prefetch import DevicePrefetcher
-from pico_jax.models import build_model
-from pico_jax.train.optimizer import make_optimizer
-from pico_jax.train.state import create_train_state, state_shardings
-from pico_jax.train.step import compile_steps
+from pico_jax.train.trainer import build
 
 MODES = ("step", "loop", "loop_prefetch")
 
@@ -107,19 +104,15 @@ def main():
     c.contrast.implementation = args.implementation
     if args.pico == "off":
       c.contrast.mode = "none"
-    model = build_model(c, w2.SCHEMA)
-    tx = make_optimizer(c.optimizer)
-    shardings = state_shardings(model, tx, w2.SCHEMA, mesh, c.axis_rules)
-    train, _ = compile_steps(model, tx, c, mesh, shardings)
     num_batches = args.warmup + per_window * args.repeats + 1
     modes = []
     for name in MODES:
       # Each mode trains its own state (the step donates it); one compiled step for all.
-      state = create_train_state(model, tx, w2.SCHEMA, c.seed, mesh, c.axis_rules)
+      trainer = build(c, schema=w2.SCHEMA, mesh=mesh)
       if not modes:
-        compiled = train.lower(state, parallel.shard_batch(
+        compiled = trainer.train_step.lower(trainer.state, parallel.shard_batch(
             w2.batch(np.random.default_rng(2), batch), mesh)).compile()
-      modes.append(Mode(name, compiled, state, mesh, columns, batch, num_batches,
+      modes.append(Mode(name, compiled, trainer.state, mesh, columns, batch, num_batches,
                         args.buffer_size, args.num_threads))
     for mode in modes:
       mode.window(args.warmup)

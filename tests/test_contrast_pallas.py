@@ -8,11 +8,7 @@ import pytest
 from conftest import small_config
 from pico_jax import losses, parallel
 from pico_jax.contrast import implementations, pallas_lse, self_check
-from pico_jax.data import load_dataset, pipeline
-from pico_jax.models import build_model
-from pico_jax.train.optimizer import make_optimizer
-from pico_jax.train.state import create_train_state, state_shardings
-from pico_jax.train.step import compile_steps
+from pico_jax.train.trainer import build
 from test_losses import reference_contrastive
 
 
@@ -134,20 +130,14 @@ def test_self_check_mismatch_falls_back(fake_accelerator, monkeypatch):
 def test_forced_compile_failure_falls_back_warns_and_trains(fake_accelerator):
   # On this CPU the non-interpret kernel cannot compile ("Only interpret mode is
   # supported on CPU backend"): a genuine compile failure inside the self-check.
-  config = small_config(**{"contrast.implementation": "pallas", "train.batch_size": 32})
-  dataset = load_dataset(config)
-  mesh = parallel.make_mesh(devices=jax.devices()[:1])
-  model = build_model(config, dataset.schema)
-  tx = make_optimizer(config.optimizer)
-  shardings = state_shardings(model, tx, dataset.schema, mesh, config.axis_rules)
-  state = create_train_state(model, tx, dataset.schema, config.seed, mesh, config.axis_rules)
-  train, _ = compile_steps(model, tx, config, mesh, shardings)
-  batches = pipeline.train_iterator(dataset.splits["train"], global_batch_size=32,
-                                    num_batches=2, seed=0, num_threads=1)
-  before = jax.device_get(state.params)
+  config = small_config(**{"contrast.implementation": "pallas", "train.batch_size": 32,
+                           "train.steps": 2})
   with pytest.warns(RuntimeWarning, match="Only interpret mode.*implementation='xla'"):
-    for batch in batches:
-      state, metrics = train(state, parallel.shard_batch(batch, mesh))
+    t = build(config, mesh=parallel.make_mesh(devices=jax.devices()[:1]))
+    before = jax.device_get(t.state.params)
+    state = t.state
+    for batch in t.batches():
+      state, metrics = t.train_step(state, batch)
   assert np.isfinite(float(metrics["loss_contrast"]))
   moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), jax.device_get(state.params),
                        before)

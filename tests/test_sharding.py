@@ -138,13 +138,15 @@ def test_sharded_step_with_pallas_contrast_equals_single_device_xla(single_devic
   # --config.contrast.implementation=pallas on 8 devices: local anchors against the
   # all-gathered candidates (interpret mode), against the single-device XLA form.
   config = _tiny(**{"contrast.implementation": "pallas"})
-  _, mesh, state, train, _ = _setup(config)
+  t = _setup(config)
   batches, expected = single_device_run
-  compiled = train.lower(state, parallel.shard_batch(batches[0], mesh)).compile()
+  device_batches = list(t.place(batches))
+  compiled = t.train_step.lower(t.state, device_batches[0]).compile()
   gathered = [shapes for op, shapes in _collectives(compiled.as_text()) if op == "all-gather"]
   assert [(config.train.batch_size, config.contrast.proj_dim)] in gathered
-  for batch in batches:
-    state, _ = compiled(state, parallel.shard_batch(batch, mesh))
+  state = t.state
+  for batch in device_batches:
+    state, _ = compiled(state, batch)
   _assert_params_close(state.params, expected)
 
 

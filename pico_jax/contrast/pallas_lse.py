@@ -136,11 +136,6 @@ def _candidate_grad_kernel(c_ref, a_ref, t_ref, lse_ref, g_ref, dc_ref, *, block
   dc_ref[...] = acc
 
 
-def _pad(x, rows, cols=None):
-  widths = [(0, rows - x.shape[0])] + ([(0, cols - x.shape[1])] if cols is not None else [])
-  return jnp.pad(x, widths)
-
-
 def default_tile(dim: int) -> int:
   """Rows per tile for feature dimension ``dim``: 64 above 64 features (the float32
   accumulators of a tile must stay in registers), else 128."""
@@ -148,7 +143,7 @@ def default_tile(dim: int) -> int:
 
 
 class _Setup:
-  """Static shapes of one call: padded sizes, tiles, the specs of the three kernels."""
+  """Static shapes of one call: padded sizes, tiles and the products' precision."""
 
   def __init__(self, anchors, candidates, block_anchor, block_candidate):
     (n_anchor, dim), n_cand = anchors.shape, candidates.shape[0]
@@ -166,6 +161,14 @@ class _Setup:
     self.pad_a = pl.cdiv(n_anchor, self.block_a) * self.block_a
     self.pad_c = pl.cdiv(n_cand, self.block_c) * self.block_c
     self.precision = _precision(anchors.dtype)
+
+  def pad(self, anchors, candidates, *per_anchor):
+    """Zero-padded copies: anchors [pad_a, dim], candidates [pad_c, dim], and each
+    per-anchor float32 vector [pad_a]."""
+    pad = lambda x, rows, cols=None: jnp.pad(
+        x, [(0, rows - x.shape[0])] + ([(0, cols - x.shape[1])] if cols else []))
+    return (pad(anchors, self.pad_a, self.dim), pad(candidates, self.pad_c, self.dim),
+            *(pad(v.astype(jnp.float32), self.pad_a) for v in per_anchor))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -188,9 +191,7 @@ def anchor_logsumexp(anchors, candidates, inv_tau, block_anchor=None, block_cand
 
 def _forward(anchors, candidates, inv_tau, block_anchor, block_candidate, interpret):
   setup = _Setup(anchors, candidates, block_anchor, block_candidate)
-  a = _pad(anchors, setup.pad_a, setup.dim)
-  c = _pad(candidates, setup.pad_c, setup.dim)
-  t = _pad(inv_tau.astype(jnp.float32), setup.pad_a)
+  a, c, t = setup.pad(anchors, candidates, inv_tau)
   ba = setup.block_a
   lse = pl.pallas_call(
       functools.partial(_forward_kernel, block_c=setup.block_c, n_cand=setup.n_cand,
@@ -209,10 +210,7 @@ def _forward(anchors, candidates, inv_tau, block_anchor, block_candidate, interp
 def _backward(block_anchor, block_candidate, interpret, residuals, g):
   anchors, candidates, inv_tau, lse = residuals
   setup = _Setup(anchors, candidates, block_anchor, block_candidate)
-  a = _pad(anchors, setup.pad_a, setup.dim)
-  c = _pad(candidates, setup.pad_c, setup.dim)
-  t = _pad(inv_tau.astype(jnp.float32), setup.pad_a)
-  g = _pad(g.astype(jnp.float32), setup.pad_a)
+  a, c, t, g = setup.pad(anchors, candidates, inv_tau, g)
   ba, bc, dim = setup.block_a, setup.block_c, setup.dim
   anchor_tile = lambda: pl.BlockSpec((ba,), lambda i: (i,))
   da, dt = pl.pallas_call(

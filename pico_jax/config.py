@@ -27,11 +27,12 @@ _CHOICES = {
 _POSITIVE = ("train.batch_size", "train.steps", "train.log_every", "train.eval_every",
              "train.eval_batch_size", "model.embed_dim", "model.vocab_pad_multiple",
              "contrast.proj_dim", "contrast.tau_min", "optimizer.learning_rate",
-             "checkpoint.every_steps", "checkpoint.keep")
+             "checkpoint.every_steps", "checkpoint.keep", "loss.pos_weight.ctr",
+             "loss.pos_weight.ctcvr", "loss.pos_weight.cvr")
 _NON_NEGATIVE = ("contrast.weight", "contrast.chunk_size", "loss.ctr_weight",
                  "loss.ctcvr_weight", "loss.cvr_weight", "model.dropout",
                  "contrast.relatedness_supervision_weight", "optimizer.weight_decay",
-                 "optimizer.grad_clip_norm")
+                 "optimizer.grad_clip_norm", "loss.calibrator_weight")
 
 
 class ConfigError(ValueError):

@@ -26,7 +26,10 @@ def objective_kwargs(config, mesh) -> dict:
       contrast_weight=c.weight, symmetric=c.symmetric,
       normalize=c.normalize, chunk_size=c.chunk_size,
       negative_groups=mesh.shape[DATA] if c.negatives == "local" else 1,
-      relatedness_supervision_weight=c.relatedness_supervision_weight)
+      relatedness_supervision_weight=c.relatedness_supervision_weight,
+      pos_weights=(config.loss.pos_weight.ctr, config.loss.pos_weight.ctcvr,
+                   config.loss.pos_weight.cvr),
+      calibrator_weight=config.loss.calibrator_weight)
 
 
 def train_step(state: TrainState, batch, *, model, tx, objective: dict):

@@ -79,7 +79,11 @@ def get_config() -> ml_collections.ConfigDict:
       # The embedding table's optimizer: dense (the one above) | lazy_adam | lazy_adagrad
       # (row-sparse: only the rows a batch touches are read and written; see
       # pico_jax/train/sparse_optimizer.py).
-      embedding_optimizer="dense"))
+      embedding_optimizer="dense",
+      # Learning-rate schedule (pico_jax/train/optimizer.py): constant | warmup_cosine |
+      # warmup_linear: a linear warmup from 0 over warmup_steps to learning_rate, then a
+      # decay to 0 at step decay_steps (0: train.steps), warmup included.
+      schedule="constant", warmup_steps=0, decay_steps=0))
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 512  # global

@@ -11,6 +11,7 @@ import ml_collections
 
 from pico_jax.models.heads import RELATEDNESS_INPUTS
 from pico_jax.models.pico import BACKBONES, CONTRAST_MODES
+from pico_jax.train.optimizer import SCHEDULES
 
 _CHOICES = {
     "data.name": ("synthetic", "store"),
@@ -23,6 +24,7 @@ _CHOICES = {
     "loss.cvr_rows": ("clicked", "all"),
     "optimizer.name": ("adam", "adamw", "adagrad", "sgd"),
     "optimizer.embedding_optimizer": ("dense", "lazy_adam", "lazy_adagrad"),
+    "optimizer.schedule": SCHEDULES,
 }
 _POSITIVE = ("train.batch_size", "train.steps", "train.log_every", "train.eval_every",
              "train.eval_batch_size", "model.embed_dim", "model.vocab_pad_multiple",
@@ -32,7 +34,8 @@ _POSITIVE = ("train.batch_size", "train.steps", "train.log_every", "train.eval_e
 _NON_NEGATIVE = ("contrast.weight", "contrast.chunk_size", "loss.ctr_weight",
                  "loss.ctcvr_weight", "loss.cvr_weight", "model.dropout",
                  "contrast.relatedness_supervision_weight", "optimizer.weight_decay",
-                 "optimizer.grad_clip_norm", "loss.calibrator_weight")
+                 "optimizer.grad_clip_norm", "loss.calibrator_weight",
+                 "optimizer.warmup_steps", "optimizer.decay_steps")
 
 
 class ConfigError(ValueError):
@@ -69,6 +72,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                       f"tau_min={c.tau_min} and tau_max={c.tau_max}")
   if config.data.name == "store" and not config.data.path:
     raise ConfigError("config.data.path: required when config.data.name='store'")
+  o = config.optimizer
+  decay_steps = o.decay_steps or config.train.steps
+  if o.schedule != "constant" and not o.warmup_steps < decay_steps:
+    raise ConfigError(f"config.optimizer.warmup_steps={o.warmup_steps}: must be below "
+                      f"decay_steps={decay_steps} (decay_steps 0 means train.steps)")
   if config.model.dropout >= 1:
     raise ConfigError(f"config.model.dropout={config.model.dropout}: must be < 1")
   return config

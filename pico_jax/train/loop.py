@@ -134,7 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   dataset = load_dataset(config)
   mesh = parallel.mesh_from_config(config)
   model = build_model(config, dataset.schema)
-  tx = make_optimizer(config.optimizer)
+  tx = make_optimizer(config.optimizer, config.train.steps)
   fsdp = config.mesh.fsdp
   shardings = state_shardings(model, tx, dataset.schema, mesh, config.axis_rules, fsdp=fsdp)
   state = create_train_state(model, tx, dataset.schema, config.seed, mesh, config.axis_rules,

@@ -131,7 +131,7 @@ def restore(workdir: str, which: str = "latest", *, mesh=None) -> Restored:
   dataset = load_dataset(config)
   mesh = mesh or parallel.make_mesh(-1, 1)
   model = build_model(config, dataset.schema)
-  tx = make_optimizer(config.optimizer)
+  tx = make_optimizer(config.optimizer, config.train.steps)
   # The restore target: the state's shapes (traced, not computed) and shardings.
   shapes = jax.eval_shape(lambda: create_train_state(
       model, tx, dataset.schema, config.seed, mesh, config.axis_rules))

@@ -33,8 +33,8 @@ from ml_collections import config_flags
 
 
 DEFAULT_COLUMNS = ("ctr_auc", "cvr_auc", "cvr_auc_all_rows", "ctcvr_auc", "oracle_ctr_auc",
-                   "oracle_cvr_auc", "oracle_ctcvr_auc", "ctcvr_logloss", "tau_mean",
-                   "tau_rho_spearman", "best_step")
+                   "oracle_cvr_auc", "oracle_ctcvr_auc", "ctcvr_logloss", "ctr_pcoc",
+                   "cvr_pcoc", "ctcvr_pcoc", "tau_mean", "tau_rho_spearman", "best_step")
 
 
 def _literal(text: str):

@@ -58,7 +58,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.contrast.symmetric = True
   c.contrast.normalize = True
   c.contrast.negatives = "global"  # global (whole global batch) | local (own shard only)
-  c.contrast.chunk_size = 0  # > 0: streaming logsumexp over candidate chunks.
+  # How the in-batch contrast is computed (pico_jax/contrast): auto | xla (exact, B x B
+  # memory) | chunked (streaming logsumexp, B x chunk_size) | pallas (fused kernel,
+  # O(B proj_dim); interpret mode on CPU). auto: xla on CPU, or chunked when
+  # chunk_size > 0 (as before this key existed); pallas on GPU/TPU once its
+  # self-check passes (else chunked when chunk_size > 0, else xla, with a warning).
+  c.contrast.implementation = "auto"
+  c.contrast.chunk_size = 0  # the chunk of "chunked" (0: largest divisor of B <= 1024).
   # Optional supervision of the relatedness logit by label agreement (y == c).
   c.contrast.relatedness_supervision_weight = 0.0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_flags import config_path
 
+from pico_jax.contrast import IMPLEMENTATIONS as CONTRAST_IMPLEMENTATIONS
 from pico_jax.models.heads import RELATEDNESS_INPUTS
 from pico_jax.models.pico import BACKBONES, CONTRAST_MODES
 from pico_jax.train.optimizer import SCHEDULES
@@ -28,6 +29,7 @@ CHOICES = {
     "contrast.mode": CONTRAST_MODES,
     "contrast.relatedness_input": RELATEDNESS_INPUTS,
     "contrast.negatives": ("global", "local"),
+    "contrast.implementation": CONTRAST_IMPLEMENTATIONS,
     "loss.cvr_rows": ("clicked", "all"),
     "optimizer.name": ("adam", "adamw", "adagrad", "sgd"),
     "optimizer.embedding_optimizer": ("dense", "lazy_adam", "lazy_adagrad"),

@@ -26,7 +26,7 @@ def objective_kwargs(config, mesh) -> dict:
       ctr_weight=config.loss.ctr_weight, ctcvr_weight=config.loss.ctcvr_weight,
       cvr_weight=config.loss.cvr_weight, cvr_rows=config.loss.cvr_rows,
       contrast_weight=c.weight, symmetric=c.symmetric,
-      normalize=c.normalize, chunk_size=c.chunk_size,
+      normalize=c.normalize, chunk_size=c.chunk_size, implementation=c.implementation,
       negative_groups=mesh.shape[DATA] if c.negatives == "local" else 1,
       relatedness_supervision_weight=c.relatedness_supervision_weight,
       pos_weights=(config.loss.pos_weight.ctr, config.loss.pos_weight.ctcvr,

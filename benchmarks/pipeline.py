@@ -1,4 +1,4 @@
-"""Input-pipeline and preprocessing throughput on W2-shaped data (DESIGN section 5).
+"""Input-pipeline and preprocessing throughput on W2-shaped data (docs/benchmarks.md).
 
   python benchmarks/pipeline.py --rows 2000000 --csv-rows 200000 --workdir /tmp/w2bench
 

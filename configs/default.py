@@ -31,11 +31,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dense_dim = 16
   c.model.pooling = "sum"  # multi-valued fields: sum | mean
   c.model.vocab_pad_multiple = 256  # embedding rows padded so the table shards evenly.
-  c.model.backbone = "mmoe"  # shared_bottom | mmoe | ple
+  c.model.backbone = "mmoe"  # shared_bottom | mmoe | ple | aitm
   c.model.shared_bottom = ml_collections.ConfigDict(dict(hidden=(64,)))
   c.model.mmoe = ml_collections.ConfigDict(dict(num_experts=8, expert_hidden=(64,)))
   c.model.ple = ml_collections.ConfigDict(dict(
       num_levels=1, num_shared_experts=4, num_task_experts=4, expert_hidden=(64,)))
+  # AITM (pico_jax/models/aitm.py): each task's network; its last width is also the
+  # width of the CTR -> CVR transfer and its attention.
+  c.model.aitm = ml_collections.ConfigDict(dict(bottom_hidden=(64,)))
   c.model.tower_hidden = (32,)
   c.model.layer_norm = False
   c.model.dropout = 0.0
@@ -69,6 +72,12 @@ def get_config() -> ml_collections.ConfigDict:
   # independent tasks, such as Census income / never-married).
   c.loss = ml_collections.ConfigDict(dict(ctr_weight=1.0, ctcvr_weight=1.0, cvr_weight=0.0,
                                           cvr_rows="clicked"))
+  # Positive-class weight of each BCE (rare labels). Predictions then overstate the
+  # rates; pico_jax/calibration.py maps them back (evaluate/export option).
+  c.loss.pos_weight = ml_collections.ConfigDict(dict(ctr=1.0, ctcvr=1.0, cvr=1.0))
+  # AITM's behavioural expectation calibrator, max(p_later - p_ctr, 0); zero under the
+  # ESMM factorisation (see pico_jax.losses.calibrator_penalty).
+  c.loss.calibrator_weight = 0.0
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
@@ -76,7 +85,11 @@ def get_config() -> ml_collections.ConfigDict:
       # The embedding table's optimizer: dense (the one above) | lazy_adam | lazy_adagrad
       # (row-sparse: only the rows a batch touches are read and written; see
       # pico_jax/train/sparse_optimizer.py).
-      embedding_optimizer="dense"))
+      embedding_optimizer="dense",
+      # Learning-rate schedule (pico_jax/train/optimizer.py): constant | warmup_cosine |
+      # warmup_linear: a linear warmup from 0 over warmup_steps to learning_rate, then a
+      # decay to 0 at step decay_steps (0: train.steps), warmup included.
+      schedule="constant", warmup_steps=0, decay_steps=0))
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 512  # global

@@ -22,15 +22,22 @@ def _weighted_mean(values, weights):
   return jnp.sum(weights * values) / jnp.maximum(jnp.sum(weights), 1e-12)
 
 
-def bce_with_logits(logits, labels, weights=None):
+def bce_with_logits(logits, labels, weights=None, *, pos_weight: float = 1.0):
   """Binary cross-entropy of sigmoid(logits) against labels in {0, 1}: a scalar.
 
+  Per row: -(pos_weight * y * log p + (1 - y) * log(1 - p)). A ``pos_weight`` w != 1
+  moves the minimiser from the true rate P to the p with odds(p) = w * odds(P); see
+  ``pico_jax.calibration`` for the correction back.
+
   Args:
-    logits: float [B]. labels: float [B]. weights: optional float [B].
+    logits: float [B]. labels: float [B]. weights: optional float [B] row weights (the
+      mean divides by their sum; ``pos_weight`` does not enter the denominator).
+    pos_weight: weight of the positive term, > 0.
   """
   logits = logits.astype(jnp.float32)
   labels = labels.astype(jnp.float32)
-  per_row = -(labels * jax.nn.log_sigmoid(logits) + (1 - labels) * jax.nn.log_sigmoid(-logits))
+  per_row = -(pos_weight * labels * jax.nn.log_sigmoid(logits)
+              + (1 - labels) * jax.nn.log_sigmoid(-logits))
   return _weighted_mean(per_row, weights)
 
 
@@ -40,31 +47,51 @@ def _log1mexp(x):
   return jnp.where(x > -0.6931472, jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
 
 
-def ctcvr_loss(ctr_logits, cvr_logits, clicks, conversions, weights=None):
+def ctcvr_loss(ctr_logits, cvr_logits, clicks, conversions, weights=None, *,
+               pos_weight: float = 1.0):
   """ESMM entire-space loss: BCE of p_ctr * p_cvr against click * conversion, all rows.
 
   log p_ctcvr = log_sigmoid(a) + log_sigmoid(b) is formed in log space, so the loss is
-  finite even where p_ctcvr underflows.
+  finite even where p_ctcvr underflows. ``pos_weight`` as in ``bce_with_logits``.
   """
   log_p = (jax.nn.log_sigmoid(ctr_logits.astype(jnp.float32))
            + jax.nn.log_sigmoid(cvr_logits.astype(jnp.float32)))
   target = clicks.astype(jnp.float32) * conversions.astype(jnp.float32)
-  per_row = -(target * log_p + (1 - target) * _log1mexp(log_p))
+  per_row = -(pos_weight * target * log_p + (1 - target) * _log1mexp(log_p))
   return _weighted_mean(per_row, weights)
 
 
-def cvr_loss(cvr_logits, clicks, conversions, weights=None, *, clicked_only: bool = True):
+def cvr_loss(cvr_logits, clicks, conversions, weights=None, *, clicked_only: bool = True,
+             pos_weight: float = 1.0):
   """BCE of p_cvr against conversion over clicked rows (0 if no row is clicked).
 
   ``clicked_only=False`` uses every row: for two independent tasks (Census income /
-  never-married) where "conversion" is not conditioned on "click".
+  never-married) where "conversion" is not conditioned on "click". ``pos_weight`` as in
+  ``bce_with_logits``.
   """
   if not clicked_only:
-    return bce_with_logits(cvr_logits, conversions, weights)
+    return bce_with_logits(cvr_logits, conversions, weights, pos_weight=pos_weight)
   w = clicks.astype(jnp.float32)
   if weights is not None:
     w = w * weights.astype(jnp.float32)
-  return bce_with_logits(cvr_logits, conversions, w)
+  return bce_with_logits(cvr_logits, conversions, w, pos_weight=pos_weight)
+
+
+def calibrator_penalty(p_ctr, p_later, weights=None):
+  """AITM's behavioural expectation calibrator: mean of max(p_later - p_ctr, 0), a scalar.
+
+  A conversion needs a click, so an entire-space probability of the later step may not
+  exceed p_ctr; the penalty pushes it below. Under the ESMM factorisation the model's
+  entire-space conversion probability is p_ctcvr = p_ctr * p_cvr <= p_ctr for every
+  row, so with ``p_later = p_ctcvr`` the penalty and its gradient are exactly zero: it
+  only acts where a tower predicts the later step on the entire space by itself
+  (``loss.cvr_rows = "all"`` with conversion labels that imply a click).
+
+  Args:
+    p_ctr, p_later: float [B] probabilities. weights: optional float [B].
+  """
+  gap = p_later.astype(jnp.float32) - p_ctr.astype(jnp.float32)
+  return _weighted_mean(jnp.maximum(gap, 0.0), weights)
 
 
 def _normalize(z, eps=1e-12):
@@ -144,13 +171,19 @@ def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
                    symmetric: bool = True,
                    normalize: bool = True, chunk_size: int = 0, implementation: str = "auto",
                    negative_groups: int = 1,
-                   relatedness_supervision_weight: float = 0.0):
-  """The total loss L = w_ctr L_ctr + w_ctcvr L_ctcvr + w_cvr L_cvr + lambda L_cl.
+                   relatedness_supervision_weight: float = 0.0,
+                   pos_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                   calibrator_weight: float = 0.0):
+  """The total loss L = w_ctr L_ctr + w_ctcvr L_ctcvr + w_cvr L_cvr + lambda L_cl
+  [+ w_cal L_calibrator].
 
   Args:
     outputs: the model's output dict (``contrast`` terms are used when present).
     batch: the batch dict (``click``, ``conversion``, ``mask``).
     cvr_rows: "clicked" (CVR loss on clicked rows) or "all".
+    pos_weights: the positive-class weights of the (ctr, ctcvr, cvr) BCEs.
+    calibrator_weight: weight of ``calibrator_penalty`` on the CVR tower's entire-space
+      probability: p_cvr when ``cvr_rows="all"``, p_ctcvr (where it is zero) otherwise.
     negative_groups: 1 for global negatives; the number of data shards for
       shard-local negatives.
     chunk_size, implementation: how the contrast is computed (``pico_contrastive_loss``).
@@ -160,15 +193,20 @@ def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
   """
   mask = batch["mask"]
   click, conversion = batch["click"], batch["conversion"]
+  pw_ctr, pw_ctcvr, pw_cvr = pos_weights
   terms = {
-      "loss_ctr": bce_with_logits(outputs["ctr_logit"], click, mask),
+      "loss_ctr": bce_with_logits(outputs["ctr_logit"], click, mask, pos_weight=pw_ctr),
       "loss_ctcvr": ctcvr_loss(outputs["ctr_logit"], outputs["cvr_logit"], click, conversion,
-                               mask),
+                               mask, pos_weight=pw_ctcvr),
       "loss_cvr": cvr_loss(outputs["cvr_logit"], click, conversion, mask,
-                           clicked_only=cvr_rows == "clicked"),
+                           clicked_only=cvr_rows == "clicked", pos_weight=pw_cvr),
   }
   total = (ctr_weight * terms["loss_ctr"] + ctcvr_weight * terms["loss_ctcvr"]
            + cvr_weight * terms["loss_cvr"])
+  if calibrator_weight:
+    p_later = outputs["p_cvr"] if cvr_rows == "all" else outputs["p_ctcvr"]
+    terms["loss_calibrator"] = calibrator_penalty(outputs["p_ctr"], p_later, mask)
+    total = total + calibrator_weight * terms["loss_calibrator"]
   if "z_ctr" in outputs:
     kwargs = dict(symmetric=symmetric, normalize=normalize, chunk_size=chunk_size,
                   implementation=implementation)

@@ -181,7 +181,7 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         raise CheckpointRestoreError(
             f"checkpoint {step} in {self.directory}: cannot read its {item!r} item: "
-            f"{type(e).__name__}: {_first_line(e)}. The checkpoint is complete but "
+            f"{_cause(e)}. The checkpoint is complete but "
             "damaged or unreadable; fix its files (permissions, storage) or remove "
             f"{os.path.join(self.directory, str(step))} to resume from the one before "
             f"(kept: {self.all_steps()}).") from None
@@ -294,9 +294,15 @@ def _listdir(path: str) -> list[str]:
   return os.listdir(path) if os.path.isdir(path) else []
 
 
-def _first_line(e: BaseException) -> str:
+def _cause(e: BaseException) -> str:
+  """The first line of ``e``'s message, naming the damaged array when TensorStore says
+  which (its spec, a page of JSON, is left out)."""
   text = str(e).strip()
-  return text.splitlines()[0][:500] if text else "(no message)"
+  text = text.splitlines()[0] if text else "(no message)"
+  text = text.split(" [tensorstore_spec=")[0]
+  array = re.search(r'Error (?:reading|opening) "([^"]+?)/\.zarray"', text)
+  prefix = f"array {array.group(1).replace('.', '/')!r} is damaged: " if array else ""
+  return f"{prefix}{type(e).__name__}: {text[:400]}"
 
 
 def load_state_arrays(workdir: str, step: int | None = None) -> dict:

@@ -48,12 +48,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   resumed.
   """
   os.makedirs(workdir, exist_ok=True)
-  trainer = build(config, workdir)
   t = config.train
   with contextlib.ExitStack() as stack:
-    stack.callback(trainer.close)  # runs last: the saves already started finish.
+    watch = stack.enter_context(PreemptionWatch())  # first: a SIGTERM during build counts.
+    trainer = build(config, workdir)
+    stack.callback(trainer.close)  # the saves already started finish, even on errors.
     run = stack.enter_context(Run(trainer, workdir))
-    watch = stack.enter_context(PreemptionWatch())
     actions = [Every(t.log_every, run.log_train, last=t.steps),
                Every(t.eval_every, run.evaluate, last=t.steps)]
     if trainer.checkpointer is not None:

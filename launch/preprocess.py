@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pico_jax.data import preprocess, readers  # noqa: E402
+from pico_jax.data import formats, preprocess  # noqa: E402
 from pico_jax.data.errors import DataError  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def _hash(parser, items):
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--format", required=True, choices=sorted(readers.FORMATS))
+  p.add_argument("--format", required=True, choices=sorted(formats.FORMATS))
   p.add_argument("--input", required=True, nargs="+", metavar="[SPLIT=]PATH")
   p.add_argument("--output", required=True, help="store directory to create")
   p.add_argument("--overwrite", action="store_true", help="replace an existing store")

@@ -1,5 +1,5 @@
-"""Readers and preprocessing: the real samples in ../shared/data, the exact Census split
-of DESIGN section 4, and one generated file per bad-input case (each error names the
+"""Readers and preprocessing: the real samples in ../shared/data, the exact seeded
+Census split, and one generated file per bad-input case (each error names the
 file, the line and the column, and leaves nothing behind)."""
 
 import gzip
@@ -12,13 +12,7 @@ from pico_jax import batch as B
 from pico_jax.data import preprocess, store
 from pico_jax.data.errors import DataError
 
-DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
-                    "shared", "data")
-CENSUS = os.path.join(DATA, "census-income-kdd")
-ALIEXPRESS = os.path.join(DATA, "aliexpress")
-ALICCP = os.path.join(DATA, "ali-ccp")
-
-needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason="../shared/data absent")
+from shared_data import ALICCP, ALIEXPRESS, CENSUS, needs_data
 
 
 def build(tmp_path, fmt, inputs, name="store", **options):
@@ -64,7 +58,8 @@ def census_full(tmp_path_factory):
 
 
 def _census_reference(path):
-  """DESIGN section 4, written independently of the reader: plain Python per row."""
+  """The Census store's definition (80/10/10 seeded split, train-only vocabularies and
+  standardisation), written independently of the reader: plain Python per row."""
   with gzip.open(path, "rt") as f:
     rows = [[t.strip() for t in line.rstrip("\n").split(",")] for line in f]
   n = len(rows)
@@ -91,7 +86,7 @@ def _census_reference(path):
 
 
 @needs_data
-def test_census_matches_design_section_4(census_full):
+def test_census_matches_its_definition(census_full):
   meta, ds = census_full
   ref, vocabs = _census_reference(os.path.join(CENSUS, "census-income.test.gz"))
   for split in ("train", "val", "test"):

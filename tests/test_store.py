@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, small_config
+from shared_data import CENSUS
 from pico_jax import batch as B
 from pico_jax.config import validate
 from pico_jax.data import load_dataset, preprocess, store
@@ -208,8 +209,7 @@ def test_store_config_requires_a_path():
 
 @pytest.fixture(scope="module")
 def census_sample_store(tmp_path_factory):
-  sample = os.path.join(ROOT, "..", "shared", "data", "census-income-kdd", "deepctr-sample",
-                        "census-income.sample")
+  sample = os.path.join(CENSUS, "deepctr-sample", "census-income.sample")
   if not os.path.exists(sample):
     pytest.skip("../shared/data absent")
   out = str(tmp_path_factory.mktemp("census") / "store")

@@ -70,7 +70,7 @@ def parse(fmt, block: readers.Block, layout, data: bytes | None) -> readers.Chun
   """The block's rows (its bytes read from the file unless given)."""
   if data is None:
     data = readers.read_block(block, packed=False)
-  return fmt.parse_block(block.path, data, block.first_line, layout)
+  return fmt.parse_block(block.path, data, block.first_line, layout, block.num_lines)
 
 
 def count_block(task: CountTask) -> BlockStats:

@@ -180,38 +180,36 @@ class CsvFormat(readers.Format):
                                & (np.abs(sub) < MAX_EXACT_INT)))
     if len(rows):
       fail(rows, [c.ints[where[0]]], "categorical ids must be integers below 2**53")
-    return self._chunk(c, lambda j: values[:, j], n, first_line_no)
+    return self._chunk(c, lambda j: values[:, j], values[:, list(c.dense)], n,
+                       first_line_no)
 
-  def _chunk(self, c: _Columns, column, n, first_line_no) -> Chunk:
-    """The chunk of checked columns; ``column(j)``: column j as int64 or float64 [n]."""
+  def _chunk(self, c: _Columns, column, dense, n, first_line_no) -> Chunk:
+    """The chunk of checked columns: ``column(j)`` is column j (labels, ids) as int64
+    or float64 [n]; ``dense`` float64 [n, D]."""
     as_int = lambda j: None if j is None else column(j).astype(np.int64)
-    dense = None
-    if c.dense:
-      dense = np.empty((n, len(c.dense)))
-      for k, j in enumerate(c.dense):
-        dense[:, k] = column(j)
     labels = c.click is not None
     return Chunk(
         lines=np.arange(first_line_no, first_line_no + n, dtype=np.int64),
         click=column(c.click).astype(np.float32) if labels else None,
         conversion=column(c.conversion).astype(np.float32) if labels else None,
-        sparse=[as_int(j) for j in c.sparse], dense=dense, lists={},
+        sparse=[as_int(j) for j in c.sparse], dense=dense if c.dense else None, lists={},
         group=as_int(c.group), ids=as_int(c.id))
 
   # ------------------------------------------------------------------ fast parser
 
-  def parse_block(self, path, data, first_line_no, layout):
-    chunk = self._parse_fast(data, first_line_no, layout)
+  def parse_block(self, path, data, first_line_no, layout, num_lines=None):
+    n = _line_count(data) if num_lines is None else num_lines
+    chunk = self._parse_fast(data, n, first_line_no, layout)
     if chunk is None:
       chunk = self.parse(path, readers.split_lines(data), first_line_no, layout)
     return chunk
 
-  def _parse_fast(self, data: bytes, first_line_no: int, layout) -> Chunk | None:
-    """The block read by pyarrow, or None where ``parse`` must decide."""
+  def _parse_fast(self, data: bytes, n: int, first_line_no: int, layout) -> Chunk | None:
+    """The block's ``n`` lines read by pyarrow, or None where ``parse`` must decide."""
     c = self._layouts[layout.labels]
-    n = _line_count(data)
     if (not n or data.startswith(b"\xef\xbb\xbf")  # pyarrow skips a leading BOM.
-        or data.count(b"\r") != data.count(b"\r\n")):  # pyarrow ends lines at a lone CR.
+        or (b"\r" in data  # pyarrow also ends a line at a lone CR.
+            and data.count(b"\r") != data.count(b"\r\n"))):
       return None
     table = None
     if b"x" not in data and b"X" not in data:  # pyarrow's int64 takes hex (0x10).
@@ -220,31 +218,32 @@ class CsvFormat(readers.Format):
       table = _arrow_table(data, len(c.names), ())
     if table is None or table.num_rows != n:
       return None
-    columns = {}
-
-    def column(j):
-      if j not in columns:
-        columns[j] = table.column(j).to_numpy()
-      return columns[j]
-
+    # One copy out of pyarrow's chunks per column (its 1 MiB blocks).
+    pieces = lambda j: [a.to_numpy(zero_copy_only=False) for a in table.column(j).chunks]
+    columns = {j: np.concatenate(pieces(j)) for j in (*c.labels, *c.ints)}
     for j in c.labels:
-      if not np.all((column(j) == 0) | (column(j) == 1)):
-        return None
-    for j in c.dense:
-      if not np.all(np.isfinite(column(j))):
+      if not np.all((columns[j] == 0) | (columns[j] == 1)):
         return None
     for j in c.ints:
-      x = column(j)
+      x = columns[j]
       exact = np.abs(x) < MAX_EXACT_INT
       if x.dtype.kind == "f":
         exact &= np.floor(x) == x  # NaN fails both.
       if not np.all(exact):
         return None
+    dense = np.empty((n, len(c.dense)))
+    for k, j in enumerate(c.dense):
+      start = 0
+      for piece in pieces(j):
+        dense[start:start + len(piece), k] = piece
+        start += len(piece)
+    if not np.all(np.isfinite(dense)):
+      return None
     # np.loadtxt takes NaN and inf in columns that are not features: only it decides.
     for j in set(range(len(c.names))) - set(c.labels) - set(c.dense) - set(c.ints):
-      if not np.all(np.isfinite(column(j))):
+      if not all(np.all(np.isfinite(p)) for p in pieces(j)):
         return None
-    return self._chunk(c, column, n, first_line_no)
+    return self._chunk(c, columns.__getitem__, dense, n, first_line_no)
 
 
 def aliexpress(sparse=None, dense=None) -> CsvFormat:

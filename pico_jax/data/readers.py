@@ -133,53 +133,100 @@ def _hash_file(path: str) -> str:
   return digest.hexdigest()
 
 
+class _BlockCutter:
+  """Cuts a stream of byte pieces into blocks of ``block_rows`` lines after an
+  optional header line; with ``keep_data``, each block comes with its bytes."""
+
+  def __init__(self, path: str, block_rows: int, header: bool, keep_data: bool):
+    self.path, self.block_rows, self.keep_data = path, block_rows, keep_data
+    self.skip = int(header)  # header lines still to pass.
+    self.start = 0  # byte offset where the open block starts.
+    self.filled = 0  # lines of the open block.
+    self.first = 1 + int(header)  # line number of the open block's first line.
+    self.num_lines, self.pos, self.last = 0, 0, b"\n"
+    self.parts = []  # the open block's bytes (keep_data).
+
+  def _close(self, end: int, n: int):
+    data = None
+    if self.keep_data:
+      data = b"".join(self.parts)
+      self.parts = []
+    block = Block(self.path, self.first, n, self.start, end - self.start)
+    self.start, self.first, self.filled = end, self.first + n, 0
+    return block, data
+
+  def feed(self, piece: bytes) -> list[tuple[Block, bytes | None]]:
+    """The blocks that end inside ``piece``."""
+    # Vectorised: several times faster than bytes.count.
+    ends = np.flatnonzero(np.frombuffer(piece, np.uint8) == 10)
+    out, used, cut = [], 0, 0
+    while len(ends) - used >= (need := self.skip or self.block_rows - self.filled):
+      used += need
+      end = int(ends[used - 1]) + 1
+      if self.skip:
+        self.skip, self.start = 0, self.pos + end
+      else:
+        if self.keep_data:
+          self.parts.append(piece[cut:end])
+        out.append(self._close(self.pos + end, self.block_rows))
+      cut = end
+    if not self.skip:
+      self.filled += len(ends) - used
+      if self.keep_data and cut < len(piece):
+        self.parts.append(piece[cut:])
+    self.num_lines += len(ends)
+    self.pos += len(piece)
+    self.last = piece[-1:] or self.last
+    return out
+
+  def finish(self) -> list[tuple[Block, bytes | None]]:
+    """The last, shorter block."""
+    if self.last != b"\n":  # a last line without a newline.
+      self.num_lines += 1
+      self.filled += 0 if self.skip else 1
+    return [self._close(self.pos, self.filled)] if self.filled else []
+
+
+def _pieces(f, path):
+  try:
+    yield from iter(lambda: f.read(_READ_BYTES), b"")
+  except (OSError, EOFError, zlib.error) as e:
+    raise DataError(f"unreadable gzip stream ({e})", path=path) from None
+
+
 def scan_file(path: str, block_rows: int, header: bool) -> FileInfo:
   """One read of ``path``: its sha256, line count and data blocks of ``block_rows``
   lines (the last one shorter), skipping a header line.
 
-  Every byte is looked at once, by the hash and by ``bytes.count`` / a vectorised
-  newline search; the file is not parsed here.
+  Every byte is looked at once, by the hash and by a vectorised newline search; the
+  file is not parsed here.
   """
   _check_path(path)
   packed = is_gzip(path)
-  starts, counts = [0], []  # byte offset where each block starts; its line count.
-  num_lines, pos, last = 0, 0, b"\n"
-  skip, filled = int(header), 0  # header lines still to pass; lines of the open block.
+  cutter = _BlockCutter(path, block_rows, header, keep_data=False)
+  blocks = []
   with concurrent.futures.ThreadPoolExecutor(1) as hasher:
     digest = hasher.submit(_hash_file, path)
-    try:
-      with open_binary(path) as f:
-        for piece in iter(lambda: f.read(_READ_BYTES), b""):
-          newlines, used, ends = piece.count(b"\n"), 0, None
-          while newlines - used >= (need := skip or block_rows - filled):
-            if ends is None:  # only pieces where a block (or the header) ends.
-              ends = np.flatnonzero(np.frombuffer(piece, np.uint8) == 10)
-            used += need
-            end = pos + int(ends[used - 1]) + 1
-            if skip:
-              skip, starts[0] = 0, end
-            else:
-              starts.append(end)
-              counts.append(block_rows)
-              filled = 0
-          filled += 0 if skip else newlines - used
-          num_lines += newlines
-          pos += len(piece)
-          last = piece[-1:]
-    except (OSError, EOFError, zlib.error) as e:
-      raise DataError(f"unreadable gzip stream ({e})", path=path) from None
+    with open_binary(path) as f:
+      for piece in _pieces(f, path):
+        blocks += [b for b, _ in cutter.feed(piece)]
+    blocks += [b for b, _ in cutter.finish()]
     sha = digest.result()
-  if last != b"\n":  # a last line without a newline.
-    num_lines += 1
-    filled += 0 if skip else 1
-  if filled:
-    starts.append(pos)
-    counts.append(filled)
-  blocks, first = [], 1 + int(header)
-  for start, stop, n in zip(starts, starts[1:], counts):
-    blocks.append(Block(path, first, n, start, stop - start))
-    first += n
-  return FileInfo(path, sha, num_lines, os.path.getsize(path), packed, tuple(blocks))
+  return FileInfo(path, sha, cutter.num_lines, os.path.getsize(path), packed,
+                  tuple(blocks))
+
+
+def stream_blocks(path: str, block_rows: int, header: bool):
+  """(block, bytes) of ``path`` in one sequential read, without a scan first (for
+  scoring, where nothing needs the line count up front); ``(None, bytes read)`` is
+  yielded after every piece, for progress."""
+  _check_path(path)
+  cutter = _BlockCutter(path, block_rows, header, keep_data=True)
+  with open(path, "rb") as raw, (open_binary(path) if is_gzip(path) else raw) as f:
+    for piece in _pieces(f, path):
+      yield from cutter.feed(piece)
+      yield None, raw.tell()
+    yield from cutter.finish()
 
 
 def read_block(block: Block, packed: bool) -> bytes:
@@ -265,9 +312,10 @@ class Format:
             layout: Layout) -> Chunk:
     raise NotImplementedError
 
-  def parse_block(self, path: str, data: bytes, first_line_no: int,
-                  layout: Layout) -> Chunk:
-    """``parse`` of the lines of a block of raw bytes."""
+  def parse_block(self, path: str, data: bytes, first_line_no: int, layout: Layout,
+                  num_lines: int | None = None) -> Chunk:
+    """``parse`` of the lines of a block of raw bytes (``num_lines`` of them, when the
+    caller knows)."""
     return self.parse(path, split_lines(data), first_line_no, layout)
 
 

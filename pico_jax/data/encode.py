@@ -15,7 +15,7 @@ import numpy as np
 
 from pico_jax import batch as B
 from pico_jax.data import formats, store
-from pico_jax.data.readers import Chunk
+from pico_jax.data.readers import Chunk, Format
 from pico_jax.data.vocab import Vocab
 
 
@@ -87,9 +87,10 @@ class Encoder:
     return cols, truncated
 
   @classmethod
-  def from_store(cls, path: str) -> "Encoder":
-    """The encoder a store at ``path`` was written with (from its meta.json and
-    vocabulary files)."""
+  def from_store(cls, path: str) -> tuple["Encoder", Format, dict]:
+    """(encoder, format, meta) of the store at ``path``: the encoder it was written
+    with (from its meta.json and vocabulary files) and the reader of its raw format,
+    with the store's feature columns."""
     meta = store.read_meta(path)
     options = meta.get("options", {})
     fmt = formats.get_format(meta["format"], sparse=options.get("sparse"),
@@ -114,4 +115,4 @@ class Encoder:
                multi_len=max((f["max_len"] for f in schema["multi"]), default=1),
                vocabs=vocabs, mean=np.asarray(stats["mean"], np.float64),
                std=np.asarray(stats["std"], np.float64), has_dense=bool(schema["dense"]),
-               has_group=B.GROUP in schema["extras"])
+               has_group=B.GROUP in schema["extras"]), fmt, meta

@@ -1,4 +1,4 @@
-"""Input-pipeline and preprocessing throughput on W2-shaped data (DESIGN section 5).
+"""Input-pipeline and preprocessing throughput on W2-shaped data (docs/benchmarks.md).
 
   python benchmarks/pipeline.py --rows 2000000 --csv-rows 200000 --workdir /tmp/w2bench
 
@@ -21,10 +21,8 @@ import json
 import os
 import platform
 import shutil
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 

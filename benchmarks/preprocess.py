@@ -31,9 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pico_jax.data import preprocess, w2  # noqa: E402
+from pico_jax.data import preprocess, w2
 
 HEADER = (["search_id"] + [f"categorical_{i}" for i in range(1, 17)]
           + [f"numerical_{i}" for i in range(1, 64)] + ["click", "conversion"])

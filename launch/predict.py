@@ -23,21 +23,18 @@ row stops the run with its file, line and column, and nothing is left at --outpu
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from pico_jax import batch as B  # noqa: E402
-from pico_jax.data import blocks, formats, readers  # noqa: E402
-from pico_jax.data.encode import Encoder  # noqa: E402
-from pico_jax.data.errors import DataError  # noqa: E402
+from pico_jax import batch as B
+from pico_jax.data import blocks, formats, readers
+from pico_jax.data.encode import Encoder
+from pico_jax.data.errors import DataError
 
 OUTPUTS = ("p_ctr", "p_cvr", "p_ctcvr")
 
@@ -46,24 +43,24 @@ def checkpoint_scorer(workdir: str, which: str):
   """(score(columns) -> predictions, store path) of the run's checkpoint ``which``.
 
   ``score`` takes the model inputs of N rows (numpy, batch keys) and returns float32
-  [N] arrays, computed as ``launch/evaluate.py`` computes them: the same jitted
-  ``eval_step`` and ``loop.predict_split`` over a data-parallel mesh of every device.
+  [N] arrays, computed as ``launch/evaluate.py`` computes them: the run rebuilt by
+  ``restore`` (its compiled ``eval_step``, its mesh over every local device), fixed-size
+  padded batches from ``pipeline.eval_batches``. One process.
   """
   import jax
-  from pico_jax.train import loop
+  from pico_jax.data import pipeline
   from pico_jax.train.restore import restore
-  from pico_jax.train.step import eval_step
-  r = restore(workdir, which)
-  evaluate = jax.jit(functools.partial(eval_step, model=r.model))
+  trainer = restore(workdir, which)
 
   def score(columns):
-    n = len(next(iter(columns.values())))
-    # predict_split counts rows by the click column; the model never reads it.
-    columns = {B.CLICK: np.zeros(n, np.float32), **B.features(columns)}
-    preds = loop.predict_split(evaluate, r.params, columns, r.mesh,
-                               r.config.train.eval_batch_size)
-    return {k: preds[k] for k in OUTPUTS}
-  return score, r.config.data.path
+    features = B.features(columns)
+    host = pipeline.eval_batches(features,
+                                 global_batch_size=trainer.config.train.eval_batch_size)
+    out = [jax.device_get(trainer.eval_step(trainer.state.params, batch))
+           for batch in trainer.place(host)]
+    n = pipeline.num_rows(features)
+    return {k: np.concatenate([np.asarray(o[k]) for o in out])[:n] for k in OUTPUTS}
+  return score, trainer.config.data.path
 
 
 def artifact_scorer(artifact: str, batch_size: int):

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from conftest import ROOT, small_config
+from pico_jax import config as config_lib
 
 
 def _load(name):
@@ -39,8 +40,8 @@ def test_parse_grid_and_variants():
   assert points[3][1] == {"model.backbone": "ple", "contrast.mode": "fixed"}
   config = small_config()
   with pytest.raises(KeyError, match="config key 'contrast.mdoe'"):
-    experiment.set_key(config, "contrast.mdoe", "none")
-  experiment.set_key(config, "data.synthetic.rho", [0.5, 1.0])
+    config_lib.set_value(config, "contrast.mdoe", "none")
+  config_lib.set_value(config, "data.synthetic.rho", [0.5, 1.0])
   assert config.data.synthetic.rho == (0.5, 1.0)
 
 
@@ -105,7 +106,8 @@ def test_grid_runs_tabulates_resumes_and_plots(tmp_path, monkeypatch):
 
   written = plot.plot_run(os.path.join(workdir, "pico_seed=0"))
   assert sorted(os.path.basename(p) for p in written) == [
-      "eval_metrics.png", "tau_distribution.png", "tau_segments.png", "training_curves.png"]
+      "eval_metrics.png", "reliability.png", "tau_distribution.png", "tau_segments.png",
+      "training_curves.png"]
   for path in written:
     with open(path, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"

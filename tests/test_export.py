@@ -1,12 +1,10 @@
 """Export: the artifact reproduces the model without pico_jax and holds no contrast params."""
 
-import functools
 import json
 import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -55,12 +53,9 @@ def trained(tmp_path_factory):
 
 
 def test_artifact_reproduces_model_in_a_process_without_pico_jax(trained, tmp_path):
-  from pico_jax.train import loop
-  from pico_jax.train.step import eval_step
   _, artifact, r = trained
   cols = r.dataset.splits["test"]
-  expected = loop.predict_split(jax.jit(functools.partial(eval_step, model=r.model)),
-                                r.params, cols, r.mesh, 256)  # 8-device mesh
+  expected = r.predict("test")  # the 8-device mesh
   features = {k: v for k, v in cols.items() if k in B.FEATURE_KEYS}
   np.savez(tmp_path / "features.npz", **features)
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
@@ -78,8 +73,9 @@ def test_artifact_reproduces_model_in_a_process_without_pico_jax(trained, tmp_pa
 def test_artifact_holds_exactly_the_serving_params(trained):
   _, artifact, r = trained
   manifest = json.load(open(os.path.join(artifact, export.MANIFEST_FILE)))
-  serving = export.num_params(serving_params(r.params))
-  assert manifest["num_params"] == serving < export.num_params(r.params)
+  params = r.state.params
+  serving = export.num_params(serving_params(params))
+  assert manifest["num_params"] == serving < export.num_params(params)
   assert not any(p["name"].startswith("contrast") for p in manifest["params"])
   with np.load(os.path.join(artifact, export.PARAMS_FILE)) as z:
     assert sum(z[k].size for k in z.files) == serving
@@ -129,3 +125,21 @@ def test_evaluate_cli_agrees_with_the_training_loop(trained, tmp_path):
     cli.evaluate(workdir, "test", "last")
   with pytest.raises(FileNotFoundError, match="no checkpoints"):
     cli.evaluate(str(tmp_path), "test", "latest")
+
+
+def test_export_can_serve_pos_weight_corrected_probabilities(trained, tmp_path):
+  """The correction runs inside the artifact: it serves what pico_jax.calibration gives."""
+  from pico_jax import calibration
+  _, artifact, r = trained
+  config = r.config.copy_and_resolve_references()
+  config.loss.pos_weight.ctr, config.loss.pos_weight.ctcvr = 4.0, 30.0
+  manifest = export.export_model(r.model, r.state.params, r.schema, str(tmp_path),
+                                 platforms=("cpu",), config=config, correct_pos_weight=True)
+  assert manifest["pos_weight_corrected"]
+  features = {k: v[:16] for k, v in r.dataset.splits["test"].items() if k in B.FEATURE_KEYS}
+  raw, corrected = export.load(artifact)(features), export.load(str(tmp_path))(features)
+  want = calibration.correct_predictions({k: v.astype(np.float64) for k, v in raw.items()},
+                                         config.loss)
+  for key in export.OUTPUTS:
+    np.testing.assert_allclose(corrected[key], want[key], rtol=1e-5, atol=1e-7, err_msg=key)
+  assert np.all(corrected["p_ctr"] < raw["p_ctr"])

@@ -12,18 +12,18 @@ import pytest
 
 from conftest import ROOT, small_config
 from pico_jax import batch as B
-from pico_jax import parallel
 from pico_jax.data import load_dataset, pipeline
-from pico_jax.models import build_model
 from pico_jax.train import checkpoint as ckpt_lib
 from pico_jax.train import loop
-from pico_jax.train.optimizer import make_optimizer
-from pico_jax.train.state import create_train_state
+from pico_jax.train import trainer as trainer_lib
+from pico_jax.train.optimizer import learning_rate_schedule
 
 # A tiny model that compiles fast; the kill test runs it in fresh processes.
 TINY = {"model.backbone": "shared_bottom", "train.steps": 120, "train.log_every": 1,
         "train.eval_every": 40, "checkpoint.enabled": True, "checkpoint.every_steps": 10,
         "checkpoint.keep": 2, "mesh.data": 2}
+# The kill test runs under a learning-rate schedule: resuming must restore its position.
+SCHEDULE = {"optimizer.schedule": "warmup_cosine", "optimizer.warmup_steps": 30}
 
 
 def write_config(path, overrides: dict) -> str:
@@ -67,13 +67,13 @@ def _run_until(cmd, env, *, step: int, sig: int) -> tuple[int, str]:
   return code, "".join(lines)
 
 
-def _records(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+def _records(workdir, filename="metrics.jsonl"):
+  with open(os.path.join(workdir, filename)) as f:
     return [json.loads(line) for line in f]
 
 
 def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path):
-  config = write_config(tmp_path / "tiny.py", TINY)
+  config = write_config(tmp_path / "tiny.py", {**TINY, **SCHEDULE})
   env = launch_env(2, tmp_path / "jax_cache")
   reference = str(tmp_path / "reference")
   subprocess.run(train_command(config, reference), env=env, check=True, timeout=300,
@@ -90,7 +90,7 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path):
   assert "preempted (SIGTERM) at step" in log
   stopped = int(log.split("preempted (SIGTERM) at step ")[1].split(":")[0])
   assert stopped >= second
-  assert ckpt_lib.Checkpointer(workdir, keep=1, every_steps=1).latest_step() == stopped
+  assert ckpt_lib.Checkpointer(workdir, read_only=True).latest_step() == stopped
   code, _ = _run_until(train_command(config, workdir), env, step=third, sig=signal.SIGKILL)
   assert code == -signal.SIGKILL
   done = subprocess.run(train_command(config, workdir), env=env, timeout=300,
@@ -102,6 +102,14 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path):
   assert int(got["step"]) == TINY["train.steps"]
   jax.tree.map(np.testing.assert_array_equal, got, expected)
   assert _records(workdir) == _records(reference)
+  # The logged rate of every step is the schedule's, in both runs (log_every = 1).
+  schedule = learning_rate_schedule(small_config(**{**TINY, **SCHEDULE}).optimizer,
+                                    TINY["train.steps"])
+  for run in (reference, workdir):
+    logged = {r["step"]: r["learning_rate"] for r in _records(run, "train_metrics.jsonl")}
+    assert sorted(logged) == list(range(1, TINY["train.steps"] + 1))
+    for step, lr in logged.items():  # the update that made step s ran at s - 1.
+      assert lr == pytest.approx(float(schedule(step - 1)), rel=1e-5, abs=1e-12), step
 
 
 def _poisoned_loader(first_bad_batch: int, config):
@@ -124,12 +132,12 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
                            "train.eval_every": 100, "checkpoint.every_steps": 4,
                            "mesh.data": -1})
   # Batch index 5 is step 6: steps 1-5 are finite, the checkpoint of step 4 is good.
-  monkeypatch.setattr(loop, "load_dataset", _poisoned_loader(5, config))
+  monkeypatch.setattr(trainer_lib, "load_dataset", _poisoned_loader(5, config))
   with pytest.raises(FloatingPointError) as e:
     loop.train_and_evaluate(config, str(tmp_path))
   message = str(e.value)
   assert "at step 6" in message and "step 4" in message and "learning_rate" in message
-  ckpt = ckpt_lib.Checkpointer(str(tmp_path), keep=2, every_steps=4)
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), read_only=True)
   assert ckpt.all_steps() == [4]
   state = ckpt_lib.load_state_arrays(str(tmp_path))
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state))
@@ -140,16 +148,9 @@ def test_resuming_a_different_model_names_the_mismatch(tmp_path):
   overrides = {**TINY, "mesh.data": -1}
   config = small_config(**overrides)
   # A checkpoint of this config, written without training (quicker to build).
-  dataset = load_dataset(config)
-  mesh = parallel.mesh_from_config(config)
-  model = build_model(config, dataset.schema)
-  state = create_train_state(model, make_optimizer(config.optimizer), dataset.schema,
-                             config.seed, mesh, config.axis_rules)
-  data = pipeline.train_iterator(dataset.splits["train"], global_batch_size=64, num_batches=4,
-                                 seed=0, num_threads=1)
-  ckpt = ckpt_lib.Checkpointer.from_config(str(tmp_path), config.checkpoint)
-  ckpt.save(10, state, data, config, force=True)
-  ckpt.close()
+  trainer = trainer_lib.build(config, str(tmp_path))
+  trainer.checkpointer.save(10, trainer.state, trainer.data, config)
+  trainer.close()
   with pytest.raises(ckpt_lib.CheckpointMismatchError) as e:
     loop.train_and_evaluate(
         small_config(**{**overrides, "model.shared_bottom.hidden": (32,)}), str(tmp_path))

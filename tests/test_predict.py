@@ -30,7 +30,6 @@ def _load_cli(name):
 def run(tmp_path_factory):
   """A few checkpointed training steps on a store of the AliExpress sample (its test
   split is test.csv, in file order)."""
-  from pico_jax.train.loop import train_and_evaluate
   tmp = tmp_path_factory.mktemp("predict")
   store_dir = str(tmp / "store")
   preprocess.build_store("aliexpress", [TRAIN, TEST], store_dir,
@@ -40,6 +39,7 @@ def run(tmp_path_factory):
                            "train.steps": 4, "train.eval_every": 4, "train.log_every": 4,
                            "train.eval_batch_size": 64})
   workdir = str(tmp / "run")
+  from pico_jax.train.loop import train_and_evaluate
   train_and_evaluate(config, workdir)
   return workdir, tmp
 
@@ -65,20 +65,15 @@ def test_scores_agree_with_evaluate(run, capsys):
   np.testing.assert_array_equal(rows[:, 0].astype(np.int64), raw[:, 0].astype(np.int64))
 
   # The same rows, scored as launch/evaluate.py scores the store's test split.
-  import functools
-  import jax
-  from pico_jax.train import loop
   from pico_jax.train.restore import restore
-  from pico_jax.train.step import eval_step
-  r = restore(workdir, "latest")
-  split = r.dataset.splits["test"]
-  want = loop.predict_split(jax.jit(functools.partial(eval_step, model=r.model)),
-                            r.params, split, r.mesh, r.config.train.eval_batch_size)
+  trainer = restore(workdir, "latest")
+  want = trainer.predict("test")
   for j, key in enumerate(("p_ctr", "p_cvr", "p_ctcvr"), start=1):
     np.testing.assert_allclose(rows[:, j].astype(np.float64), want[key], rtol=0,
                                atol=1e-6, err_msg=key)
+  store_dir = trainestore_dir
   summary = predict.predict_files(
-      predict.checkpoint_scorer(workdir, "latest")[0], r.config.data.path, [TEST],
+      predict.checkpoint_scorer(workdir, "latest")[0], store_dir, [TEST],
       str(tmp / "again.csv"), log=lambda m: None)
   metrics = evaluate.evaluate(workdir, "test", "latest")
   for key, value in summary["metrics"].items():  # NaN where a task has one class.
@@ -92,7 +87,7 @@ def test_scores_agree_with_evaluate(run, capsys):
   with open(TEST) as f, open(unlabeled, "w") as g:
     g.writelines(",".join(line.rstrip("\n").split(",")[:-2]) + "\n" for line in f)
   summary = predict.predict_files(
-      predict.checkpoint_scorer(workdir, "latest")[0], r.config.data.path,
+      predict.checkpoint_scorer(workdir, "latest")[0], store_dir,
       [str(unlabeled)], str(tmp / "unlabeled_preds.csv"))
   assert summary["metrics"] is None
   np.testing.assert_array_equal(_read(str(tmp / "unlabeled_preds.csv"))[1], rows)
@@ -100,8 +95,8 @@ def test_scores_agree_with_evaluate(run, capsys):
   # An exported artifact scores the same rows the same way.
   from pico_jax import export
   artifact = str(tmp / "artifact")
-  export.export_model(r.model, r.params, r.dataset.schema, artifact, platforms=("cpu",),
-                      step=r.step, config=r.config)
+  export.export_model(trainer.model, trainer.state.params, trainer.schema, artifact,
+                      platforms=("cpu",), step=trainer.resumed_step, config=trainer.config)
   out2 = str(tmp / "artifact_preds.csv")
   assert predict.main(["--workdir", workdir, "--artifact", artifact, "--input", TEST,
                        "--output", out2, "--batch-size", "32", "--no-progress"]) == 0

@@ -1,5 +1,5 @@
-"""Readers and preprocessing: the real samples in ../shared/data, the exact seeded
-Census split, and one generated file per bad-input case (each error names the
+"""Readers and preprocessing: the real samples in ../shared/data, the exact Census split
+of docs/data.md (section 4), and one generated file per bad-input case (each error names the
 file, the line and the column, and leaves nothing behind)."""
 
 import gzip
@@ -58,8 +58,7 @@ def census_full(tmp_path_factory):
 
 
 def _census_reference(path):
-  """The Census store's definition (80/10/10 seeded split, train-only vocabularies and
-  standardisation), written independently of the reader: plain Python per row."""
+  """docs/data.md, sections 2-4, written independently of the reader: plain Python per row."""
   with gzip.open(path, "rt") as f:
     rows = [[t.strip() for t in line.rstrip("\n").split(",")] for line in f]
   n = len(rows)
@@ -86,7 +85,7 @@ def _census_reference(path):
 
 
 @needs_data
-def test_census_matches_its_definition(census_full):
+def test_census_matches_the_documented_split(census_full):
   meta, ds = census_full
   ref, vocabs = _census_reference(os.path.join(CENSUS, "census-income.test.gz"))
   for split in ("train", "val", "test"):
@@ -97,7 +96,7 @@ def test_census_matches_its_definition(census_full):
   assert [f.vocab_size for f in ds.schema.sparse] == [len(v) + 1 for v in vocabs]
   assert meta["splits"]["train"]["rows"] == 79_809
   assert meta["splits"]["val"]["rows"] == 9_976 and meta["splits"]["test"]["rows"] == 9_977
-  # The README's label counts over the whole file.
+  # The label counts over the whole file (docs/data.md, section 4).
   total = lambda key: sum(int(ds.splits[s][key].sum()) for s in ds.splits)
   assert total(B.CLICK) == 6_186 and total(B.CONVERSION) == 43_143
   assert ds.info["task_relation"] == "independent"

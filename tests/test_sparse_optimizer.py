@@ -14,11 +14,9 @@ from pico_jax import batch as B
 from pico_jax import config as config_lib
 from pico_jax import parallel
 from pico_jax.data.schema import Schema, SparseField
-from pico_jax.models import build_model
 from pico_jax.train import sparse_optimizer
 from pico_jax.train.optimizer import make_optimizer
-from pico_jax.train.state import create_train_state, state_shardings
-from pico_jax.train.step import compile_steps
+from pico_jax.train.trainer import build
 
 SCHEMA = Schema(sparse=(SparseField("a", 4), SparseField("b", 3)),
                 multi=(SparseField("m", 5, 3),), dense=("x", "y"))
@@ -48,22 +46,17 @@ def _train(embedding_optimizers, batches, **overrides):
   embedding optimizer, on the 8-device mesh (the table row-sharded over all 8):
   [(final state, metrics per step, the compiled step's HLO text)]."""
   config = small_config(**{"train.batch_size": BATCH, **overrides})
-  mesh = parallel.mesh_from_config(config)
-  model = build_model(config, SCHEMA)
-  initial = jax.device_get(create_train_state(model, make_optimizer(config.optimizer),
-                                              SCHEMA, config.seed, mesh, config.axis_rules))
+  initial = None
   results = []
   for kind in embedding_optimizers:
     config.optimizer.embedding_optimizer = kind
-    config_lib.validate(config)
-    tx = make_optimizer(config.optimizer)
-    shardings = state_shardings(model, tx, SCHEMA, mesh, config.axis_rules)
-    state = jax.device_put(initial.replace(opt_state=tx.init(initial.params)), shardings)
-    train_step, _ = compile_steps(model, tx, config, mesh, shardings)
-    compiled = train_step.lower(state, parallel.shard_batch(batches[0], mesh)).compile()
+    t = build(config, schema=SCHEMA)
+    initial = jax.device_get(t.state) if initial is None else initial
+    state = jax.device_put(initial.replace(opt_state=t.tx.init(initial.params)), t.shardings)
+    compiled = t.train_step.lower(state, next(t.place(batches[:1]))).compile()
     metrics = []
-    for batch in batches:
-      state, m = compiled(state, parallel.shard_batch(batch, mesh))
+    for batch in t.place(batches):
+      state, m = compiled(state, batch)
       metrics.append(jax.device_get(m))
     results.append((jax.device_get(state), metrics, compiled.as_text()))
   return results
@@ -137,9 +130,9 @@ def _toy_run(config_overrides, steps=4, seed=3):
   dense_tx = make_optimizer(config.optimizer)
 
   @jax.jit
-  def lazy_step(params, state, ids, target):
+  def lazy_step(params, state, ids, target, count):
     loss = functools.partial(_toy_loss, ids=ids, target=target)
-    return lazy_tx.step(loss, params, state, TOY_SCHEMA, {B.SPARSE: ids})[:2]
+    return lazy_tx.step(loss, params, state, TOY_SCHEMA, {B.SPARSE: ids}, count=count)[:2]
 
   @jax.jit
   def dense_step(params, state, ids, target):
@@ -149,16 +142,21 @@ def _toy_run(config_overrides, steps=4, seed=3):
 
   lazy, lazy_state = params, lazy_tx.init(params)
   dense, dense_state = params, dense_tx.init(params)
-  for ids, target in data:
-    lazy, lazy_state = lazy_step(lazy, lazy_state, ids, target)
+  for count, (ids, target) in enumerate(data):
+    lazy, lazy_state = lazy_step(lazy, lazy_state, ids, target, count)
     dense, dense_state = dense_step(dense, dense_state, ids, target)
   return params, lazy, dense, lazy_state, dense_state
 
 
-def test_lazy_adagrad_equals_dense_adagrad_on_partial_batches():
-  """Rows 0, 4, 5 and 9 are never touched, others at some steps: still equal."""
+@pytest.mark.parametrize("schedule", [
+    {}, {"optimizer.schedule": "warmup_cosine", "optimizer.warmup_steps": 2,
+         "optimizer.decay_steps": 5}])
+def test_lazy_adagrad_equals_dense_adagrad_on_partial_batches(schedule):
+  """Rows 0, 4, 5 and 9 are never touched, others at some steps: still equal; with a
+  schedule the table follows optax's scheduled rate step by step."""
   _, lazy, dense, lazy_state, dense_state = _toy_run({
-      "optimizer.name": "adagrad", "optimizer.embedding_optimizer": "lazy_adagrad"})
+      "optimizer.name": "adagrad", "optimizer.embedding_optimizer": "lazy_adagrad",
+      **schedule})
   _assert_trees_close(lazy, dense)
   _assert_trees_close(lazy_state.table.sum_of_squares,
                       _dense_state(dense_state, "sum_of_squares"))
@@ -223,16 +221,11 @@ def test_lazy_step_never_holds_a_table_sized_gradient():
   for kind in ("dense", "lazy_adam"):
     config = small_config(**{"optimizer.embedding_optimizer": kind, "contrast.mode": "none",
                              "model.backbone": "shared_bottom"})
-    mesh = parallel.make_mesh(1, 1, jax.devices()[:1])
-    model = build_model(config, schema)
-    tx = make_optimizer(config.optimizer)
-    shardings = state_shardings(model, tx, schema, mesh, config.axis_rules)
-    state = jax.eval_shape(
-        lambda: create_train_state(model, tx, schema, 0, mesh, config.axis_rules))
-    train_step, _ = compile_steps(model, tx, config, mesh, shardings)
+    t = build(config, schema=schema, mesh=parallel.make_mesh(1, 1, jax.devices()[:1]),
+              init_state=False)
     batch = {B.SPARSE: np.ones((64, 2), np.int32), B.CLICK: np.ones(64, np.float32),
              B.CONVERSION: np.zeros(64, np.float32), B.MASK: np.ones(64, np.float32)}
-    compiled = train_step.lower(state, parallel.shard_batch(batch, mesh)).compile()
+    compiled = t.train_step.lower(t.abstract_state, next(t.place([batch]))).compile()
     temp[kind] = compiled.memory_analysis().temp_size_in_bytes
   table_bytes = 200_192 * 8 * 4  # rows padded to 256, embed_dim 8, float32
   assert temp["dense"] >= table_bytes > 10 * temp["lazy_adam"], temp

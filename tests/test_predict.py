@@ -71,7 +71,7 @@ def test_scores_agree_with_evaluate(run, capsys):
   for j, key in enumerate(("p_ctr", "p_cvr", "p_ctcvr"), start=1):
     np.testing.assert_allclose(rows[:, j].astype(np.float64), want[key], rtol=0,
                                atol=1e-6, err_msg=key)
-  store_dir = trainestore_dir
+  store_dir = trainer.config.data.path
   summary = predict.predict_files(
       predict.checkpoint_scorer(workdir, "latest")[0], store_dir, [TEST],
       str(tmp / "again.csv"), log=lambda m: None)

@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import io
 import os
+import warnings
 import zlib
 
 import numpy as np
@@ -96,7 +97,7 @@ def first_line(path: str) -> bytes:
     try:
       line = f.readline()
     except (OSError, EOFError, zlib.error) as e:
-      raise DataError(f"unreadable gzip stream ({e})", path=path) from None
+      raise DataError(f"unreadable gzip stream ({e})", path=path, line=1) from None
   if not line:
     raise DataError("empty file: no data rows", path=path, line=1)
   if not line.strip():
@@ -187,11 +188,14 @@ class _BlockCutter:
     return [self._close(self.pos, self.filled)] if self.filled else []
 
 
-def _pieces(f, path):
+def _pieces(f, cutter: _BlockCutter):
+  """The pieces of an open file; a damaged gzip stream is reported at the first line
+  it could not unpack."""
   try:
     yield from iter(lambda: f.read(_READ_BYTES), b"")
   except (OSError, EOFError, zlib.error) as e:
-    raise DataError(f"unreadable gzip stream ({e})", path=path) from None
+    raise DataError(f"unreadable gzip stream ({e})", path=cutter.path,
+                    line=cutter.num_lines + 1) from None
 
 
 def scan_file(path: str, block_rows: int, header: bool) -> FileInfo:
@@ -208,7 +212,7 @@ def scan_file(path: str, block_rows: int, header: bool) -> FileInfo:
   with concurrent.futures.ThreadPoolExecutor(1) as hasher:
     digest = hasher.submit(_hash_file, path)
     with open_binary(path) as f:
-      for piece in _pieces(f, path):
+      for piece in _pieces(f, cutter):
         blocks += [b for b, _ in cutter.feed(piece)]
     blocks += [b for b, _ in cutter.finish()]
     sha = digest.result()
@@ -223,7 +227,7 @@ def stream_blocks(path: str, block_rows: int, header: bool):
   _check_path(path)
   cutter = _BlockCutter(path, block_rows, header, keep_data=True)
   with open(path, "rb") as raw, (open_binary(path) if is_gzip(path) else raw) as f:
-    for piece in _pieces(f, path):
+    for piece in _pieces(f, cutter):
       yield from cutter.feed(piece)
       yield None, raw.tell()
     yield from cutter.finish()
@@ -256,7 +260,12 @@ def split_lines(data: bytes) -> list[bytes]:
 
 def to_float(token: bytes) -> float:
   """One token parsed as ``np.loadtxt`` parses it (raises ValueError when it cannot)."""
-  return float(np.loadtxt([token], dtype=np.float64, comments=None, ndmin=1)[0])
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # loadtxt warns about an empty token ...
+    values = np.loadtxt([token], dtype=np.float64, comments=None, ndmin=1)
+  if len(values) != 1:  # ... and returns no value for it.
+    raise ValueError(f"not a number: {token!r}")
+  return float(values[0])
 
 
 def is_number(token: bytes) -> bool:

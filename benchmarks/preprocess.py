@@ -54,6 +54,35 @@ def write_aliexpress_csv(path: str, rows: int, seed: int = 0, block: int = 100_0
                       pacsv.WriteOptions(include_header=False))
 
 
+def _time_predict(store_dir: str, csv: str, args) -> dict:
+  """Trains the default recipe (AliExpress store, few steps) and times
+  ``launch/predict.py``'s scoring of the CSV: rows/s of parse + encode + model +
+  output, after the model is restored and compiled."""
+  import importlib.util
+  from configs import default
+  from pico_jax.train.loop import train_and_evaluate
+  config = default.get_config()
+  config.data.name, config.data.path = "store", store_dir
+  config.train.steps, config.train.eval_every, config.train.log_every = 20, 20, 20
+  config.checkpoint.enabled = True
+  workdir = os.path.join(args.workdir, "run")
+  train_and_evaluate(config, workdir)
+  spec = importlib.util.spec_from_file_location("predict_cli", os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", "predict.py"))
+  cli = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(cli)
+  score, path = cli.checkpoint_scorer(workdir, "latest")
+  out = os.path.join(args.workdir, "preds.csv")
+  warmup = os.path.join(args.workdir, "warmup.csv")
+  with open(csv, "rb") as f, open(warmup, "wb") as g:
+    g.writelines(f.readline() for _ in range(1001))
+  cli.predict_files(score, path, [warmup], out)  # compiles the model.
+  summary = cli.predict_files(score, path, [csv], out, log=lambda m: None)
+  return {"rows_per_s": round(summary["rows_per_s"]),
+          "eval_batch_size": config.train.eval_batch_size,
+          "model": f"{config.model.backbone}, embed_dim {config.model.embed_dim}"}
+
+
 def _time(fn) -> float:
   start = time.perf_counter()
   fn()

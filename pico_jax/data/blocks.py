@@ -27,7 +27,7 @@ import numpy as np
 import tqdm
 
 from pico_jax.data import readers
-from pico_jax.data.encode import Encoder
+from pico_jax.data.encode import Encoder, Factorized
 from pico_jax.data.errors import DataError
 
 _INT32 = np.iinfo(np.int32)
@@ -91,12 +91,19 @@ def count_block(task: CountTask) -> BlockStats:
       raise DataError(f"group key {int(chunk.group[out[0]])} does not fit int32",
                       path=path, line=int(chunk.lines[out[0]]), column_name=fmt.group_name)
   train = (task.split == 0) & ~dropped
-  uniques = [np.unique(values[train], return_counts=True) for values in chunk.sparse]
+  uniques = []
+  for j, values in enumerate(chunk.sparse):
+    # Spilled factorized: pass 2 then looks up each distinct value once, in order.
+    factors = Factorized(*np.unique(values, return_inverse=True))
+    counts = np.bincount(factors.inverse[train], minlength=len(factors.keys))
+    uniques.append((factors.keys[counts > 0], counts[counts > 0]))
+    chunk.sparse[j] = factors
   moments = None
   if chunk.dense is not None and train.any():
-    x = chunk.dense[train]
+    x = chunk.dense[train]  # a copy: squared in place below.
     mean = x.mean(0)
-    moments = (len(x), mean, ((x - mean) ** 2).sum(0))
+    x -= mean
+    moments = (len(x), mean, np.square(x, out=x).sum(0))
   max_mult = {}
   for name, (lrows, values, _) in chunk.lists.items():
     max_mult[name] = int(np.bincount(lrows).max()) if len(lrows) else 0

@@ -25,6 +25,24 @@ def positions_in_rows(rows: np.ndarray) -> np.ndarray:
 
 
 @dataclasses.dataclass
+class Factorized:
+  """A column of raw values as its sorted distinct ``keys`` and, per row, the index
+  of its key (``inverse``, any int [n]): ``keys[inverse]`` is the column."""
+  keys: np.ndarray
+  inverse: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.inverse)
+
+
+def _lookup(vocab: Vocab, values) -> np.ndarray:
+  """``vocab.lookup`` of a raw column, once per distinct value when factorized."""
+  if isinstance(values, Factorized):
+    return vocab.lookup(values.keys)[values.inverse]
+  return vocab.lookup(values)
+
+
+@dataclasses.dataclass
 class Encoder:
   """Everything that turns raw values into the store's ids and dense values.
 
@@ -62,7 +80,7 @@ class Encoder:
     if self.sparse_names:
       ids = np.zeros((n, len(self.sparse_names)), np.int32)
       for j, values in enumerate(chunk.sparse):
-        ids[:, j] = self.vocabs[self.sparse_names[j]].lookup(values)
+        ids[:, j] = _lookup(self.vocabs[self.sparse_names[j]], values)
       for j, name in enumerate(self.single_lists, start=len(chunk.sparse)):
         lrows, values, _ = chunk.lists[name]
         ids[lrows, j] = self.vocabs[name].lookup(values)
@@ -81,7 +99,9 @@ class Encoder:
         truncated[name] = int(np.sum(np.bincount(lrows, minlength=n) > L))
       cols[B.MULTI], cols[B.MULTI_MASK] = multi, mask
     if self.has_dense:
-      cols[B.DENSE] = ((chunk.dense - self.mean) / self.std).astype(np.float32)
+      dense = chunk.dense - self.mean
+      dense /= self.std  # in place: (x - mean) / std, one temporary.
+      cols[B.DENSE] = dense.astype(np.float32)
     if self.has_group:
       cols[B.GROUP] = chunk.group.astype(np.int32)
     return cols, truncated

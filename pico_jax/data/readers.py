@@ -39,7 +39,8 @@ class Chunk:
     lines: int64 [n], the 1-based line number of every row in its file.
     click, conversion: float32 [n] in {0, 1}; None when the file has no labels
       (``launch/predict.py`` inputs).
-    sparse: one raw-value array [n] (int64 or bytes) per single-valued field.
+    sparse: one raw-value array [n] (int64 or bytes) per single-valued field (or its
+      ``encode.Factorized`` form, in preprocessing's spill).
     dense: float64 [n, D] (finite), or None.
     lists: per field of a key:value format, (row int64 [T], value int64 [T],
       column int64 [T]): every occurrence in line order; column is the 1-based token

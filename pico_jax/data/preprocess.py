@@ -69,7 +69,7 @@ class Options:
     chunk_rows: lines per block (the unit of parallel work and of the dense
       statistics' merge order, so stores depend on it in the last bits).
     workers: processes working on blocks in parallel (1: this process only; 0: one
-      per CPU, ``os.cpu_count()``).
+      per idle CPU, see ``default_workers``).
     sparse, dense: column names replacing the format's default features.
   """
   min_count: int = 1
@@ -151,13 +151,21 @@ def _spill_parent(output: str) -> str:
 MIN_BYTES_PER_WORKER = 16 << 20
 
 
-def effective_workers(requested: int, input_bytes: int, num_blocks: int) -> int:
-  """Worker processes to use: ``requested`` (0: one per CPU), but never more than the
-  CPUs, the blocks, or one per ``MIN_BYTES_PER_WORKER`` of input, so that more
-  workers are never slower than one."""
+def default_workers() -> int:
+  """One worker per idle CPU: ``os.cpu_count()`` less the 1-minute load average. On a
+  machine already saturated by other jobs, extra processes only add their start-up
+  and compete with each other for the same cores (measured: BENCHMARKS.md)."""
   cpus = os.cpu_count() or 1
+  return max(1, cpus - round(os.getloadavg()[0]))
+
+
+def effective_workers(requested: int, input_bytes: int, num_blocks: int) -> int:
+  """Worker processes to use: ``requested`` (0: ``default_workers()``), but never more
+  than the CPUs, the blocks, or one per ``MIN_BYTES_PER_WORKER`` of input, so that
+  more workers are never slower than one."""
   by_size = -(-input_bytes // MIN_BYTES_PER_WORKER)
-  return max(1, min(requested or cpus, cpus, num_blocks, by_size))
+  return max(1, min(requested or default_workers(), os.cpu_count() or 1, num_blocks,
+                    by_size))
 
 
 def build_store(format_name: str, inputs: Sequence[str], output: str, *,

@@ -100,6 +100,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(str(e)) from None
   if config.model.dropout >= 1:
     raise ConfigError(f"config.model.dropout={config.model.dropout}: must be < 1")
+  hidden = config.model.aitm.bottom_hidden
+  if config.model.backbone == "aitm" and (not hidden or min(hidden) < 1):
+    raise ConfigError(f"config.model.aitm.bottom_hidden={tuple(hidden)}: needs at least one "
+                      "layer, every width >= 1")
   best = config.checkpoint.best_metric
   if best and (best.count("/") != 1 or not all(best.split("/"))):
     raise ConfigError(f"config.checkpoint.best_metric={best!r}: expected "

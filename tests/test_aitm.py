@@ -156,3 +156,11 @@ def test_calibrator_is_zero_under_esmm_and_acts_on_an_entire_space_cvr_tower():
   grad_ctr, grad_cvr = jax.grad(calibrator)(logits, "all")
   assert bool(jnp.all(grad_cvr[:2] > 0)) and float(grad_cvr[2]) == 0
   assert bool(jnp.all(grad_ctr[:2] < 0))
+
+
+def test_bad_aitm_widths_name_the_key():
+  from pico_jax.config import ConfigError, validate
+  for hidden in ((), (16, 0)):
+    with pytest.raises(ConfigError, match=r"model\.aitm\.bottom_hidden"):
+      validate(small_config(**{**AITM, "model.aitm.bottom_hidden": hidden}))
+  validate(small_config(**AITM))

@@ -119,7 +119,7 @@ def test_same_arrays_in_every_process(tmp_path):
     return {f"{s}/{k}": hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
             for s, cols in ds.splits.items() for k, v in cols.items()}
 
-  script = ("import hashlib, json, sys, numpy as np; sys.path.insert(0, sys.argv[1]);"
+  script = ("import hashlib, json, sys, numpy as np;"
             "from pico_jax.data import store; ds = store.load_store(sys.argv[2]);"
             "print(json.dumps({f'{s}/{k}': hashlib.sha256(np.ascontiguousarray(v)"
             ".tobytes()).hexdigest() for s, c in ds.splits.items() for k, v in c.items()}))")

@@ -535,7 +535,7 @@ def test_blocks_cut_at_line_boundaries(tmp_path, monkeypatch):
     monkeypatch.setattr(readers, "_READ_BYTES", int(rng.integers(1, 20)))
     rows, header = int(rng.integers(1, 8)), bool(rng.random() < 0.5)
     info = readers.scan_file(str(path), rows, header)
-    data = [readers.read_block(b, False) for b in info.blocks]
+    data = [readers.read_block(b) for b in info.blocks]
     assert b"".join(data) == b"".join(readers.split_lines(text)[int(header):])
     assert [len(readers.split_lines(d)) for d in data] == [b.num_lines for b in info.blocks]
     assert [b.first_line for b in info.blocks] == [

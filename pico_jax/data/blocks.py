@@ -69,7 +69,7 @@ class BlockStats:
 def parse(fmt, block: readers.Block, layout, data: bytes | None) -> readers.Chunk:
   """The block's rows (its bytes read from the file unless given)."""
   if data is None:
-    data = readers.read_block(block, packed=False)
+    data = readers.read_block(block)
   return fmt.parse_block(block.path, data, block.first_line, layout, block.num_lines)
 
 

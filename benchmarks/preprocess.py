@@ -28,7 +28,6 @@ import os
 import platform
 import resource
 import shutil
-import sys
 import time
 
 import numpy as np

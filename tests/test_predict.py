@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, small_config
-from pico_jax import batch as B
 from pico_jax.data import preprocess
 from shared_data import ALIEXPRESS, needs_data
 

@@ -3,6 +3,7 @@ launch/evaluate.py on the same rows (checkpoint and exported artifact), labels a
 optional, and bad rows fail with file/line/column, leaving nothing at --output."""
 
 import csv
+import gzip
 import importlib.util
 import os
 
@@ -108,15 +109,19 @@ def test_scores_agree_with_evaluate(run, capsys):
   assert sum(summary["id0"].values()) > 0
   assert set(summary["id0"]) == {f"categorical_{i}" for i in range(1, 17)}
 
-  # Labels are optional: the same file without them scores the same, no metrics.
+  # Labels are optional: the same file without them scores the same, no metrics; so
+  # does a gzip copy, after it (one output row per input row, inputs in order).
   unlabeled = tmp / "unlabeled.csv"
   with open(TEST) as f, open(unlabeled, "w") as g:
     g.writelines(",".join(line.rstrip("\n").split(",")[:-2]) + "\n" for line in f)
+  packed = tmp / "unlabeled.csv.gz"
+  packed.write_bytes(gzip.compress(unlabeled.read_bytes()))
   summary = predict.predict_files(
       predict.checkpoint_scorer(workdir, "latest")[0], store_dir,
-      [str(unlabeled)], str(tmp / "unlabeled_preds.csv"))
-  assert summary["metrics"] is None
-  np.testing.assert_array_equal(_read(str(tmp / "unlabeled_preds.csv"))[1], rows)
+      [str(unlabeled), str(packed)], str(tmp / "unlabeled_preds.csv"), chunk_rows=30)
+  assert summary["metrics"] is None and summary["rows"] == 200
+  np.testing.assert_array_equal(_read(str(tmp / "unlabeled_preds.csv"))[1],
+                                np.concatenate([rows, rows]))
 
   # An exported artifact scores the same rows the same way.
   from pico_jax import export

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, small_config
+from shared_data import CENSUS
 from configs import census as census_recipe
 from pico_jax import batch as B
 from pico_jax.data import load_dataset, preprocess, store
@@ -183,8 +184,7 @@ def test_stable_hash_is_fixed():
 
 @pytest.fixture(scope="module")
 def census_sample_store(tmp_path_factory):
-  sample = os.path.join(ROOT, "..", "shared", "data", "census-income-kdd", "deepctr-sample",
-                        "census-income.sample")
+  sample = os.path.join(CENSUS, "deepctr-sample", "census-income.sample")
   if not os.path.exists(sample):
     pytest.skip("../shared/data absent")
   out = str(tmp_path_factory.mktemp("census") / "store")

@@ -133,7 +133,7 @@ def resolve(implementation: str, chunk_size: int = 0) -> str:
   "auto" is "xla" on CPU and "pallas" on GPU/TPU; with ``chunk_size`` > 0 (which
   selected the streaming form before ``implementation`` existed) it is "chunked" on
   CPU, so existing configs compute exactly what they did, and "pallas" (also bounded
-  in memory, and faster) on accelerators. "pallas", asked for or picked, must pass
+  in memory) on accelerators. "pallas", asked for or picked, must pass
   the process's one-time self-check on an accelerator; otherwise it falls back, with a
   warning naming the error, to the memory-bounded "chunked" if ``chunk_size`` > 0, else
   to "xla".

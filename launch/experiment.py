@@ -14,9 +14,12 @@ evaluates once per epoch. Any ``--config.*`` override applies to every run.
 
 Every run trains in ``DIR/<name>/`` with its own ``metrics.jsonl`` and writes
 ``result.json`` (its final test metrics: those of the best evaluation when early
-stopping is on); a run that already has one is not run again, so an interrupted grid
-resumes; ``--report_only`` tabulates the finished runs without training. Results: ``DIR/results.csv`` (every metric, mean and std over seeds),
-``DIR/results.md`` (the main metrics as mean ± std) and ``DIR/runs.csv`` (every run).
+stopping is on); a run that already has one is not run again. SIGTERM (preemption)
+saves the running run's checkpoint and exits with status 0; the same command resumes
+that run where it stopped (early stopping replays its ``metrics.jsonl``) and finishes
+the grid. ``--report_only`` tabulates the finished runs without training. Results:
+``DIR/results.csv`` (every metric, mean and std over seeds), ``DIR/results.md`` (the
+main metrics as mean ± std) and ``DIR/runs.csv`` (every run).
 """
 
 import ast

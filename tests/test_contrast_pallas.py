@@ -64,7 +64,7 @@ def _check_against_float64(z_ctr, z_cvr, tau, w, *, symmetric, normalize, weight
 # every switch is seen both ways with a ragged batch.
 @pytest.mark.parametrize("n,symmetric,weighted,normalize", [
     (1, True, True, True), (7, False, False, False), (256, True, False, False),
-    (1000, False, True, True), (1000, True, True, False)])
+    (1000, False, True, True)])
 def test_pallas_matches_float64_reference(n, symmetric, weighted, normalize):
   # Unnormalised inputs are scaled so logits stay in float32's comfortable range.
   z_ctr, z_cvr, tau, w = _inputs(n, 8, seed=n, scale=1.0 if normalize else 0.3)

@@ -54,9 +54,10 @@ def plot_run(workdir: str, output: str = "") -> list[str]:
   import matplotlib.pyplot as plt
   import numpy as np
   from pico_jax.metrics import reliability_from_metrics
-  from pico_jax.train.reporting import TRAIN_METRICS_FILE, read_metrics, tau_file
+  from pico_jax.train.reporting import read_metrics
+  from pico_jax.workdir import PLOTS_DIR, TRAIN_METRICS_FILE, tau_file
 
-  output = output or os.path.join(workdir, "plots")
+  output = output or os.path.join(workdir, PLOTS_DIR)
   os.makedirs(output, exist_ok=True)
   records = read_metrics(workdir)
   if os.path.exists(os.path.join(workdir, TRAIN_METRICS_FILE)):

@@ -43,7 +43,7 @@ POSITIVE = ("train.batch_size", "train.steps", "train.log_every", "train.eval_ev
 NON_NEGATIVE = ("contrast.weight", "contrast.chunk_size", "loss.ctr_weight",
                 "loss.ctcvr_weight", "loss.cvr_weight", "model.dropout",
                 "contrast.relatedness_supervision_weight", "optimizer.weight_decay",
-                "optimizer.grad_clip_norm", "checkpoint.keep_best", "loss.calibrator_weight",
+                "optimizer.grad_clip_norm", "checkpoint.keep_best", "data.device_prefetch", "loss.calibrator_weight",
                 "optimizer.warmup_steps", "optimizer.decay_steps")
 
 

@@ -15,10 +15,13 @@ Every file a run writes has its name here::
     tau_<split>.npz              per-row tau of the latest evaluation of a split
     eval_<split>_step<N>.json    launch/evaluate.py's result
     export/step_<N>/             launch/export.py's artifact (default --output)
+    plots/                       launch/plot.py's figures (default --output)
     result.json                  launch/experiment.py: the finished run's test metrics
 
-The best checkpoint is defined once, by ``best_criterion``; checkpoint retention,
-``launch/evaluate.py --checkpoint best`` and early stopping all rank by it.
+The best checkpoint is defined once, by ``best_criterion``: checkpoint retention and
+``--checkpoint best`` (``launch/evaluate.py``, ``launch/export.py``) rank by it, and
+unless ``config.checkpoint.best_metric`` says otherwise it is the early-stopping metric,
+so the best checkpoint holds the params the run's final test scored.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ METRICS_FILE = "metrics.jsonl"
 TRAIN_METRICS_FILE = "train_metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 EXPORT_DIR = "export"
+PLOTS_DIR = "plots"
 RESULT_FILE = "result.json"
 # orbax writes a step into <step> + this marker + a suffix, renamed when complete.
 TMP_MARKER = ".orbax-checkpoint-tmp"

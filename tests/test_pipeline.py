@@ -108,7 +108,6 @@ def test_process_shards_concatenate_to_the_global_batch(train):
 
 _WORKER = """
 import json, sys
-sys.path.insert(0, sys.argv[1])
 from pico_jax import batch as B
 from pico_jax.data import pipeline, store
 path, index, count, steps = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])

@@ -58,11 +58,12 @@ class CheckpointExistsError(FileExistsError):
   """A save at a step that already has a checkpoint (without ``overwrite=True``)."""
 
 
-def _flatten(tree, prefix=""):
+def flatten_config(tree: dict, prefix: str = "") -> dict:
+  """A nested config dict as ``{"dotted.key": value}``."""
   out = {}
   if isinstance(tree, dict):
     for k, v in tree.items():
-      out.update(_flatten(v, f"{prefix}{k}."))
+      out.update(flatten_config(v, f"{prefix}{k}."))
   else:
     out[prefix[:-1]] = tree
   return out
@@ -71,7 +72,7 @@ def _flatten(tree, prefix=""):
 def config_differences(saved: dict, current: dict) -> list[str]:
   """``key: saved -> current`` for every config key whose value differs, sorted."""
   # Through JSON, as the saved one was: tuples become lists on both sides.
-  a, b = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(current)))
+  a, b = (flatten_config(json.loads(json.dumps(c))) for c in (saved, current))
   return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
           for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 

@@ -38,8 +38,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   the final test metrics (those of the best evaluation when early stopping is on).
 
   Args:
-    batches: device batches to train on (default: ``Trainer.batches()``), e.g. a
-      device-prefetching wrapper of it.
+    batches: device batches to train on (default: ``Trainer.batches()``, which
+      prefetches to the devices with ``config.data.device_prefetch``). Checkpoints save
+      the position of ``Trainer.data``, so other batches resume only if they follow it.
 
   Returns None when the job was preempted (SIGTERM): the state was saved and the same
   command resumes it. Raises FloatingPointError on a non-finite loss (the last good

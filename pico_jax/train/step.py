@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-
 import contextlib
+import functools
 
 import flax.linen as nn
 import jax
@@ -96,8 +95,9 @@ def _traced_under(fn, mesh, axis_rules):
   return wrapped
 
 
-def compile_steps(model, tx, config, mesh, state_shardings):
-  """jit-compiled ``train_step`` (state donated) and ``eval_step`` with explicit shardings."""
+def compile_steps(model, tx, config, mesh, shardings):
+  """jit-compiled ``train_step`` (state donated) and ``eval_step`` with explicit shardings
+  (``shardings``: the TrainState of NamedShardings). Called once, by ``trainer.build``."""
   data = batch_sharding(mesh)
   rules = config.axis_rules
   train = jax.jit(
@@ -105,8 +105,8 @@ def compile_steps(model, tx, config, mesh, state_shardings):
           train_step, model=model, tx=tx, objective=objective_kwargs(config, mesh),
           learning_rate=learning_rate_schedule(config.optimizer, config.train.steps)),
                     mesh, rules),
-      in_shardings=(state_shardings, data), out_shardings=(state_shardings, replicated(mesh)),
+      in_shardings=(shardings, data), out_shardings=(shardings, replicated(mesh)),
       donate_argnums=0)
   evaluate = jax.jit(_traced_under(functools.partial(eval_step, model=model), mesh, rules),
-                     in_shardings=(state_shardings.params, data), out_shardings=data)
+                     in_shardings=(shardings.params, data), out_shardings=data)
   return train, evaluate

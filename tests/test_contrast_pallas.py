@@ -103,6 +103,23 @@ def test_kernel_tiles_ragged_both_ways_and_wide_features():
     pallas_lse.anchor_logsumexp(jnp.zeros((4, 300)), jnp.zeros((4, 300)), jnp.ones(4))
 
 
+@pytest.mark.parametrize("dtype,n,dim", [(jnp.float32, 300, 24), (jnp.bfloat16, 1, 256)])
+def test_kernels_lower_to_triton_for_cuda(monkeypatch, dtype, n, dim):
+  # Lowering for CUDA runs Pallas's Triton lowering on this CPU machine: it catches an
+  # operation or a block shape the GPU backend rejects (compiling the Triton IR to PTX
+  # needs a GPU). Forward, anchor-gradient and candidate-gradient kernels: 3 calls.
+  monkeypatch.setattr(pallas_lse, "platform", lambda: "gpu")
+  f = jax.value_and_grad(lambda a, c, t: jnp.sum(pallas_lse.anchor_logsumexp(a, c, t)),
+                         argnums=(0, 1, 2))
+  spec = lambda *shape, dt=dtype: jax.ShapeDtypeStruct(shape, dt)
+  triton = "__gpu$xla.gpu.triton"
+  exported = jax.export.export(
+      jax.jit(f), platforms=["cuda"],
+      disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(triton)])(
+          spec(n, dim), spec(n + 7, dim), spec(n, dt=jnp.float32))
+  assert exported.mlir_module().count(f"@{triton}(") == 3
+
+
 def test_auto_is_xla_on_cpu_and_chunked_with_a_chunk_size():
   assert implementations.resolve("auto") == "xla"
   assert implementations.resolve("auto", chunk_size=64) == "chunked"
@@ -114,7 +131,7 @@ def test_auto_is_xla_on_cpu_and_chunked_with_a_chunk_size():
 @pytest.fixture
 def fake_accelerator(monkeypatch):
   """The process looks like a GPU to the contrast's choice, with no verdict cached."""
-  monkeypatch.setattr(self_check, "backend", lambda: "gpu")
+  monkeypatch.setattr(pallas_lse, "platform", lambda: "gpu")
   monkeypatch.setattr(self_check, "_VERDICTS", {})
 
 

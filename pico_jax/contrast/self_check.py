@@ -29,14 +29,9 @@ _VERDICTS: dict[str, str | None] = {}
 _RTOL, _ATOL = 2e-4, 2e-5
 
 
-def backend() -> str:
-  """The default jax backend ("cpu", "gpu", "tpu")."""
-  return jax.default_backend()
-
-
 def interpret_mode() -> bool:
   """Whether Pallas kernels run in interpret mode: on CPU, which has no Pallas compiler."""
-  return backend() == "cpu"
+  return pallas_lse.platform() == "cpu"
 
 
 def _inputs():
@@ -87,7 +82,7 @@ def kernel_works(fallback: str = "xla") -> bool:
   called while a jit is being traced) and warns, once, with the error when it fails;
   ``fallback`` names the implementation the caller uses instead (for the warning).
   """
-  name = backend()
+  name = pallas_lse.platform()
   if name not in _VERDICTS:
     _VERDICTS[name] = _compare(interpret=interpret_mode())
     if _VERDICTS[name] is not None:

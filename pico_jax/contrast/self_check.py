@@ -5,8 +5,8 @@ the first time in the user's process; a compiler or driver change could break it
 make it wrong. ``kernel_works`` compiles value-and-gradient of the kernel on a small
 ragged input, runs it, and compares it with the plain XLA logsumexp. Any exception or
 mismatch makes it return False after a warning that names the error, and the caller
-(``implementations.resolve``) uses "xla": a user never gets a crash or wrong numbers
-from the kernel. The verdict is cached per backend for the life of the process.
+(``implementations.resolve``) uses "xla" (or "chunked" when a chunk size is set): a
+user never gets a crash or wrong numbers from the kernel. The verdict is cached per backend for the life of the process.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import small_config
 from pico_jax import losses, parallel
-from pico_jax.contrast import implementations, pallas_lse, self_check
+from pico_jax.contrast import implementations, pallas_lse, pallas_pair, self_check
 from pico_jax.train.trainer import build
 from test_losses import reference_contrastive
 
@@ -106,18 +106,20 @@ def test_kernel_tiles_ragged_both_ways_and_wide_features():
 @pytest.mark.parametrize("dtype,n,dim", [(jnp.float32, 300, 24), (jnp.bfloat16, 1, 256)])
 def test_kernels_lower_to_triton_for_cuda(monkeypatch, dtype, n, dim):
   # Lowering for CUDA runs Pallas's Triton lowering on this CPU machine: it catches an
-  # operation or a block shape the GPU backend rejects (compiling the Triton IR to PTX
-  # needs a GPU). Forward, anchor-gradient and candidate-gradient kernels: 3 calls.
+  # operation or a block shape the GPU backend rejects (compiling the Triton IR to GPU
+  # code needs a GPU). anchor_logsumexp: forward, anchor-gradient and candidate-gradient
+  # kernels (3 calls); pair_logsumexp: two forwards and two fused backwards (4).
   monkeypatch.setattr(pallas_lse, "platform", lambda: "gpu")
-  f = jax.value_and_grad(lambda a, c, t: jnp.sum(pallas_lse.anchor_logsumexp(a, c, t)),
-                         argnums=(0, 1, 2))
   spec = lambda *shape, dt=dtype: jax.ShapeDtypeStruct(shape, dt)
   triton = "__gpu$xla.gpu.triton"
-  exported = jax.export.export(
-      jax.jit(f), platforms=["cuda"],
+  export = lambda f, *args: jax.export.export(
+      jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2))), platforms=["cuda"],
       disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(triton)])(
-          spec(n, dim), spec(n + 7, dim), spec(n, dt=jnp.float32))
-  assert exported.mlir_module().count(f"@{triton}(") == 3
+          *args).mlir_module().count(f"@{triton}(")
+  single = lambda a, c, t: jnp.sum(pallas_lse.anchor_logsumexp(a, c, t))
+  assert export(single, spec(n, dim), spec(n + 7, dim), spec(n, dt=jnp.float32)) == 3
+  pair = lambda a, b, t: sum(map(jnp.sum, pallas_pair.pair_logsumexp(a, b, t)))
+  assert export(pair, spec(n, dim), spec(n, dim), spec(n, dt=jnp.float32)) == 4
 
 
 def test_auto_is_xla_on_cpu_and_chunked_with_a_chunk_size():

@@ -141,7 +141,7 @@ def test_self_check_mismatch_falls_back(fake_accelerator, monkeypatch):
   real = pallas_lse.anchor_logsumexp
   monkeypatch.setattr(pallas_lse, "anchor_logsumexp",
                       lambda a, c, t, interpret=False: real(a, c, t, interpret=True) + 1e-2)
-  with pytest.warns(RuntimeWarning, match="self-check on gpu.*mismatch in value"):
+  with pytest.warns(RuntimeWarning, match="self-check on gpu.*anchor_logsumexp: mismatch in value"):
     assert implementations.resolve("auto") == "xla"
   assert implementations.resolve("pallas", chunk_size=16) == "chunked"  # cached: no rerun
 

@@ -17,6 +17,7 @@
 #   train_bf16.jsonl       the same in bfloat16 (PICO off | on with pallas)
 #   loop.jsonl             W2 loop at 4,096 and 16,384: step alone, loop, loop + prefetch
 #   profile/               jax.profiler traces of the W2 step at 4,096 (PICO off | pallas)
+#   profile_summary.md     the top device operations of each trace (profile_summary.py)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-benchmarks/results}}"
@@ -65,6 +66,8 @@ stage loop 60 loop.jsonl "$PYTHON" benchmarks/loop_throughput.py \
 stage profile 40 profile.jsonl "$PYTHON" benchmarks/train_throughput.py \
     --batch_sizes="$PROFILE_BATCH" --implementation=pallas --steps=4 --repeats=2 --warmup=2 \
     --profile_dir="$OUT_DIR/profile" --profile_steps=5
+stage profile_summary 20 profile_summary.md "$PYTHON" benchmarks/profile_summary.py \
+    "$OUT_DIR"/profile/* --steps=5 --top=15
 cat "$OUT_DIR/machine.txt" "$OUT_DIR/stages.txt" "$OUT_DIR/selfcheck.txt" \
     "$OUT_DIR/contrastive.jsonl" "$OUT_DIR/train_f32.jsonl" "$OUT_DIR/train_bf16.jsonl" \
-    "$OUT_DIR/loop.jsonl"
+    "$OUT_DIR/loop.jsonl" "$OUT_DIR/profile_summary.md"

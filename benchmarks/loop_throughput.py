@@ -30,11 +30,11 @@ import common
 import jax
 import numpy as np
 
-from configs import w2 as w2_config
 from pico_jax import parallel
 from pico_jax.data import pipeline, w2
 from pico_jax.data.device_prefetch import DevicePrefetcher
 from pico_jax.train.trainer import build
+from train_throughput import _config as w2_config
 
 MODES = ("step", "loop", "loop_prefetch")
 
@@ -97,13 +97,8 @@ def main():
   info = common.machine()
   columns = _columns(args.rows)
   for batch in map(int, args.batch_sizes.split(",")):
-    c = w2_config.get_config()
-    c.train.batch_size = batch
-    c.optimizer.embedding_optimizer = args.embedding_optimizer
-    c.model.compute_dtype = args.compute_dtype
-    c.contrast.implementation = args.implementation
-    if args.pico == "off":
-      c.contrast.mode = "none"
+    c = w2_config(batch, args.implementation if args.pico == "on" else None,
+                  args.embedding_optimizer, args.compute_dtype)
     num_batches = args.warmup + per_window * args.repeats + 1
     modes = []
     for name in MODES:

@@ -176,7 +176,8 @@ def main():
     if args.profile_dir:
       for variant, run in zip(variants, runs):
         name = f"{batch}_{opt}_{'pico_' + variant if variant else 'pico_off'}"
-        with jax.profiler.trace(os.path.join(args.profile_dir, name)):
+        with jax.profiler.trace(os.path.join(args.profile_dir, name),
+                                create_perfetto_trace=True):
           run.steps(args.profile_steps)
     del runs
 

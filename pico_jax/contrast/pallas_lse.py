@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
 
 # A finite "minus infinity" for masked logits: exp(MASK - m) is exactly 0 for any
 # real running max m, and MASK - MASK is 0 rather than the NaN of -inf - -inf.
@@ -136,6 +137,18 @@ def _candidate_grad_kernel(c_ref, a_ref, t_ref, lse_ref, g_ref, dc_ref, *, block
   dc_ref[...] = acc
 
 
+def platform() -> str:
+  """The platform the kernels are compiled for (the default backend)."""
+  return jax.default_backend()
+
+
+def _compiler_params():
+  """Triton on GPU: jax's default GPU lowering for ``pallas_call`` is Mosaic GPU, which
+  lowers no ``dot_general`` in this (thread-per-element) style. TPU and interpret mode
+  take Pallas's defaults."""
+  return pl_triton.CompilerParams() if platform() == "gpu" else None
+
+
 def default_tile(dim: int) -> int:
   """Rows per tile for feature dimension ``dim``: 64 above 64 features (the float32
   accumulators of a tile must stay in registers), else 128."""
@@ -202,7 +215,7 @@ def _forward(anchors, candidates, inv_tau, block_anchor, block_candidate, interp
                 pl.BlockSpec((ba,), lambda i: (i,))],
       out_specs=pl.BlockSpec((ba,), lambda i: (i,)),
       out_shape=jax.ShapeDtypeStruct((setup.pad_a,), jnp.float32),
-      interpret=interpret, name="pico_lse_forward",
+      interpret=interpret, compiler_params=_compiler_params(), name="pico_lse_forward",
   )(a, c, t)
   return lse[:setup.n_anchor], (anchors, candidates, inv_tau, lse)
 
@@ -223,7 +236,7 @@ def _backward(block_anchor, block_candidate, interpret, residuals, g):
       out_specs=[pl.BlockSpec((ba, dim), lambda i: (i, 0)), anchor_tile()],
       out_shape=[jax.ShapeDtypeStruct((setup.pad_a, dim), jnp.float32),
                  jax.ShapeDtypeStruct((setup.pad_a,), jnp.float32)],
-      interpret=interpret, name="pico_lse_anchor_grad",
+      interpret=interpret, compiler_params=_compiler_params(), name="pico_lse_anchor_grad",
   )(a, c, t, lse, g)
   whole = lambda: pl.BlockSpec((setup.pad_a,), lambda j: (0,))
   dc = pl.pallas_call(
@@ -235,7 +248,8 @@ def _backward(block_anchor, block_candidate, interpret, residuals, g):
                 whole(), whole(), whole()],
       out_specs=pl.BlockSpec((bc, dim), lambda j: (j, 0)),
       out_shape=jax.ShapeDtypeStruct((setup.pad_c, dim), jnp.float32),
-      interpret=interpret, name="pico_lse_candidate_grad",
+      interpret=interpret, compiler_params=_compiler_params(),
+      name="pico_lse_candidate_grad",
   )(c, a, t, lse, g)
   n_a, n_c, d = setup.n_anchor, setup.n_cand, anchors.shape[1]
   return (da[:n_a, :d].astype(anchors.dtype), dc[:n_c, :d].astype(candidates.dtype),

@@ -2,11 +2,12 @@
 
 On an accelerator the kernel is compiled by Pallas (Triton on GPU, Mosaic on TPU) for
 the first time in the user's process; a compiler or driver change could break it or
-make it wrong. ``kernel_works`` compiles value-and-gradient of the kernel on a small
-ragged input, runs it, and compares it with the plain XLA logsumexp. Any exception or
+make it wrong. ``kernel_works`` compiles value-and-gradient of both kernels
+(``anchor_logsumexp``, ``pair_logsumexp``) on small ragged inputs, runs them, and
+compares them with the plain XLA logsumexp. Any exception or
 mismatch makes it return False after a warning that names the error, and the caller
-(``implementations.resolve``) uses "xla": a user never gets a crash or wrong numbers
-from the kernel. The verdict is cached per backend for the life of the process.
+(``implementations.resolve``) uses "xla" (or "chunked" when a chunk size is set): a
+user never gets a crash or wrong numbers from the kernel. The verdict is cached per backend for the life of the process.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pico_jax.contrast import pallas_lse
+from pico_jax.contrast import pallas_lse, pallas_pair
 
 log = logging.getLogger("pico_jax")
 
@@ -29,54 +30,56 @@ _VERDICTS: dict[str, str | None] = {}
 _RTOL, _ATOL = 2e-4, 2e-5
 
 
-def backend() -> str:
-  """The default jax backend ("cpu", "gpu", "tpu")."""
-  return jax.default_backend()
-
-
 def interpret_mode() -> bool:
   """Whether Pallas kernels run in interpret mode: on CPU, which has no Pallas compiler."""
-  return backend() == "cpu"
+  return pallas_lse.platform() == "cpu"
 
 
 def _inputs():
-  """A ragged problem (not a multiple of any tile): 300 anchors, 200 candidates, d 24."""
+  """Ragged problems (no multiple of a tile): anchors [300, 24] against candidates
+  [200, 24] (as on one device of the sharded form), and the pair a, b [300, 24]."""
   rng = np.random.default_rng(0)
-  a = rng.normal(size=(300, 24)).astype(np.float32)
-  c = rng.normal(size=(200, 24)).astype(np.float32)
-  a /= np.linalg.norm(a, axis=1, keepdims=True)
-  c /= np.linalg.norm(c, axis=1, keepdims=True)
+  unit = lambda n: (lambda x: x / np.linalg.norm(x, axis=1, keepdims=True))(
+      rng.normal(size=(n, 24)).astype(np.float32))
+  a, c, b = unit(300), unit(200), unit(300)
   inv_tau = rng.uniform(1.0, 20.0, size=300).astype(np.float32)
-  g = rng.normal(size=300).astype(np.float32)
-  return a, c, inv_tau, g
+  g, h = rng.normal(size=(2, 300)).astype(np.float32)
+  return a, b, c, inv_tau, g, h
+
+
+def _xla_lse(anchors, candidates, inv_tau):
+  return jax.nn.logsumexp(jnp.dot(anchors, candidates.T, precision=jax.lax.Precision.HIGHEST)
+                          * inv_tau[:, None], axis=1)
 
 
 def _compare(interpret: bool) -> str | None:
-  """None if kernel and XLA agree on value and all three gradients, else why not."""
-  a, c, inv_tau, g = _inputs()
-
-  def loss(lse_fn, a, c, t):
-    return jnp.sum(lse_fn(a, c, t) * g)
-
-  kernel = lambda a, c, t: pallas_lse.anchor_logsumexp(a, c, t, interpret=interpret)
-  xla = lambda a, c, t: jax.nn.logsumexp(
-      jnp.dot(a, c.T, precision=jax.lax.Precision.HIGHEST) * t[:, None], axis=1)
-  try:
-    # Ahead-of-time compiled executables run eagerly, also while a jit is being
-    # traced (where the check usually runs): nothing of this joins the caller's trace.
-    compiled = jax.jit(jax.value_and_grad(lambda *x: loss(kernel, *x), argnums=(0, 1, 2))
-                       ).lower(a, c, inv_tau).compile()
-    got = jax.device_get(compiled(a, c, inv_tau))
-  except Exception as e:  # noqa: BLE001  (any compile or run failure means: do not use it)
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-  want = jax.jit(jax.value_and_grad(lambda *x: loss(xla, *x), argnums=(0, 1, 2))
-                 ).lower(a, c, inv_tau).compile()(a, c, inv_tau)
-  want = jax.device_get(want)
-  names = ("value", "d anchors", "d candidates", "d inv_tau")
-  for name, x, y in zip(names, jax.tree.leaves(got), jax.tree.leaves(want)):
-    if not np.allclose(x, y, rtol=_RTOL, atol=_ATOL):
-      return (f"mismatch in {name}: max abs difference "
-              f"{float(np.max(np.abs(np.asarray(x) - np.asarray(y)))):.3g}")
+  """None if both kernels agree with XLA on value and all three gradients, else why not."""
+  a, b, c, inv_tau, g, h = _inputs()
+  single = lambda lse: lambda x, y, t: jnp.sum(g * lse(x, y, t))
+  pair = lambda lse_pair: lambda x, y, t: sum(
+      jnp.sum(w * v) for w, v in zip((g, h), lse_pair(x, y, t)))
+  cases = [
+      ("anchor_logsumexp", (a, c, inv_tau),
+       single(lambda x, y, t: pallas_lse.anchor_logsumexp(x, y, t, interpret=interpret)),
+       single(_xla_lse)),
+      ("pair_logsumexp", (a, b, inv_tau),
+       pair(lambda x, y, t: pallas_pair.pair_logsumexp(x, y, t, interpret=interpret)),
+       pair(lambda x, y, t: (_xla_lse(x, y, t), _xla_lse(y, x, t)))),
+  ]
+  for kernel_name, args, kernel, xla in cases:
+    run = lambda f: jax.device_get(jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
+                                   .lower(*args).compile()(*args))
+    try:
+      # Ahead-of-time compiled executables run eagerly, also while a jit is being
+      # traced (where the check may run): nothing of this joins the caller's trace.
+      got = run(kernel)
+    except Exception as e:  # noqa: BLE001  (any compile or run failure: do not use it)
+      return f"{kernel_name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    names = ("value", "d first", "d second", "d inv_tau")
+    for name, x, y in zip(names, jax.tree.leaves(got), jax.tree.leaves(run(xla))):
+      if not np.allclose(x, y, rtol=_RTOL, atol=_ATOL):
+        return (f"{kernel_name}: mismatch in {name}: max abs difference "
+                f"{float(np.max(np.abs(np.asarray(x) - np.asarray(y)))):.3g}")
   return None
 
 
@@ -87,7 +90,7 @@ def kernel_works(fallback: str = "xla") -> bool:
   called while a jit is being traced) and warns, once, with the error when it fails;
   ``fallback`` names the implementation the caller uses instead (for the warning).
   """
-  name = backend()
+  name = pallas_lse.platform()
   if name not in _VERDICTS:
     _VERDICTS[name] = _compare(interpret=interpret_mode())
     if _VERDICTS[name] is not None:

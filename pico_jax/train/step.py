@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from pico_jax import batch as B
+from pico_jax import contrast
 from pico_jax.losses import pico_objective
 from pico_jax.parallel import DATA, batch_sharding, replicated
 from pico_jax.train import sparse_optimizer
@@ -19,13 +20,19 @@ from pico_jax.train.state import TrainState
 
 
 def objective_kwargs(config, mesh) -> dict:
-  """The ``pico_objective`` settings of ``config`` (on ``mesh`` for local negatives)."""
+  """The ``pico_objective`` settings of ``config`` (on ``mesh`` for local negatives).
+
+  The contrast's implementation is resolved here, before any tracing: on an
+  accelerator this runs the Pallas kernel's one-time self-check (and warns if it falls
+  back) when the steps are built, not inside the first step's trace.
+  """
   c = config.contrast
   return dict(
       ctr_weight=config.loss.ctr_weight, ctcvr_weight=config.loss.ctcvr_weight,
       cvr_weight=config.loss.cvr_weight, cvr_rows=config.loss.cvr_rows,
       contrast_weight=c.weight, symmetric=c.symmetric,
-      normalize=c.normalize, chunk_size=c.chunk_size, implementation=c.implementation,
+      normalize=c.normalize, chunk_size=c.chunk_size,
+      implementation=contrast.resolve(c.implementation, c.chunk_size),
       negative_groups=mesh.shape[DATA] if c.negatives == "local" else 1,
       relatedness_supervision_weight=c.relatedness_supervision_weight,
       pos_weights=(config.loss.pos_weight.ctr, config.loss.pos_weight.ctcvr,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from pico_jax.models.heads import RELATEDNESS_INPUTS
-from pico_jax.models.pico import BACKBONES, CONTRAST_MODES
+from pico_jax.losses import TAU_GRADIENTS
+from pico_jax.models.heads import DETACH_SIDES, RELATEDNESS_INPUTS
+from pico_jax.models.pico import BACKBONES, CONTRAST_MODES, CONTRAST_REPRESENTATIONS
 
 _CHOICES = {
     "data.name": ("synthetic", "store"),
@@ -20,18 +21,21 @@ _CHOICES = {
     "contrast.mode": CONTRAST_MODES,
     "contrast.relatedness_input": RELATEDNESS_INPUTS,
     "contrast.negatives": ("global", "local"),
+    "contrast.tau_gradient": TAU_GRADIENTS,
+    "contrast.representation": CONTRAST_REPRESENTATIONS,
+    "contrast.detach": DETACH_SIDES,
     "loss.cvr_rows": ("clicked", "all"),
     "optimizer.name": ("adam", "adamw", "adagrad", "sgd"),
     "optimizer.embedding_optimizer": ("dense", "lazy_adam", "lazy_adagrad"),
 }
 _POSITIVE = ("train.batch_size", "train.steps", "train.log_every", "train.eval_every",
              "train.eval_batch_size", "model.embed_dim", "model.vocab_pad_multiple",
-             "contrast.proj_dim", "contrast.tau_min", "optimizer.learning_rate",
-             "checkpoint.every_steps", "checkpoint.keep")
+             "contrast.proj_dim", "contrast.tau_min", "contrast.tau_prior",
+             "optimizer.learning_rate", "checkpoint.every_steps", "checkpoint.keep")
 _NON_NEGATIVE = ("contrast.weight", "contrast.chunk_size", "loss.ctr_weight",
                  "loss.ctcvr_weight", "loss.cvr_weight", "model.dropout",
-                 "contrast.relatedness_supervision_weight", "optimizer.weight_decay",
-                 "optimizer.grad_clip_norm")
+                 "contrast.relatedness_supervision_weight", "contrast.tau_prior_weight",
+                 "optimizer.weight_decay", "optimizer.grad_clip_norm")
 
 
 class ConfigError(ValueError):
@@ -66,6 +70,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if not inside:
     raise ConfigError(f"config.contrast.tau_init={c.tau_init}: must lie between "
                       f"tau_min={c.tau_min} and tau_max={c.tau_max}")
+  if (c.mode in ("global", "personalized") and c.tau_gradient == "supervision"
+      and not (c.relatedness_supervision_weight or c.tau_prior_weight)):
+    raise ConfigError("config.contrast.tau_gradient='supervision': tau would never be "
+                      "trained; set relatedness_supervision_weight or tau_prior_weight")
   if config.data.name == "store" and not config.data.path:
     raise ConfigError("config.data.path: required when config.data.name='store'")
   if config.model.dropout >= 1:

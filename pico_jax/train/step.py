@@ -26,7 +26,9 @@ def objective_kwargs(config, mesh) -> dict:
       contrast_weight=c.weight, symmetric=c.symmetric,
       normalize=c.normalize, chunk_size=c.chunk_size,
       negative_groups=mesh.shape[DATA] if c.negatives == "local" else 1,
-      relatedness_supervision_weight=c.relatedness_supervision_weight)
+      relatedness_supervision_weight=c.relatedness_supervision_weight,
+      tau_gradient=c.tau_gradient, tau_prior_weight=c.tau_prior_weight,
+      tau_prior=c.tau_prior)
 
 
 def train_step(state: TrainState, batch, *, model, tx, objective: dict):

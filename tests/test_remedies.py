@@ -11,7 +11,7 @@ import pytest
 from conftest import small_config
 from pico_jax import batch as B
 from pico_jax import config as config_lib
-from pico_jax import metrics, stats
+from pico_jax import diagnostics, metrics, stats
 from pico_jax.data import synthetic
 from pico_jax.losses import pico_objective
 from pico_jax.models import build_model
@@ -23,14 +23,19 @@ def data():
   return synthetic.generate(seed=0, num_rows=500, num_users=50, num_items=40)
 
 
-def _setup(data, **overrides):
-  """(loss_fn(params) -> (total, terms), params) on a 64-row batch of ``data``."""
+def _model(data, **overrides):
+  """(model, params, 64-row batch of ``data``, pico_objective kwargs) of small_config."""
   config = small_config(**overrides)
   model = build_model(config, data.schema)
   batch = {k: v[:64] for k, v in data.splits["train"].items()}
   batch[B.MASK] = np.ones(64, np.float32)
   params = model.init(jax.random.PRNGKey(0), B.features(batch))["params"]
-  objective = objective_kwargs(config, mesh=None)
+  return model, params, batch, objective_kwargs(config, mesh=None)
+
+
+def _setup(data, **overrides):
+  """(loss_fn(params) -> (total, terms), params) on the batch of ``_model``."""
+  model, params, batch, objective = _model(data, **overrides)
 
   def loss_fn(p):
     return pico_objective(model.apply({"params": p}, B.features(batch), train=True), batch,
@@ -76,6 +81,22 @@ def test_backbone_representation_leaves_the_towers_alone(data):
   grads = _contrast_grads(data, **{"contrast.representation": "backbone"})
   assert _norm(grads["cvr_tower"]) == 0 and _norm(grads["ctr_tower"]) == 0
   assert _norm(grads["backbone"]) > 0
+
+
+def test_term_gradients_measure_each_term_at_each_module(data):
+  model, params, batch, objective = _model(data)
+  out = diagnostics.term_gradients(model, params, batch, objective)
+  assert float(out["grad_loss_contrast_cvr_tower"]) > 0
+  assert float(out["grad_loss_ctcvr_cvr_tower"]) > 0
+  assert -1 <= float(out["cos_contrast_ctcvr_cvr_tower"]) <= 1
+  # The weight scales the measured gradient: lambda 1.0 gives 10x lambda 0.1.
+  ten = diagnostics.term_gradients(model, params, batch, {**objective, "contrast_weight": 1.0})
+  np.testing.assert_allclose(ten["grad_loss_contrast_cvr_tower"],
+                             10 * out["grad_loss_contrast_cvr_tower"], rtol=1e-5)
+  assert "grad_loss_cvr_cvr_tower" not in out  # cvr_weight is 0 in the default recipe
+  model, params, batch, objective = _model(data, **{"contrast.detach": "cvr"})
+  out = diagnostics.term_gradients(model, params, batch, objective)
+  assert float(out["grad_loss_contrast_cvr_tower"]) == 0
 
 
 def _mean_tau_after(data, steps=40, **overrides):

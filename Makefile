@@ -1,4 +1,5 @@
-# Quick start: `make train` then `make test`. Both create .venv on first use.
+# Quick start: `make train` then `make test`. Both create .venv on first use and install
+# the pinned requirements and this package (editable) into it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,10 +8,11 @@ STAMP := $(VENV)/.requirements-installed
 
 .PHONY: train test clean
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 train: $(STAMP)
@@ -20,4 +22,4 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) workdir .pytest_cache
+	rm -rf $(VENV) workdir .pytest_cache *.egg-info

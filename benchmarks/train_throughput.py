@@ -36,17 +36,14 @@ import argparse
 import itertools
 import statistics
 
-import common  # noqa: F401  (sets sys.path)
+import common
 import jax
 import numpy as np
 
 from configs import w2 as w2_config
 from pico_jax import parallel
 from pico_jax.data import w2
-from pico_jax.models import build_model
-from pico_jax.train.optimizer import make_optimizer
-from pico_jax.train.state import create_train_state, state_shardings
-from pico_jax.train.step import compile_steps
+from pico_jax.train.trainer import build
 
 # Layers whose input carries no gradient: forward + weight gradient only.
 _NO_INPUT_GRAD = ("dense_features", "relatedness/dense_0")
@@ -81,14 +78,10 @@ class Run:
 
   def __init__(self, config, mesh, batches):
     self.config = config
-    model = build_model(config, w2.SCHEMA)
-    tx = make_optimizer(config.optimizer)
-    shardings = state_shardings(model, tx, w2.SCHEMA, mesh, config.axis_rules)
-    self.state = create_train_state(model, tx, w2.SCHEMA, config.seed, mesh,
-                                    config.axis_rules)
-    step, _ = compile_steps(model, tx, config, mesh, shardings)
+    trainer = build(config, schema=w2.SCHEMA, mesh=mesh)
+    self.state = trainer.state
     self.batches = batches
-    self.compiled = step.lower(self.state, batches[0]).compile()
+    self.compiled = trainer.train_step.lower(self.state, batches[0]).compile()
     self.flops = train_flops_per_example(self.state.params, config, config.train.batch_size)
     cost = self.compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost

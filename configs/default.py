@@ -96,12 +96,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.patience = 2
 
   # Orbax checkpoints in workdir/checkpoints, written asynchronously every every_steps
-  # and at the end. Kept: the last `keep` and the `keep_best` best by best_metric
-  # ("<split>/<metric>" of an evaluation at the checkpoint's step; "" keeps only the
-  # latest), ranked by best_mode (max | min).
+  # and at the end. Kept: the last `keep` and the `keep_best` best. "Best" is defined
+  # once (pico_jax/workdir.py, best_criterion): best_metric ("<split>/<metric>") when
+  # set, else the early-stopping metric of data.eval_split, else its mean_auc; losses
+  # are minimised, other metrics maximised.
   c.checkpoint = ml_collections.ConfigDict(dict(
-      enabled=True, every_steps=1_000, keep=2, best_metric="val/ctr_auc", best_mode="max",
-      keep_best=1))
+      enabled=True, every_steps=1_000, keep=2, best_metric="", keep_best=1))
 
   # Devices: mesh.data * mesh.model must equal the device count; -1 takes the rest.
   # fsdp: also split every dense parameter over `data` (its largest divisible axis);

@@ -1,10 +1,37 @@
-"""The shared shape of the store-backed recipes (census_*, aliexpress_*, aliccp_*).
+"""The shared shape of the store-backed recipes (census, aliexpress, aliccp).
 
-Each dataset's ``*_common.py`` calls ``store_config`` with its sizes and schedule, then
-sets what is particular to it (loss weights, pooling).
+Each recipe takes the backbone and whether PICO is on as its config-string argument:
+
+  python launch/train.py --config=configs/census.py:backbone=ple,pico=false \
+      --config.data.path=DIR
+
+``backbone`` is one of shared_bottom | mmoe | ple (default mmoe), ``pico`` true | false
+(default true); ``recipe_args`` parses them, then the recipe calls ``store_config``
+with its sizes and schedule and sets what is particular to it (loss weights, pooling).
 """
 
 from configs import default
+
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def recipe_args(arg: str | None, recipe: str) -> dict:
+  """``"backbone=ple,pico=false"`` -> ``{"backbone": "ple", "pico": False}``; keys left
+  out take their defaults (mmoe, PICO on). Raises ValueError naming the recipe and the
+  bad item."""
+  args = {"backbone": "mmoe", "pico": True}
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = (part.strip() for part in item.partition("="))
+    if not sep or key not in args:
+      raise ValueError(f"--config={recipe}:{arg}: {item!r} is not backbone=NAME or "
+                       "pico=true|false")
+    if key == "pico":
+      if value.lower() not in _BOOLS:
+        raise ValueError(f"--config={recipe}:{arg}: pico={value!r}, expected true or false")
+      args[key] = _BOOLS[value.lower()]
+    else:
+      args[key] = value  # checked against the known backbones by pico_jax.config.
+  return args
 
 
 def store_config(*, backbone: str, pico: bool, embed_dim: int, expert_hidden: tuple,

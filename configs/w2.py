@@ -1,4 +1,4 @@
-"""W2 (DESIGN section 5): the AliExpress-shaped MMoE throughput workload.
+"""W2 (docs/benchmarks.md): the AliExpress-shaped MMoE throughput workload.
 
 16 categorical fields (vocabularies up to 500,000, ``pico_jax.data.w2``), 63 dense
 features, embedding 128, MMoE with 8 experts [512, 256], towers [128, 64], Adam 1e-3

@@ -10,31 +10,21 @@ split (gathered over processes) and prints and writes the metrics of
 
 import json
 import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
 
 def evaluate(workdir: str, split: str = "test", checkpoint: str = "latest") -> dict:
-  """The metrics of ``split`` for the chosen checkpoint, with ``step``/``split`` keys."""
-  import jax
-  from pico_jax import metrics
-  from pico_jax.train import loop
-  from pico_jax.train.restore import restore
-  from pico_jax.train.step import eval_step
-  import functools
+  """The metrics of ``split`` for the chosen checkpoint, with ``step``/``split`` keys.
 
-  r = restore(workdir, checkpoint)
-  if split not in r.dataset.splits:
-    raise ValueError(f"--split={split!r}: the dataset has splits {sorted(r.dataset.splits)}")
-  predict = jax.jit(functools.partial(eval_step, model=r.model))
-  preds = loop.predict_split(predict, r.params, r.dataset.splits[split], r.mesh,
-                             r.config.train.eval_batch_size)
-  result = metrics.task_metrics(preds, r.dataset.splits[split], r.dataset.info)
-  return {"step": r.step, "split": split, "checkpoint": checkpoint, **result}
+  The run is rebuilt from its saved config by ``pico_jax.train.trainer.build``, so the
+  evaluation is compiled as in training (same shardings, same eval step).
+  """
+  from pico_jax.train.restore import restore
+  trainer = restore(workdir, checkpoint)
+  result, _ = trainer.evaluate(split)
+  return {"step": trainer.resumed_step, "split": split, "checkpoint": checkpoint, **result}
 
 
 def main(argv):
@@ -42,8 +32,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", force=True)
   result = evaluate(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)
-  output = _OUTPUT.value or os.path.join(
-      _WORKDIR.value, f"eval_{result['split']}_step{result['step']}.json")
+  from pico_jax.workdir import eval_file
+  output = _OUTPUT.value or eval_file(_WORKDIR.value, result["split"], result["step"])
   text = json.dumps(result, indent=2, sort_keys=True)
   print(text)
   with open(output, "w") as f:

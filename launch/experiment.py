@@ -26,13 +26,10 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags
+from ml_collections import config_flags
 
 
 DEFAULT_COLUMNS = ("ctr_auc", "cvr_auc", "cvr_auc_all_rows", "ctcvr_auc", "oracle_ctr_auc",
@@ -67,21 +64,6 @@ def parse_variant(spec: str) -> tuple[str, dict]:
       raise ValueError(f"--variant={spec!r}: {item!r} is not KEY=V")
     settings[key.strip()] = _literal(value.strip())
   return name, settings
-
-
-def set_key(config, key: str, value):
-  """Sets dotted ``key``; an unknown key fails naming it (the config is locked)."""
-  node = config
-  *path, leaf = key.split(".")
-  for part in path:
-    if part not in node:
-      raise KeyError(f"config key {key!r}: no {part!r}")
-    node = node[part]
-  if leaf not in node:
-    raise KeyError(f"config key {key!r}: no {leaf!r}")
-  if isinstance(node[leaf], tuple) and isinstance(value, (list, tuple)):
-    value = tuple(value)
-  node[leaf] = value
 
 
 def grid_points(grid: list[tuple[str, list]], variants: list[tuple[str, dict]]):
@@ -178,14 +160,19 @@ def _write_csv(path: str, rows: list[dict]):
 
 
 def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
-             columns=DEFAULT_COLUMNS, train: bool = True, baseline: str = "") -> list[dict]:
-  """Trains every (grid point, seed) not yet done; returns every run's result row.
+             columns=DEFAULT_COLUMNS, train: bool = True,
+             baseline: str = "") -> list[dict] | None:
+  """Trains every (grid point, seed) not yet done; returns every run's result row, or
+  None when a run was preempted (SIGTERM): its state is saved, no table is written, and
+  the same call resumes the grid.
 
   With ``train=False`` nothing is trained: the tables cover the finished runs only.
   """
+  from pico_jax import config as config_lib
   from pico_jax.data import load_dataset
   from pico_jax.train.loop import train_and_evaluate
   from pico_jax.train.reporting import read_metrics
+  from pico_jax.workdir import RESULT_FILE
   log = logging.getLogger("pico_jax")
   os.makedirs(workdir, exist_ok=True)
   if epochs:
@@ -203,7 +190,7 @@ def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
     for seed in seeds:
       name = "_".join(names + [f"seed={seed}"]) if names else f"seed={seed}"
       run_dir = os.path.join(workdir, name)
-      result_path = os.path.join(run_dir, "result.json")
+      result_path = os.path.join(run_dir, RESULT_FILE)
       if os.path.exists(result_path):
         with open(result_path) as f:
           result = json.load(f)
@@ -212,13 +199,18 @@ def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
       else:
         config = base.copy_and_resolve_references()
         for key, value in settings.items():
-          set_key(config, key, value)
+          config_lib.set_value(config, key, value)
         config.seed = int(seed)
         log.warning("run %s", name)
-        if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
-          os.remove(os.path.join(run_dir, "metrics.jsonl"))  # an interrupted run restarts
+        # An interrupted run resumes from its checkpoint; its metrics.jsonl is kept (the
+        # loop drops the records after the checkpoint), so early stopping replays the
+        # evaluations that led to it.
         start = time.time()
         test = train_and_evaluate(config, run_dir)
+        if test is None:
+          log.warning("preempted during run %s; rerun the same command to resume the grid",
+                      name)
+          return None
         records = read_metrics(run_dir)
         test_step = [r["step"] for r in records if r["split"] == "test"][-1]
         last_step = max(r["step"] for r in records)
@@ -226,8 +218,9 @@ def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
                   **{k: float(v) for k, v in test.items()},
                   "best_step": float(test_step), "steps_trained": float(last_step),
                   "wall_seconds": time.time() - start, "settings": settings}
-        with open(result_path, "w") as f:
+        with open(result_path + ".tmp", "w") as f:
           json.dump(result, f, indent=2)
+        os.replace(result_path + ".tmp", result_path)  # never a half-written result.
       rows.append(result)
   if not rows:
     raise ValueError(f"{workdir}: no finished run to tabulate")
@@ -253,9 +246,11 @@ def main(argv):
   base = config_lib.validate(_CONFIG.value)
   grid = [parse_axis(spec) for spec in _GRID.value]
   variants = [parse_variant(spec) for spec in _VARIANT.value]
-  run_grid(base, _WORKDIR.value, grid, variants, [int(s) for s in _SEEDS.value],
-           _EPOCHS.value, _COLUMNS.value or DEFAULT_COLUMNS, not _REPORT_ONLY.value,
-           _BASELINE.value)
+  rows = run_grid(base, _WORKDIR.value, grid, variants, [int(s) for s in _SEEDS.value],
+                  _EPOCHS.value, _COLUMNS.value or DEFAULT_COLUMNS, not _REPORT_ONLY.value,
+                  _BASELINE.value)
+  if rows is None:
+    return  # preempted: exit status 0, the rerun resumes.
   with open(os.path.join(_WORKDIR.value, "results.md")) as f:
     print(f.read())
 

@@ -1,6 +1,6 @@
-"""Export a trained run for serving: python launch/export.py --workdir DIR --output PATH.
+"""Export a trained run for serving: python launch/export.py --workdir DIR.
 
-  python launch/export.py --workdir DIR --output PATH [--checkpoint best|latest|STEP]
+  python launch/export.py --workdir DIR [--output PATH] [--checkpoint best|latest|STEP]
       [--platforms cpu,cuda,tpu]
 
 Writes the ``jax.export`` artifact described in ``pico_jax/export.py``: the serving
@@ -9,12 +9,8 @@ manifest and ``serve.py``, which loads and runs it with jax and numpy only.
 """
 
 import logging
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
 
 def main(argv):
@@ -24,12 +20,15 @@ def main(argv):
   from pico_jax import export
   from pico_jax.models import serving_params
   from pico_jax.train.restore import restore
+  from pico_jax.workdir import export_dir
   r = restore(_WORKDIR.value, _CHECKPOINT.value)
-  manifest = export.export_model(r.model, r.params, r.dataset.schema, _OUTPUT.value,
-                                 platforms=_PLATFORMS.value, step=r.step, config=r.config)
-  print(f"exported step {r.step} to {_OUTPUT.value}: {manifest['num_params']} serving params "
-        f"(of {export.num_params(r.params)} trained; "
-        f"{export.num_params(r.params) - export.num_params(serving_params(r.params))} "
+  step, params = r.resumed_step, r.state.params
+  output = _OUTPUT.value or export_dir(_WORKDIR.value, step)
+  manifest = export.export_model(r.model, params, r.schema, output,
+                                 platforms=_PLATFORMS.value, step=step, config=r.config)
+  print(f"exported step {step} to {output}: {manifest['num_params']} serving params "
+        f"(of {export.num_params(params)} trained; "
+        f"{export.num_params(params) - export.num_params(serving_params(params))} "
         f"contrast-head params dropped), inputs "
         + ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in manifest["inputs"])
         + f", platforms {manifest['platforms']}")
@@ -38,7 +37,8 @@ def main(argv):
 if __name__ == "__main__":
   # Flags are defined only when run as a script, so tests can import several CLIs.
   _WORKDIR = flags.DEFINE_string("workdir", None, "The run's work directory.", required=True)
-  _OUTPUT = flags.DEFINE_string("output", None, "Artifact directory.", required=True)
+  _OUTPUT = flags.DEFINE_string("output", None, "Artifact directory (default: "
+                                 "WORKDIR/export/step_<STEP>).")
   _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "best | latest | a step number.")
   _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "Lowering platforms.")
   app.run(main)

@@ -12,9 +12,7 @@ Reads the run's ``metrics.jsonl``, ``train_metrics.jsonl`` and ``tau_<split>.npz
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 

@@ -17,7 +17,6 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pico_jax.data import preprocess, readers  # noqa: E402
 from pico_jax.data.errors import DataError  # noqa: E402

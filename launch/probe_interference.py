@@ -15,12 +15,9 @@ cosine between them there. Writes ``DIR/probe.json``.
 import functools
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags
+from ml_collections import config_flags
 
 
 def probe(config, workdir: str, every: int, num_batches: int) -> list[dict]:
@@ -36,18 +33,19 @@ def probe(config, workdir: str, every: int, num_batches: int) -> list[dict]:
   config.checkpoint.enabled = True
   config.checkpoint.every_steps = every
   config.checkpoint.keep = config.train.steps // every + 1
-  config.checkpoint.best_metric = ""
   steps = list(range(every, config.train.steps + 1, every))
   if not os.path.exists(os.path.join(workdir, "checkpoints", str(steps[-1]))):
     train_and_evaluate(config, workdir)
   rows = []
   for step in steps:
-    r = restore(workdir, str(step))
-    measure = jax.jit(functools.partial(diagnostics.term_gradients, r.model,
-                                        objective=objective_kwargs(r.config, r.mesh)))
-    batches = pipeline.eval_batches(r.dataset.splits["train"],
-                                    global_batch_size=r.config.train.batch_size)
-    values = [measure(r.params, b) for b, _ in zip(batches, range(num_batches))]
+    trainer = restore(workdir, str(step))
+    measure = jax.jit(functools.partial(diagnostics.term_gradients, trainer.model,
+                                        objective=objective_kwargs(trainer.config,
+                                                                   trainer.mesh)))
+    batches = pipeline.eval_batches(trainer.dataset.splits["train"],
+                                    global_batch_size=trainer.config.train.batch_size)
+    values = [measure(trainer.state.params, b) for b, _ in zip(batches, range(num_batches))]
+    trainer.close()
     row = {"step": step, **{k: float(np.mean([v[k] for v in values])) for k in values[0]}}
     if "grad_loss_contrast_cvr_tower" in row:
       row["ratio_contrast_ctcvr_cvr_tower"] = (row["grad_loss_contrast_cvr_tower"]

@@ -11,13 +11,9 @@ same command with the same ``--workdir`` resumes from the latest checkpoint.
 """
 
 import logging
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.",
                                           lock_config=True)
@@ -58,6 +54,8 @@ def main(argv):
   logging.getLogger("pico_jax").setLevel(
       logging.INFO if parallel.is_main_process() else logging.WARNING)
   from pico_jax.train.loop import train_and_evaluate
+  # None when preempted: the state is saved and the exit status is 0, so a scheduler
+  # that reruns the command resumes the run.
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -1,19 +1,26 @@
-"""Config checks that ml_collections cannot do by itself.
+"""Config checks that ml_collections cannot do by itself, and dotted-key access.
 
 Unknown keys and wrong types are rejected by the locked ``ConfigDict`` and absl's
 ``config_flags`` when overrides are parsed; ``validate`` checks values (choices, ranges
-and consistency) and names the offending key.
+and consistency) and names the offending key. It runs once, at the entry points
+(``launch/*.py`` and ``pico_jax.train.trainer.build``); the modules below them trust a
+validated config.
+
+To add a check, add the dotted key to the table that fits (``CHOICES``, ``POSITIVE``,
+``NON_NEGATIVE``); only checks that relate several keys are written out in
+``validate``.
 """
 
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_flags import config_path
 
 from pico_jax.losses import TAU_GRADIENTS
 from pico_jax.models.heads import DETACH_SIDES, RELATEDNESS_INPUTS
 from pico_jax.models.pico import BACKBONES, CONTRAST_MODES, CONTRAST_REPRESENTATIONS
 
-_CHOICES = {
+CHOICES = {
     "data.name": ("synthetic", "store"),
     "model.backbone": BACKBONES,
     "model.pooling": ("sum", "mean"),
@@ -28,38 +35,52 @@ _CHOICES = {
     "optimizer.name": ("adam", "adamw", "adagrad", "sgd"),
     "optimizer.embedding_optimizer": ("dense", "lazy_adam", "lazy_adagrad"),
 }
-_POSITIVE = ("train.batch_size", "train.steps", "train.log_every", "train.eval_every",
-             "train.eval_batch_size", "model.embed_dim", "model.vocab_pad_multiple",
-             "contrast.proj_dim", "contrast.tau_min", "contrast.tau_prior",
-             "optimizer.learning_rate", "checkpoint.every_steps", "checkpoint.keep")
-_NON_NEGATIVE = ("contrast.weight", "contrast.chunk_size", "loss.ctr_weight",
-                 "loss.ctcvr_weight", "loss.cvr_weight", "model.dropout",
-                 "contrast.relatedness_supervision_weight", "contrast.tau_prior_weight",
-                 "optimizer.weight_decay", "optimizer.grad_clip_norm")
+POSITIVE = ("train.batch_size", "train.steps", "train.log_every", "train.eval_every",
+            "train.eval_batch_size", "model.embed_dim", "model.vocab_pad_multiple",
+            "contrast.proj_dim", "contrast.tau_min", "contrast.tau_prior",
+            "optimizer.learning_rate", "checkpoint.every_steps", "checkpoint.keep",
+            "train.patience")
+NON_NEGATIVE = ("contrast.weight", "contrast.chunk_size", "loss.ctr_weight",
+                "loss.ctcvr_weight", "loss.cvr_weight", "model.dropout",
+                "contrast.relatedness_supervision_weight", "contrast.tau_prior_weight",
+                "optimizer.weight_decay", "optimizer.grad_clip_norm", "checkpoint.keep_best")
 
 
 class ConfigError(ValueError):
   """A config value is invalid; the message names the key."""
 
 
-def _get(config, dotted):
-  node = config
-  for part in dotted.split("."):
-    node = node[part]
-  return node
+def get(config, key: str):
+  """The value at dotted ``key`` (``"model.mmoe.num_experts"``); KeyError names it."""
+  try:
+    return config_path.get_value(key, config)
+  except (KeyError, AttributeError, IndexError):
+    raise KeyError(f"config key {key!r} is not in the config") from None
+
+
+def set_value(config, key: str, value):
+  """Sets dotted ``key`` of a (possibly locked) config; an unknown key fails naming it.
+
+  A list or tuple given for a tuple-valued key is stored as a tuple (as
+  ``--config.KEY=(1,2)`` would be).
+  """
+  current = get(config, key)
+  if isinstance(current, tuple) and isinstance(value, (list, tuple)):
+    value = tuple(value)
+  config_path.set_value(key, config, value)
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Raises ``ConfigError`` naming the first invalid key; returns ``config`` otherwise."""
-  for key, choices in _CHOICES.items():
-    if _get(config, key) not in choices:
-      raise ConfigError(f"config.{key}={_get(config, key)!r}: expected one of {list(choices)}")
-  for key in _POSITIVE:
-    if not _get(config, key) > 0:
-      raise ConfigError(f"config.{key}={_get(config, key)!r}: must be > 0")
-  for key in _NON_NEGATIVE:
-    if not _get(config, key) >= 0:
-      raise ConfigError(f"config.{key}={_get(config, key)!r}: must be >= 0")
+  for key, choices in CHOICES.items():
+    if get(config, key) not in choices:
+      raise ConfigError(f"config.{key}={get(config, key)!r}: expected one of {list(choices)}")
+  for key in POSITIVE:
+    if not get(config, key) > 0:
+      raise ConfigError(f"config.{key}={get(config, key)!r}: must be > 0")
+  for key in NON_NEGATIVE:
+    if not get(config, key) >= 0:
+      raise ConfigError(f"config.{key}={get(config, key)!r}: must be >= 0")
   c = config.contrast
   if not 0 < c.tau_min < c.tau_max:
     raise ConfigError(f"config.contrast.tau_min={c.tau_min} and tau_max={c.tau_max}: "
@@ -78,4 +99,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError("config.data.path: required when config.data.name='store'")
   if config.model.dropout >= 1:
     raise ConfigError(f"config.model.dropout={config.model.dropout}: must be < 1")
+  best = config.checkpoint.best_metric
+  if best and (best.count("/") != 1 or not all(best.split("/"))):
+    raise ConfigError(f"config.checkpoint.best_metric={best!r}: expected "
+                      "'<split>/<metric>', e.g. 'val/ctr_auc', or '' for the default")
   return config

@@ -1,7 +1,7 @@
 """Evaluation metrics over whole splits (never averages of per-batch values).
 
 All functions take host numpy arrays holding every prediction of a split (gathered
-across processes by ``pico_jax.train.loop.predict_split``) and compute in float64.
+across processes by ``pico_jax.train.trainer.Trainer.predict``) and compute in float64.
 
 Which rows each task is scored on:
 

@@ -1,17 +1,20 @@
-"""Test set-up: 8 CPU devices (set before jax is imported) and small configs."""
+"""Test set-up: 8 CPU devices (set before jax is imported) and small configs.
+
+``pico_jax`` and ``configs`` are imported as installed packages (``make test`` runs
+``pip install -e .``).
+"""
 
 import os
-import sys
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import pytest  # noqa: E402
 
 from configs import default as default_config  # noqa: E402
+from pico_jax import config as config_lib  # noqa: E402
 
 
 def small_config(**overrides):
@@ -40,11 +43,7 @@ def small_config(**overrides):
   c.checkpoint.enabled = False
   c.data.num_threads = 1
   for key, value in overrides.items():
-    node = c
-    *path, leaf = key.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = value
+    config_lib.set_value(c, key, value)
   return c
 
 

@@ -11,8 +11,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import small_config
+from pico_jax import config as config_lib
 from pico_jax.data import pipeline
 from pico_jax.train import checkpoint as ckpt_lib
+from pico_jax.workdir import BestCriterion
 
 
 def _iterator():
@@ -31,14 +34,14 @@ def _config(**model):
   return c
 
 
-def _checkpointer(tmp_path, **kwargs):
-  kwargs = {"keep": 2, "every_steps": 1, "best_metric": "val/ctr_auc", **kwargs}
+def _checkpointer(tmp_path, mode="max", **kwargs):
+  kwargs = {"keep": 2, "keep_best": 1, "best": BestCriterion("val", "ctr_auc", mode), **kwargs}
   return ckpt_lib.Checkpointer(str(tmp_path), **kwargs)
 
 
 @pytest.mark.parametrize("mode,best", [("max", 2), ("min", 1)])
 def test_keeps_the_latest_and_the_best(tmp_path, mode, best):
-  ckpt = _checkpointer(tmp_path, best_mode=mode)
+  ckpt = _checkpointer(tmp_path, mode)
   it = _iterator()
   aucs = {1: 0.5, 2: 0.9, 3: 0.6, 4: 0.7, 5: float("nan"), 6: 0.55}
   for step, auc in aucs.items():
@@ -51,15 +54,18 @@ def test_keeps_the_latest_and_the_best(tmp_path, mode, best):
   ckpt.close()
 
 
-def test_save_only_every_steps_unless_forced(tmp_path):
-  ckpt = _checkpointer(tmp_path, every_steps=5)
+def test_saving_an_existing_step_is_an_error_unless_overwritten(tmp_path):
+  ckpt = _checkpointer(tmp_path)
   it = _iterator()
-  assert not ckpt.save(3, _state(3), it, _config())
-  assert ckpt.save(5, _state(5), it, _config())
-  assert ckpt.save(7, _state(7), it, _config(), force=True)
+  ckpt.save(5, _state(5), it, _config())
   ckpt.wait()
-  assert ckpt.all_steps() == [5, 7]
+  with pytest.raises(ckpt_lib.CheckpointExistsError, match="checkpoint 5 already exists"):
+    ckpt.save(5, _state(6), it, _config())
+  ckpt.save(5, _state(6), it, _config(), overwrite=True)
+  ckpt.wait()
   ckpt.close()
+  state = ckpt_lib.load_state_arrays(str(tmp_path), 5)
+  np.testing.assert_array_equal(state["params"]["table"], np.full((8, 4), 6.0))
 
 
 def test_restore_brings_back_state_and_data_position(tmp_path):
@@ -78,31 +84,23 @@ def test_restore_brings_back_state_and_data_position(tmp_path):
   again.close()
 
 
-def test_half_written_and_unreadable_checkpoints_fall_back_with_a_warning(tmp_path, caplog):
+def test_a_save_cut_short_is_skipped_with_a_warning(tmp_path, caplog):
   ckpt = _checkpointer(tmp_path, keep=3)
   it = _iterator()
-  for step in (1, 2, 3):
+  for step in (1, 2):
     ckpt.save(step, _state(step), it, _config())
   ckpt.close()
   directory = os.path.join(tmp_path, "checkpoints")
   # A save killed before it finished: orbax's temporary directory, half full.
-  shutil.copytree(os.path.join(directory, "3"),
-                  os.path.join(directory, "4.orbax-checkpoint-tmp-1234567"))
-  # A finished checkpoint damaged afterwards: its array data is gone.
-  state_dir = os.path.join(directory, "3", "state")
-  for name in os.listdir(state_dir):
-    if name != "_METADATA":
-      path = os.path.join(state_dir, name)
-      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+  shutil.copytree(os.path.join(directory, "2"),
+                  os.path.join(directory, "3.orbax-checkpoint-tmp-1234567"))
   with caplog.at_level(logging.WARNING, logger="pico_jax"):
     again = _checkpointer(tmp_path, keep=3)
     state, step = again.restore_latest(ckpt_lib.abstract_like(_state()), _iterator(),
                                        _config())
   assert step == 2
   np.testing.assert_array_equal(state["params"]["table"], np.full((8, 4), 2.0))
-  text = caplog.text
-  assert "half-written" in text and "4.orbax-checkpoint-tmp-1234567" in text
-  assert "ignoring checkpoint 3" in text or "ignoring unreadable checkpoint 3" in text
+  assert "half-written" in caplog.text and "3.orbax-checkpoint-tmp-1234567" in caplog.text
   again.close()
 
 
@@ -121,12 +119,11 @@ def test_incompatible_model_fails_naming_the_mismatch(tmp_path):
   again.close()
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("best_mode", "median", "best_mode"), ("best_metric", "ctr_auc", "best_metric"),
-    ("keep", 0, "keep")])
-def test_bad_checkpoint_settings_name_the_key(tmp_path, key, value, match):
-  with pytest.raises(ValueError, match=f"config.checkpoint.{match}"):
-    _checkpointer(tmp_path, **{key: value})
+@pytest.mark.parametrize("key,value", [("checkpoint.best_metric", "ctr_auc"),
+                                       ("checkpoint.keep", 0), ("checkpoint.keep_best", -1)])
+def test_bad_checkpoint_settings_name_the_key(key, value):
+  with pytest.raises(config_lib.ConfigError, match=f"config.{key}"):
+    config_lib.validate(small_config(**{key: value}))
 
 
 def test_best_checkpoint_survives_a_restart(tmp_path):

@@ -60,3 +60,40 @@ def test_cli_rejects_unknown_key_before_training(tmp_path):
   assert proc.returncode != 0
   assert "backbon" in proc.stderr
   assert not os.listdir(tmp_path)
+
+
+RECIPES = ("census", "aliexpress", "aliccp")
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("backbone", ["shared_bottom", "mmoe", "ple"])
+@pytest.mark.parametrize("pico", [True, False])
+def test_recipes_take_backbone_and_pico_as_their_argument(recipe, backbone, pico):
+  fv = flags.FlagValues()
+  path = os.path.join(ROOT, "configs", f"{recipe}.py")
+  argv = ["train.py", f"--config={path}:backbone={backbone},pico={str(pico).lower()}",
+          "--config.data.path=/some/store"]
+  config_flags.DEFINE_config_file("config", path, flag_values=fv, lock_config=True,
+                                  sys_argv=argv)
+  fv(argv)
+  config = validate(fv.config)
+  assert config.data.name == "store" and config.model.backbone == backbone
+  assert (config.contrast.mode == "personalized") == pico
+  if recipe == "census":  # W1 (docs/benchmarks.md).
+    assert (config.model.embed_dim, config.train.batch_size) == (16, 1024)
+    assert tuple(config.model.tower_hidden) == (32,)
+    assert config.optimizer.learning_rate == 1e-3
+
+
+def test_recipe_defaults_and_bad_arguments():
+  from configs import census
+  config = census.get_config()
+  assert (config.model.backbone, config.contrast.mode) == ("mmoe", "personalized")
+  with pytest.raises(ConfigError, match="config.data.path"):
+    validate(config)  # a store recipe needs --config.data.path.
+  with pytest.raises(ValueError, match=r"configs/census.py:pico=maybe: pico='maybe'"):
+    census.get_config("pico=maybe")
+  with pytest.raises(ValueError, match="'backbon=ple' is not backbone=NAME"):
+    census.get_config("backbon=ple")
+  with pytest.raises(ConfigError, match="config.model.backbone='moe'"):
+    validate(census.get_config("backbone=moe"))

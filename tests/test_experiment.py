@@ -9,6 +9,7 @@ import os
 import pytest
 
 from conftest import ROOT, small_config
+from pico_jax import config as config_lib
 
 
 def _load(name):
@@ -39,8 +40,8 @@ def test_parse_grid_and_variants():
   assert points[3][1] == {"model.backbone": "ple", "contrast.mode": "fixed"}
   config = small_config()
   with pytest.raises(KeyError, match="config key 'contrast.mdoe'"):
-    experiment.set_key(config, "contrast.mdoe", "none")
-  experiment.set_key(config, "data.synthetic.rho", [0.5, 1.0])
+    config_lib.set_value(config, "contrast.mdoe", "none")
+  config_lib.set_value(config, "data.synthetic.rho", [0.5, 1.0])
   assert config.data.synthetic.rho == (0.5, 1.0)
 
 

@@ -1,12 +1,10 @@
 """Export: the artifact reproduces the model without pico_jax and holds no contrast params."""
 
-import functools
 import json
 import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -55,12 +53,9 @@ def trained(tmp_path_factory):
 
 
 def test_artifact_reproduces_model_in_a_process_without_pico_jax(trained, tmp_path):
-  from pico_jax.train import loop
-  from pico_jax.train.step import eval_step
   _, artifact, r = trained
   cols = r.dataset.splits["test"]
-  expected = loop.predict_split(jax.jit(functools.partial(eval_step, model=r.model)),
-                                r.params, cols, r.mesh, 256)  # 8-device mesh
+  expected = r.predict("test")  # the 8-device mesh
   features = {k: v for k, v in cols.items() if k in B.FEATURE_KEYS}
   np.savez(tmp_path / "features.npz", **features)
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
@@ -78,8 +73,9 @@ def test_artifact_reproduces_model_in_a_process_without_pico_jax(trained, tmp_pa
 def test_artifact_holds_exactly_the_serving_params(trained):
   _, artifact, r = trained
   manifest = json.load(open(os.path.join(artifact, export.MANIFEST_FILE)))
-  serving = export.num_params(serving_params(r.params))
-  assert manifest["num_params"] == serving < export.num_params(r.params)
+  params = r.state.params
+  serving = export.num_params(serving_params(params))
+  assert manifest["num_params"] == serving < export.num_params(params)
   assert not any(p["name"].startswith("contrast") for p in manifest["params"])
   with np.load(os.path.join(artifact, export.PARAMS_FILE)) as z:
     assert sum(z[k].size for k in z.files) == serving

@@ -12,13 +12,10 @@ import pytest
 
 from conftest import ROOT, small_config
 from pico_jax import batch as B
-from pico_jax import parallel
 from pico_jax.data import load_dataset, pipeline
-from pico_jax.models import build_model
 from pico_jax.train import checkpoint as ckpt_lib
 from pico_jax.train import loop
-from pico_jax.train.optimizer import make_optimizer
-from pico_jax.train.state import create_train_state
+from pico_jax.train import trainer as trainer_lib
 
 # A tiny model that compiles fast; the kill test runs it in fresh processes.
 TINY = {"model.backbone": "shared_bottom", "train.steps": 120, "train.log_every": 1,
@@ -90,7 +87,7 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path):
   assert "preempted (SIGTERM) at step" in log
   stopped = int(log.split("preempted (SIGTERM) at step ")[1].split(":")[0])
   assert stopped >= second
-  assert ckpt_lib.Checkpointer(workdir, keep=1, every_steps=1).latest_step() == stopped
+  assert ckpt_lib.Checkpointer(workdir, read_only=True).latest_step() == stopped
   code, _ = _run_until(train_command(config, workdir), env, step=third, sig=signal.SIGKILL)
   assert code == -signal.SIGKILL
   done = subprocess.run(train_command(config, workdir), env=env, timeout=300,
@@ -124,12 +121,12 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
                            "train.eval_every": 100, "checkpoint.every_steps": 4,
                            "mesh.data": -1})
   # Batch index 5 is step 6: steps 1-5 are finite, the checkpoint of step 4 is good.
-  monkeypatch.setattr(loop, "load_dataset", _poisoned_loader(5, config))
+  monkeypatch.setattr(trainer_lib, "load_dataset", _poisoned_loader(5, config))
   with pytest.raises(FloatingPointError) as e:
     loop.train_and_evaluate(config, str(tmp_path))
   message = str(e.value)
   assert "at step 6" in message and "step 4" in message and "learning_rate" in message
-  ckpt = ckpt_lib.Checkpointer(str(tmp_path), keep=2, every_steps=4)
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), read_only=True)
   assert ckpt.all_steps() == [4]
   state = ckpt_lib.load_state_arrays(str(tmp_path))
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state))
@@ -140,16 +137,9 @@ def test_resuming_a_different_model_names_the_mismatch(tmp_path):
   overrides = {**TINY, "mesh.data": -1}
   config = small_config(**overrides)
   # A checkpoint of this config, written without training (quicker to build).
-  dataset = load_dataset(config)
-  mesh = parallel.mesh_from_config(config)
-  model = build_model(config, dataset.schema)
-  state = create_train_state(model, make_optimizer(config.optimizer), dataset.schema,
-                             config.seed, mesh, config.axis_rules)
-  data = pipeline.train_iterator(dataset.splits["train"], global_batch_size=64, num_batches=4,
-                                 seed=0, num_threads=1)
-  ckpt = ckpt_lib.Checkpointer.from_config(str(tmp_path), config.checkpoint)
-  ckpt.save(10, state, data, config, force=True)
-  ckpt.close()
+  trainer = trainer_lib.build(config, str(tmp_path))
+  trainer.checkpointer.save(10, trainer.state, trainer.data, config)
+  trainer.close()
   with pytest.raises(ckpt_lib.CheckpointMismatchError) as e:
     loop.train_and_evaluate(
         small_config(**{**overrides, "model.shared_bottom.hidden": (32,)}), str(tmp_path))

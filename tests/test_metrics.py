@@ -139,23 +139,13 @@ def test_split_metrics_are_not_batch_averages(config):
   """The loop's evaluation scores the whole gathered split in one call; it equals
   sklearn on the concatenated predictions, which a mean of per-batch AUCs does not."""
   import jax
-  from pico_jax.data import load_dataset
-  from pico_jax.models import build_model
-  from pico_jax import parallel
-  from pico_jax.train import loop
-  from pico_jax.train.optimizer import make_optimizer
-  from pico_jax.train.state import create_train_state, state_shardings
-  from pico_jax.train.step import compile_steps
+  from pico_jax.train.trainer import build
 
-  dataset = load_dataset(config)
-  mesh = parallel.mesh_from_config(config)
-  model = build_model(config, dataset.schema)
-  tx = make_optimizer(config.optimizer)
-  shardings = state_shardings(model, tx, dataset.schema, mesh, config.axis_rules)
-  state = create_train_state(model, tx, dataset.schema, 0, mesh, config.axis_rules)
-  _, evaluate = compile_steps(model, tx, config, mesh, shardings)
+  config.train.eval_batch_size = 256
+  trainer = build(config)
+  dataset = trainer.dataset
   cols = dataset.splits["val"]
-  preds = loop.predict_split(evaluate, state.params, cols, mesh, 256)
+  preds = trainer.predict("val")
   assert len(preds["p_ctr"]) == len(cols[B.CLICK]) == 800
   out = metrics.task_metrics(preds, cols, dataset.info)
   assert out["ctr_auc"] == pytest.approx(roc_auc_score(cols[B.CLICK], preds["p_ctr"]), abs=1e-9)

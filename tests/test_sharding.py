@@ -1,5 +1,6 @@
 """Sharded embeddings, global-batch contrast, FSDP and mixed precision on 8 CPU devices."""
 
+import itertools
 import re
 
 import jax
@@ -10,12 +11,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from conftest import small_config
 from pico_jax import losses, parallel
-from pico_jax.data import load_dataset, pipeline
-from pico_jax.models import build_model
 from pico_jax.models.embeddings import lookup, sharded_lookup
-from pico_jax.train.optimizer import make_optimizer
-from pico_jax.train.state import create_train_state, state_shardings
-from pico_jax.train.step import compile_steps
+from pico_jax.train.trainer import build
 
 _COLLECTIVE = re.compile(
     r"^\s*(?:ROOT\s+)?\S+\s*=\s*(.*?)\s+"
@@ -23,23 +20,13 @@ _COLLECTIVE = re.compile(
 
 
 def _setup(config, devices=None):
-  """(dataset, mesh, model, tx, state, train_step, eval_step) for ``config``."""
-  dataset = load_dataset(config)
-  mesh = parallel.make_mesh(config.mesh.data, config.mesh.model, devices)
-  model = build_model(config, dataset.schema)
-  tx = make_optimizer(config.optimizer)
-  kwargs = dict(fsdp=config.mesh.fsdp)
-  shardings = state_shardings(model, tx, dataset.schema, mesh, config.axis_rules, **kwargs)
-  state = create_train_state(model, tx, dataset.schema, config.seed, mesh, config.axis_rules,
-                             **kwargs)
-  train, evaluate = compile_steps(model, tx, config, mesh, shardings)
-  return dataset, mesh, state, train, evaluate
+  """The built run of ``config`` on ``devices`` (default: all)."""
+  return build(config, mesh=parallel.mesh_from_config(config, devices))
 
 
-def _batches(dataset, config, n):
-  it = pipeline.train_iterator(dataset.splits["train"], global_batch_size=config.train.batch_size,
-                               num_batches=n, seed=config.seed, num_threads=1)
-  return [next(it) for _ in range(n)]
+def _batches(trainer, n):
+  """The first ``n`` training batches of ``trainer``, on its devices."""
+  return list(itertools.islice(trainer.batches(), n))
 
 
 def _collectives(hlo_text):
@@ -108,11 +95,11 @@ def _tiny(**overrides):
 def single_device_run():
   """(batches, params after them) of the tiny model on one device."""
   config = _tiny(**{"mesh.data": 1})
-  dataset, mesh, state, train, _ = _setup(config, jax.devices()[:1])
-  batches = _batches(dataset, config, 2)
-  for batch in batches:
-    state, _ = train(state, parallel.shard_batch(batch, mesh))
-  return batches, jax.device_get(state.params)
+  t = _setup(config, jax.devices()[:1])
+  batches = [jax.device_get(b) for b in _batches(t, 2)]
+  for batch in t.place(batches):
+    t.state, _ = t.train_step(t.state, batch)
+  return batches, jax.device_get(t.state.params)
 
 
 def _assert_params_close(params, expected):
@@ -124,7 +111,8 @@ def _assert_params_close(params, expected):
 def test_sharded_step_moves_no_vocabulary_sized_array_and_equals_single_device(
     mesh_shape, single_device_run):
   config = _tiny(**{"mesh.data": mesh_shape[0], "mesh.model": mesh_shape[1]})
-  dataset, mesh, state, train, _ = _setup(config)
+  t = _setup(config)
+  state = t.state
   table = state.params["embedding"]["table"]
   rows = table.shape[0]
   assert rows > 2 * config.train.batch_size
@@ -133,15 +121,16 @@ def test_sharded_step_moves_no_vocabulary_sized_array_and_equals_single_device(
                state.opt_state[0].nu["embedding"]["table"]):
     assert {s.data.shape for s in leaf.addressable_shards} == {(rows // 8, table.shape[1])}
   batches, expected = single_device_run
-  compiled = train.lower(state, parallel.shard_batch(batches[0], mesh)).compile()
+  device_batches = list(t.place(batches))
+  compiled = t.train_step.lower(state, device_batches[0]).compile()
   collectives = _collectives(compiled.as_text())
   assert any(op == "reduce-scatter" for op, _ in collectives)  # the sharded lookup ran.
   offending = [(op, shapes) for op, shapes in collectives
                if any(d in (rows, rows // 8) for shape in shapes for d in shape)]
   assert not offending, offending
   # The same global batches give the same params as on one device.
-  for batch in batches:
-    state, _ = compiled(state, parallel.shard_batch(batch, mesh))
+  for batch in device_batches:
+    state, _ = compiled(state, batch)
   _assert_params_close(state.params, expected)
 
 
@@ -199,23 +188,24 @@ def test_chunked_contrast_memory_grows_with_local_batch_times_chunk():
 
 def test_fsdp_splits_dense_params_and_trains_like_one_device(single_device_run):
   config = _tiny(**{"mesh.fsdp": True})
-  _, mesh, state, train, _ = _setup(config)
-  kernel = state.params["backbone"]["bottom"]["dense_0"]["kernel"]
+  t = _setup(config)
+  kernel = t.state.params["backbone"]["bottom"]["dense_0"]["kernel"]
   assert "data" in kernel.sharding.spec
   assert kernel.addressable_shards[0].data.size == kernel.size // 8
   batches, expected = single_device_run
-  for batch in batches:
-    state, _ = train(state, parallel.shard_batch(batch, mesh))
-  _assert_params_close(state.params, expected)
+  for batch in t.place(batches):
+    t.state, _ = t.train_step(t.state, batch)
+  _assert_params_close(t.state.params, expected)
 
 
 def test_bfloat16_compute_trains_with_float32_params_and_optimizer():
   config = _tiny(**{"model.compute_dtype": "bfloat16"})
-  ds, mesh, state, train, evaluate = _setup(config)
+  t = _setup(config)
   losses_seen = []
-  for batch in _batches(ds, config, 20):
-    state, metrics = train(state, parallel.shard_batch(batch, mesh))
+  for batch in _batches(t, 20):
+    t.state, metrics = t.train_step(t.state, batch)
     losses_seen.append(float(metrics["loss"]))
+  state = t.state
   assert np.all(np.isfinite(losses_seen))
   assert np.mean(losses_seen[-5:]) < np.mean(losses_seen[:5])
   for leaf in jax.tree.leaves(state.params) + jax.tree.leaves(state.opt_state[0].mu):

@@ -14,11 +14,9 @@ from pico_jax import batch as B
 from pico_jax import config as config_lib
 from pico_jax import parallel
 from pico_jax.data.schema import Schema, SparseField
-from pico_jax.models import build_model
 from pico_jax.train import sparse_optimizer
 from pico_jax.train.optimizer import make_optimizer
-from pico_jax.train.state import create_train_state, state_shardings
-from pico_jax.train.step import compile_steps
+from pico_jax.train.trainer import build
 
 SCHEMA = Schema(sparse=(SparseField("a", 4), SparseField("b", 3)),
                 multi=(SparseField("m", 5, 3),), dense=("x", "y"))
@@ -48,22 +46,17 @@ def _train(embedding_optimizers, batches, **overrides):
   embedding optimizer, on the 8-device mesh (the table row-sharded over all 8):
   [(final state, metrics per step, the compiled step's HLO text)]."""
   config = small_config(**{"train.batch_size": BATCH, **overrides})
-  mesh = parallel.mesh_from_config(config)
-  model = build_model(config, SCHEMA)
-  initial = jax.device_get(create_train_state(model, make_optimizer(config.optimizer),
-                                              SCHEMA, config.seed, mesh, config.axis_rules))
+  initial = None
   results = []
   for kind in embedding_optimizers:
     config.optimizer.embedding_optimizer = kind
-    config_lib.validate(config)
-    tx = make_optimizer(config.optimizer)
-    shardings = state_shardings(model, tx, SCHEMA, mesh, config.axis_rules)
-    state = jax.device_put(initial.replace(opt_state=tx.init(initial.params)), shardings)
-    train_step, _ = compile_steps(model, tx, config, mesh, shardings)
-    compiled = train_step.lower(state, parallel.shard_batch(batches[0], mesh)).compile()
+    t = build(config, schema=SCHEMA)
+    initial = jax.device_get(t.state) if initial is None else initial
+    state = jax.device_put(initial.replace(opt_state=t.tx.init(initial.params)), t.shardings)
+    compiled = t.train_step.lower(state, next(t.place(batches[:1]))).compile()
     metrics = []
-    for batch in batches:
-      state, m = compiled(state, parallel.shard_batch(batch, mesh))
+    for batch in t.place(batches):
+      state, m = compiled(state, batch)
       metrics.append(jax.device_get(m))
     results.append((jax.device_get(state), metrics, compiled.as_text()))
   return results
@@ -223,16 +216,11 @@ def test_lazy_step_never_holds_a_table_sized_gradient():
   for kind in ("dense", "lazy_adam"):
     config = small_config(**{"optimizer.embedding_optimizer": kind, "contrast.mode": "none",
                              "model.backbone": "shared_bottom"})
-    mesh = parallel.make_mesh(1, 1, jax.devices()[:1])
-    model = build_model(config, schema)
-    tx = make_optimizer(config.optimizer)
-    shardings = state_shardings(model, tx, schema, mesh, config.axis_rules)
-    state = jax.eval_shape(
-        lambda: create_train_state(model, tx, schema, 0, mesh, config.axis_rules))
-    train_step, _ = compile_steps(model, tx, config, mesh, shardings)
+    t = build(config, schema=schema, mesh=parallel.make_mesh(1, 1, jax.devices()[:1]),
+              init_state=False)
     batch = {B.SPARSE: np.ones((64, 2), np.int32), B.CLICK: np.ones(64, np.float32),
              B.CONVERSION: np.zeros(64, np.float32), B.MASK: np.ones(64, np.float32)}
-    compiled = train_step.lower(state, parallel.shard_batch(batch, mesh)).compile()
+    compiled = t.train_step.lower(t.abstract_state, next(t.place([batch]))).compile()
     temp[kind] = compiled.memory_analysis().temp_size_in_bytes
   table_bytes = 200_192 * 8 * 4  # rows padded to 256, embed_dim 8, float32
   assert temp["dense"] >= table_bytes > 10 * temp["lazy_adam"], temp

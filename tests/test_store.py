@@ -3,7 +3,6 @@ training end to end on a Census store."""
 
 import glob
 import hashlib
-import importlib
 import json
 import os
 import subprocess
@@ -13,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, small_config
+from configs import census as census_recipe
 from pico_jax import batch as B
-from pico_jax.config import validate
 from pico_jax.data import load_dataset, preprocess, store
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema, SparseField
@@ -179,31 +178,7 @@ def test_stable_hash_is_fixed():
 # --------------------------------------------------------- recipes and training
 
 
-RECIPES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs",
-                                                                           "*_*.py"))
-                 if p.split(os.sep)[-1].startswith(("census", "aliexpress", "aliccp"))
-                 and not p.endswith("_common.py"))
-
-
-@pytest.mark.parametrize("name", RECIPES)
-def test_recipes_load_and_validate(name):
-  config = importlib.import_module(f"configs.{name}").get_config()
-  assert config.data.name == "store"
-  config.data.path = "/some/store"
-  validate(config)
-  if name.startswith("census"):  # DESIGN section 5, W1.
-    assert (config.model.embed_dim, config.train.batch_size) == (16, 1024)
-    assert tuple(config.model.tower_hidden) == (32,)
-    assert config.optimizer.learning_rate == 1e-3
-  backbone = name.split("_", 1)[1].removesuffix("_pico")
-  assert config.model.backbone == backbone
-  assert (config.contrast.mode == "personalized") == name.endswith("_pico")
-
-
-def test_store_config_requires_a_path():
-  config = importlib.import_module("configs.census_mmoe_pico").get_config()
-  with pytest.raises(ValueError, match="config.data.path"):
-    validate(config)
+# The recipes themselves are tested in test_config.py.
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +203,7 @@ def test_load_dataset_from_config(census_sample_store):
 
 def test_census_trains_end_to_end(census_sample_store, tmp_path):
   from pico_jax.train.loop import train_and_evaluate
-  config = importlib.import_module("configs.census_mmoe_pico").get_config()
+  config = census_recipe.get_config("backbone=mmoe,pico=true")
   config.data.path = census_sample_store
   config.data.num_threads = 1
   config.model.embed_dim = 4  # W1 shapes are checked above; keep compilation short here.

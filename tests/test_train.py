@@ -9,31 +9,20 @@ import pytest
 
 from conftest import small_config
 from pico_jax import parallel
-from pico_jax.data import load_dataset, pipeline
-from pico_jax.models import build_model
 from pico_jax.train.loop import train_and_evaluate
-from pico_jax.train.optimizer import make_optimizer
-from pico_jax.train.state import create_train_state, state_shardings
-from pico_jax.train.step import compile_steps, objective_kwargs
+from pico_jax.train.step import objective_kwargs
+from pico_jax.train.trainer import build
 
 
 def run_steps(config, devices, num_steps):
   """Trains ``num_steps`` on a mesh over ``devices``; returns (losses, host params)."""
-  dataset = load_dataset(config)
-  mesh = parallel.make_mesh(len(devices), 1, devices)
-  model = build_model(config, dataset.schema)
-  tx = make_optimizer(config.optimizer)
-  shardings = state_shardings(model, tx, dataset.schema, mesh, config.axis_rules)
-  state = create_train_state(model, tx, dataset.schema, config.seed, mesh, config.axis_rules)
-  train_step, _ = compile_steps(model, tx, config, mesh, shardings)
-  batches = pipeline.train_iterator(dataset.splits["train"],
-                                    global_batch_size=config.train.batch_size,
-                                    num_batches=num_steps, seed=config.seed, num_threads=1)
+  config.train.steps = num_steps
+  trainer = build(config, mesh=parallel.make_mesh(len(devices), 1, devices))
   losses = []
-  for batch in batches:
-    state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
+  for batch in trainer.batches():
+    trainer.state, metrics = trainer.train_step(trainer.state, batch)
     losses.append(float(metrics["loss"]))
-  return np.array(losses), jax.device_get(state.params)
+  return np.array(losses), jax.device_get(trainer.state.params)
 
 
 @pytest.fixture(scope="module")

@@ -1,45 +1,61 @@
 """Orbax checkpoints of the train state, the data iterator position and the config.
 
-A checkpoint is ``workdir/checkpoints/<step>/`` with three items: ``state`` (params,
-optimizer state, step and rng, each array saved with its sharding, one shard per
-device), ``data`` (the Grain iterator state of every process) and ``config`` (JSON).
+A checkpoint is ``workdir/checkpoints/<step>/`` (layout in ``pico_jax/workdir.py``) with
+the items ``state`` (params, optimizer state, step and rng, each array saved with its
+sharding, one shard per device), ``data`` (the Grain iterator state of every process),
+``config`` (JSON) and, with early stopping on, ``best`` (the best params so far).
 Saves are asynchronous: the step loop continues while the previous state is written.
-Orbax writes a step into a temporary directory and renames it when complete, so a
-process killed mid-save leaves a ``<step>.orbax-checkpoint-tmp-*`` directory that is
-never mistaken for a checkpoint; ``Checkpointer`` warns about it and resumes from the
-previous step.
 
-Kept: the last ``keep`` checkpoints, plus the ``keep_best`` best by ``best_metric``
-(``"<split>/<metric>"`` of an evaluation run at the checkpoint's step).
+Resuming is strict. Orbax writes a step into a temporary directory and renames it when
+complete, so a save cut short leaves ``<step>.orbax-checkpoint-tmp-*``, which is never
+taken for a checkpoint: that is the only checkpoint a resume skips (with a warning).
+Any other failure to resume the latest checkpoint raises ``CheckpointRestoreError``
+naming the step, the item and the cause; a resume never silently starts over.
+
+A changed process count is refused at start: the data position is saved per process
+(``data/process_<i>-of-<n>.json``), so the error says to resume with the saved count.
+A changed device count or mesh shape with the same process count restores (orbax
+reshards the arrays onto the new mesh; the global batch, and so the data order, does
+not depend on the mesh).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import math
 import os
+import re
 
 import grain
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint import checkpoint_managers as policies
+
+from pico_jax import workdir as workdir_lib
 
 log = logging.getLogger("pico_jax")
 
-_TMP_MARKER = ".orbax-checkpoint-tmp"
 # Config sections that may differ between a checkpoint and the run resuming it.
 _RESUMABLE_SECTIONS = ("train", "checkpoint", "mesh")
 _RESUMABLE_KEYS = ("data.prefetch", "data.num_threads", "data.eval_split")
 # Keys that fix which rows the saved data-iterator position points at: a resume with
 # any of them changed would silently train on a different data order.
 _DATA_ORDER_KEYS = ("seed", "train.batch_size", "data.name", "data.path")
+_PROCESS_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json$")
 
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint does not fit the model of the current config; the message names why."""
+
+
+class CheckpointRestoreError(RuntimeError):
+  """A complete checkpoint cannot be resumed; the message names the step, item and cause."""
+
+
+class CheckpointExistsError(FileExistsError):
+  """A save at a step that already has a checkpoint (without ``overwrite=True``)."""
 
 
 def _flatten(tree, prefix=""):
@@ -74,72 +90,41 @@ def _leaves_by_path(tree) -> dict:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _metric_key(best_metric: str):
-  if best_metric and best_metric.count("/") != 1:
-    raise ValueError(f"config.checkpoint.best_metric={best_metric!r}: expected "
-                     "'<split>/<metric>', e.g. 'val/ctr_auc', or '' for none")
-  return best_metric
-
-
 class Checkpointer:
-  """Saves and restores {state, data iterator, config} under ``workdir/checkpoints``.
-
-  Saves are asynchronous; ``wait()`` blocks until the last one is on disk.
+  """Saves and restores {state, data iterator, config, best params} under
+  ``workdir/checkpoints``. Saves are asynchronous; ``wait()`` blocks until the last one
+  is on disk.
 
   Args:
     workdir: the run's directory.
     keep: how many of the latest checkpoints to keep.
-    every_steps: ``save`` writes at multiples of this (and when forced).
-    best_metric: ``"<split>/<metric>"`` ranking checkpoints, or ``""``.
-    best_mode: ``max`` or ``min``: which end of ``best_metric`` is best.
-    keep_best: how many of the best checkpoints to keep besides the latest ones.
+    keep_best: how many of the best checkpoints (by ``best``) to keep besides them.
+    best: what ranks checkpoints (``pico_jax.workdir.best_criterion``).
+    read_only: for evaluation and export.
   """
 
-  def __init__(self, workdir: str, *, keep: int, every_steps: int, best_metric: str = "",
-               best_mode: str = "max", keep_best: int = 1):
-    if best_mode not in ("max", "min"):
-      raise ValueError(f"config.checkpoint.best_mode={best_mode!r}: expected 'max' or 'min'")
-    if keep < 1:
-      raise ValueError(f"config.checkpoint.keep={keep}: must be >= 1")
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    self.every_steps = every_steps
-    self.best_metric = _metric_key(best_metric)
-    self.best_mode = best_mode
-    self._warn_half_written()
-    keep_policies = [policies.preservation_policy.LatestN(n=keep)]
-    rank = None
-    if self.best_metric:
-      worst = -math.inf if best_mode == "max" else math.inf
-      # Unevaluated (metrics {}) and NaN-scored checkpoints rank last.
-      rank = lambda m: worst if math.isnan(m.get(self.best_metric, math.nan)) else (
-          m[self.best_metric])
-      keep_policies.append(policies.preservation_policy.BestN(
-          get_metric_fn=rank, reverse=best_mode == "min", n=keep_best,
-          keep_checkpoints_without_metrics=False))
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        item_handlers=dict(state=ocp.StandardCheckpointHandler(),
-                           data=grain.checkpoint.CheckpointHandler(),
-                           config=ocp.JsonCheckpointHandler()),
-        options=ocp.CheckpointManagerOptions(
-            create=True, enable_async_checkpointing=True, cleanup_tmp_directories=True,
-            # With a best_fn orbax also writes each step's metrics to disk, so a
-            # restarted run still knows which checkpoint is the best.
-            best_fn=rank, best_mode=best_mode,
-            preservation_policy=policies.AnyPreservationPolicy(keep_policies)))
+  def __init__(self, workdir: str, *, keep: int = 1, keep_best: int = 0,
+               best: workdir_lib.BestCriterion | None = None, read_only: bool = False):
+    self.directory = workdir_lib.checkpoint_dir(workdir)
+    self.best = best
+    if not read_only:
+      self._warn_half_written()
+    self.manager = workdir_lib.checkpoint_manager(workdir, read_only=read_only, keep=keep,
+                                                  keep_best=keep_best, best=best)
 
   @classmethod
-  def from_config(cls, workdir: str, c: ml_collections.ConfigDict) -> "Checkpointer":
-    """The checkpointer of ``config.checkpoint``."""
-    return cls(workdir, keep=c.keep, every_steps=c.every_steps, best_metric=c.best_metric,
-               best_mode=c.best_mode, keep_best=c.keep_best)
+  def from_config(cls, workdir: str, config: ml_collections.ConfigDict) -> "Checkpointer":
+    """The checkpointer of ``config.checkpoint``, ranking by ``best_criterion(config)``."""
+    c = config.checkpoint
+    return cls(workdir, keep=c.keep, keep_best=c.keep_best,
+               best=workdir_lib.best_criterion(config))
 
   def _warn_half_written(self):
     if not os.path.isdir(self.directory):
       return
-    partial = sorted(n for n in os.listdir(self.directory) if _TMP_MARKER in n)
+    partial = sorted(n for n in os.listdir(self.directory) if workdir_lib.TMP_MARKER in n)
     if partial:
-      log.warning("ignoring %d half-written checkpoint(s) in %s (a save was interrupted): "
+      log.warning("ignoring %d half-written checkpoint(s) in %s (a save was cut short): "
                   "%s", len(partial), self.directory, ", ".join(partial))
 
   def all_steps(self) -> list[int]:
@@ -149,47 +134,76 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def best_step(self) -> int | None:
-    """The kept step with the best ``best_metric``, or None."""
-    if not self.best_metric:
-      return None
-    ranked = []
-    for step in self.all_steps():
-      value = (self.manager.metrics(step) or {}).get(self.best_metric)
-      if value is not None and not math.isnan(value):
-        ranked.append((value if self.best_mode == "max" else -value, step))
-    return max(ranked)[1] if ranked else None
-
-  def should_save(self, step: int) -> bool:
-    return step % self.every_steps == 0
+    """The kept step whose saved evaluation ranks best by ``best``, or None."""
+    return workdir_lib.best_step(self.all_steps(), self.manager.metrics, self.best)
 
   def save(self, step: int, state, data_iterator, config: ml_collections.ConfigDict, *,
-           metrics: dict[str, float] | None = None, force: bool = False) -> bool:
-    """Starts an asynchronous save of ``step`` (at multiples of ``every_steps`` or when
-    ``force``); returns whether it did.
+           metrics: dict[str, float] | None = None, best_params=None,
+           overwrite: bool = False):
+    """Starts an asynchronous save of ``step``.
 
     Args:
-      metrics: the evaluation results of this step as ``{"<split>/<metric>": value}``;
-        they rank the checkpoint for ``best_metric`` (None: ranked by recency only).
+      metrics: the evaluation of this step as ``{"<split>/<metric>": value}``; it ranks
+        the checkpoint by ``best`` (None: not evaluated, ranked last).
+      best_params: the early-stopping best params, saved as the ``best`` item.
+      overwrite: replace an existing checkpoint of ``step``; otherwise that raises
+        ``CheckpointExistsError``.
     """
-    if not force and not self.should_save(step):
-      return False
     if step in self.manager.all_steps():
-      return False
+      if not overwrite:
+        raise CheckpointExistsError(
+            f"checkpoint {step} already exists in {self.directory}; pass overwrite=True "
+            "to replace it")
+      self.wait()
+      self.manager.delete(step)
+      log.warning("overwriting checkpoint %d in %s", step, self.directory)
+    items = dict(state=ocp.args.StandardSave(state),
+                 data=grain.checkpoint.CheckpointSave(data_iterator),
+                 config=ocp.args.JsonSave(config.to_dict()))
+    if best_params is not None:
+      items["best"] = ocp.args.StandardSave(best_params)
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
-    return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator),
-        config=ocp.args.JsonSave(config.to_dict())),
-        metrics=metrics if self.best_metric else None, force=True)
+    self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
   def saved_config(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore())).config
+    with self._reading(step, "config"):
+      return self.manager.restore(step, args=ocp.args.Composite(
+          config=ocp.args.JsonRestore())).config
+
+  @contextlib.contextmanager
+  def _reading(self, step: int, item: str):
+    """Turns any failure to read ``item`` of ``step`` into one CheckpointRestoreError."""
+    with workdir_lib.quiet_orbax():
+      try:
+        yield
+      except (CheckpointMismatchError, CheckpointRestoreError):
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        raise CheckpointRestoreError(
+            f"checkpoint {step} in {self.directory}: cannot read its {item!r} item: "
+            f"{type(e).__name__}: {_first_line(e)}. The checkpoint is complete but "
+            "damaged or unreadable; fix its files (permissions, storage) or remove "
+            f"{os.path.join(self.directory, str(step))} to resume from the one before "
+            f"(kept: {self.all_steps()}).") from None
+
+  def check_process_count(self, step: int):
+    """Raises CheckpointRestoreError when ``step``'s data position was saved by another
+    number of processes than this job has."""
+    data = os.path.join(self.directory, str(step), "data")
+    counts = {int(m.group(2)) for m in map(_PROCESS_FILE.search, _listdir(data)) if m}
+    if counts and counts != {jax.process_count()}:
+      raise CheckpointRestoreError(
+          f"checkpoint {step} in {self.directory} was written by {sorted(counts)[0]} "
+          f"process(es); this job has {jax.process_count()}. Its data-iterator position "
+          "is saved per process, so it resumes only with the same process count: rerun "
+          f"with {sorted(counts)[0]} process(es) (--num_processes), or start a new "
+          "--workdir.")
 
   def check_compatible(self, step: int, abstract_state, config: ml_collections.ConfigDict):
     """Raises ``CheckpointMismatchError`` naming every param whose saved shape or dtype
     differs from ``abstract_state`` and the config keys that differ."""
-    have = _leaves_by_path(self.manager.item_metadata(step).state)
+    with self._reading(step, "state"):
+      have = _leaves_by_path(self.manager.item_metadata(step).state)
     want = _leaves_by_path(abstract_state)
     problems = []
     for key, leaf in want.items():
@@ -201,12 +215,10 @@ class Checkpointer:
       elif np.dtype(have[key].dtype) != np.dtype(leaf.dtype):
         problems.append(f"{key}: saved dtype {have[key].dtype}, this config needs "
                         f"{leaf.dtype}")
-    extra = set(have) - set(want)
-    problems += [f"{k}: in the checkpoint, not in this model" for k in sorted(extra)]
+    problems += [f"{k}: in the checkpoint, not in this model" for k in sorted(set(have) - set(want))]
     if problems:
       diffs = [d for d in config_differences(self.saved_config(step), config.to_dict())
-               if d.split(".")[0] not in _RESUMABLE_SECTIONS
-               and d.split(":")[0] not in _RESUMABLE_KEYS]
+               if not _resumable(d)]
       raise CheckpointMismatchError(
           f"checkpoint {os.path.join(self.directory, str(step))} does not fit this "
           f"config:\n  " + "\n  ".join(problems[:20])
@@ -219,57 +231,72 @@ class Checkpointer:
     """Raises ``CheckpointMismatchError`` if a key that fixes the data order differs from
     the checkpoint's; logs every other changed key (except runtime-only ones)."""
     diffs = config_differences(self.saved_config(step), config.to_dict())
-    key_of = lambda d: d.split(":")[0]
-    order = [d for d in diffs if key_of(d) in _DATA_ORDER_KEYS
-             or key_of(d).startswith("data.synthetic.")]
+    order = [d for d in diffs if _key(d) in _DATA_ORDER_KEYS
+             or _key(d).startswith("data.synthetic.")]
     if order:
       raise CheckpointMismatchError(
           f"checkpoint {os.path.join(self.directory, str(step))} was written with a "
           f"different data order: {'; '.join(order)}. Its data-iterator position would "
           "point at other rows. Use a new --workdir, or the checkpoint's values.")
-    changed = [d for d in diffs if d.split(".")[0] not in _RESUMABLE_SECTIONS
-               and key_of(d) not in _RESUMABLE_KEYS]
+    changed = [d for d in diffs if not _resumable(d)]
     if changed:
       log.warning("resuming checkpoint %d with a changed config: %s", step,
                   "; ".join(changed))
 
-  def restore(self, step: int, abstract_state, data_iterator):
-    """Restores ``step`` into ``abstract_state``'s shapes/shardings and the iterator."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iterator),
-        config=ocp.args.JsonRestore()))
-    return restored.state, restored.config
+  def restore_state(self, step: int, abstract_state):
+    """The state of ``step``, restored into ``abstract_state``'s shapes and shardings."""
+    with self._reading(step, "state"):
+      return self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state))).state
+
+  def restore_best(self, step: int, abstract_params):
+    """The early-stopping best params saved with ``step`` (its ``best`` item)."""
+    with self._reading(step, "best"):
+      return self.manager.restore(step, args=ocp.args.Composite(
+          best=ocp.args.StandardRestore(abstract_params))).best
 
   def restore_latest(self, abstract_state, data_iterator, config: ml_collections.ConfigDict):
-    """(state, step) of the newest checkpoint that restores, or None if there is none.
+    """(state, step) of the latest complete checkpoint, the iterator set to its
+    position; None when there is no complete checkpoint.
 
-    A checkpoint that fails to read (damaged after it was written) is skipped with a
-    warning and the one before it is used. A checkpoint of a different model raises
-    ``CheckpointMismatchError`` instead: resuming it would not be the same run.
+    Raises ``CheckpointMismatchError`` for a checkpoint of another model or data order,
+    and ``CheckpointRestoreError`` naming the step, item and cause for any other
+    failure (damaged or unreadable files, another process count).
     """
-    for step in reversed(self.all_steps()):
-      try:
-        self.manager.item_metadata(step).state  # noqa: B018 (reads the metadata)
-      except Exception as e:  # pylint: disable=broad-except
-        log.warning("ignoring unreadable checkpoint %d in %s: %s", step, self.directory, e)
-        continue
-      self.check_compatible(step, abstract_state, config)
-      self.check_same_run(step, config)
-      try:
-        state, _ = self.restore(step, abstract_state, data_iterator)
-      except Exception as e:  # pylint: disable=broad-except
-        log.warning("ignoring checkpoint %d in %s, which does not restore (%s: %s); "
-                    "trying the one before", step, self.directory, type(e).__name__, e)
-        continue
-      return state, step
-    return None
+    step = self.latest_step()
+    if step is None:
+      return None
+    self.check_process_count(step)
+    self.check_compatible(step, abstract_state, config)
+    self.check_same_run(step, config)
+    state = self.restore_state(step, abstract_state)
+    with self._reading(step, "data"):
+      self.manager.restore(step, args=ocp.args.Composite(
+          data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    return state, step
 
   def wait(self):
     self.manager.wait_until_finished()
 
   def close(self):
     self.manager.close()
+
+
+def _key(diff: str) -> str:
+  return diff.split(":")[0]
+
+
+def _resumable(diff: str) -> bool:
+  return diff.split(".")[0] in _RESUMABLE_SECTIONS or _key(diff) in _RESUMABLE_KEYS
+
+
+def _listdir(path: str) -> list[str]:
+  return os.listdir(path) if os.path.isdir(path) else []
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:500] if text else "(no message)"
 
 
 def load_state_arrays(workdir: str, step: int | None = None) -> dict:
@@ -279,23 +306,17 @@ def load_state_arrays(workdir: str, step: int | None = None) -> dict:
   "opt_state": ..., "step": ..., "rng": ...}`` read onto one device whatever mesh saved
   it, then copied to the host.
   """
-  manager = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")),
-      item_handlers=dict(state=ocp.StandardCheckpointHandler(),
-                         data=grain.checkpoint.CheckpointHandler(),
-                         config=ocp.JsonCheckpointHandler()),
-      options=ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0,
-                                           create=False))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {manager.directory}")
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        manager.item_metadata(step).state)
-  state = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target))).state
-  manager.close()
-  return jax.tree.map(np.asarray, state)
+  ckpt = Checkpointer(workdir, read_only=True)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          ckpt.manager.item_metadata(step).state)
+    return jax.tree.map(np.asarray, ckpt.restore_state(step, target))
+  finally:
+    ckpt.close()
 
 
 def abstract_like(state):

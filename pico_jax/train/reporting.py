@@ -1,6 +1,7 @@
 """Observability of a training run: a progress bar, JSON-lines metrics, TensorBoard.
 
-Everything a run reports lands in its work directory (process 0 only):
+Everything a run reports lands in its work directory (process 0 only; the layout is
+``pico_jax/workdir.py``):
 
   metrics.jsonl    one JSON object per evaluation: {"step", "split", <metric>: float,
                    ...} with the metrics of ``pico_jax.metrics.task_metrics``.
@@ -34,13 +35,8 @@ import numpy as np
 
 from pico_jax import batch as B
 
-METRICS_FILE = "metrics.jsonl"
-TRAIN_METRICS_FILE = "train_metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
-
-
-def tau_file(split: str) -> str:
-  return f"tau_{split}.npz"
+# The file names belong to the work-directory layout (pico_jax/workdir.py).
+from pico_jax.workdir import METRICS_FILE, TENSORBOARD_DIR, TRAIN_METRICS_FILE, tau_file
 
 
 class MetricsWriter:

@@ -45,23 +45,26 @@ def _init_boxed(model, tx, schema, rng):
                     opt_state=tx.init(params), rng=state_rng)
 
 
-def state_shardings(model, tx, schema: Schema, mesh, axis_rules, *, fsdp: bool = False):
-  """NamedShardings of the train state, derived from the params' logical axes.
+def abstract_train_state(model, tx, schema: Schema, mesh, axis_rules, *,
+                         fsdp: bool = False) -> TrainState:
+  """The state's shapes, dtypes and NamedShardings (``jax.ShapeDtypeStruct`` leaves),
+  traced without computing anything: the restore target and the steps' shardings.
 
-  The optimizer moments share their param's sharding: a row-sharded embedding table
-  has row-sharded Adam moments, so its update never leaves the devices holding it.
+  Shardings derive from the params' logical axes. The optimizer moments share their
+  param's sharding: a row-sharded embedding table has row-sharded Adam moments, so its
+  update never leaves the devices holding it.
   """
-  abstract = jax.eval_shape(lambda k: _init_boxed(model, tx, schema, k), jax.random.PRNGKey(0))
-  return logical_shardings(abstract, mesh, axis_rules, fsdp=fsdp)
+  boxed = jax.eval_shape(lambda k: _init_boxed(model, tx, schema, k), jax.random.PRNGKey(0))
+  shardings = logical_shardings(boxed, mesh, axis_rules, fsdp=fsdp)
+  return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                               sharding=sharding),
+                      nn.meta.unbox(boxed), shardings)
 
 
-def create_train_state(model, tx, schema: Schema, seed: int, mesh, axis_rules, *,
-                       fsdp: bool = False) -> TrainState:
-  """Initialises the state from ``seed``, born sharded (never whole on one device).
-
-  Params and optimizer state are float32 whatever ``model.compute_dtype`` is.
+def init_train_state(model, tx, schema: Schema, seed: int, shardings: TrainState) -> TrainState:
+  """Initialises the state from ``seed``, born sharded by ``shardings`` (never whole on
+  one device). Params and optimizer state are float32 whatever ``model.compute_dtype`` is.
   """
-  shardings = state_shardings(model, tx, schema, mesh, axis_rules, fsdp=fsdp)
   init = jax.jit(lambda k: nn.meta.unbox(_init_boxed(model, tx, schema, k)),
                  out_shardings=shardings)
   return init(jax.random.PRNGKey(seed))

@@ -1,8 +1,12 @@
-"""Census-Income W1 (DESIGN section 5) on a columnar store; the census_* recipes.
+"""Census-Income W1 (docs/benchmarks.md) on a columnar store.
 
   python launch/preprocess.py --format census \
-      --input ../shared/data/census-income-kdd/census-income.test.gz --output data/census
-  python launch/train.py --config=configs/census_mmoe_pico.py --config.data.path=data/census
+      --input census-income.test.gz --output data/census
+  python launch/train.py --config=configs/census.py:backbone=mmoe,pico=true \
+      --config.data.path=data/census
+
+The backbone (shared_bottom | mmoe | ple) and PICO (true | false) are the config-string
+argument (``configs/store_recipe.py``).
 
 W1: embedding 16 per field, Shared-Bottom [64], MMoE 8 experts [64], PLE 4 shared + 4
 task experts [64], towers [32], Adam 1e-3, batch 1024; 780 steps are about 10 epochs of
@@ -22,11 +26,12 @@ The recipe therefore trains BCE on income and BCE on never-married, both on all 
 never-married AUC on all rows for stores whose task_relation is "independent".
 """
 
-from configs.store_recipe import store_config
+from configs.store_recipe import recipe_args, store_config
 
 
-def get_config(backbone: str = "mmoe", pico: bool = True):
-  c = store_config(backbone=backbone, pico=pico, embed_dim=16, expert_hidden=(64,),
+def get_config(arg: str | None = None):
+  """``arg``: ``backbone=shared_bottom|mmoe|ple,pico=true|false`` (default mmoe, true)."""
+  c = store_config(**recipe_args(arg, "configs/census.py"), embed_dim=16, expert_hidden=(64,),
                    tower_hidden=(32,), batch_size=1024, steps=780, log_every=78,
                    eval_every=78)
   c.loss.ctr_weight = 1.0

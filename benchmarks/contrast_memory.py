@@ -1,11 +1,15 @@
 """Compiled per-device temporary memory of the PICO contrastive loss and its gradient.
 
-  python benchmarks/contrast_memory.py --global_batch=65536 --devices=8 --chunks=0,1024,4096
+  python benchmarks/contrast_memory.py --global_batch=65536 --devices=8 \\
+      --implementation=xla,chunked,pallas --chunks=1024,4096
 
 Compiles (never runs) value_and_grad of ``pico_contrastive_loss`` with the batch split
-over ``devices`` host CPU devices and prints XLA's memory analysis per device: the
-exact form holds [local batch, global batch] logits, the chunked form
-[local batch, chunk].
+over ``devices`` host CPU devices and prints XLA's memory analysis per device for each
+implementation: xla holds [local batch, global batch] logits, chunked (one row per
+``--chunks`` entry) [local batch, chunk], pallas (local anchors against the
+all-gathered candidates, under the mesh as the train step traces it) only its tiles.
+The pallas row is of the interpret-mode program (the one CPU compiles); on a GPU the
+kernel's tiles live in registers and shared memory and XLA sees O(B dz) buffers.
 """
 
 import argparse
@@ -17,7 +21,8 @@ def main():
   parser.add_argument("--global_batch", type=int, default=65_536)
   parser.add_argument("--devices", type=int, default=8)
   parser.add_argument("--proj_dim", type=int, default=32)
-  parser.add_argument("--chunks", default="0,1024,4096")
+  parser.add_argument("--implementation", default="xla,chunked,pallas")
+  parser.add_argument("--chunks", default="1024,4096", help="chunk sizes of 'chunked'")
   args = parser.parse_args()
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + f" --xla_force_host_platform_device_count={args.devices}")
@@ -34,16 +39,26 @@ def main():
   local = g // args.devices
   print(f"global batch {g}, {args.devices} devices (local batch {local}), proj_dim {dz}, "
         f"{jax.devices()[0].platform}")
-  print("| chunk_size | temp MiB / device | local x chunk f32 MiB | local x global f32 MiB |")
+  print("| implementation | temp MiB / device | local x chunk f32 MiB | local x global f32 MiB |")
   print("| --- | --- | --- | --- |")
-  for chunk in (int(c) for c in args.chunks.split(",")):
-    fn = jax.value_and_grad(lambda a, b, t: losses.pico_contrastive_loss(
-        a, b, t, chunk_size=chunk), argnums=(0, 1, 2))
-    compiled = jax.jit(fn).lower(spec(g, dz), spec(g, dz), spec(g)).compile()
+  variants = []
+  for implementation in args.implementation.split(","):
+    chunks = [int(c) for c in args.chunks.split(",")] if implementation == "chunked" else [0]
+    variants += [(implementation, chunk) for chunk in chunks]
+  for implementation, chunk in variants:
+    loss = lambda a, b, t: losses.pico_contrastive_loss(
+        a, b, t, chunk_size=chunk, implementation=implementation)
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2))
+
+    def traced(*x):
+      with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        return grad(*x)
+
+    compiled = jax.jit(traced).lower(spec(g, dz), spec(g, dz), spec(g)).compile()
     temp = compiled.memory_analysis().temp_size_in_bytes / 2**20
-    width = chunk or g
-    print(f"| {chunk or 'exact'} | {temp:.1f} | {local * width * 4 / 2**20:.1f} | "
-          f"{local * g * 4 / 2**20:.1f} |")
+    name = f"{implementation} ({chunk})" if chunk else implementation
+    block = f"{local * chunk * 4 / 2**20:.1f}" if chunk else "-"
+    print(f"| {name} | {temp:.1f} | {block} | {local * g * 4 / 2**20:.1f} |")
 
 
 if __name__ == "__main__":

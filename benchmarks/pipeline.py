@@ -1,15 +1,13 @@
-"""Input-pipeline and preprocessing throughput on W2-shaped data (DESIGN section 5).
+"""Input-pipeline throughput on W2-shaped data (docs/benchmarks.md).
 
-  python benchmarks/pipeline.py --rows 2000000 --csv-rows 200000 --workdir /tmp/w2bench
+  python benchmarks/pipeline.py --rows 2000000 --workdir /tmp/w2bench
 
-1. Writes a W2-shaped columnar store (16 categorical fields with vocab sizes 8 ...
+Writes a W2-shaped columnar store (16 categorical fields with vocab sizes 8 ...
    500,000, 63 dense features in [0, 1], click, conversion, group) with ``--rows`` rows
    through ``StoreWriter``, and times ``pipeline.train_iterator`` over its memory maps:
    rows/s at global batch 2048 and 4096, one process and process 0 of 2, after
    ``--warmup`` batches; plus the bare whole-batch gather (no Grain) for reference.
-2. Writes an AliExpress-format CSV of the same shape (``--csv-rows`` rows) and times
-   ``preprocess.build_store`` on it: preprocessing rows/s (all three passes), with one
-   worker and with ``--workers`` parsing processes.
+Preprocessing is timed by benchmarks/preprocess.py.
 
 Prints one JSON object; the figures go in BENCHMARKS.md.
 """
@@ -27,7 +25,7 @@ import time
 import numpy as np  # noqa: E402
 
 from pico_jax import batch as B  # noqa: E402
-from pico_jax.data import pipeline, preprocess, store  # noqa: E402
+from pico_jax.data import pipeline, store  # noqa: E402
 from pico_jax.data.schema import Schema, SparseField  # noqa: E402
 
 W2_VOCAB = (8, 16, 32, 64, 128, 256, 512, 1024, 4096, 8192, 16384, 32768, 65536, 100000,
@@ -68,34 +66,6 @@ def write_w2_store(path: str, rows: int, seed: int = 0, block: int = 262_144):
     writer.commit({"format": "w2_synthetic", "task_relation": "entire_space"})
 
 
-def write_w2_csv(path: str, rows: int, seed: int = 1, block: int = 50_000):
-  """The same shape as an AliExpress-format CSV (header, 82 columns)."""
-  rng = np.random.default_rng(seed)
-  header = (["search_id"] + [f"categorical_{i}" for i in range(1, 17)]
-            + [f"numerical_{i}" for i in range(1, 64)] + ["click", "conversion"])
-  with open(path, "w") as f:
-    f.write(",".join(header) + "\n")
-    for start in range(0, rows, block):
-      n = min(block, rows - start)
-      sparse, dense, click, conversion = _w2_block(rng, n)
-      search = (np.arange(start, start + n) // 20)[:, None]
-      ints = np.concatenate([search, sparse - 1], 1)
-      labels = np.stack([click, conversion], 1).astype(np.int64)
-      text = np.char.add(
-          np.char.add(
-              _join(ints.astype(str)), ","),
-          np.char.add(np.char.add(_join(np.char.mod("%.6f", dense)), ","),
-                      _join(labels.astype(str))))
-      f.write("\n".join(text.tolist()) + "\n")
-
-
-def _join(table):
-  out = table[:, 0]
-  for j in range(1, table.shape[1]):
-    out = np.char.add(np.char.add(out, ","), table[:, j])
-  return out
-
-
 def time_iterator(columns, *, batch_size, batches, warmup, process_index=0,
                   process_count=1, num_threads=2, prefetch=4, seed=0):
   it = pipeline.train_iterator(columns, global_batch_size=batch_size,
@@ -124,18 +94,15 @@ def main():
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--rows", type=int, default=2_000_000)
-  p.add_argument("--csv-rows", type=int, default=200_000)
   p.add_argument("--batches", type=int, default=200)
   p.add_argument("--warmup", type=int, default=20)
-  p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                 help="preprocessing workers (timed beside 1 worker)")
   p.add_argument("--workdir", default="/tmp/pico_pipeline_bench")
   p.add_argument("--keep", action="store_true", help="keep the generated files")
   args = p.parse_args()
   os.makedirs(args.workdir, exist_ok=True)
   result = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                        f"{os.cpu_count()} cpus", "date": time.strftime("%Y-%m-%d"),
-            "rows": args.rows, "csv_rows": args.csv_rows}
+            "rows": args.rows}
 
   store_dir = os.path.join(args.workdir, "w2_store")
   t = time.perf_counter()
@@ -151,17 +118,6 @@ def main():
         train, batch_size=batch_size, batches=args.batches, warmup=args.warmup,
         process_index=0, process_count=2))
 
-  csv = os.path.join(args.workdir, "w2.csv")
-  write_w2_csv(csv, args.csv_rows)
-  out = os.path.join(args.workdir, "w2_from_csv")
-  result["csv_mb"] = round(os.path.getsize(csv) / 2 ** 20, 1)
-  for workers in sorted({1, args.workers}):
-    t = time.perf_counter()
-    preprocess.build_store("aliexpress", [csv], out, overwrite=True,
-                           options=preprocess.Options(workers=workers))
-    elapsed = time.perf_counter() - t
-    result[f"preprocess_rows_per_s_workers{workers}"] = round(args.csv_rows / elapsed)
-    result[f"preprocess_s_workers{workers}"] = round(elapsed, 2)
   if not args.keep:
     shutil.rmtree(args.workdir)
   print(json.dumps(result, indent=1))

@@ -3,9 +3,12 @@
   python benchmarks/train_throughput.py                      # batch 2048 and 4096
   python benchmarks/train_throughput.py --batch_sizes=2048 \
       --embedding_optimizers=lazy_adam,dense --steps=12
+  python benchmarks/train_throughput.py --batch_sizes=4096 --implementation=xla,pallas \
+      --profile_dir=/tmp/w2_profile             # GPU: traces for TensorBoard / Perfetto
 
 Prints one JSON line per configuration (batch size x PICO off/on x embedding
-optimizer): ``batch``, ``pico``, ``examples_per_s``, ``steps_per_s`` (medians over
+optimizer; with PICO on, one per contrast ``--implementation``, side by side):
+``batch``, ``pico``, ``implementation`` (asked; ``implementation_used`` is what ran), ``examples_per_s``, ``steps_per_s`` (medians over
 ``--repeats`` timed windows of ``--steps / --repeats`` steps each, after ``--warmup``
 steps), ``fraction_of_compute_limit``, ``matmul_gflops`` (a large float32 ``jnp.dot``,
 measured between the timed windows of the same run), ``train_mflop_per_example`` and
@@ -28,12 +31,17 @@ PICO; XLA's own count is reported beside it (``xla_mflop_per_example``, elementw
 work included).
 
 ``fraction_of_compute_limit`` = examples/s x train FLOPs/example / (matmul GFLOP/s x 1e9).
+
+``--profile_dir``: after the timed windows, ``--profile_steps`` more steps of every
+configuration run under ``jax.profiler.trace`` into ``DIR/<batch>_<optimizer>_<pico>``
+(per-kernel device times on a GPU; open with TensorBoard's profile plugin or Perfetto).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import statistics
 
 import common
@@ -41,7 +49,7 @@ import jax
 import numpy as np
 
 from configs import w2 as w2_config
-from pico_jax import parallel
+from pico_jax import contrast, parallel
 from pico_jax.data import w2
 from pico_jax.train.trainer import build
 
@@ -63,13 +71,17 @@ def train_flops_per_example(params, config, global_batch: int) -> float:
   return flops
 
 
-def _config(batch: int, pico: bool, embedding_optimizer: str, compute_dtype: str):
+def _config(batch: int, implementation: str | None, embedding_optimizer: str,
+            compute_dtype: str):
+  """W2 at ``batch``; PICO off when ``implementation`` is None, else on with it."""
   c = w2_config.get_config()
   c.train.batch_size = batch
   c.optimizer.embedding_optimizer = embedding_optimizer
   c.model.compute_dtype = compute_dtype
-  if not pico:
+  if implementation is None:
     c.contrast.mode = "none"
+  else:
+    c.contrast.implementation = implementation
   return c
 
 
@@ -111,19 +123,25 @@ def main():
   parser.add_argument("--steps", type=int, default=30, help="timed steps per configuration")
   parser.add_argument("--repeats", type=int, default=5, help="timed windows (median)")
   parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--implementation", default="auto",
+                      help="comma list of the contrast's auto, xla, chunked, pallas (PICO on)")
+  parser.add_argument("--profile_dir", default="", help="write jax.profiler traces here")
+  parser.add_argument("--profile_steps", type=int, default=5)
   args = parser.parse_args()
   per_window = max(1, args.steps // args.repeats)
   mesh = parallel.make_mesh()
   roofline = common.MatmulRoofline()
   info = common.machine()
-  picos = [p == "on" for p in args.pico.split(",")]
+  # None: PICO off; else PICO on with that contrast implementation.
+  variants = [None] * ("off" in args.pico.split(",")) + (
+      args.implementation.split(",") if "on" in args.pico.split(",") else [])
   for batch, opt in itertools.product(map(int, args.batch_sizes.split(",")),
                                       args.embedding_optimizers.split(",")):
     host = w2.batches(seed=0, batch_size=batch, count=8)
     batches = [parallel.shard_batch(b, mesh) for b in host]
     # PICO off and on live side by side and alternate, so both see the same load.
-    runs = [Run(_config(batch, pico, opt, args.compute_dtype), mesh, batches)
-            for pico in picos]
+    runs = [Run(_config(batch, variant, opt, args.compute_dtype), mesh, batches)
+            for variant in variants]
     for run in runs:
       run.steps(args.warmup)
     roofline.samples = []
@@ -133,11 +151,15 @@ def main():
         run.windows.append(run.steps(per_window))
         roofline.measure()
     gflops = roofline.gflops()
-    for pico, run in zip(picos, runs):
+    for variant, run in zip(variants, runs):
+      pico = variant is not None
       step_s = statistics.median(run.windows) / per_window
       examples_per_s = batch / step_s
       common.emit({
           "benchmark": "train_throughput", "workload": "W2", "batch": batch, "pico": pico,
+          "implementation": variant,
+          "implementation_used": contrast.resolve(variant, run.config.contrast.chunk_size)
+                                 if pico else None,
           "embedding_optimizer": opt, "compute_dtype": args.compute_dtype,
           "examples_per_s": round(examples_per_s, 1),
           "steps_per_s": round(1 / step_s, 4),
@@ -151,6 +173,11 @@ def main():
           "timed_steps": per_window * args.repeats, "repeats": args.repeats,
           **run.memory, "device_peak_bytes": common.device_peak_bytes(),
           "host_peak_rss_bytes": common.host_peak_rss_bytes(), **info})
+    if args.profile_dir:
+      for variant, run in zip(variants, runs):
+        name = f"{batch}_{opt}_{'pico_' + variant if variant else 'pico_off'}"
+        with jax.profiler.trace(os.path.join(args.profile_dir, name)):
+          run.steps(args.profile_steps)
     del runs
 
 

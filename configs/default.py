@@ -20,6 +20,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.path = ""
   c.data.eval_split = "val"  # split evaluated during training; test is evaluated at the end.
   c.data.prefetch = 4
+  # Global batches placed on the devices ahead of the step by a background thread
+  # (pico_jax/data/device_prefetch.py); 0: each batch is placed when the step needs it.
+  c.data.device_prefetch = 0
   c.data.num_threads = 2
   c.data.synthetic = ml_collections.ConfigDict(dict(
       num_rows=500_000, num_users=1_000, num_items=500, num_categories=32,
@@ -31,11 +34,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dense_dim = 16
   c.model.pooling = "sum"  # multi-valued fields: sum | mean
   c.model.vocab_pad_multiple = 256  # embedding rows padded so the table shards evenly.
-  c.model.backbone = "mmoe"  # shared_bottom | mmoe | ple
+  c.model.backbone = "mmoe"  # shared_bottom | mmoe | ple | aitm
   c.model.shared_bottom = ml_collections.ConfigDict(dict(hidden=(64,)))
   c.model.mmoe = ml_collections.ConfigDict(dict(num_experts=8, expert_hidden=(64,)))
   c.model.ple = ml_collections.ConfigDict(dict(
       num_levels=1, num_shared_experts=4, num_task_experts=4, expert_hidden=(64,)))
+  # AITM (pico_jax/models/aitm.py): each task's network; its last width is also the
+  # width of the CTR -> CVR transfer and its attention.
+  c.model.aitm = ml_collections.ConfigDict(dict(bottom_hidden=(64,)))
   c.model.tower_hidden = (32,)
   c.model.layer_norm = False
   c.model.dropout = 0.0
@@ -55,7 +61,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.contrast.symmetric = True
   c.contrast.normalize = True
   c.contrast.negatives = "global"  # global (whole global batch) | local (own shard only)
-  c.contrast.chunk_size = 0  # > 0: streaming logsumexp over candidate chunks.
+  # How the in-batch contrast is computed (pico_jax/contrast): auto | xla (exact, B x B
+  # memory) | chunked (streaming logsumexp, B x chunk_size) | pallas (fused kernel,
+  # O(B proj_dim); interpret mode on CPU). auto: xla on CPU, or chunked when
+  # chunk_size > 0 (as before this key existed); pallas on GPU/TPU once its
+  # self-check passes (else chunked when chunk_size > 0, else xla, with a warning).
+  c.contrast.implementation = "auto"
+  c.contrast.chunk_size = 0  # the chunk of "chunked" (0: largest divisor of B <= 1024).
   # Optional supervision of the relatedness logit by label agreement (y == c).
   c.contrast.relatedness_supervision_weight = 0.0
   # Temperature remedies (RESULTS.md section 3). tau_gradient: contrast (tau is also
@@ -75,6 +87,12 @@ def get_config() -> ml_collections.ConfigDict:
   # independent tasks, such as Census income / never-married).
   c.loss = ml_collections.ConfigDict(dict(ctr_weight=1.0, ctcvr_weight=1.0, cvr_weight=0.0,
                                           cvr_rows="clicked"))
+  # Positive-class weight of each BCE (rare labels). Predictions then overstate the
+  # rates; pico_jax/calibration.py maps them back (evaluate/export option).
+  c.loss.pos_weight = ml_collections.ConfigDict(dict(ctr=1.0, ctcvr=1.0, cvr=1.0))
+  # AITM's behavioural expectation calibrator, max(p_later - p_ctr, 0); zero under the
+  # ESMM factorisation (see pico_jax.losses.calibrator_penalty).
+  c.loss.calibrator_weight = 0.0
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
@@ -82,7 +100,11 @@ def get_config() -> ml_collections.ConfigDict:
       # The embedding table's optimizer: dense (the one above) | lazy_adam | lazy_adagrad
       # (row-sparse: only the rows a batch touches are read and written; see
       # pico_jax/train/sparse_optimizer.py).
-      embedding_optimizer="dense"))
+      embedding_optimizer="dense",
+      # Learning-rate schedule (pico_jax/train/optimizer.py): constant | warmup_cosine |
+      # warmup_linear: a linear warmup from 0 over warmup_steps to learning_rate, then a
+      # decay to 0 at step decay_steps (0: train.steps), warmup included.
+      schedule="constant", warmup_steps=0, decay_steps=0))
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 512  # global

@@ -33,8 +33,8 @@ from ml_collections import config_flags
 
 
 DEFAULT_COLUMNS = ("ctr_auc", "cvr_auc", "cvr_auc_all_rows", "ctcvr_auc", "oracle_ctr_auc",
-                   "oracle_cvr_auc", "oracle_ctcvr_auc", "ctcvr_logloss", "tau_mean",
-                   "tau_rho_spearman", "best_step")
+                   "oracle_cvr_auc", "oracle_ctcvr_auc", "ctcvr_logloss", "ctr_pcoc",
+                   "cvr_pcoc", "ctcvr_pcoc", "tau_mean", "tau_rho_spearman", "best_step")
 
 
 def _literal(text: str):
@@ -159,6 +159,33 @@ def _write_csv(path: str, rows: list[dict]):
     writer.writerows(rows)
 
 
+def _train_run(base, names, settings, seed, run_dir) -> dict | None:
+  """Trains (or resumes) one run of the grid; its result row, or None when preempted.
+
+  An interrupted run resumes from its checkpoint with its ``metrics.jsonl`` kept (the
+  loop drops the records after the checkpoint), so early stopping replays exactly the
+  evaluations that led to that checkpoint.
+  """
+  from pico_jax import config as config_lib
+  from pico_jax.train.loop import train_and_evaluate
+  from pico_jax.train.reporting import read_metrics
+  config = base.copy_and_resolve_references()
+  for key, value in settings.items():
+    config_lib.set_value(config, key, value)
+  config.seed = int(seed)
+  logging.getLogger("pico_jax").warning("run %s", os.path.basename(run_dir))
+  start = time.time()
+  test = train_and_evaluate(config, run_dir)
+  if test is None:
+    return None
+  records = read_metrics(run_dir)
+  test_step = [r["step"] for r in records if r["split"] == "test"][-1]
+  return {"point": " ".join(names) or "base", "seed": int(seed),
+          **{k: float(v) for k, v in test.items()},
+          "best_step": float(test_step), "steps_trained": float(max(r["step"] for r in records)),
+          "wall_seconds": time.time() - start, "settings": settings}
+
+
 def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
              columns=DEFAULT_COLUMNS, train: bool = True,
              baseline: str = "") -> list[dict] | None:
@@ -168,10 +195,8 @@ def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
 
   With ``train=False`` nothing is trained: the tables cover the finished runs only.
   """
-  from pico_jax import config as config_lib
   from pico_jax.data import load_dataset
-  from pico_jax.train.loop import train_and_evaluate
-  from pico_jax.train.reporting import read_metrics
+  from pico_jax.train.periodic import PreemptionWatch
   from pico_jax.workdir import RESULT_FILE
   log = logging.getLogger("pico_jax")
   os.makedirs(workdir, exist_ok=True)
@@ -186,42 +211,27 @@ def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
   points = list(grid_points(grid, variants))
   group_keys = ["point"]
   rows = []
-  for names, settings in points:
-    for seed in seeds:
-      name = "_".join(names + [f"seed={seed}"]) if names else f"seed={seed}"
-      run_dir = os.path.join(workdir, name)
-      result_path = os.path.join(run_dir, RESULT_FILE)
-      if os.path.exists(result_path):
-        with open(result_path) as f:
-          result = json.load(f)
-      elif not train:
-        continue
-      else:
-        config = base.copy_and_resolve_references()
-        for key, value in settings.items():
-          config_lib.set_value(config, key, value)
-        config.seed = int(seed)
-        log.warning("run %s", name)
-        # An interrupted run resumes from its checkpoint; its metrics.jsonl is kept (the
-        # loop drops the records after the checkpoint), so early stopping replays the
-        # evaluations that led to it.
-        start = time.time()
-        test = train_and_evaluate(config, run_dir)
-        if test is None:
-          log.warning("preempted during run %s; rerun the same command to resume the grid",
-                      name)
-          return None
-        records = read_metrics(run_dir)
-        test_step = [r["step"] for r in records if r["split"] == "test"][-1]
-        last_step = max(r["step"] for r in records)
-        result = {"point": " ".join(names) or "base", "seed": int(seed),
-                  **{k: float(v) for k, v in test.items()},
-                  "best_step": float(test_step), "steps_trained": float(last_step),
-                  "wall_seconds": time.time() - start, "settings": settings}
-        with open(result_path + ".tmp", "w") as f:
-          json.dump(result, f, indent=2)
-        os.replace(result_path + ".tmp", result_path)  # never a half-written result.
-      rows.append(result)
+  with PreemptionWatch() as watch:  # a SIGTERM between two runs also stops the grid.
+    for names, settings in points:
+      for seed in seeds:
+        name = "_".join(names + [f"seed={seed}"]) if names else f"seed={seed}"
+        result_path = os.path.join(workdir, name, RESULT_FILE)
+        if os.path.exists(result_path):
+          with open(result_path) as f:
+            result = json.load(f)
+        elif not train:
+          continue
+        else:
+          result = None if watch.requested(0) else _train_run(
+              base, names, settings, seed, os.path.join(workdir, name))
+          if result is None:
+            log.warning("preempted (SIGTERM) at run %s; rerun the same command to resume "
+                        "the grid", name)
+            return None
+          with open(result_path + ".tmp", "w") as f:
+            json.dump(result, f, indent=2)
+          os.replace(result_path + ".tmp", result_path)  # never a half-written result.
+        rows.append(result)
   if not rows:
     raise ValueError(f"{workdir}: no finished run to tabulate")
   from pico_jax import stats

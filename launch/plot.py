@@ -9,6 +9,9 @@ Reads the run's ``metrics.jsonl``, ``train_metrics.jsonl`` and ``tau_<split>.npz
   tau_segments.png      mean tau per segment against the step (runs with segments).
   tau_distribution.png  histogram of the last evaluated per-row tau, per segment where
                         the data has segments (runs with a learned tau).
+  reliability.png       reliability diagram per task of the last evaluation (test when
+                        there is one): observed rate against mean prediction in
+                        equal-mass bins, with PCOC and ECE (``pico_jax.metrics``).
 """
 
 import os
@@ -21,6 +24,22 @@ TRAIN_KEYS = ("loss", "loss_ctr", "loss_ctcvr", "loss_cvr", "loss_contrast",
               "loss_relatedness", "tau_mean", "examples_per_sec")
 AUC_KEYS = ("ctr_auc", "cvr_auc", "cvr_auc_all_rows", "ctcvr_auc")
 LOGLOSS_KEYS = ("ctr_logloss", "cvr_logloss", "ctcvr_logloss")
+# Tasks with a reliability curve, each on its own rows (cvr: clicked rows; cvr_all_rows:
+# every row, for independent tasks).
+CALIBRATION_TASKS = ("ctr", "cvr", "cvr_all_rows", "ctcvr")
+
+
+def draw_reliability(ax, predicted, observed, title: str = ""):
+  """A reliability diagram on matplotlib ``ax``: observed rate against mean prediction
+  per bin (float [K] each), and the diagonal of perfect calibration."""
+  top = max(float(max(predicted.max(), observed.max())) * 1.05, 1e-6)
+  ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1)
+  ax.plot(predicted, observed, marker="o")
+  ax.set_xlim(0, top)
+  ax.set_ylim(0, top)
+  ax.set_xlabel("mean predicted probability")
+  ax.set_ylabel("observed rate")
+  ax.set_title(title, fontsize=9)
 
 
 def _series(records, split, key):
@@ -34,9 +53,11 @@ def plot_run(workdir: str, output: str = "") -> list[str]:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import numpy as np
-  from pico_jax.train.reporting import TRAIN_METRICS_FILE, read_metrics, tau_file
+  from pico_jax.metrics import reliability_from_metrics
+  from pico_jax.train.reporting import read_metrics
+  from pico_jax.workdir import PLOTS_DIR, TRAIN_METRICS_FILE, tau_file
 
-  output = output or os.path.join(workdir, "plots")
+  output = output or os.path.join(workdir, PLOTS_DIR)
   os.makedirs(output, exist_ok=True)
   records = read_metrics(workdir)
   if os.path.exists(os.path.join(workdir, TRAIN_METRICS_FILE)):
@@ -111,6 +132,22 @@ def plot_run(workdir: str, output: str = "") -> list[str]:
     ax.set_title(f"tau distribution ({split}, step {step})")
     ax.set_xlabel("tau")
     save(fig, "tau_distribution.png")
+
+  evaluations = [r for r in records if r["split"] != "train"]
+  if evaluations:
+    split = "test" if "test" in splits else splits[-1]
+    last = max((r for r in evaluations if r["split"] == split), key=lambda r: r["step"])
+    curves = [(t, *reliability_from_metrics(last, t)) for t in CALIBRATION_TASKS]
+    curves = [c for c in curves if len(c[1]) and np.isfinite(c[1]).all()
+              and np.isfinite(c[2]).all()]
+    if curves:
+      fig, axes = plt.subplots(1, len(curves), figsize=(3.6 * len(curves), 3.6),
+                               squeeze=False)
+      for ax, (task, predicted, observed) in zip(axes[0], curves):
+        draw_reliability(ax, predicted, observed,
+                         f"{task} ({split}, step {last['step']})\nPCOC "
+                         f"{last[task + '_pcoc']:.3f}  ECE {last[task + '_ece']:.4f}")
+      save(fig, "reliability.png")
   return written
 
 

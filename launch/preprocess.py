@@ -6,20 +6,19 @@
   python launch/preprocess.py --format aliccp_aitm --input train=ctr_cvr.train \
       val=ctr_cvr.dev test=ctr_cvr.test --output DIR --conversion-without-click drop
 
-Inputs: one file is split 80/10/10 by a seeded permutation (DESIGN section 4), two are
+Inputs: one file is split 80/10/10 by a seeded permutation (docs/data.md), two are
 train and test (val carved from train by --val-fraction), three are train, val, test;
 or name them SPLIT=PATH. Bad input stops with a message naming file, line and column,
-and nothing is left at --output. See pico_jax/data/preprocess.py for the details.
+and nothing is left at --output. Every byte is parsed once, by --workers processes;
+progress bars show rows/s and the time left. See pico_jax/data/preprocess.py.
 """
 
 import argparse
-import os
 import sys
 import time
 
-
-from pico_jax.data import preprocess, readers  # noqa: E402
-from pico_jax.data.errors import DataError  # noqa: E402
+from pico_jax.data import formats, preprocess
+from pico_jax.data.errors import DataError
 
 
 def _names(text):
@@ -39,7 +38,7 @@ def _hash(parser, items):
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--format", required=True, choices=sorted(readers.FORMATS))
+  p.add_argument("--format", required=True, choices=sorted(formats.FORMATS))
   p.add_argument("--input", required=True, nargs="+", metavar="[SPLIT=]PATH")
   p.add_argument("--output", required=True, help="store directory to create")
   p.add_argument("--overwrite", action="store_true", help="replace an existing store")
@@ -67,10 +66,14 @@ def parse_args(argv=None):
                  "(replaces the format's default)")
   p.add_argument("--dense", default=None, help="comma-separated dense columns "
                  "(replaces the format's default)")
-  p.add_argument("--chunk-rows", type=int, default=65_536)
-  p.add_argument("--workers", type=int, default=1,
-                 help="processes parsing blocks in parallel; worth it only with idle "
-                      "cores (see BENCHMARKS.md)")
+  p.add_argument("--chunk-rows", type=int, default=65_536,
+                 help="lines per block (the unit of parallel work)")
+  p.add_argument("--no-progress", action="store_true",
+                 help="no progress bars (rows/s, ETA) on stderr")
+  p.add_argument("--workers", type=int, default=0,
+                 help="processes parsing and writing blocks in parallel (default 0: one "
+                      "per idle CPU, os.cpu_count() less the load average; never more "
+                      "than the CPUs or one per 16 MiB of input)")
   args = p.parse_args(argv)
   try:
     fractions = tuple(float(x) for x in args.split_fractions.split(","))
@@ -93,7 +96,8 @@ def main(argv=None):
   try:
     meta = preprocess.build_store(args.format, args.input, args.output, options=options,
                                   overwrite=args.overwrite,
-                                  log=lambda msg: print(msg, flush=True))
+                                  log=lambda msg: print(msg, flush=True),
+                                  progress=not args.no_progress)
   except (DataError, ValueError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -11,6 +11,7 @@ same command with the same ``--workdir`` resumes from the latest checkpoint.
 """
 
 import logging
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -53,10 +54,15 @@ def main(argv):
   # Logs from process 0 only; the others report warnings and errors.
   logging.getLogger("pico_jax").setLevel(
       logging.INFO if parallel.is_main_process() else logging.WARNING)
+  from pico_jax.train.checkpoint import CheckpointMismatchError, CheckpointRestoreError
   from pico_jax.train.loop import train_and_evaluate
-  # None when preempted: the state is saved and the exit status is 0, so a scheduler
-  # that reruns the command resumes the run.
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    # None when preempted: the state is saved and the exit status is 0, so a scheduler
+    # that reruns the command resumes the run.
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (CheckpointMismatchError, CheckpointRestoreError) as e:
+    # The message says which checkpoint, what and what to do; a traceback adds nothing.
+    sys.exit(f"error: {type(e).__name__}: {e}")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,11 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_flags import config_path
 
+from pico_jax.contrast import IMPLEMENTATIONS as CONTRAST_IMPLEMENTATIONS
 from pico_jax.losses import TAU_GRADIENTS
 from pico_jax.models.heads import DETACH_SIDES, RELATEDNESS_INPUTS
 from pico_jax.models.pico import BACKBONES, CONTRAST_MODES, CONTRAST_REPRESENTATIONS
+from pico_jax.train.optimizer import SCHEDULES
 
 CHOICES = {
     "data.name": ("synthetic", "store"),
@@ -28,22 +30,27 @@ CHOICES = {
     "contrast.mode": CONTRAST_MODES,
     "contrast.relatedness_input": RELATEDNESS_INPUTS,
     "contrast.negatives": ("global", "local"),
+    "contrast.implementation": CONTRAST_IMPLEMENTATIONS,
     "contrast.tau_gradient": TAU_GRADIENTS,
     "contrast.representation": CONTRAST_REPRESENTATIONS,
     "contrast.detach": DETACH_SIDES,
     "loss.cvr_rows": ("clicked", "all"),
     "optimizer.name": ("adam", "adamw", "adagrad", "sgd"),
     "optimizer.embedding_optimizer": ("dense", "lazy_adam", "lazy_adagrad"),
+    "optimizer.schedule": SCHEDULES,
 }
 POSITIVE = ("train.batch_size", "train.steps", "train.log_every", "train.eval_every",
             "train.eval_batch_size", "model.embed_dim", "model.vocab_pad_multiple",
             "contrast.proj_dim", "contrast.tau_min", "contrast.tau_prior",
             "optimizer.learning_rate", "checkpoint.every_steps", "checkpoint.keep",
-            "train.patience")
+            "train.patience", "loss.pos_weight.ctr", "loss.pos_weight.ctcvr",
+            "loss.pos_weight.cvr")
 NON_NEGATIVE = ("contrast.weight", "contrast.chunk_size", "loss.ctr_weight",
                 "loss.ctcvr_weight", "loss.cvr_weight", "model.dropout",
                 "contrast.relatedness_supervision_weight", "contrast.tau_prior_weight",
-                "optimizer.weight_decay", "optimizer.grad_clip_norm", "checkpoint.keep_best")
+                "optimizer.weight_decay", "optimizer.grad_clip_norm", "checkpoint.keep_best",
+                "data.device_prefetch", "loss.calibrator_weight", "optimizer.warmup_steps",
+                "optimizer.decay_steps")
 
 
 class ConfigError(ValueError):
@@ -97,6 +104,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                       "trained; set relatedness_supervision_weight or tau_prior_weight")
   if config.data.name == "store" and not config.data.path:
     raise ConfigError("config.data.path: required when config.data.name='store'")
+  o = config.optimizer
+  decay_steps = o.decay_steps or config.train.steps
+  if o.schedule != "constant" and not o.warmup_steps < decay_steps:
+    raise ConfigError(f"config.optimizer.warmup_steps={o.warmup_steps}: must be below "
+                      f"decay_steps={decay_steps} (decay_steps 0 means train.steps)")
   if config.model.dropout >= 1:
     raise ConfigError(f"config.model.dropout={config.model.dropout}: must be < 1")
   best = config.checkpoint.best_metric

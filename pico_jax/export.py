@@ -32,6 +32,7 @@ import runpy
 import jax
 import numpy as np
 
+from pico_jax import calibration
 from pico_jax.data.schema import Schema
 from pico_jax.models import serving_params
 from pico_jax.train.state import example_features
@@ -46,15 +47,20 @@ OUTPUTS = ("p_ctr", "p_cvr", "p_ctcvr")
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 
 
-def serving_function(model):
+def serving_function(model, pos_weight_loss=None):
   """``fn(params, features) -> {p_ctr, p_cvr, p_ctcvr}``: float32 [B] each.
 
   ``params`` are serving params (``pico_jax.models.serving_params``); ``features``
-  holds the model inputs of ``pico_jax.batch.FEATURE_KEYS`` that the schema has.
+  holds the model inputs of ``pico_jax.batch.FEATURE_KEYS`` that the schema has. With
+  ``pos_weight_loss`` (a ``config.loss``) the probabilities are mapped back through
+  ``pico_jax.calibration.correct_predictions`` inside the function.
   """
   def serve(params, features):
     out = model.apply({"params": params}, features, train=False, with_contrast=False)
-    return {k: out[k] for k in OUTPUTS}
+    out = {k: out[k] for k in OUTPUTS}
+    if pos_weight_loss is not None:
+      out = calibration.correct_predictions(out, pos_weight_loss)
+    return out
   return serve
 
 
@@ -68,7 +74,7 @@ def num_params(params) -> int:
 
 def export_model(model, params, schema: Schema, output_dir: str, *,
                  platforms=DEFAULT_PLATFORMS, step: int | None = None,
-                 config=None) -> dict:
+                 config=None, correct_pos_weight: bool = False) -> dict:
   """Writes the serving artifact of ``model`` with ``params`` to ``output_dir``.
 
   Args:
@@ -78,6 +84,8 @@ def export_model(model, params, schema: Schema, output_dir: str, *,
     output_dir: created if needed; existing artifact files are overwritten.
     platforms: lowering platforms of the artifact.
     step, config: recorded in the manifest.
+    correct_pos_weight: serve probabilities corrected for ``config.loss.pos_weight``
+      (``pico_jax.calibration``); recorded in the manifest.
   Returns:
     The manifest (as written).
   """
@@ -85,7 +93,9 @@ def export_model(model, params, schema: Schema, output_dir: str, *,
   leaves, treedef = jax.tree_util.tree_flatten_with_path(host)
   names = [_path_name(path) for path, _ in leaves]
   arrays = [np.asarray(x) for _, x in leaves]
-  serve = serving_function(model)
+  if correct_pos_weight and config is None:
+    raise ValueError("export: correct_pos_weight needs the config (its loss.pos_weight)")
+  serve = serving_function(model, config.loss if correct_pos_weight else None)
 
   def flat_serve(flat_params, features):
     return serve(jax.tree.unflatten(treedef, flat_params), features)
@@ -116,6 +126,7 @@ def export_model(model, params, schema: Schema, output_dir: str, *,
       "platforms": list(exported.platforms),
       "jax_version": jax.__version__,
       "step": step,
+      "pos_weight_corrected": bool(correct_pos_weight),
       "schema": schema.to_json(),
       "config": config.to_dict() if config is not None else None,
   }

@@ -11,6 +11,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from pico_jax import contrast
+
 
 def _weighted_mean(values, weights):
   values = values.astype(jnp.float32)
@@ -20,15 +22,22 @@ def _weighted_mean(values, weights):
   return jnp.sum(weights * values) / jnp.maximum(jnp.sum(weights), 1e-12)
 
 
-def bce_with_logits(logits, labels, weights=None):
+def bce_with_logits(logits, labels, weights=None, *, pos_weight: float = 1.0):
   """Binary cross-entropy of sigmoid(logits) against labels in {0, 1}: a scalar.
 
+  Per row: -(pos_weight * y * log p + (1 - y) * log(1 - p)). A ``pos_weight`` w != 1
+  moves the minimiser from the true rate P to the p with odds(p) = w * odds(P); see
+  ``pico_jax.calibration`` for the correction back.
+
   Args:
-    logits: float [B]. labels: float [B]. weights: optional float [B].
+    logits: float [B]. labels: float [B]. weights: optional float [B] row weights (the
+      mean divides by their sum; ``pos_weight`` does not enter the denominator).
+    pos_weight: weight of the positive term, > 0.
   """
   logits = logits.astype(jnp.float32)
   labels = labels.astype(jnp.float32)
-  per_row = -(labels * jax.nn.log_sigmoid(logits) + (1 - labels) * jax.nn.log_sigmoid(-logits))
+  per_row = -(pos_weight * labels * jax.nn.log_sigmoid(logits)
+              + (1 - labels) * jax.nn.log_sigmoid(-logits))
   return _weighted_mean(per_row, weights)
 
 
@@ -38,31 +47,51 @@ def _log1mexp(x):
   return jnp.where(x > -0.6931472, jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
 
 
-def ctcvr_loss(ctr_logits, cvr_logits, clicks, conversions, weights=None):
+def ctcvr_loss(ctr_logits, cvr_logits, clicks, conversions, weights=None, *,
+               pos_weight: float = 1.0):
   """ESMM entire-space loss: BCE of p_ctr * p_cvr against click * conversion, all rows.
 
   log p_ctcvr = log_sigmoid(a) + log_sigmoid(b) is formed in log space, so the loss is
-  finite even where p_ctcvr underflows.
+  finite even where p_ctcvr underflows. ``pos_weight`` as in ``bce_with_logits``.
   """
   log_p = (jax.nn.log_sigmoid(ctr_logits.astype(jnp.float32))
            + jax.nn.log_sigmoid(cvr_logits.astype(jnp.float32)))
   target = clicks.astype(jnp.float32) * conversions.astype(jnp.float32)
-  per_row = -(target * log_p + (1 - target) * _log1mexp(log_p))
+  per_row = -(pos_weight * target * log_p + (1 - target) * _log1mexp(log_p))
   return _weighted_mean(per_row, weights)
 
 
-def cvr_loss(cvr_logits, clicks, conversions, weights=None, *, clicked_only: bool = True):
+def cvr_loss(cvr_logits, clicks, conversions, weights=None, *, clicked_only: bool = True,
+             pos_weight: float = 1.0):
   """BCE of p_cvr against conversion over clicked rows (0 if no row is clicked).
 
   ``clicked_only=False`` uses every row: for two independent tasks (Census income /
-  never-married) where "conversion" is not conditioned on "click".
+  never-married) where "conversion" is not conditioned on "click". ``pos_weight`` as in
+  ``bce_with_logits``.
   """
   if not clicked_only:
-    return bce_with_logits(cvr_logits, conversions, weights)
+    return bce_with_logits(cvr_logits, conversions, weights, pos_weight=pos_weight)
   w = clicks.astype(jnp.float32)
   if weights is not None:
     w = w * weights.astype(jnp.float32)
-  return bce_with_logits(cvr_logits, conversions, w)
+  return bce_with_logits(cvr_logits, conversions, w, pos_weight=pos_weight)
+
+
+def calibrator_penalty(p_ctr, p_later, weights=None):
+  """AITM's behavioural expectation calibrator: mean of max(p_later - p_ctr, 0), a scalar.
+
+  A conversion needs a click, so an entire-space probability of the later step may not
+  exceed p_ctr; the penalty pushes it below. Under the ESMM factorisation the model's
+  entire-space conversion probability is p_ctcvr = p_ctr * p_cvr <= p_ctr for every
+  row, so with ``p_later = p_ctcvr`` the penalty and its gradient are exactly zero: it
+  only acts where a tower predicts the later step on the entire space by itself
+  (``loss.cvr_rows = "all"`` with conversion labels that imply a click).
+
+  Args:
+    p_ctr, p_later: float [B] probabilities. weights: optional float [B].
+  """
+  gap = p_later.astype(jnp.float32) - p_ctr.astype(jnp.float32)
+  return _weighted_mean(jnp.maximum(gap, 0.0), weights)
 
 
 def _normalize(z, eps=1e-12):
@@ -70,67 +99,28 @@ def _normalize(z, eps=1e-12):
   return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), eps))
 
 
-def _exact_terms(z_ctr, z_cvr, tau, symmetric: bool):
-  """(row, col or None), each float32 [B], from one similarity matrix S = z_ctr z_cvr^T.
-
-  The CVR-anchored logits S_ji / tau_i are S's columns scaled by tau: the second
-  direction reuses S (and its gradient) instead of forming S^T with a second matmul.
-  """
-  s = jnp.einsum("id,jd->ij", z_ctr, z_cvr, precision=jax.lax.Precision.HIGHEST)
-  positive = jnp.diagonal(s) / tau
-  row = jax.nn.logsumexp(s / tau[:, None], axis=1) - positive
-  if not symmetric:
-    return row, None
-  return row, jax.nn.logsumexp(s / tau[None, :], axis=0) - positive
-
-
-def _logsumexp_chunked(anchors, candidates, tau, chunk_size):
-  """logsumexp_j(anchors_i . candidates_j / tau_i): [B], streamed over candidate chunks.
-
-  Temporary memory is [B_anchor, chunk_size] rather than [B_anchor, B_candidate]; the
-  chunk body is rematerialised in the backward pass so nothing of size
-  B_anchor x B_candidate is kept either.
-  """
-  n = candidates.shape[0]
-  if n % chunk_size:
-    raise ValueError(f"chunk_size {chunk_size} does not divide the {n} candidates")
-  chunks = candidates.reshape(n // chunk_size, chunk_size, -1)
-  inv_tau = 1.0 / tau
-
-  @jax.checkpoint
-  def body(carry, chunk):
-    running_max, running_sum = carry
-    logits = jnp.einsum("id,jd->ij", anchors, chunk,
-                        precision=jax.lax.Precision.HIGHEST) * inv_tau[:, None]
-    new_max = jnp.maximum(running_max, jnp.max(logits, axis=1))
-    running_sum = (running_sum * jnp.exp(running_max - new_max)
-                   + jnp.sum(jnp.exp(logits - new_max[:, None]), axis=1))
-    return (new_max, running_sum), None
-
-  init = (jnp.full(anchors.shape[:1], -jnp.inf, jnp.float32),
-          jnp.zeros(anchors.shape[:1], jnp.float32))
-  (running_max, running_sum), _ = jax.lax.scan(body, init, chunks)
-  return running_max + jnp.log(running_sum)
-
-
 def contrastive_per_instance(z_ctr, z_cvr, tau, *, symmetric: bool = True,
-                             normalize: bool = True, chunk_size: int = 0):
-  """The per-instance terms l_i of ``pico_contrastive_loss``: float32 [B]."""
+                             normalize: bool = True, chunk_size: int = 0,
+                             implementation: str = "auto", sharded: bool = True):
+  """The per-instance terms l_i of ``pico_contrastive_loss``: float32 [B].
+
+  ``sharded=False`` keeps the Pallas form off the data mesh (shard-local negatives).
+  """
+  implementation = contrast.resolve(implementation, chunk_size)
+  dtype = jnp.result_type(z_ctr, z_cvr)
   if normalize:
     z_ctr, z_cvr = _normalize(z_ctr), _normalize(z_cvr)
-  z_ctr, z_cvr = z_ctr.astype(jnp.float32), z_cvr.astype(jnp.float32)
-  tau = tau.astype(jnp.float32)
-  if chunk_size:
-    positive = jnp.sum(z_ctr * z_cvr, axis=-1) / tau
-    lse = functools.partial(_logsumexp_chunked, chunk_size=chunk_size)
-    row = lse(z_ctr, z_cvr, tau) - positive
-    return (row + lse(z_cvr, z_ctr, tau) - positive) / 2 if symmetric else row
-  row, col = _exact_terms(z_ctr, z_cvr, tau, symmetric)
-  return (row + col) / 2 if symmetric else row
+  if implementation == "pallas" and dtype == jnp.bfloat16:
+    # The kernel's products run in bfloat16 (float32 accumulation) on bfloat16 input.
+    z_ctr, z_cvr = z_ctr.astype(dtype), z_cvr.astype(dtype)
+  return contrast.per_instance_terms(z_ctr, z_cvr, tau, symmetric=symmetric,
+                                     implementation=implementation, chunk_size=chunk_size,
+                                     sharded=sharded)
 
 
 def pico_contrastive_loss(z_ctr, z_cvr, tau, *, symmetric: bool = True,
-                          normalize: bool = True, weights=None, chunk_size: int = 0):
+                          normalize: bool = True, weights=None, chunk_size: int = 0,
+                          implementation: str = "auto"):
   """In-batch InfoNCE between the CTR and CVR representations with per-instance tau.
 
   With S_ij = z_ctr_i . z_cvr_j (after L2 normalisation when ``normalize``):
@@ -149,14 +139,21 @@ def pico_contrastive_loss(z_ctr, z_cvr, tau, *, symmetric: bool = True,
     symmetric: average the CTR-anchored and CVR-anchored terms.
     normalize: L2-normalise z first (epsilon 1e-12 on the squared norm).
     weights: optional float [B] (0 for padding rows; such rows stay candidates).
-    chunk_size: if > 0, a streaming logsumexp over candidate chunks of this size (it
-      must divide B): the same value with [B, chunk_size] temporary memory.
+    chunk_size: the candidate chunk of the "chunked" form (it must divide B; 0: the
+      largest divisor of B up to 1,024). With implementation "auto", chunk_size > 0
+      selects "chunked" (its meaning before ``implementation`` existed).
+    implementation: "xla" (exact, [B, B] memory), "chunked" (streaming logsumexp,
+      [B, chunk_size] memory), "pallas" (fused kernel, O(B dz) memory; interpret mode
+      on CPU) or "auto" ("xla" on CPU; on GPU/TPU "pallas" once it has passed its
+      self-check, else "xla" with a warning). See ``pico_jax.contrast``. Every form
+      gives the same numbers; bfloat16 z runs the Pallas products in bfloat16.
 
   Returns:
     A float32 scalar.
   """
   per_instance = contrastive_per_instance(z_ctr, z_cvr, tau, symmetric=symmetric,
-                                          normalize=normalize, chunk_size=chunk_size)
+                                          normalize=normalize, chunk_size=chunk_size,
+                                          implementation=implementation)
   return _weighted_mean(per_instance, weights)
 
 
@@ -164,7 +161,7 @@ def local_contrastive_per_instance(z_ctr, z_cvr, tau, *, num_groups: int, **kwar
   """``contrastive_per_instance`` with negatives restricted to each of ``num_groups``
   consecutive row blocks (the data-parallel shards): float32 [B]."""
   split = lambda x: x.reshape((num_groups, x.shape[0] // num_groups) + x.shape[1:])
-  per_group = jax.vmap(functools.partial(contrastive_per_instance, **kwargs))(
+  per_group = jax.vmap(functools.partial(contrastive_per_instance, sharded=False, **kwargs))(
       split(z_ctr), split(z_cvr), split(tau))
   return per_group.reshape(-1)
 
@@ -175,19 +172,26 @@ TAU_GRADIENTS = ("contrast", "supervision")
 def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
                    cvr_weight: float, contrast_weight: float, cvr_rows: str = "clicked",
                    symmetric: bool = True,
-                   normalize: bool = True, chunk_size: int = 0, negative_groups: int = 1,
+                   normalize: bool = True, chunk_size: int = 0, implementation: str = "auto",
+                   negative_groups: int = 1,
                    relatedness_supervision_weight: float = 0.0,
                    tau_gradient: str = "contrast", tau_prior_weight: float = 0.0,
-                   tau_prior: float = 0.2):
+                   tau_prior: float = 0.2,
+                   pos_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                   calibrator_weight: float = 0.0):
   """The total loss L = w_ctr L_ctr + w_ctcvr L_ctcvr + w_cvr L_cvr + lambda L_cl
-  [+ w_sup L_relatedness + w_prior L_tau_prior].
+  [+ w_sup L_relatedness + w_prior L_tau_prior + w_cal L_calibrator].
 
   Args:
     outputs: the model's output dict (``contrast`` terms are used when present).
     batch: the batch dict (``click``, ``conversion``, ``mask``).
     cvr_rows: "clicked" (CVR loss on clicked rows) or "all".
+    pos_weights: the positive-class weights of the (ctr, ctcvr, cvr) BCEs.
+    calibrator_weight: weight of ``calibrator_penalty`` on the CVR tower's entire-space
+      probability: p_cvr when ``cvr_rows="all"``, p_ctcvr (where it is zero) otherwise.
     negative_groups: 1 for global negatives; the number of data shards for
       shard-local negatives.
+    chunk_size, implementation: how the contrast is computed (``pico_contrastive_loss``).
     relatedness_supervision_weight: w_sup of the label-agreement loss
       L_relatedness = BCE(sigmoid(-r), [click == conversion]) on the relatedness logit.
     tau_gradient: "contrast" (tau is also trained by L_cl, which drives it to tau_min)
@@ -202,19 +206,25 @@ def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
   """
   mask = batch["mask"]
   click, conversion = batch["click"], batch["conversion"]
+  pw_ctr, pw_ctcvr, pw_cvr = pos_weights
   terms = {
-      "loss_ctr": bce_with_logits(outputs["ctr_logit"], click, mask),
+      "loss_ctr": bce_with_logits(outputs["ctr_logit"], click, mask, pos_weight=pw_ctr),
       "loss_ctcvr": ctcvr_loss(outputs["ctr_logit"], outputs["cvr_logit"], click, conversion,
-                               mask),
+                               mask, pos_weight=pw_ctcvr),
       "loss_cvr": cvr_loss(outputs["cvr_logit"], click, conversion, mask,
-                           clicked_only=cvr_rows == "clicked"),
+                           clicked_only=cvr_rows == "clicked", pos_weight=pw_cvr),
   }
   total = (ctr_weight * terms["loss_ctr"] + ctcvr_weight * terms["loss_ctcvr"]
            + cvr_weight * terms["loss_cvr"])
+  if calibrator_weight:
+    p_later = outputs["p_cvr"] if cvr_rows == "all" else outputs["p_ctcvr"]
+    terms["loss_calibrator"] = calibrator_penalty(outputs["p_ctr"], p_later, mask)
+    total = total + calibrator_weight * terms["loss_calibrator"]
   if "z_ctr" in outputs:
     if tau_gradient not in TAU_GRADIENTS:
       raise ValueError(f"tau_gradient={tau_gradient!r}; expected one of {TAU_GRADIENTS}")
-    kwargs = dict(symmetric=symmetric, normalize=normalize, chunk_size=chunk_size)
+    kwargs = dict(symmetric=symmetric, normalize=normalize, chunk_size=chunk_size,
+                  implementation=implementation)
     # dL_cl/dtau_i > 0 whenever the positive pair outscores the softmax average of its
     # candidates, so L_cl alone pushes every tau to tau_min; "supervision" removes that
     # push and leaves tau to the terms that carry a relatedness signal.

@@ -12,6 +12,11 @@ Which rows each task is scored on:
   imply the "click"), ``cvr_auc_all_rows`` scores the CVR tower on all rows as well.
 - CTCVR: all rows, p_ctr * p_cvr against click * conversion (ESMM's entire space).
 
+Calibration (ad systems bid on the probability itself, which AUC ignores) is scored on
+the same rows per task: PCOC (mean predicted / observed rate, 1 when calibrated on
+average), ECE over equal-mass bins of the prediction (``RELIABILITY_BINS``), and the
+reliability curve (mean prediction and observed rate per bin).
+
 GAUC is the impression-weighted mean of per-group AUCs over the batch key ``group``
 (user id, search id); groups holding a single class have no AUC and are skipped, and
 the number skipped is reported beside the value.
@@ -24,6 +29,7 @@ import numpy as np
 from pico_jax import batch as B
 
 INDEPENDENT = "independent"
+RELIABILITY_BINS = 10
 
 
 def _as_1d(x):
@@ -139,6 +145,84 @@ def logloss(labels, probs, weights=None, eps: float = 1e-7) -> float:
   return float(np.average(per_row, weights=weights))
 
 
+def pcoc(labels, probs, weights=None) -> float:
+  """Predicted over observed: sum_i w_i p_i / sum_i w_i y_i (1 when calibrated on
+  average; NaN when there is no positive weight).
+
+  Args:
+    labels: [N] in {0, 1}. probs: [N] probabilities. weights: optional [N] >= 0.
+  """
+  labels, p, weights = _check_inputs("pcoc", labels, probs, weights)
+  observed = float(np.sum(weights * labels))
+  return float(np.sum(weights * p)) / observed if observed > 0 else float("nan")
+
+
+def reliability_curve(labels, probs, num_bins: int = RELIABILITY_BINS, weights=None):
+  """Equal-mass bins of the predicted probability and the observed rate in each.
+
+  Rows are sorted by p (stably); row i of the sorted order, with weight W_<i before it
+  out of W in all, falls in bin floor(num_bins * W_<i / W), so every bin holds about
+  W / num_bins of the weight (with unit weights: N / num_bins rows, +-1). Tied
+  predictions may straddle two bins.
+
+  Args:
+    labels: [N] in {0, 1}. probs: [N] probabilities. weights: optional [N] >= 0.
+    num_bins: K >= 1.
+  Returns:
+    (predicted float64 [K]: weighted mean p per bin, observed float64 [K]: weighted
+     label rate per bin, mass float64 [K]: weight per bin); NaN for an empty bin.
+  """
+  labels, p, weights = _check_inputs("reliability_curve", labels, probs, weights)
+  if num_bins < 1:
+    raise ValueError(f"reliability_curve: num_bins={num_bins} must be >= 1")
+  order = np.argsort(p, kind="stable")
+  p, y, w = p[order], labels[order], weights[order]
+  total = w.sum()
+  if total <= 0:
+    nan = np.full(num_bins, np.nan)
+    return nan, nan, np.zeros(num_bins)
+  before = np.cumsum(w) - w
+  bins = np.minimum((num_bins * before / total).astype(np.int64), num_bins - 1)
+  mass = np.bincount(bins, w, num_bins)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    predicted = np.bincount(bins, w * p, num_bins) / mass
+    observed = np.bincount(bins, w * y, num_bins) / mass
+  return predicted, observed, mass
+
+
+def ece(labels, probs, num_bins: int = RELIABILITY_BINS, weights=None) -> float:
+  """Expected calibration error over ``reliability_curve``'s equal-mass bins:
+  sum_k (mass_k / W) |predicted_k - observed_k| (NaN when there is no weight)."""
+  predicted, observed, mass = reliability_curve(labels, probs, num_bins, weights)
+  if mass.sum() <= 0:
+    return float("nan")
+  used = mass > 0
+  return float(np.sum(mass[used] * np.abs(predicted[used] - observed[used])) / mass.sum())
+
+
+def calibration_metrics(prefix: str, labels, probs, num_bins: int = RELIABILITY_BINS):
+  """``{prefix}_pcoc``, ``{prefix}_ece`` and the reliability curve as
+  ``{prefix}_reliability_predicted_<k>`` / ``{prefix}_reliability_observed_<k>``,
+  k = 0..num_bins-1 (flat floats, so they travel with the other metrics)."""
+  predicted, observed, _ = reliability_curve(labels, probs, num_bins)
+  out = {f"{prefix}_pcoc": pcoc(labels, probs), f"{prefix}_ece": ece(labels, probs, num_bins)}
+  for k in range(num_bins):
+    out[f"{prefix}_reliability_predicted_{k}"] = float(predicted[k])
+    out[f"{prefix}_reliability_observed_{k}"] = float(observed[k])
+  return out
+
+
+def reliability_from_metrics(metrics: dict, prefix: str):
+  """(predicted [K], observed [K]) of ``calibration_metrics``' flat keys in ``metrics``;
+  empty arrays when ``prefix`` has none."""
+  keys = sorted((int(k.rsplit("_", 1)[1]), k) for k in metrics
+                if k.startswith(f"{prefix}_reliability_predicted_"))
+  predicted = np.array([metrics[k] for _, k in keys], np.float64)
+  observed = np.array([metrics[k.replace("_predicted_", "_observed_")] for _, k in keys],
+                      np.float64)
+  return predicted, observed
+
+
 def spearman(x, y) -> float:
   """Spearman rank correlation with average ranks for ties (NaN if a side is constant)."""
   rx, ry = _average_ranks(x), _average_ranks(y)
@@ -176,7 +260,9 @@ def task_metrics(predictions, columns, info: dict | None = None) -> dict[str, fl
     info: the dataset's info dict: ``task_relation`` ("independent" adds
       ``cvr_auc_all_rows``), ``rho`` per segment (adds ``tau_rho_spearman``).
   Returns:
-    Flat dict of metric name -> float: ``{ctr,cvr,ctcvr}_{auc,logloss}``,
+    Flat dict of metric name -> float: ``{ctr,cvr,ctcvr}_{auc,logloss,pcoc,ece}`` and
+    the reliability curves (``calibration_metrics``; ``cvr_all_rows_*`` as well for
+    independent tasks),
     ``mean_auc`` (the mean of the two task AUCs, the early-stopping default),
     ``{ctr,cvr,ctcvr}_gauc`` with ``_gauc_groups`` and ``_gauc_skipped_groups``,
     ``oracle_*_auc``, ``tau_mean``, ``tau_segment_<s>``, row counts, ``click_rate``
@@ -217,9 +303,13 @@ def task_metrics(predictions, columns, info: dict | None = None) -> dict[str, fl
       "cvr_logloss": logloss(conv[clicked], p_cvr[clicked]),
       "ctcvr_logloss": logloss(click * conv, p_ctcvr),
   }
+  out.update(calibration_metrics("ctr", click, p_ctr))
+  out.update(calibration_metrics("cvr", conv[clicked], p_cvr[clicked]))
+  out.update(calibration_metrics("ctcvr", click * conv, p_ctcvr))
   if independent:
     out["cvr_auc_all_rows"] = auc(conv, p_cvr)
     out["cvr_logloss_all_rows"] = logloss(conv, p_cvr)
+    out.update(calibration_metrics("cvr_all_rows", conv, p_cvr))
     out["mean_auc"] = (out["ctr_auc"] + out["cvr_auc_all_rows"]) / 2
   else:
     out["mean_auc"] = (out["ctr_auc"] + out["cvr_auc"]) / 2

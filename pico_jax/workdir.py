@@ -15,10 +15,13 @@ Every file a run writes has its name here::
     tau_<split>.npz              per-row tau of the latest evaluation of a split
     eval_<split>_step<N>.json    launch/evaluate.py's result
     export/step_<N>/             launch/export.py's artifact (default --output)
+    plots/                       launch/plot.py's figures (default --output)
     result.json                  launch/experiment.py: the finished run's test metrics
 
-The best checkpoint is defined once, by ``best_criterion``; checkpoint retention,
-``launch/evaluate.py --checkpoint best`` and early stopping all rank by it.
+The best checkpoint is defined once, by ``best_criterion``: checkpoint retention and
+``--checkpoint best`` (``launch/evaluate.py``, ``launch/export.py``) rank by it, and
+unless ``config.checkpoint.best_metric`` says otherwise it is the early-stopping metric,
+so the best checkpoint holds the params the run's final test scored.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 
 from pico_jax.train.early_stopping import metric_mode
 
@@ -36,6 +40,7 @@ METRICS_FILE = "metrics.jsonl"
 TRAIN_METRICS_FILE = "train_metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 EXPORT_DIR = "export"
+PLOTS_DIR = "plots"
 RESULT_FILE = "result.json"
 # orbax writes a step into <step> + this marker + a suffix, renamed when complete.
 TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -146,9 +151,16 @@ def best_step(steps, metrics_of, best: BestCriterion) -> int | None:
 
 @contextlib.contextmanager
 def quiet_orbax():
-  """Keeps orbax's own logging of a failed read (hundreds of lines of asyncio and
-  TensorStore tracebacks per damaged array) out of the output while reading a
-  checkpoint; the caller raises one error that says what failed."""
+  """Keeps the noise of a failed checkpoint read out of the output; the caller raises
+  one error that says what failed.
+
+  A read that fails on one damaged array closes orbax's asyncio loop while TensorStore
+  still completes the reads of the others; each completion then reports
+  ``RuntimeError: Event loop is closed`` through ``sys.unraisablehook`` (thousands of
+  tracebacks for a real model), and orbax logs each failure. Both are silenced here;
+  the hook filter stays installed, since those completions arrive after the read.
+  """
+  _drop_closed_loop_reports()
   loggers = [logging.getLogger(n) for n in ("absl", "orbax", "asyncio")]
   levels = [l.level for l in loggers]
   for l in loggers:
@@ -158,3 +170,17 @@ def quiet_orbax():
   finally:
     for l, level in zip(loggers, levels):
       l.setLevel(level)
+
+
+def _drop_closed_loop_reports():
+  if getattr(sys.unraisablehook, "_drops_closed_loop", False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(report):
+    if not (isinstance(report.exc_value, RuntimeError)
+            and str(report.exc_value) == "Event loop is closed"):
+      previous(report)
+
+  hook._drops_closed_loop = True
+  sys.unraisablehook = hook

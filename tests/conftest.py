@@ -4,11 +4,21 @@
 ``pip install -e .``).
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One compilation cache for the session: the many runs of the same small models (each
+# build() traces new functions, which jax's in-memory cache does not share) compile once.
+_CACHE = tempfile.mkdtemp(prefix="pico_jax_tests_xla_")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import pytest  # noqa: E402

@@ -97,3 +97,18 @@ def test_recipe_defaults_and_bad_arguments():
     census.get_config("backbon=ple")
   with pytest.raises(ConfigError, match="config.model.backbone='moe'"):
     validate(census.get_config("backbone=moe"))
+
+
+def test_a_saved_config_is_laid_over_todays_defaults(caplog):
+  """An older run's checkpoint still evaluates: added keys take their defaults, removed
+  keys are dropped with a warning."""
+  import json
+  from configs import census
+  from pico_jax.train.restore import saved_run_config
+  saved = json.loads(json.dumps(census.get_config("backbone=ple,pico=false").to_dict()))
+  saved["checkpoint"]["best_mode"] = "max"  # a key that no longer exists.
+  del saved["data"]["device_prefetch"]  # a key added since.
+  config = saved_run_config(saved)
+  assert (config.model.backbone, config.contrast.mode) == ("ple", "none")
+  assert tuple(config.model.tower_hidden) == (32,) and config.data.device_prefetch == 0
+  assert "checkpoint.best_mode" in caplog.text

@@ -110,7 +110,8 @@ def test_grid_runs_tabulates_resumes_and_plots(tmp_path, monkeypatch):
 
   written = plot.plot_run(os.path.join(workdir, "pico_seed=0"))
   assert sorted(os.path.basename(p) for p in written) == [
-      "eval_metrics.png", "tau_distribution.png", "tau_segments.png", "training_curves.png"]
+      "eval_metrics.png", "reliability.png", "tau_distribution.png", "tau_segments.png",
+      "training_curves.png"]
   for path in written:
     with open(path, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"

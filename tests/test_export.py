@@ -125,3 +125,21 @@ def test_evaluate_cli_agrees_with_the_training_loop(trained, tmp_path):
     cli.evaluate(workdir, "test", "last")
   with pytest.raises(FileNotFoundError, match="no checkpoints"):
     cli.evaluate(str(tmp_path), "test", "latest")
+
+
+def test_export_can_serve_pos_weight_corrected_probabilities(trained, tmp_path):
+  """The correction runs inside the artifact: it serves what pico_jax.calibration gives."""
+  from pico_jax import calibration
+  _, artifact, r = trained
+  config = r.config.copy_and_resolve_references()
+  config.loss.pos_weight.ctr, config.loss.pos_weight.ctcvr = 4.0, 30.0
+  manifest = export.export_model(r.model, r.state.params, r.schema, str(tmp_path),
+                                 platforms=("cpu",), config=config, correct_pos_weight=True)
+  assert manifest["pos_weight_corrected"]
+  features = {k: v[:16] for k, v in r.dataset.splits["test"].items() if k in B.FEATURE_KEYS}
+  raw, corrected = export.load(artifact)(features), export.load(str(tmp_path))(features)
+  want = calibration.correct_predictions({k: v.astype(np.float64) for k, v in raw.items()},
+                                         config.loss)
+  for key in export.OUTPUTS:
+    np.testing.assert_allclose(corrected[key], want[key], rtol=1e-5, atol=1e-7, err_msg=key)
+  assert np.all(corrected["p_ctr"] < raw["p_ctr"])

@@ -16,11 +16,14 @@ from pico_jax.data import load_dataset, pipeline
 from pico_jax.train import checkpoint as ckpt_lib
 from pico_jax.train import loop
 from pico_jax.train import trainer as trainer_lib
+from pico_jax.train.optimizer import learning_rate_schedule
 
 # A tiny model that compiles fast; the kill test runs it in fresh processes.
 TINY = {"model.backbone": "shared_bottom", "train.steps": 120, "train.log_every": 1,
         "train.eval_every": 40, "checkpoint.enabled": True, "checkpoint.every_steps": 10,
         "checkpoint.keep": 2, "mesh.data": 2}
+# The kill test runs under a learning-rate schedule: resuming must restore its position.
+SCHEDULE = {"optimizer.schedule": "warmup_cosine", "optimizer.warmup_steps": 30}
 
 
 def write_config(path, overrides: dict) -> str:
@@ -64,13 +67,13 @@ def _run_until(cmd, env, *, step: int, sig: int) -> tuple[int, str]:
   return code, "".join(lines)
 
 
-def _records(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+def _records(workdir, filename="metrics.jsonl"):
+  with open(os.path.join(workdir, filename)) as f:
     return [json.loads(line) for line in f]
 
 
 def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path):
-  config = write_config(tmp_path / "tiny.py", TINY)
+  config = write_config(tmp_path / "tiny.py", {**TINY, **SCHEDULE})
   env = launch_env(2, tmp_path / "jax_cache")
   reference = str(tmp_path / "reference")
   subprocess.run(train_command(config, reference), env=env, check=True, timeout=300,
@@ -99,6 +102,14 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path):
   assert int(got["step"]) == TINY["train.steps"]
   jax.tree.map(np.testing.assert_array_equal, got, expected)
   assert _records(workdir) == _records(reference)
+  # The logged rate of every step is the schedule's, in both runs (log_every = 1).
+  schedule = learning_rate_schedule(small_config(**{**TINY, **SCHEDULE}).optimizer,
+                                    TINY["train.steps"])
+  for run in (reference, workdir):
+    logged = {r["step"]: r["learning_rate"] for r in _records(run, "train_metrics.jsonl")}
+    assert sorted(logged) == list(range(1, TINY["train.steps"] + 1))
+    for step, lr in logged.items():  # the update that made step s ran at s - 1.
+      assert lr == pytest.approx(float(schedule(step - 1)), rel=1e-5, abs=1e-12), step
 
 
 def _poisoned_loader(first_bad_batch: int, config):

@@ -9,7 +9,7 @@ from pico_jax import losses
 
 
 def reference_contrastive(z_ctr, z_cvr, tau, symmetric=True, normalize=True, weights=None):
-  """DESIGN section 1.7, written out in float64 numpy with explicit loops over rows."""
+  """docs/method.md, section 3, written out in float64 numpy with explicit loops over rows."""
   a, b, tau = (np.asarray(x, np.float64) for x in (z_ctr, z_cvr, tau))
   if normalize:
     a = a / np.sqrt(np.maximum((a * a).sum(1, keepdims=True), 1e-12))

@@ -1,7 +1,10 @@
-"""Multi-process training: 2 local processes x 4 CPU devices equal 1 process x 8."""
+"""Multi-process training: 2 local processes x 4 CPU devices equal 1 process x 8, and
+a SIGTERM to the two-process job stops both at one step and resumes bit-identically."""
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 
@@ -13,8 +16,9 @@ from pico_jax import parallel
 from pico_jax.train import checkpoint as ckpt_lib
 from test_faults import launch_env, train_command, write_config
 
-OVERRIDES = {"model.backbone": "shared_bottom", "train.steps": 6, "train.log_every": 3,
-             "train.eval_every": 6, "checkpoint.enabled": True, "checkpoint.every_steps": 3}
+STEPS = 12
+OVERRIDES = {"model.backbone": "shared_bottom", "train.steps": STEPS, "train.log_every": 1,
+             "train.eval_every": 6, "checkpoint.enabled": True, "checkpoint.every_steps": 6}
 
 
 def _free_port() -> int:
@@ -28,36 +32,79 @@ def _records(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_two_processes_train_like_one(tmp_path):
-  config = write_config(tmp_path / "config.py", OVERRIDES)
-  cache = tmp_path / "jax_cache"
-  single = str(tmp_path / "single")
-  multi = str(tmp_path / "multi")
+def _launch(config, workdir, cache) -> list[subprocess.Popen]:
+  """The two processes of one job (4 CPU devices each), logging to pipes."""
   port = _free_port()
-  procs = [subprocess.Popen(
-      train_command(config, multi, "--distributed=on", f"--coordinator_address=localhost:{port}",
-                    "--num_processes=2", f"--process_id={i}"),
+  return [subprocess.Popen(
+      train_command(config, workdir, "--distributed=on",
+                    f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                    f"--process_id={i}"),
       env=launch_env(4, cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
-  reference = subprocess.run(train_command(config, single, "--distributed=off"),
-                             env=launch_env(8, cache), capture_output=True, text=True,
-                             timeout=300)
+
+
+def _finish(procs) -> list[str]:
   logs = [p.communicate(timeout=300)[0] for p in procs]
   for i, (p, log) in enumerate(zip(procs, logs)):
     assert p.returncode == 0, f"process {i}:\n{log[-4000:]}"
+  return logs
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+  """(directory, config file, work directory, logs) of an uninterrupted 2-process run."""
+  tmp = tmp_path_factory.mktemp("multihost")
+  config = write_config(tmp / "config.py", OVERRIDES)
+  workdir = str(tmp / "multi")
+  return tmp, config, workdir, _finish(_launch(config, workdir, tmp / "jax_cache"))
+
+
+def test_two_processes_train_like_one(two_process_run):
+  tmp, config, multi, logs = two_process_run
+  single = str(tmp / "single")
+  reference = subprocess.run(train_command(config, single, "--distributed=off"),
+                             env=launch_env(8, tmp / "jax_cache"), capture_output=True,
+                             text=True, timeout=300)
   assert reference.returncode == 0, reference.stderr[-4000:]
   assert "process 0 of 2 joined the job" in logs[0]
   # Logs and metrics come from process 0 only.
-  assert "eval test step 6" in logs[0] and "eval test step 6" not in logs[1]
+  assert f"eval test step {STEPS}" in logs[0] and "eval test step" not in logs[1]
 
   expected, got = ckpt_lib.load_state_arrays(single), ckpt_lib.load_state_arrays(multi)
-  assert int(got["step"]) == OVERRIDES["train.steps"]
+  assert int(got["step"]) == STEPS
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                got, expected)
   for a, b in zip(_records(multi), _records(single), strict=True):
     assert (a.keys(), a["split"], a["step"]) == (b.keys(), b["split"], b["step"])
     numbers = sorted(k for k in a if k not in ("split", "step"))
     np.testing.assert_allclose([a[k] for k in numbers], [b[k] for k in numbers], rtol=1e-4)
+
+
+def test_sigterm_stops_both_processes_at_one_step_and_the_rerun_is_identical(
+    two_process_run):
+  tmp, config, uninterrupted, _ = two_process_run
+  workdir = str(tmp / "preempted")
+  procs = _launch(config, workdir, tmp / "jax_cache")
+  head = []
+  for line in procs[0].stdout:  # process 0 logs every step.
+    head.append(line)
+    if " step 3/" in line:
+      for p in procs:
+        p.send_signal(signal.SIGTERM)
+      break
+  logs = _finish(procs)
+  logs[0] = "".join(head) + logs[0]
+  stopped = [re.findall(r"preempted \(SIGTERM\) at step (\d+)", log) for log in logs]
+  assert len(stopped[0]) == 1 and stopped[0] == stopped[1], logs
+  step = int(stopped[0][0])
+  assert 3 <= step < STEPS
+  assert ckpt_lib.Checkpointer(workdir, read_only=True).latest_step() == step
+
+  logs = _finish(_launch(config, workdir, tmp / "jax_cache"))
+  assert f"resumed from the checkpoint of step {step}" in logs[0]
+  expected = ckpt_lib.load_state_arrays(uninterrupted)
+  jax.tree.map(np.testing.assert_array_equal, ckpt_lib.load_state_arrays(workdir), expected)
+  assert _records(workdir) == _records(uninterrupted)
 
 
 def test_distributed_auto_stays_single_process_without_a_launcher(monkeypatch):

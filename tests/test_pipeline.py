@@ -1,10 +1,13 @@
 """The Grain pipeline over a columnar store: order, epochs, per-process sharding (two
 real local processes), checkpointable state and whole-batch gathers."""
 
+import collections
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -105,7 +108,6 @@ def test_process_shards_concatenate_to_the_global_batch(train):
 
 _WORKER = """
 import json, sys
-sys.path.insert(0, sys.argv[1])
 from pico_jax import batch as B
 from pico_jax.data import pipeline, store
 path, index, count, steps = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
@@ -161,3 +163,62 @@ def test_bad_columns_and_sizes(train):
   with pytest.raises(ValueError, match="not divisible by 3"):
     next(pipeline.eval_batches(train, global_batch_size=8, process_count=3))
   assert pipeline.steps_per_epoch(96, 13) == 7
+
+
+def _slow_counted_permutation(monkeypatch, delay=0.005):
+  """Patches ``pipeline.epoch_permutation`` to count its calls per epoch and to sleep
+  (releasing the GIL) so that threads asking for the same epoch overlap."""
+  real, calls, lock = pipeline.epoch_permutation, collections.Counter(), threading.Lock()
+
+  def slow(num_rows, seed, epoch):
+    with lock:
+      calls[epoch] += 1
+    time.sleep(delay)
+    return real(num_rows, seed, epoch)
+
+  monkeypatch.setattr(pipeline, "epoch_permutation", slow)
+  return real, calls
+
+
+def test_permutation_cache_under_grain_threads(monkeypatch):
+  """Eight Grain threads over six short epochs: every batch holds the rows of its own
+  epoch's permutation, and each epoch's permutation is computed once, although threads
+  ask for it together and, at an epoch edge, for two epochs in turn."""
+  n, batch, epochs = 512, 8, 6
+  per_epoch = n // batch
+  real, calls = _slow_counted_permutation(monkeypatch)
+  columns = {B.GROUP: np.arange(n, dtype=np.int32)}
+  it = pipeline.train_iterator(columns, global_batch_size=batch, num_batches=epochs * per_epoch,
+                               seed=5, num_threads=8, prefetch=8)
+  got = rows_of(it)
+  assert len(got) == epochs * per_epoch
+  for index, rows in enumerate(got):
+    e, k = divmod(index, per_epoch)
+    np.testing.assert_array_equal(rows, real(n, 5, e)[k * batch:(k + 1) * batch])
+  assert dict(calls) == {e: 1 for e in range(epochs)}
+
+
+def test_permutation_cache_hammered_in_random_order(monkeypatch):
+  """Threads asking for batches of many epochs in random order (the worst case for a
+  per-epoch cache) still get exactly the rows of each batch's own epoch."""
+  n, batch, epochs, threads = 64, 16, 40, 8
+  per_epoch = n // batch
+  real, _ = _slow_counted_permutation(monkeypatch, delay=0.0005)
+  source = pipeline._TrainBatches({B.GROUP: np.arange(n, dtype=np.int32)},
+                                  global_batch_size=batch, seed=3, shuffle=True,
+                                  process_index=0, process_count=1)
+  expected = {e: real(n, 3, e) for e in range(epochs)}
+  wrong = []
+
+  def work(t):
+    for index in np.random.default_rng(t).permutation(epochs * per_epoch):
+      e, k = divmod(int(index), per_epoch)
+      if not np.array_equal(source(index)[B.GROUP], expected[e][k * batch:(k + 1) * batch]):
+        wrong.append(int(index))
+
+  workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+  for w in workers:
+    w.start()
+  for w in workers:
+    w.join()
+  assert wrong == []

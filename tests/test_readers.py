@@ -1,5 +1,5 @@
 """Readers and preprocessing: the real samples in ../shared/data, the exact Census split
-of DESIGN section 4, and one generated file per bad-input case (each error names the
+of docs/data.md (section 4), and one generated file per bad-input case (each error names the
 file, the line and the column, and leaves nothing behind)."""
 
 import gzip
@@ -12,13 +12,7 @@ from pico_jax import batch as B
 from pico_jax.data import preprocess, store
 from pico_jax.data.errors import DataError
 
-DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
-                    "shared", "data")
-CENSUS = os.path.join(DATA, "census-income-kdd")
-ALIEXPRESS = os.path.join(DATA, "aliexpress")
-ALICCP = os.path.join(DATA, "ali-ccp")
-
-needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason="../shared/data absent")
+from shared_data import ALICCP, ALIEXPRESS, CENSUS, needs_data
 
 
 def build(tmp_path, fmt, inputs, name="store", **options):
@@ -64,7 +58,7 @@ def census_full(tmp_path_factory):
 
 
 def _census_reference(path):
-  """DESIGN section 4, written independently of the reader: plain Python per row."""
+  """docs/data.md, sections 2-4, written independently of the reader: plain Python per row."""
   with gzip.open(path, "rt") as f:
     rows = [[t.strip() for t in line.rstrip("\n").split(",")] for line in f]
   n = len(rows)
@@ -91,7 +85,7 @@ def _census_reference(path):
 
 
 @needs_data
-def test_census_matches_design_section_4(census_full):
+def test_census_matches_the_documented_split(census_full):
   meta, ds = census_full
   ref, vocabs = _census_reference(os.path.join(CENSUS, "census-income.test.gz"))
   for split in ("train", "val", "test"):
@@ -102,7 +96,7 @@ def test_census_matches_design_section_4(census_full):
   assert [f.vocab_size for f in ds.schema.sparse] == [len(v) + 1 for v in vocabs]
   assert meta["splits"]["train"]["rows"] == 79_809
   assert meta["splits"]["val"]["rows"] == 9_976 and meta["splits"]["test"]["rows"] == 9_977
-  # The README's label counts over the whole file.
+  # The label counts over the whole file (docs/data.md, section 4).
   total = lambda key: sum(int(ds.splits[s][key].sum()) for s in ds.splits)
   assert total(B.CLICK) == 6_186 and total(B.CONVERSION) == 43_143
   assert ds.info["task_relation"] == "independent"
@@ -526,3 +520,49 @@ def test_command_line(tmp_path, capsys):
   assert cli.main(["--format", "aliexpress", "--input", bad, "--output",
                    str(tmp_path / "t")]) == 1
   assert "bad.csv:4: column 3: expected 82 columns, found 2" in capsys.readouterr().err
+
+
+def test_blocks_cut_at_line_boundaries(tmp_path, monkeypatch):
+  """Scanned blocks (read by offset) and streamed blocks hold every line once, in
+  order, whatever the read size, the block size, the header and the last newline."""
+  from pico_jax.data import readers
+  rng = np.random.default_rng(0)
+  path = tmp_path / "f.txt"
+  for _ in range(300):
+    lines = [b"x" * int(rng.integers(1, 6)) for _ in range(int(rng.integers(1, 30)))]
+    text = b"\n".join(lines) + (b"\n" if rng.random() < 0.5 else b"")
+    path.write_bytes(text)
+    monkeypatch.setattr(readers, "_READ_BYTES", int(rng.integers(1, 20)))
+    rows, header = int(rng.integers(1, 8)), bool(rng.random() < 0.5)
+    info = readers.scan_file(str(path), rows, header)
+    data = [readers.read_block(b, False) for b in info.blocks]
+    assert b"".join(data) == b"".join(readers.split_lines(text)[int(header):])
+    assert [len(readers.split_lines(d)) for d in data] == [b.num_lines for b in info.blocks]
+    assert [b.first_line for b in info.blocks] == [
+        1 + int(header) + k * rows for k in range(len(info.blocks))]
+    assert info.num_lines == len(readers.split_lines(text))
+    streamed = [(b, d) for b, d in readers.stream_blocks(str(path), rows, header) if b]
+    assert streamed == list(zip(info.blocks, data))
+
+
+def test_worker_processes_write_the_same_store(tmp_path, monkeypatch):
+  """The pool path (forced on small files): same store as one process; an error in a
+  worker's block keeps its file, line and column, and nothing is left behind."""
+  monkeypatch.setattr(preprocess, "MIN_BYTES_PER_WORKER", 1)
+  lines = good_ae(tmp_path, n=300)
+  path = write(tmp_path, "ae.csv", lines)
+  options = dict(chunk_rows=16, hash_buckets=(("categorical_2", 3),))
+  preprocess.build_store("aliexpress", [path], str(tmp_path / "one"),
+                         options=preprocess.Options(workers=1, **options))
+  preprocess.build_store("aliexpress", [path], str(tmp_path / "two"),
+                         options=preprocess.Options(workers=2, **options))
+  a, b = store.load_store(str(tmp_path / "one")), store.load_store(str(tmp_path / "two"))
+  for split in a.splits:
+    for key in a.splits[split]:
+      np.testing.assert_array_equal(a.splits[split][key], b.splits[split][key])
+  lines[250] = ae_row(1, numeric="x")
+  bad = write(tmp_path, "bad.csv", lines)
+  with pytest.raises(DataError, match=r"bad\.csv:251: column 18"):
+    preprocess.build_store("aliexpress", [bad], str(tmp_path / "three"),
+                           options=preprocess.Options(workers=2, **options))
+  assert sorted(p for p in os.listdir(tmp_path) if not p.endswith(".csv")) == ["one", "two"]

@@ -134,6 +134,22 @@ def test_sharded_step_moves_no_vocabulary_sized_array_and_equals_single_device(
   _assert_params_close(state.params, expected)
 
 
+def test_sharded_step_with_pallas_contrast_equals_single_device_xla(single_device_run):
+  # --config.contrast.implementation=pallas on 8 devices: local anchors against the
+  # all-gathered candidates (interpret mode), against the single-device XLA form.
+  config = _tiny(**{"contrast.implementation": "pallas"})
+  t = _setup(config)
+  batches, expected = single_device_run
+  device_batches = list(t.place(batches))
+  compiled = t.train_step.lower(t.state, device_batches[0]).compile()
+  gathered = [shapes for op, shapes in _collectives(compiled.as_text()) if op == "all-gather"]
+  assert [(config.train.batch_size, config.contrast.proj_dim)] in gathered
+  state = t.state
+  for batch in device_batches:
+    state, _ = compiled(state, batch)
+  _assert_params_close(state.params, expected)
+
+
 def _contrast_inputs(n, dz=8, seed=0):
   rng = np.random.default_rng(seed)
   return (jnp.asarray(rng.normal(size=(n, dz)), jnp.float32),

@@ -130,9 +130,9 @@ def _toy_run(config_overrides, steps=4, seed=3):
   dense_tx = make_optimizer(config.optimizer)
 
   @jax.jit
-  def lazy_step(params, state, ids, target):
+  def lazy_step(params, state, ids, target, count):
     loss = functools.partial(_toy_loss, ids=ids, target=target)
-    return lazy_tx.step(loss, params, state, TOY_SCHEMA, {B.SPARSE: ids})[:2]
+    return lazy_tx.step(loss, params, state, TOY_SCHEMA, {B.SPARSE: ids}, count=count)[:2]
 
   @jax.jit
   def dense_step(params, state, ids, target):
@@ -142,16 +142,21 @@ def _toy_run(config_overrides, steps=4, seed=3):
 
   lazy, lazy_state = params, lazy_tx.init(params)
   dense, dense_state = params, dense_tx.init(params)
-  for ids, target in data:
-    lazy, lazy_state = lazy_step(lazy, lazy_state, ids, target)
+  for count, (ids, target) in enumerate(data):
+    lazy, lazy_state = lazy_step(lazy, lazy_state, ids, target, count)
     dense, dense_state = dense_step(dense, dense_state, ids, target)
   return params, lazy, dense, lazy_state, dense_state
 
 
-def test_lazy_adagrad_equals_dense_adagrad_on_partial_batches():
-  """Rows 0, 4, 5 and 9 are never touched, others at some steps: still equal."""
+@pytest.mark.parametrize("schedule", [
+    {}, {"optimizer.schedule": "warmup_cosine", "optimizer.warmup_steps": 2,
+         "optimizer.decay_steps": 5}])
+def test_lazy_adagrad_equals_dense_adagrad_on_partial_batches(schedule):
+  """Rows 0, 4, 5 and 9 are never touched, others at some steps: still equal; with a
+  schedule the table follows optax's scheduled rate step by step."""
   _, lazy, dense, lazy_state, dense_state = _toy_run({
-      "optimizer.name": "adagrad", "optimizer.embedding_optimizer": "lazy_adagrad"})
+      "optimizer.name": "adagrad", "optimizer.embedding_optimizer": "lazy_adagrad",
+      **schedule})
   _assert_trees_close(lazy, dense)
   _assert_trees_close(lazy_state.table.sum_of_squares,
                       _dense_state(dense_state, "sum_of_squares"))

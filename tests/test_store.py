@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, small_config
+from shared_data import CENSUS
 from configs import census as census_recipe
 from pico_jax import batch as B
 from pico_jax.data import load_dataset, preprocess, store
@@ -118,7 +119,7 @@ def test_same_arrays_in_every_process(tmp_path):
     return {f"{s}/{k}": hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
             for s, cols in ds.splits.items() for k, v in cols.items()}
 
-  script = ("import hashlib, json, sys, numpy as np; sys.path.insert(0, sys.argv[1]);"
+  script = ("import hashlib, json, sys, numpy as np;"
             "from pico_jax.data import store; ds = store.load_store(sys.argv[2]);"
             "print(json.dumps({f'{s}/{k}': hashlib.sha256(np.ascontiguousarray(v)"
             ".tobytes()).hexdigest() for s, c in ds.splits.items() for k, v in c.items()}))")
@@ -183,8 +184,7 @@ def test_stable_hash_is_fixed():
 
 @pytest.fixture(scope="module")
 def census_sample_store(tmp_path_factory):
-  sample = os.path.join(ROOT, "..", "shared", "data", "census-income-kdd", "deepctr-sample",
-                        "census-income.sample")
+  sample = os.path.join(CENSUS, "deepctr-sample", "census-income.sample")
   if not os.path.exists(sample):
     pytest.skip("../shared/data absent")
   out = str(tmp_path_factory.mktemp("census") / "store")

@@ -22,6 +22,7 @@ def run_steps(config, devices, num_steps):
   for batch in trainer.batches():
     trainer.state, metrics = trainer.train_step(trainer.state, batch)
     losses.append(float(metrics["loss"]))
+  trainer.close()
   return np.array(losses), jax.device_get(trainer.state.params)
 
 
@@ -39,9 +40,12 @@ def test_eight_devices_give_the_same_numbers_as_one(one_and_eight):
                params_8, params_1)
 
 
-def test_same_seed_same_numbers(one_and_eight):
+@pytest.mark.parametrize("device_prefetch", [0, 2])
+def test_same_seed_same_numbers(one_and_eight, device_prefetch):
+  """Also with the batches placed on the devices ahead by a background thread."""
   (loss_1, _), _ = one_and_eight
-  again, _ = run_steps(small_config(), jax.devices()[:1], 4)
+  again, _ = run_steps(small_config(**{"data.device_prefetch": device_prefetch}),
+                       jax.devices()[:1], 4)
   np.testing.assert_array_equal(again, loss_1)
 
 

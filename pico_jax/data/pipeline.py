@@ -17,6 +17,7 @@ Throughput on W2-shaped data is in BENCHMARKS.md ("Pipeline").
 
 from __future__ import annotations
 
+import threading
 from typing import Mapping
 
 import grain
@@ -65,14 +66,23 @@ class _TrainBatches:
     self.seed = seed
     self.shuffle = shuffle
     self.process_index = process_index
-    self._perm_epoch, self._perm = None, None
+    # Grain calls this object from ``num_threads`` threads at once. The lock makes the
+    # look-up and the fill of the cache one step, so threads asking for the same epoch
+    # wait for one computation instead of each computing it; the two newest epochs are
+    # kept because at an epoch edge the threads ask for both in turn.
+    self._lock = threading.Lock()
+    self._perms: dict[int, np.ndarray] = {}
 
   def _order(self, epoch):
-    if self._perm_epoch != epoch:  # one permutation per epoch, computed once.
-      self._perm = (epoch_permutation(self.num_rows, self.seed, epoch) if self.shuffle
-                    else np.arange(self.num_rows))
-      self._perm_epoch = epoch
-    return self._perm
+    with self._lock:
+      perm = self._perms.get(epoch)
+      if perm is None:
+        perm = (epoch_permutation(self.num_rows, self.seed, epoch) if self.shuffle
+                else np.arange(self.num_rows))
+        self._perms[epoch] = perm
+        for old in sorted(self._perms)[:-2]:
+          del self._perms[old]
+      return perm
 
   def __call__(self, index: int) -> dict[str, np.ndarray]:
     epoch, k = divmod(int(index), self.batches_per_epoch)

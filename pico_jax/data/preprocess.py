@@ -1,26 +1,22 @@
-"""Raw files -> columnar store, streaming with bounded memory.
+"""Raw files -> columnar store, streaming with bounded memory; every byte parsed once.
 
-Three passes over the inputs, each holding one block of lines at a time:
-
-  0. scan: sha256, line count and header of every file; every row is assigned a split
-     (and its order inside the split) before any statistic is taken.
-  1. validate + statistics: every block is parsed and checked; vocabularies (counts of
-     the training rows), dense mean/std (training rows) and the multiplicity of
-     key:value fields are accumulated.
-  2. write: every block is parsed again, mapped to ids, standardised and scattered into
-     the preallocated memory-mapped columns of its split.
+  0. scan: sha256, line count and block offsets of every file (``readers.scan_file``);
+     every row is assigned a split (and its order inside the split, ``splits``) before
+     any statistic is taken.
+  1. parse + count: every block is parsed and checked once (``blocks.count_block``,
+     on ``workers`` processes); vocabularies (counts of the training rows), dense
+     mean/std (training rows, merged block by block in file order) and the
+     multiplicity of key:value fields are accumulated; the parsed rows are spilled to
+     a temporary file per block.
+  2. write: every spilled block is encoded (``encode.Encoder``) and scattered into the
+     preallocated memory-mapped columns of its split (``blocks.write_block``).
 
 Memory: the per-row bookkeeping (split int8, order int64, kept bool, position int64:
-18 bytes a row, 0.7 GB for 40M rows), the distinct values of the vocabularies and one
-block. The store is written into a temporary directory and renamed at the end.
-
-Splits. Inputs are ``PATH`` or ``SPLIT=PATH`` (SPLIT: train, val, test or all):
-  - one file (or only ``all=``): DESIGN section 4's seeded split, ``perm =
-    default_rng(seed).permutation(n)``; train, val, test = consecutive slices of sizes
-    int(f_train n), int(f_val n) and the rest, stored in ``perm`` order;
-  - two files: train and test; val is carved from train the same way
-    (``val_fraction``), with train rows first in ``perm`` order;
-  - three files: train, val, test, in file order.
+18 bytes a row, 0.7 GB for 40M rows), the distinct values of the vocabularies and two
+blocks per worker. Disk: the spill holds the parsed values of the blocks not yet
+written (int64 ids and float64 dense values: about the size of the input). The spill
+sits beside the output; the store is written into a temporary directory and renamed at
+the end, and both are removed on any error.
 
 Entire space. A row with conversion = 1 and click = 0 breaks ESMM's c = 1 => y = 1. The
 policy is per format (``Format.default_policy``), overridable: "error" (default:
@@ -31,25 +27,25 @@ independent; meta.json records ``task_relation: "independent"``).
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import dataclasses
-import multiprocessing
 import os
+import pickle
+import shutil
+import tempfile
 from typing import Callable, Sequence
 
 import numpy as np
 
 from pico_jax import batch as B
-from pico_jax.data import readers, store
+from pico_jax.data import blocks, formats, readers, store
+from pico_jax.data.encode import Encoder
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema, SparseField
+from pico_jax.data.splits import SPLIT_ID, assign, parse_inputs
 from pico_jax.data.vocab import Counter, Vocab, build_vocab
 
 PREPROCESS_VERSION = 1
 POLICIES = ("error", "drop", "keep")
-_SPLIT_ID = {"train": 0, "val": 1, "test": 2}
-_INT32 = np.iinfo(np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +61,15 @@ class Options:
       first L ids (in line order) and the truncated rows are counted in meta.json.
     multi_fields: key:value fields stored as multi-valued even if no row repeats them.
     policy: conversion without click: error | drop | keep (None: the format's own).
-    dense_transform: "standardize" (train mean/std, DESIGN section 4) or "none".
+    dense_transform: "standardize" (mean and population std of the training rows)
+      or "none".
     seed: the split permutation's seed.
     split_fractions: (train, val, test) fractions of a single input.
     val_fraction: the part of the train file carved out as val with two inputs.
-    chunk_rows: lines per block.
-    workers: processes parsing blocks in parallel (1: parse in this process).
+    chunk_rows: lines per block (the unit of parallel work and of the dense
+      statistics' merge order, so stores depend on it in the last bits).
+    workers: processes working on blocks in parallel (1: this process only; 0: one
+      per idle CPU, see ``default_workers``).
     sparse, dense: column names replacing the format's default features.
   """
   min_count: int = 1
@@ -84,7 +83,7 @@ class Options:
   split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
   val_fraction: float = 0.1
   chunk_rows: int = 65_536
-  workers: int = 1
+  workers: int = 0
   sparse: tuple[str, ...] | None = None
   dense: tuple[str, ...] | None = None
 
@@ -101,11 +100,13 @@ class Options:
       raise ValueError(f"split_fractions={f}: three non-negative fractions summing to 1")
     if not 0 <= self.val_fraction < 1:
       raise ValueError(f"val_fraction={self.val_fraction}: must be in [0, 1)")
-    if self.chunk_rows < 1 or self.multi_max_len < 1 or self.workers < 1:
-      raise ValueError("chunk_rows, multi_max_len and workers must be >= 1")
+    if self.chunk_rows < 1 or self.multi_max_len < 1 or self.workers < 0:
+      raise ValueError("chunk_rows and multi_max_len must be >= 1, workers >= 0")
     for name, buckets in self.hash_buckets:
       if buckets < 1:
         raise ValueError(f"hash buckets for {name!r}: must be >= 1, got {buckets}")
+
+
 
 
 @dataclasses.dataclass
@@ -118,68 +119,14 @@ class _Source:
   offset: int = 0  # index of its first row among all rows of all sources.
 
 
-def parse_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
-  """``PATH`` / ``SPLIT=PATH`` arguments -> [(split, path)] (see the module docstring)."""
-  if not inputs:
-    raise ValueError("no input files")
-  named = [i.split("=", 1)[0] in (*_SPLIT_ID, "all") and "=" in i for i in inputs]
-  if any(named) and not all(named):
-    raise ValueError("give every input as SPLIT=PATH or none of them")
-  if all(named):
-    pairs = [tuple(i.split("=", 1)) for i in inputs]
-    if "all" in {s for s, _ in pairs} and len({s for s, _ in pairs}) > 1:
-      raise ValueError("all=PATH cannot be mixed with train/val/test inputs")
-    return pairs
-  by_count = {1: ("all",), 2: ("train", "test"), 3: ("train", "val", "test")}
-  if len(inputs) not in by_count:
-    raise ValueError(f"{len(inputs)} inputs: give 1 (split by fractions), 2 (train, "
-                     "test) or 3 (train, val, test) paths, or SPLIT=PATH pairs")
-  return list(zip(by_count[len(inputs)], inputs))
-
-
-def _assign(sources: list[_Source], options: Options):
-  """Split id (int8 [N]) and order key inside the split (int64 [N]) of every row."""
-  total = sum(s.rows for s in sources)
-  split_of = np.empty(total, np.int8)
-  rank_of = np.arange(total, dtype=np.int64)
-  for s in sources:
-    if s.split != "all":
-      split_of[s.offset:s.offset + s.rows] = _SPLIT_ID[s.split]
-
-  def random_split(rows, counts):
-    perm = np.random.default_rng(options.seed).permutation(len(rows))
-    bounds = np.cumsum((0,) + tuple(counts))
-    for split_id in range(3):
-      part = rows[perm[bounds[split_id]:bounds[split_id + 1]]]
-      split_of[part] = split_id
-      rank_of[part] = np.arange(bounds[split_id], bounds[split_id + 1])
-
-  pooled = [s for s in sources if s.split == "all"]
-  if pooled:
-    rows = np.concatenate([np.arange(s.offset, s.offset + s.rows) for s in pooled])
-    n = len(rows)
-    f = options.split_fractions
-    n_train, n_val = int(f[0] * n), int(f[1] * n)
-    random_split(rows, (n_train, n_val, n - n_train - n_val))
-  elif not any(s.split == "val" for s in sources) and options.val_fraction > 0:
-    rows = np.concatenate([np.arange(s.offset, s.offset + s.rows)
-                           for s in sources if s.split == "train"] or [np.zeros(0, int)])
-    n_val = int(options.val_fraction * len(rows))
-    random_split(rows, (len(rows) - n_val, n_val, 0))
-  return split_of, rank_of
-
-
 class _Moments:
-  """Mean and population std of dense columns over streamed blocks (Chan's merge)."""
+  """Mean and population std of dense columns, merged block by block (Chan et al.)."""
 
   def __init__(self, dim):
     self.n, self.mean, self.m2 = 0, np.zeros(dim), np.zeros(dim)
 
-  def add(self, x):
-    if len(x) == 0:
-      return
-    nb, mb = len(x), x.mean(0)
-    m2b = ((x - mb) ** 2).sum(0)
+  def add(self, nb: int, mb: np.ndarray, m2b: np.ndarray):
+    """Merges a block of ``nb`` rows with mean ``mb`` and squared deviations ``m2b``."""
     delta, total = mb - self.mean, self.n + nb
     self.mean = self.mean + delta * nb / total
     self.m2 = self.m2 + m2b + delta ** 2 * self.n * nb / total
@@ -190,131 +137,146 @@ class _Moments:
     return np.where(std > 0, std, 1.0)  # a constant column stays constant (0).
 
 
-def _parse(fmt, path, first_line, lines, layout):
-  return fmt.parse(path, lines, first_line, layout)
+def _spill_parent(output: str) -> str:
+  """The nearest existing directory above ``output`` (nothing is created for the
+  spill, so a failed run leaves no directory behind)."""
+  parent = os.path.dirname(output)
+  while not os.path.isdir(parent):
+    parent = os.path.dirname(parent)
+  return parent
 
 
-def _chunks(fmt, source: _Source, options: Options, pool=None):
-  """(global row indices int64 [n], Chunk) for every block of ``source``, in order.
-
-  With a worker ``pool`` the blocks are parsed in parallel, at most two per worker in
-  flight, so memory stays bounded however fast the file is read.
-  """
-  blocks = readers.iter_chunks(source.path, options.chunk_rows, source.layout.header)
-  args = ((fmt, source.path, first, lines, source.layout) for first, lines in blocks)
-  if pool is None:
-    parsed = (_parse(*a) for a in args)
-  else:
-    parsed = _bounded_imap(pool, _parse, args, 2 * options.workers)
-  row = source.offset
-  for chunk in parsed:
-    yield np.arange(row, row + len(chunk)), chunk
-    row += len(chunk)
+# A worker process costs about a second to start (spawn, imports): below this much
+# input per worker, fewer workers finish sooner.
+MIN_BYTES_PER_WORKER = 16 << 20
 
 
-def _bounded_imap(pool, fn, args, window):
-  pending = collections.deque()
-  for a in args:
-    pending.append(pool.apply_async(fn, a))
-    if len(pending) >= window:
-      yield pending.popleft().get()
-  while pending:
-    yield pending.popleft().get()
+def default_workers() -> int:
+  """One worker per idle CPU: ``os.cpu_count()`` less the 1-minute load average. On a
+  machine already saturated by other jobs, extra processes only add their start-up
+  and compete with each other for the same cores (measured: BENCHMARKS.md)."""
+  cpus = os.cpu_count() or 1
+  return max(1, cpus - round(os.getloadavg()[0]))
 
 
-def _positions_in_rows(rows: np.ndarray) -> np.ndarray:
-  """For ascending row indices of list entries: each entry's index within its row."""
-  return np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+def effective_workers(requested: int, input_bytes: int, num_blocks: int) -> int:
+  """Worker processes to use: ``requested`` (0: ``default_workers()``), but never more
+  than the CPUs, the blocks, or one per ``MIN_BYTES_PER_WORKER`` of input, so that
+  more workers are never slower than one."""
+  by_size = -(-input_bytes // MIN_BYTES_PER_WORKER)
+  return max(1, min(requested or default_workers(), os.cpu_count() or 1, num_blocks,
+                    by_size))
 
 
 def build_store(format_name: str, inputs: Sequence[str], output: str, *,
                 options: Options = Options(), overwrite: bool = False,
-                log: Callable[[str], None] = lambda msg: None) -> dict:
+                log: Callable[[str], None] = lambda msg: None,
+                progress: bool = False) -> dict:
   """Converts raw ``inputs`` of ``format_name`` into a store at ``output``.
 
   Args:
-    format_name: one of ``readers.FORMATS``.
-    inputs: ``PATH`` or ``SPLIT=PATH`` strings (see the module docstring).
+    format_name: one of ``formats.FORMATS``.
+    inputs: ``PATH`` or ``SPLIT=PATH`` strings (see ``splits``).
     output: the store directory (created; replaced only with ``overwrite``).
     options: see ``Options``.
     log: called with progress lines.
+    progress: show tqdm bars (rows/s, ETA) on stderr.
 
   Returns:
     The store's meta dict (also written to ``output/meta.json``).
 
   Raises:
     DataError: bad input, naming file, line and column. No store is written (an
-      existing one at ``output`` stays as it was) and no temporary directory is left.
+      existing one at ``output`` stays as it was) and no temporary file is left.
   """
   options.validate()
-  fmt = readers.get_format(format_name, sparse=options.sparse, dense=options.dense)
+  fmt = formats.get_format(format_name, sparse=options.sparse, dense=options.dense)
   output = os.path.abspath(output)
   if os.path.exists(output) and not overwrite:
     raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
-  with contextlib.ExitStack() as stack:
-    pool = None
-    if options.workers > 1:
-      # spawn, not fork: the caller may hold threads (JAX, Grain) that fork would copy.
-      pool = stack.enter_context(
-          multiprocessing.get_context("spawn").Pool(options.workers))
-    return _build(fmt, inputs, output, options, overwrite, log, pool)
+  spill = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.spill-",
+                           dir=_spill_parent(output))
+  try:
+    with blocks.Runner() as runner:
+      return _build(fmt, inputs, output, options, overwrite, log, progress, runner,
+                    spill)
+  finally:
+    shutil.rmtree(spill, ignore_errors=True)
 
 
-def _build(fmt, inputs, output, options, overwrite, log, pool):
-  policy = options.policy or fmt.default_policy
-
-  # Pass 0: scan.
+def _scan(fmt, inputs, options, progress) -> list[_Source]:
+  """Pass 0: every file's first line checked, then scanned."""
+  pairs = parse_inputs(inputs)
+  layouts = [fmt.inspect(path, readers.first_line(path)) for _, path in pairs]
+  bar = blocks.Progress(sum(os.path.getsize(p) for _, p in pairs), "scan", "B", progress)
   sources, offset = [], 0
-  for split, path in parse_inputs(inputs):
-    info = readers.scan_file(path)
-    layout = fmt.inspect(path, info.first_line)
+  for (split, path), layout in zip(pairs, layouts):
+    info = readers.scan_file(path, options.chunk_rows, layout.header)
     rows = info.num_lines - int(layout.header)
     if rows == 0:
       raise DataError("no data rows after the header", path=path, line=2)
     sources.append(_Source(split, path, info, layout, rows, offset))
     offset += rows
-  log(f"scanned {len(sources)} file(s), {offset:,} rows")
-  split_of, rank_of = _assign(sources, options)
-  keep = np.ones(offset, bool)
+    bar.update(rows, info.size)
+  bar.close()
+  return sources
 
-  # Pass 1: validate and count.
+
+def _block_data(source: _Source):
+  """(block, bytes or None) of a source: gzip streams are unpacked here, once."""
+  if source.info.gzip:
+    yield from readers.iter_gzip_blocks(source.info)
+  else:
+    for block in source.info.blocks:
+      yield block, None
+
+
+def _build(fmt, inputs, output, options, overwrite, log, progress, runner, spill):
+  policy = options.policy or fmt.default_policy
+  sources = _scan(fmt, inputs, options, progress)
+  total = sum(s.rows for s in sources)
+  log(f"scanned {len(sources)} file(s), {total:,} rows")
+  split_of, rank_of = assign(sources, options.seed, options.split_fractions,
+                             options.val_fraction)
+  keep = np.ones(total, bool)
   hashed = dict(options.hash_buckets)
   unknown = set(hashed) - set(fmt.sparse_names + fmt.list_names)
   if unknown:
     raise ValueError(f"hash_buckets names unknown fields {sorted(unknown)}")
+
+  # Pass 1: parse, check and count; spill.
+  tasks, block_rows = [], []  # (global index of the block's first row) per block.
+
+  def count_tasks():
+    for source in sources:
+      row = source.offset
+      for block, data in _block_data(source):
+        block_rows.append(row)
+        yield blocks.CountTask(fmt, block, source.layout, data,
+                               split_of[row:row + block.num_lines], policy,
+                               os.path.join(spill, f"{len(block_rows):08d}.pkl"))
+        row += block.num_lines
+
+  num_blocks = sum(len(s.info.blocks) for s in sources)
+  runner.workers = effective_workers(options.workers, sum(s.info.size for s in sources),
+                                     num_blocks)
   counters = {name: Counter() for name in fmt.sparse_names + fmt.list_names}
   moments = _Moments(len(fmt.dense_names))
   max_mult = {name: 0 for name in fmt.list_names}
-  dropped = {s: 0 for s in _SPLIT_ID}
-  for source in sources:
-    for rows, chunk in _chunks(fmt, source, options, pool):
-      bad = np.flatnonzero((chunk.conversion == 1) & (chunk.click == 0))
-      if len(bad) and policy == "error":
-        col, name = fmt.conversion_column
-        raise DataError("conversion without click (conversion = 1, click = 0) breaks the "
-                        "entire-space rule; use policy 'drop' to skip such rows",
-                        path=source.path, line=int(chunk.lines[bad[0]]), column=col,
-                        column_name=name)
-      if len(bad) and policy == "drop":
-        keep[rows[bad]] = False
-        for split, sid in _SPLIT_ID.items():
-          dropped[split] += int(np.sum(split_of[rows[bad]] == sid))
-      if chunk.group is not None:
-        out = np.flatnonzero((chunk.group < _INT32.min) | (chunk.group > _INT32.max))
-        if len(out):
-          raise DataError(f"group key {int(chunk.group[out[0]])} does not fit int32",
-                          path=source.path, line=int(chunk.lines[out[0]]),
-                          column_name=fmt.group_name)
-      train = (split_of[rows] == 0) & keep[rows]
-      for name, values in zip(fmt.sparse_names, chunk.sparse):
-        counters[name].add(values[train])
-      if chunk.dense is not None:
-        moments.add(chunk.dense[train])
-      for name, (lrows, values, _) in chunk.lists.items():
-        if len(lrows):
-          max_mult[name] = max(max_mult[name], int(np.bincount(lrows).max()))
-        counters[name].add(values[train[lrows]])
-    log(f"pass 1: {source.path}: {source.rows:,} rows checked")
+  bar = blocks.Progress(total, "parse", "rows", progress)
+  for k, stats in enumerate(runner.map(blocks.count_block, count_tasks(), num_blocks)):
+    row = block_rows[k]
+    keep[row:row + stats.rows] = ~stats.dropped
+    for counter, uniques in zip(counters.values(), stats.uniques):
+      counter.add_counts(*uniques)
+    if stats.moments is not None:
+      moments.add(*stats.moments)
+    for name, m in stats.max_mult.items():
+      max_mult[name] = max(max_mult[name], m)
+    bar.update(stats.rows)
+  bar.close()
+  log(f"pass 1: {total:,} rows parsed and checked")
+  dropped = {s: int(np.sum(~keep & (split_of == sid))) for s, sid in SPLIT_ID.items()}
 
   # Vocabularies and schema.
   vocabs: dict[str, Vocab] = {}
@@ -338,13 +300,15 @@ def _build(fmt, inputs, output, options, overwrite, log, pool):
       multi=tuple(SparseField(n, vocabs[n].vocab_size, multi_len) for n in multi_names),
       dense=fmt.dense_names, extras=extras)
   mean, std = moments.mean, moments.std()
+  encoder = Encoder(sparse_names, single_lists, multi_names, multi_len, vocabs, mean, std,
+                    has_dense=bool(fmt.dense_names), has_group=bool(extras))
   if options.dense_transform == "none":
-    mean, std = np.zeros_like(mean), np.ones_like(std)
+    encoder.mean, encoder.std = np.zeros_like(mean), np.ones_like(std)
 
   # Where every kept row goes.
   position = np.empty(len(keep), np.int64)
   split_rows = {}
-  for split, sid in _SPLIT_ID.items():
+  for split, sid in SPLIT_ID.items():
     members = np.flatnonzero((split_of == sid) & keep)
     members = members[np.argsort(rank_of[members], kind="stable")]
     position[members] = np.arange(len(members))
@@ -354,44 +318,31 @@ def _build(fmt, inputs, output, options, overwrite, log, pool):
                       f"{split} file or a fraction for it")
   del rank_of
 
-  # Pass 2: write.
+  # Pass 2: encode and write.
   truncated = {n: 0 for n in multi_names}
+  kept_split = np.where(keep, split_of, -1).astype(np.int8)
   with store.StoreWriter(output, schema, split_rows, overwrite=overwrite) as writer:
-    for source in sources:
-      for rows, chunk in _chunks(fmt, source, options, pool):
-        n = len(chunk)
-        cols = {B.CLICK: chunk.click, B.CONVERSION: chunk.conversion}
-        if sparse_names:
-          ids = np.zeros((n, len(sparse_names)), np.int32)
-          for j, values in enumerate(chunk.sparse):
-            ids[:, j] = vocabs[sparse_names[j]].lookup(values)
-          for j, name in enumerate(single_lists, start=len(chunk.sparse)):
-            lrows, values, _ = chunk.lists[name]
-            ids[lrows, j] = vocabs[name].lookup(values)
-          cols[B.SPARSE] = ids
-        if multi_names:
-          multi = np.zeros((n, len(multi_names), multi_len), np.int32)
-          mask = np.zeros((n, len(multi_names), multi_len), bool)
-          for g, name in enumerate(multi_names):
-            lrows, values, _ = chunk.lists[name]
-            pos = _positions_in_rows(lrows)
-            fits = pos < multi_len
-            multi[lrows[fits], g, pos[fits]] = vocabs[name].lookup(values[fits])
-            mask[lrows[fits], g, pos[fits]] = True
-            truncated[name] += int(np.sum(np.bincount(lrows, minlength=n) > multi_len))
-          cols[B.MULTI], cols[B.MULTI_MASK] = multi, mask
-        if fmt.dense_names:
-          cols[B.DENSE] = ((chunk.dense - mean) / std).astype(np.float32)
-        if extras:
-          cols[B.GROUP] = chunk.group.astype(np.int32)
-        kept_split = np.where(keep[rows], split_of[rows], -1)
-        for split, sid in _SPLIT_ID.items():
-          sel = kept_split == sid
-          if sel.any():
-            where = position[rows[sel]]
-            for key, values in cols.items():
-              writer.columns[split][key][where] = values[sel]
-      log(f"pass 2: {source.path}: written")
+    in_process = runner.workers <= 1 or num_blocks <= 1
+    shared = encoder
+    if not in_process:  # workers read the encoder (vocabularies) once, from a file.
+      shared = os.path.join(spill, "encoder.pkl")
+      with open(shared, "wb") as f:
+        pickle.dump(encoder, f, protocol=pickle.HIGHEST_PROTOCOL)
+    sizes = np.diff(block_rows + [total])
+    write_tasks = (blocks.WriteTask(os.path.join(spill, f"{k + 1:08d}.pkl"), shared,
+                                    writer.tmp, kept_split[row:row + n],
+                                    position[row:row + n])
+                   for k, (row, n) in enumerate(zip(block_rows, sizes)))
+    write = blocks.write_block
+    if in_process:
+      write = lambda task: blocks.write_block(task, columns=writer.columns)
+    bar = blocks.Progress(total, "write", "rows", progress)
+    for n, block_truncated in zip(sizes, runner.map(write, write_tasks, num_blocks)):
+      for name, count in block_truncated.items():
+        truncated[name] += count
+      bar.update(int(n))
+    bar.close()
+    runner.close()
     for name, v in vocabs.items():
       if not v.buckets and v.keys is not None:
         file = f"vocab/{(sparse_names + multi_names).index(name):03d}.npy"
@@ -403,12 +354,12 @@ def _build(fmt, inputs, output, options, overwrite, log, pool):
         "task_relation": fmt.task_relation,
         "tasks": fmt.tasks,
         "entire_space_policy": policy,
-        "splits": {s: {"dropped_conversion_without_click": dropped[s]} for s in _SPLIT_ID},
+        "splits": {s: {"dropped_conversion_without_click": dropped[s]} for s in SPLIT_ID},
         "sources": [{"path": os.path.abspath(s.path), "split": s.split,
                      "sha256": s.info.sha256, "rows": s.rows,
                      "header": s.layout.header} for s in sources],
         "vocab": vocab_meta,
-        "dense_stats": {"mean": mean.tolist(), "std": std.tolist(),
+        "dense_stats": {"mean": encoder.mean.tolist(), "std": encoder.std.tolist(),
                         "transform": options.dense_transform},
         "multi_truncated_rows": truncated,
         "options": {k: (list(v) if isinstance(v, tuple) else v)

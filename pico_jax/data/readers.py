@@ -1,39 +1,34 @@
-"""Readers for the raw formats: files -> chunks of parsed, validated rows.
+"""Reading raw files: scanning, cutting into blocks of lines, and the ``Format`` contract.
 
-A reader never holds a whole file: ``iter_chunks`` yields blocks of lines and
-``Format.parse`` turns a block into a ``Chunk`` with whole-array numpy (the numeric
-CSV formats are parsed by ``np.loadtxt`` in C). Every problem raises ``DataError``
-naming the file, the 1-based line and the column; the slow per-token search that
-finds the exact place runs only after the fast parse has failed.
+A reader never holds a whole file. ``scan_file`` reads a file once (sha256, line count,
+and the byte offset where every block of ``block_rows`` data lines starts); a block is
+then read by offset (``read_block``), so parallel workers read their own blocks and
+only offsets travel between processes. ``Format.parse_block`` turns a block into a
+``Chunk`` of whole-array numpy columns. Every problem raises ``DataError`` naming the
+file, the 1-based line and the column.
 
-Formats (see ``FORMATS``):
-  census       UCI Census-Income (KDD) raw lines, 42 fields (or 43 with a leading row
-               index, as DeepCTR's sample); tasks income > 50K ("click" role) and
-               marital stat == "Never married" ("conversion" role), independent tasks.
-  aliexpress   search_id, categorical_1..16, numerical_1..63, click, conversion.
-  aliccp_csv   torch-rechub / ESMM CSV: click, purchase, 23 sparse ids, 8 dense.
-  aliccp_aitm  AITM CSV: click, purchase, 18 sparse ids (a header is optional).
-  aliccp_raw   ``id,click,purchase,field:feat,...`` lines; fields may repeat
-               (multi-valued).
+The formats themselves live in ``numeric_csv`` (every column numeric: AliExpress,
+Ali-CCP CSV and AITM) and ``text_formats`` (Census-Income raw lines, Ali-CCP
+``field:feat`` lines); ``formats.get_format`` names them.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import gzip
 import hashlib
 import io
-import itertools
 import os
 import warnings
+import zlib
 
 import numpy as np
 
 from pico_jax.data.errors import DataError
 
-# Categorical values of the numeric formats are parsed as float64 first; beyond 2**53
-# they would silently lose precision, so they are rejected.
-_MAX_EXACT_INT = 2.0 ** 53
+_READ_BYTES = 1 << 22  # scan granularity: 4 MiB.
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclasses.dataclass
@@ -42,21 +37,25 @@ class Chunk:
 
   Attributes:
     lines: int64 [n], the 1-based line number of every row in its file.
-    click, conversion: float32 [n] in {0, 1}.
-    sparse: one raw-value array [n] (int64 or bytes) per single-valued field.
+    click, conversion: float32 [n] in {0, 1}; None when the file has no labels
+      (``launch/predict.py`` inputs).
+    sparse: one raw-value array [n] (int64 or bytes) per single-valued field (or its
+      ``encode.Factorized`` form, in preprocessing's spill).
     dense: float64 [n, D] (finite), or None.
     lists: per field of a key:value format, (row int64 [T], value int64 [T],
       column int64 [T]): every occurrence in line order; column is the 1-based token
       position, for error messages.
     group: int64 [n] (the GAUC key), or None.
+    ids: the row's id column [n] (int64 or bytes), or None when the format has none.
   """
   lines: np.ndarray
-  click: np.ndarray
-  conversion: np.ndarray
+  click: np.ndarray | None
+  conversion: np.ndarray | None
   sparse: list[np.ndarray]
   dense: np.ndarray | None
   lists: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
   group: np.ndarray | None
+  ids: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.lines)
@@ -67,99 +66,229 @@ class Layout:
   """What ``Format.inspect`` learned from a file's first line."""
   header: bool = False  # the first line is a header, not data.
   index_column: bool = False  # census: a leading row-index column (DeepCTR's sample).
+  labels: bool = True  # the label columns are present (optional for scoring inputs).
 
 
 # ---------------------------------------------------------------------------- files
 
 
-def open_binary(path: str):
-  """``path`` opened for binary line iteration; gzip files (by magic bytes) unpacked."""
+def _check_path(path: str):
   if not os.path.exists(path):
     raise DataError("file not found", path=path)
   if not os.path.isfile(path):
     raise DataError("not a regular file", path=path)
-  f = open(path, "rb")
-  if f.read(2) == b"\x1f\x8b":
-    f.seek(0)
-    return io.BufferedReader(gzip.GzipFile(fileobj=f), 1 << 20)
-  f.seek(0)
-  return f
+
+
+def is_gzip(path: str) -> bool:
+  with open(path, "rb") as f:
+    return f.read(2) == _GZIP_MAGIC
+
+
+def open_binary(path: str):
+  """``path`` opened for binary reading; gzip files (by magic bytes) unpacked."""
+  _check_path(path)
+  if is_gzip(path):
+    return io.BufferedReader(gzip.GzipFile(path), 1 << 20)
+  return open(path, "rb")
+
+
+def first_line(path: str) -> bytes:
+  """The first line of ``path`` (with its newline), read alone: for ``inspect``."""
+  with open_binary(path) as f:
+    try:
+      line = f.readline()
+    except (OSError, EOFError, zlib.error) as e:
+      raise DataError(f"unreadable gzip stream ({e})", path=path, line=1) from None
+  if not line:
+    raise DataError("empty file: no data rows", path=path, line=1)
+  if not line.strip():
+    raise DataError("empty line", path=path, line=1)
+  return line
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+  """``num_lines`` lines of a file starting at line ``first_line``: bytes
+  [offset, offset + length) of the file, or of its gzip-unpacked stream."""
+  path: str
+  first_line: int
+  num_lines: int
+  offset: int
+  length: int
 
 
 @dataclasses.dataclass(frozen=True)
 class FileInfo:
   path: str
   sha256: str
-  num_lines: int
-  first_line: bytes
+  num_lines: int  # every line, the header included.
+  size: int  # bytes on disk.
+  gzip: bool
+  blocks: tuple[Block, ...]  # the data lines (after the header), in order.
 
 
-def scan_file(path: str) -> FileInfo:
-  """sha256 of the file's bytes, its (uncompressed) line count and first line."""
+def _hash_file(path: str) -> str:
   digest = hashlib.sha256()
-  if not os.path.exists(path):
-    raise DataError("file not found", path=path)
   with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      digest.update(block)
-  num_lines, last = 0, b"\n"
-  with open_binary(path) as f:
-    first_line = f.readline()
-    f.seek(0)
-    for block in iter(lambda: f.read(1 << 22), b""):
-      num_lines += block.count(b"\n")
-      last = block[-1:]
-  if last != b"\n":
-    num_lines += 1  # a last line without a newline.
-  if num_lines == 0 or not first_line.strip():
-    raise DataError("empty file: no data rows" if num_lines == 0 else "empty line",
-                    path=path, line=1)
-  return FileInfo(path, digest.hexdigest(), num_lines, first_line)
+    for piece in iter(lambda: f.read(_READ_BYTES), b""):
+      digest.update(piece)  # releases the GIL: runs beside the line scan.
+  return digest.hexdigest()
 
 
-def iter_chunks(path: str, chunk_rows: int, skip_header: bool):
-  """Yields (line number of the first line, list of raw lines) blocks of a file."""
-  with open_binary(path) as f:
-    line_no = 1
-    if skip_header:
-      f.readline()
-      line_no = 2
-    while True:
-      lines = list(itertools.islice(f, chunk_rows))
-      if not lines:
-        return
-      yield line_no, lines
-      line_no += len(lines)
+class _BlockCutter:
+  """Cuts a stream of byte pieces into blocks of ``block_rows`` lines after an
+  optional header line; with ``keep_data``, each block comes with its bytes."""
+
+  def __init__(self, path: str, block_rows: int, header: bool, keep_data: bool):
+    self.path, self.block_rows, self.keep_data = path, block_rows, keep_data
+    self.skip = int(header)  # header lines still to pass.
+    self.start = 0  # byte offset where the open block starts.
+    self.filled = 0  # lines of the open block.
+    self.first = 1 + int(header)  # line number of the open block's first line.
+    self.num_lines, self.pos, self.last = 0, 0, b"\n"
+    self.parts = []  # the open block's bytes (keep_data).
+
+  def _close(self, end: int, n: int):
+    data = None
+    if self.keep_data:
+      data = b"".join(self.parts)
+      self.parts = []
+    block = Block(self.path, self.first, n, self.start, end - self.start)
+    self.start, self.first, self.filled = end, self.first + n, 0
+    return block, data
+
+  def feed(self, piece: bytes) -> list[tuple[Block, bytes | None]]:
+    """The blocks that end inside ``piece``."""
+    # Vectorised: several times faster than bytes.count.
+    ends = np.flatnonzero(np.frombuffer(piece, np.uint8) == 10)
+    out, used, cut = [], 0, 0
+    while len(ends) - used >= (need := self.skip or self.block_rows - self.filled):
+      used += need
+      end = int(ends[used - 1]) + 1
+      if self.skip:
+        self.skip, self.start = 0, self.pos + end
+      else:
+        if self.keep_data:
+          self.parts.append(piece[cut:end])
+        out.append(self._close(self.pos + end, self.block_rows))
+      cut = end
+    if not self.skip:
+      self.filled += len(ends) - used
+      if self.keep_data and cut < len(piece):
+        self.parts.append(piece[cut:])
+    self.num_lines += len(ends)
+    self.pos += len(piece)
+    self.last = piece[-1:] or self.last
+    return out
+
+  def finish(self) -> list[tuple[Block, bytes | None]]:
+    """The last, shorter block."""
+    if self.last != b"\n":  # a last line without a newline.
+      self.num_lines += 1
+      self.filled += 0 if self.skip else 1
+    return [self._close(self.pos, self.filled)] if self.filled else []
+
+
+def _pieces(f, cutter: _BlockCutter):
+  """The pieces of an open file; a damaged gzip stream is reported at the first line
+  it could not unpack."""
+  try:
+    yield from iter(lambda: f.read(_READ_BYTES), b"")
+  except (OSError, EOFError, zlib.error) as e:
+    raise DataError(f"unreadable gzip stream ({e})", path=cutter.path,
+                    line=cutter.num_lines + 1) from None
+
+
+def scan_file(path: str, block_rows: int, header: bool) -> FileInfo:
+  """One read of ``path``: its sha256, line count and data blocks of ``block_rows``
+  lines (the last one shorter), skipping a header line.
+
+  Every byte is looked at once, by the hash and by a vectorised newline search; the
+  file is not parsed here.
+  """
+  _check_path(path)
+  packed = is_gzip(path)
+  cutter = _BlockCutter(path, block_rows, header, keep_data=False)
+  blocks = []
+  with concurrent.futures.ThreadPoolExecutor(1) as hasher:
+    digest = hasher.submit(_hash_file, path)
+    with open_binary(path) as f:
+      for piece in _pieces(f, cutter):
+        blocks += [b for b, _ in cutter.feed(piece)]
+    blocks += [b for b, _ in cutter.finish()]
+    sha = digest.result()
+  return FileInfo(path, sha, cutter.num_lines, os.path.getsize(path), packed,
+                  tuple(blocks))
+
+
+def stream_blocks(path: str, block_rows: int, header: bool):
+  """(block, bytes) of ``path`` in one sequential read, without a scan first (for
+  scoring, where nothing needs the line count up front); ``(None, bytes read)`` is
+  yielded after every piece, for progress."""
+  _check_path(path)
+  cutter = _BlockCutter(path, block_rows, header, keep_data=True)
+  with open(path, "rb") as raw, (open_binary(path) if is_gzip(path) else raw) as f:
+    for piece in _pieces(f, cutter):
+      yield from cutter.feed(piece)
+      yield None, raw.tell()
+    yield from cutter.finish()
+
+
+def read_block(block: Block, packed: bool) -> bytes:
+  """The bytes of ``block`` (unpacking a gzip stream up to it: gzip cannot seek)."""
+  with open_binary(block.path) if packed else open(block.path, "rb") as f:
+    f.seek(block.offset)
+    return f.read(block.length)
+
+
+def iter_gzip_blocks(info: FileInfo):
+  """(block, bytes) of a gzip file, unpacked once in order (``read_block`` would
+  unpack from the start for every block)."""
+  with open_binary(info.path) as f:
+    f.seek(info.blocks[0].offset if info.blocks else 0)
+    for block in info.blocks:
+      yield block, f.read(block.length)
+
+
+def split_lines(data: bytes) -> list[bytes]:
+  """The lines of a block as a file iteration yields them (split at b"\\n" only, each
+  keeping its newline)."""
+  return io.BytesIO(data).readlines()
 
 
 # -------------------------------------------------------------------- parse helpers
 
 
-def _to_float(token: bytes) -> float:
+def to_float(token: bytes) -> float:
   """One token parsed as ``np.loadtxt`` parses it (raises ValueError when it cannot)."""
-  return float(np.loadtxt([token], dtype=np.float64, comments=None, ndmin=1)[0])
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # loadtxt warns about an empty token ...
+    values = np.loadtxt([token], dtype=np.float64, comments=None, ndmin=1)
+  if len(values) != 1:  # ... and returns no value for it.
+    raise ValueError(f"not a number: {token!r}")
+  return float(values[0])
 
 
-def _is_number(token: bytes) -> bool:
+def is_number(token: bytes) -> bool:
   try:
-    _to_float(token.strip())
+    to_float(token.strip())
     return True
   except ValueError:
     return False
 
 
-def _decode(token: bytes) -> str:
+def decode(token: bytes) -> str:
   return token.decode("utf-8", "replace")
 
 
-def _check_empty(path, line_no, line: bytes):
+def check_empty(path, line_no, line: bytes):
   if not line.strip():
     raise DataError("empty line", path=path, line=line_no)
 
 
-def _split_checked(path, line_no, line: bytes, delimiter: bytes, num_columns: int):
+def split_checked(path, line_no, line: bytes, delimiter: bytes, num_columns: int):
   """The tokens of one line; raises on an empty line or a wrong column count."""
-  _check_empty(path, line_no, line)
+  check_empty(path, line_no, line)
   tokens = line.rstrip(b"\r\n").split(delimiter)
   if len(tokens) != num_columns:
     raise DataError(f"expected {num_columns} columns, found {len(tokens)}", path=path,
@@ -169,7 +298,8 @@ def _split_checked(path, line_no, line: bytes, delimiter: bytes, num_columns: in
 
 class Format:
   """A raw input format. Subclasses set the class attributes and implement
-  ``inspect`` and ``parse``."""
+  ``inspect`` and ``parse``; ``parse_block`` may be overridden with a faster parser
+  that gives the same result."""
   name: str = ""
   # Conversion without click: "error" (default), "drop" (counted) or "keep". The
   # entire-space rule c = 1 => y = 1 holds only where task_relation == "entire_space".
@@ -181,17 +311,26 @@ class Format:
   dense_names: tuple[str, ...] = ()
   list_names: tuple[str, ...] = ()  # fields of key:value formats.
   group_name: str | None = None
+  id_name: str | None = None  # the column written beside predictions.
 
-  def inspect(self, path: str, first_line: bytes) -> Layout:
+  def inspect(self, path: str, first_line: bytes, labels_optional: bool = False) -> Layout:
+    """The layout of a file from its first line; ``labels_optional`` accepts files
+    without the label columns where the format allows it (scoring inputs)."""
     raise NotImplementedError
 
   def parse(self, path: str, lines: list[bytes], first_line_no: int,
             layout: Layout) -> Chunk:
     raise NotImplementedError
 
+  def parse_block(self, path: str, data: bytes, first_line_no: int, layout: Layout,
+                  num_lines: int | None = None) -> Chunk:
+    """``parse`` of the lines of a block of raw bytes (``num_lines`` of them, when the
+    caller knows)."""
+    return self.parse(path, split_lines(data), first_line_no, layout)
 
-def _select_features(fmt_name, columns, labels, default_sparse, default_dense, sparse,
-                     dense):
+
+def select_features(fmt_name, columns, labels, default_sparse, default_dense, sparse,
+                    dense):
   """Feature columns by name, with user overrides checked: labels are never features."""
   sparse = tuple(default_sparse if sparse is None else sparse)
   dense = tuple(default_dense if dense is None else dense)
@@ -208,380 +347,3 @@ def _select_features(fmt_name, columns, labels, default_sparse, default_dense, s
   if both:
     raise DataError(f"columns {sorted(both)} are given as both sparse and dense")
   return sparse, dense
-
-
-# ---------------------------------------------------------------------- numeric CSV
-
-
-class CsvFormat(Format):
-  """A comma-separated format whose every column is numeric (labels 0/1, categorical
-  ids integers, dense values finite floats); the header line is optional but must
-  match when present."""
-
-  def __init__(self, name, columns, *, click, conversion, default_sparse, default_dense,
-               group=None, sparse=None, dense=None, delimiter=b","):
-    self.name = name
-    self.columns = tuple(columns)
-    self.delimiter = delimiter
-    labels = {click: "click", conversion: "conversion"}
-    self.sparse_names, self.dense_names = _select_features(
-        name, self.columns, labels, default_sparse, default_dense, sparse, dense)
-    self.group_name = group
-    index = {c: i for i, c in enumerate(self.columns)}
-    self._click, self._conversion = index[click], index[conversion]
-    self._labels = {self._click: click, self._conversion: conversion}
-    self.conversion_column = (self._conversion + 1, conversion)
-    self._sparse = [index[c] for c in self.sparse_names]
-    self._dense = [index[c] for c in self.dense_names]
-    self._group = index[group] if group else None
-    self.tasks = {"click": click, "conversion": conversion}
-
-  def inspect(self, path, first_line):
-    tokens = first_line.rstrip(b"\r\n").split(self.delimiter)
-    if _is_number(tokens[0]):
-      return Layout(header=False)
-    names = tuple(_decode(t.strip()) for t in tokens)
-    if names != self.columns:
-      for j, (got, want) in enumerate(itertools.zip_longest(names, self.columns)):
-        if got != want:
-          raise DataError(f"header does not match format {self.name}: expected "
-                          f"{want!r}, found {got!r} ({len(names)} columns, expected "
-                          f"{len(self.columns)})", path=path, line=1, column=j + 1)
-    return Layout(header=True)
-
-  def _locate(self, path, lines, first_line_no):
-    """Finds and raises the first unparsable token of a block (the slow path)."""
-    for i, line in enumerate(lines):
-      tokens = _split_checked(path, first_line_no + i, line, self.delimiter,
-                              len(self.columns))
-      for j, token in enumerate(tokens):
-        try:
-          _to_float(token)
-        except ValueError:
-          raise DataError(f"non-numeric value {_decode(token)!r}", path=path,
-                          line=first_line_no + i, column=j + 1,
-                          column_name=self.columns[j]) from None
-
-  def _raise_at(self, path, lines, first_line_no, rows, cols, what):
-    i, j = int(rows[0]), int(cols[0])
-    token = lines[i].rstrip(b"\r\n").split(self.delimiter)[j]
-    raise DataError(f"{what}, got {_decode(token)!r}", path=path, line=first_line_no + i,
-                    column=j + 1, column_name=self.columns[j])
-
-  def parse(self, path, lines, first_line_no, layout):
-    n = len(lines)
-    try:
-      with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # loadtxt warns about empty input.
-        values = np.loadtxt(lines, delimiter=self.delimiter, dtype=np.float64,
-                            comments=None, ndmin=2, quotechar=None)
-    except ValueError:
-      values = None
-    if values is None or values.shape != (n, len(self.columns)):
-      self._locate(path, lines, first_line_no)
-      raise DataError(f"unparsable block of {n} lines", path=path, line=first_line_no)
-    for j in self._labels:
-      bad = np.flatnonzero((values[:, j] != 0) & (values[:, j] != 1))
-      if len(bad):
-        self._raise_at(path, lines, first_line_no, bad, [j], "label must be 0 or 1")
-    for cols, what in ((self._dense, "NaN/inf value"),):
-      sub = values[:, cols]
-      rows, where = np.nonzero(~np.isfinite(sub))
-      if len(rows):
-        self._raise_at(path, lines, first_line_no, rows, [cols[where[0]]], what)
-    int_cols = self._sparse + ([self._group] if self._group is not None else [])
-    sub = values[:, int_cols]
-    rows, where = np.nonzero(~(np.isfinite(sub) & (np.floor(sub) == sub)
-                               & (np.abs(sub) < _MAX_EXACT_INT)))
-    if len(rows):
-      self._raise_at(path, lines, first_line_no, rows, [int_cols[where[0]]],
-                     "categorical ids must be integers below 2**53")
-    return Chunk(
-        lines=np.arange(first_line_no, first_line_no + n, dtype=np.int64),
-        click=values[:, self._click].astype(np.float32),
-        conversion=values[:, self._conversion].astype(np.float32),
-        sparse=[values[:, j].astype(np.int64) for j in self._sparse],
-        dense=values[:, self._dense] if self._dense else None,
-        lists={},
-        group=values[:, self._group].astype(np.int64) if self._group is not None else None)
-
-
-def aliexpress(sparse=None, dense=None) -> CsvFormat:
-  cat = tuple(f"categorical_{i}" for i in range(1, 17))
-  num = tuple(f"numerical_{i}" for i in range(1, 64))
-  return CsvFormat("aliexpress", ("search_id",) + cat + num + ("click", "conversion"),
-                   click="click", conversion="conversion", group="search_id",
-                   default_sparse=cat, default_dense=num, sparse=sparse, dense=dense)
-
-
-ALICCP_SPARSE = ("101", "121", "122", "124", "125", "126", "127", "128", "129", "205",
-                 "206", "207", "210", "216", "508", "509", "702", "853", "301", "109_14",
-                 "110_14", "127_14", "150_14")
-ALICCP_DENSE = ("D109_14", "D110_14", "D127_14", "D150_14", "D508", "D509", "D702", "D853")
-ALICCP_AITM = ("101", "121", "122", "124", "125", "126", "127", "128", "129", "205",
-               "206", "207", "216", "508", "509", "702", "853", "301")
-
-
-def aliccp_csv(sparse=None, dense=None) -> CsvFormat:
-  return CsvFormat("aliccp_csv", ("click", "purchase") + ALICCP_SPARSE + ALICCP_DENSE,
-                   click="click", conversion="purchase", group="101",
-                   default_sparse=ALICCP_SPARSE, default_dense=ALICCP_DENSE, sparse=sparse,
-                   dense=dense)
-
-
-def aliccp_aitm(sparse=None, dense=None) -> CsvFormat:
-  return CsvFormat("aliccp_aitm", ("click", "purchase") + ALICCP_AITM, click="click",
-                   conversion="purchase", group="101", default_sparse=ALICCP_AITM,
-                   default_dense=(), sparse=sparse, dense=dense)
-
-
-# --------------------------------------------------------------------------- census
-
-CENSUS_COLUMNS = (
-    "age", "class of worker", "detailed industry recode", "detailed occupation recode",
-    "education", "wage per hour", "enroll in edu inst last wk", "marital stat",
-    "major industry code", "major occupation code", "race", "hispanic origin", "sex",
-    "member of a labor union", "reason for unemployment",
-    "full or part time employment stat", "capital gains", "capital losses",
-    "dividends from stocks", "tax filer stat", "region of previous residence",
-    "state of previous residence", "detailed household and family stat",
-    "detailed household summary in household", "instance weight",
-    "migration code-change in msa", "migration code-change in reg",
-    "migration code-move within reg", "live in this house 1 year ago",
-    "migration prev res in sunbelt", "num persons worked for employer",
-    "family members under 18", "country of birth father", "country of birth mother",
-    "country of birth self", "citizenship", "own business or self employed",
-    "fill inc questionnaire for veteran's admin", "veterans benefits",
-    "weeks worked in year", "year", "income")
-CENSUS_CONTINUOUS = (0, 5, 16, 17, 18, 30, 39)
-CENSUS_DROPPED = (7, 24, 41)  # marital stat (task), instance weight, income (task).
-_INCOME_HIGH, _INCOME_LOW = b"50000+.", b"- 50000."
-_NEVER_MARRIED = b"Never married"
-
-
-class CensusFormat(Format):
-  """UCI Census-Income (KDD) raw lines, fields separated by ', ' (values stripped).
-
-  DESIGN section 4: labels income > 50K ("click" role) and marital stat == "Never
-  married" ("conversion" role); fields 7, 24 and 41 are not features; the continuous
-  fields 0, 5, 16, 17, 18, 30, 39 are dense, every other field categorical (raw strings,
-  '?' being one more value). The two tasks are independent, so a conversion without a
-  click is ordinary data here (policy "keep").
-  """
-  name = "census"
-  default_policy = "keep"
-  task_relation = "independent"
-  tasks = {"click": "income > 50K", "conversion": "marital stat == Never married"}
-  conversion_column = (8, "marital stat")
-
-  def __init__(self, sparse=None, dense=None):
-    cols = CENSUS_COLUMNS
-    default_dense = tuple(cols[i] for i in CENSUS_CONTINUOUS)
-    default_sparse = tuple(c for i, c in enumerate(cols)
-                           if i not in CENSUS_CONTINUOUS and i not in CENSUS_DROPPED)
-    labels = {"marital stat": "conversion (never married)", "income": "click (income)"}
-    self.sparse_names, self.dense_names = _select_features(
-        self.name, cols, labels, default_sparse, default_dense, sparse, dense)
-    self._sparse = [cols.index(c) for c in self.sparse_names]
-    self._dense = [cols.index(c) for c in self.dense_names]
-
-  def inspect(self, path, first_line):
-    tokens = first_line.rstrip(b"\r\n").split(b",")
-    if len(tokens) == len(CENSUS_COLUMNS) + 1 and tokens[0].strip().isdigit():
-      return Layout(index_column=True)  # DeepCTR's sample: a leading row index.
-    if len(tokens) != len(CENSUS_COLUMNS) or tokens[-1].strip() not in (_INCOME_HIGH,
-                                                                         _INCOME_LOW):
-      _split_checked(path, 1, first_line, b",", len(CENSUS_COLUMNS))
-      raise DataError("header does not match format census: the file has no header and "
-                      f"its last column is the income label ({_INCOME_LOW.decode()!r} or "
-                      f"{_INCOME_HIGH.decode()!r}), found {_decode(tokens[-1].strip())!r}",
-                      path=path, line=1, column=len(CENSUS_COLUMNS), column_name="income")
-    return Layout()
-
-  def parse(self, path, lines, first_line_no, layout):
-    n = len(lines)
-    offset = int(layout.index_column)
-    width = len(CENSUS_COLUMNS) + offset
-    tokens = b",".join([line.rstrip(b"\r\n") for line in lines]).split(b",")
-    if len(tokens) != n * width:
-      for i, line in enumerate(lines):
-        _split_checked(path, first_line_no + i, line, b",", width)
-    line_nos = np.arange(first_line_no, first_line_no + n, dtype=np.int64)
-    # One array per column: far narrower fixed-width strings than one table.
-    column = lambda j: np.strings.strip(np.array(tokens[j + offset::width], np.bytes_))
-    used = sorted({7, 41, *self._sparse, *self._dense})
-    table = {j: column(j) for j in used}
-
-    def fail(i, j, what):
-      raise DataError(f"{what}, got {_decode(table[j][i])!r}", path=path,
-                      line=int(line_nos[i]), column=j + 1 + offset,
-                      column_name=CENSUS_COLUMNS[j])
-
-    income = table[41]
-    bad = np.flatnonzero((income != _INCOME_HIGH) & (income != _INCOME_LOW))
-    if len(bad):
-      fail(bad[0], 41, f"income label must be {_INCOME_LOW.decode()!r} or "
-           f"{_INCOME_HIGH.decode()!r}")
-    for j in used:
-      empty = np.flatnonzero(table[j] == b"")
-      if len(empty):
-        fail(empty[0], j, "empty value ('?' marks a missing one)")
-    dense = np.zeros((n, 0))
-    for j in self._dense:
-      try:
-        values = table[j].astype(np.float64)
-      except ValueError:
-        for i in range(n):
-          try:
-            table[j][i:i + 1].astype(np.float64)
-          except ValueError:
-            fail(i, j, "non-numeric value in a continuous column")
-        raise
-      bad = np.flatnonzero(~np.isfinite(values))
-      if len(bad):
-        fail(bad[0], j, "NaN/inf value")
-      dense = np.concatenate([dense, values[:, None]], axis=1)
-    return Chunk(lines=line_nos, click=(income == _INCOME_HIGH).astype(np.float32),
-                 conversion=(table[7] == _NEVER_MARRIED).astype(np.float32),
-                 sparse=[table[j] for j in self._sparse],
-                 dense=dense if self._dense else None, lists={}, group=None)
-
-
-# ------------------------------------------------------------------ Ali-CCP raw lines
-
-ALICCP_RAW_FIELDS = ("101", "109_14", "110_14", "127_14", "150_14", "121", "122", "124",
-                     "125", "126", "127", "128", "129", "205", "206", "207", "210", "216",
-                     "508", "509", "702", "853", "301")
-
-
-class AliccpRawFormat(Format):
-  """``sample_id,click,purchase,field:feat,field:feat,...`` lines (PaddleRec ESMM).
-
-  Feature ids are non-negative global integers; a field may occur several times in a
-  line (multi-valued) or not at all (missing: id 0). The store builder decides which
-  fields are multi-valued from the data. The group key is the user id (field 101).
-  """
-  name = "aliccp_raw"
-  tasks = {"click": "click", "conversion": "purchase"}
-  conversion_column = (3, "purchase")
-  list_names = ALICCP_RAW_FIELDS
-  group_name = "101"
-
-  def __init__(self, sparse=None, dense=None):
-    if dense:
-      raise DataError("format aliccp_raw has no dense columns (--dense)")
-    if sparse is not None:
-      for name in sparse:
-        if name in ("click", "purchase"):
-          raise DataError("is a label of format aliccp_raw; labels are never features "
-                          "(remove it from --sparse)", column=2 + (name == "purchase"),
-                          column_name=name)
-        if name not in ALICCP_RAW_FIELDS:
-          raise DataError(f"format aliccp_raw has no field {name!r} (given in --sparse); "
-                          f"its fields are {list(ALICCP_RAW_FIELDS)}")
-      self.list_names = tuple(f for f in ALICCP_RAW_FIELDS if f in sparse)
-    self._field_index = {f.encode(): i for i, f in enumerate(ALICCP_RAW_FIELDS)}
-
-  def inspect(self, path, first_line):
-    tokens = first_line.rstrip(b"\r\n").split(b",")
-    if len(tokens) < 4 or not _is_number(tokens[1]) or b":" not in tokens[3]:
-      raise DataError("header does not match format aliccp_raw: expected "
-                      "'id,click,purchase,field:feat,...' data lines without a header, "
-                      f"found {_decode(first_line[:60])!r}", path=path, line=1)
-    return Layout()
-
-  def parse(self, path, lines, first_line_no, layout):
-    n = len(lines)
-    heads, rests = [], []
-    for i, line in enumerate(lines):
-      parts = line.rstrip(b"\r\n").split(b",", 3)
-      if len(parts) < 4:
-        _check_empty(path, first_line_no + i, line)
-        raise DataError(f"expected 'id,click,purchase,field:feat,...', found "
-                        f"{len(parts)} columns", path=path, line=first_line_no + i,
-                        column=len(parts) + 1)
-      heads.append(parts[1:3])
-      rests.append(parts[3])
-    line_nos = np.arange(first_line_no, first_line_no + n, dtype=np.int64)
-    labels = np.array(heads, dtype=np.bytes_)
-    try:
-      label_values = labels.astype(np.float64)
-    except ValueError:
-      label_values = None
-    if label_values is None or np.any((label_values != 0) & (label_values != 1)):
-      for i in range(n):
-        for j in range(2):
-          try:
-            ok = float(labels[i:i + 1, j].astype(np.float64)[0]) in (0.0, 1.0)
-          except ValueError:
-            ok = False
-          if not ok:
-            raise DataError(f"label must be 0 or 1, got {_decode(labels[i, j])!r}",
-                            path=path, line=int(line_nos[i]), column=j + 2,
-                            column_name=("click", "purchase")[j])
-
-    counts = np.array([r.count(b",") + 1 for r in rests], np.int64)
-    tokens = np.array(b",".join(rests).split(b","), dtype=np.bytes_)
-    rows = np.repeat(np.arange(n, dtype=np.int64), counts)
-    columns = np.arange(len(tokens), dtype=np.int64) - np.repeat(
-        np.cumsum(counts) - counts, counts) + 4
-    fields, sep, feats = np.strings.partition(tokens, b":")
-
-    def fail(t, what, token=None):
-      token = tokens[t] if token is None else token
-      raise DataError(f"{what}, got {_decode(token)!r}", path=path,
-                      line=int(line_nos[rows[t]]), column=int(columns[t]))
-
-    bad = np.flatnonzero(sep != b":")
-    if len(bad):
-      fail(bad[0], "expected field:feat")
-    uniq, inverse = np.unique(fields, return_inverse=True)
-    index = np.array([self._field_index.get(bytes(u), -1) for u in uniq], np.int64)
-    field_of = index[inverse.reshape(-1)]
-    bad = np.flatnonzero(field_of < 0)
-    if len(bad):
-      fail(bad[0], f"unknown field (the fields are {list(ALICCP_RAW_FIELDS)})",
-           fields[bad[0]])
-    try:
-      values = feats.astype(np.int64)
-    except ValueError:
-      values = None
-    if values is None or np.any(values < 0):
-      for t in range(len(feats)):
-        try:
-          ok = int(feats[t:t + 1].astype(np.int64)[0]) >= 0
-        except ValueError:
-          ok = False
-        if not ok:
-          fail(t, "feature ids must be non-negative integers", feats[t])
-    order = np.argsort(field_of, kind="stable")  # by field, line order within a field.
-    starts = np.searchsorted(field_of[order], np.arange(len(ALICCP_RAW_FIELDS) + 1))
-    lists = {}
-    for k, name in enumerate(ALICCP_RAW_FIELDS):
-      if name in self.list_names:
-        sel = order[starts[k]:starts[k + 1]]
-        lists[name] = (rows[sel], values[sel], columns[sel])
-    user = lists.get("101") or (rows[order[starts[0]:starts[1]]],
-                                values[order[starts[0]:starts[1]]], None)
-    group = np.full(n, -1, np.int64)
-    group[user[0]] = user[1]
-    return Chunk(lines=line_nos, click=label_values[:, 0].astype(np.float32),
-                 conversion=label_values[:, 1].astype(np.float32), sparse=[], dense=None,
-                 lists=lists, group=group)
-
-
-FORMATS = {
-    "census": CensusFormat,
-    "aliexpress": aliexpress,
-    "aliccp_csv": aliccp_csv,
-    "aliccp_aitm": aliccp_aitm,
-    "aliccp_raw": AliccpRawFormat,
-}
-
-
-def get_format(name: str, *, sparse=None, dense=None) -> Format:
-  """The reader of format ``name`` (see ``FORMATS``), with optional feature overrides:
-  ``sparse`` / ``dense`` are column names replacing the format's default features."""
-  if name not in FORMATS:
-    raise ValueError(f"unknown format {name!r}; expected one of {sorted(FORMATS)}")
-  return FORMATS[name](sparse=sparse, dense=dense)

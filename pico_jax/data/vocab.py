@@ -26,9 +26,12 @@ class Counter:
     self._merged = 0
 
   def add(self, values: np.ndarray) -> None:
-    if len(values) == 0:
+    self.add_counts(*np.unique(values, return_counts=True))
+
+  def add_counts(self, keys: np.ndarray, counts: np.ndarray) -> None:
+    """Adds sorted distinct ``keys`` seen ``counts`` times (``np.unique`` of a block)."""
+    if len(keys) == 0:
       return
-    keys, counts = np.unique(values, return_counts=True)
     self._keys.append(keys)
     self._counts.append(counts.astype(np.int64))
     self._pending += len(keys)

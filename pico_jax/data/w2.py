@@ -1,4 +1,4 @@
-"""The W2 benchmark shape (DESIGN section 5): AliExpress-like fields, synthetic values.
+"""The W2 benchmark shape (docs/benchmarks.md): AliExpress-like fields, synthetic values.
 
 16 single-valued categorical fields with the vocabulary sizes below and 63 dense
 features in [0, 1], as in the AliExpress processed CSV (categorical_1..16,

@@ -15,10 +15,10 @@ Dtype = Any
 
 
 def dense(features: int, *, dtype: Dtype = jnp.float32, name: str | None = None,
-          bias_init=nn.initializers.zeros) -> nn.Dense:
+          bias_init=nn.initializers.zeros, use_bias: bool = True) -> nn.Dense:
   """A Dense layer with logically partitioned params (float32 params, ``dtype`` compute)."""
   return nn.Dense(
-      features, dtype=dtype, param_dtype=jnp.float32, name=name,
+      features, dtype=dtype, param_dtype=jnp.float32, name=name, use_bias=use_bias,
       kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
                                                (MLP_IN, MLP_OUT)),
       bias_init=nn.with_logical_partitioning(bias_init, (MLP_OUT,)))

@@ -8,11 +8,12 @@ import ml_collections
 
 from pico_jax.data.schema import Schema
 from pico_jax.models import backbones
+from pico_jax.models.aitm import AITM
 from pico_jax.models.embeddings import FeatureEmbedding
 from pico_jax.models.heads import TAU_MODES, ContrastHead, Tower
 
 CONTRAST_MODES = ("none",) + TAU_MODES
-BACKBONES = ("shared_bottom", "mmoe", "ple")
+BACKBONES = ("shared_bottom", "mmoe", "ple", "aitm")
 # What the contrast head projects: the towers' last hidden layers (PICO), or the
 # backbone's per-task outputs, the towers' inputs (the towers then get no contrast
 # gradient; only the backbone does).
@@ -70,6 +71,8 @@ def build_model(config: ml_collections.ConfigDict, schema: Schema) -> PicoModel:
   elif m.backbone == "ple":
     backbone = backbones.PLE(m.ple.num_levels, m.ple.num_shared_experts,
                              m.ple.num_task_experts, tuple(m.ple.expert_hidden), **common)
+  elif m.backbone == "aitm":
+    backbone = AITM(tuple(m.aitm.bottom_hidden), **common)
   else:
     raise ValueError(f"config.model.backbone={m.backbone!r}; expected one of {BACKBONES}")
   contrast = None

@@ -58,11 +58,12 @@ class CheckpointExistsError(FileExistsError):
   """A save at a step that already has a checkpoint (without ``overwrite=True``)."""
 
 
-def _flatten(tree, prefix=""):
+def flatten_config(tree: dict, prefix: str = "") -> dict:
+  """A nested config dict as ``{"dotted.key": value}``."""
   out = {}
   if isinstance(tree, dict):
     for k, v in tree.items():
-      out.update(_flatten(v, f"{prefix}{k}."))
+      out.update(flatten_config(v, f"{prefix}{k}."))
   else:
     out[prefix[:-1]] = tree
   return out
@@ -71,7 +72,7 @@ def _flatten(tree, prefix=""):
 def config_differences(saved: dict, current: dict) -> list[str]:
   """``key: saved -> current`` for every config key whose value differs, sorted."""
   # Through JSON, as the saved one was: tuples become lists on both sides.
-  a, b = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(current)))
+  a, b = (flatten_config(json.loads(json.dumps(c))) for c in (saved, current))
   return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
           for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
@@ -181,7 +182,7 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         raise CheckpointRestoreError(
             f"checkpoint {step} in {self.directory}: cannot read its {item!r} item: "
-            f"{type(e).__name__}: {_first_line(e)}. The checkpoint is complete but "
+            f"{_cause(e)}. The checkpoint is complete but "
             "damaged or unreadable; fix its files (permissions, storage) or remove "
             f"{os.path.join(self.directory, str(step))} to resume from the one before "
             f"(kept: {self.all_steps()}).") from None
@@ -294,9 +295,15 @@ def _listdir(path: str) -> list[str]:
   return os.listdir(path) if os.path.isdir(path) else []
 
 
-def _first_line(e: BaseException) -> str:
+def _cause(e: BaseException) -> str:
+  """The first line of ``e``'s message, naming the damaged array when TensorStore says
+  which (its spec, a page of JSON, is left out)."""
   text = str(e).strip()
-  return text.splitlines()[0][:500] if text else "(no message)"
+  text = text.splitlines()[0] if text else "(no message)"
+  text = text.split(" [tensorstore_spec=")[0]
+  array = re.search(r'Error (?:reading|opening) "([^"]+?)/\.zarray"', text)
+  prefix = f"array {array.group(1).replace('.', '/')!r} is damaged: " if array else ""
+  return f"{prefix}{type(e).__name__}: {text[:400]}"
 
 
 def load_state_arrays(workdir: str, step: int | None = None) -> dict:

@@ -40,14 +40,8 @@ class EarlyStopping:
   bad_evals: int = 0
 
   def __post_init__(self):
-    if not self.metric:
-      raise ValueError("config.train.early_stopping_metric: empty metric name")
-    if self.patience < 1:
-      raise ValueError(f"config.train.patience={self.patience}: must be >= 1 when "
-                       f"config.train.early_stopping_metric={self.metric!r} is set")
+    # patience >= 1 is checked with the rest of the config (pico_jax/config.py).
     self.mode = self.mode or metric_mode(self.metric)
-    if self.mode not in ("max", "min"):
-      raise ValueError(f"early stopping mode {self.mode!r}: expected 'max' or 'min'")
 
   def update(self, step: int, metrics: dict) -> bool:
     """Records one evaluation; returns True when it is the new best.

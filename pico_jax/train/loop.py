@@ -38,8 +38,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   the final test metrics (those of the best evaluation when early stopping is on).
 
   Args:
-    batches: device batches to train on (default: ``Trainer.batches()``), e.g. a
-      device-prefetching wrapper of it.
+    batches: device batches to train on (default: ``Trainer.batches()``, which
+      prefetches to the devices with ``config.data.device_prefetch``). Checkpoints save
+      the position of ``Trainer.data``, so other batches resume only if they follow it.
 
   Returns None when the job was preempted (SIGTERM): the state was saved and the same
   command resumes it. Raises FloatingPointError on a non-finite loss (the last good
@@ -48,12 +49,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   resumed.
   """
   os.makedirs(workdir, exist_ok=True)
-  trainer = build(config, workdir)
   t = config.train
   with contextlib.ExitStack() as stack:
-    stack.callback(trainer.close)  # runs last: the saves already started finish.
+    watch = stack.enter_context(PreemptionWatch())  # first: a SIGTERM during build counts.
+    trainer = build(config, workdir)
+    stack.callback(trainer.close)  # the saves already started finish, even on errors.
     run = stack.enter_context(Run(trainer, workdir))
-    watch = stack.enter_context(PreemptionWatch())
     actions = [Every(t.log_every, run.log_train, last=t.steps),
                Every(t.eval_every, run.evaluate, last=t.steps)]
     if trainer.checkpointer is not None:

@@ -14,12 +14,34 @@ Which checkpoint (``which``):
 
 from __future__ import annotations
 
+import logging
+
 import ml_collections
 
+from pico_jax import config as config_lib
 from pico_jax import parallel
-from pico_jax.workdir import best_criterion
-from pico_jax.train.checkpoint import Checkpointer
+from pico_jax.train.checkpoint import Checkpointer, flatten_config
 from pico_jax.train.trainer import Trainer, build
+from pico_jax.workdir import best_criterion
+
+log = logging.getLogger("pico_jax")
+
+
+def saved_run_config(saved: dict) -> ml_collections.ConfigDict:
+  """A checkpoint's config laid over today's defaults (``configs/default.py`` has every
+  key): keys added since the run keep their defaults, keys removed since are dropped
+  with a warning, so an older run still evaluates and exports."""
+  from configs import default
+  config = default.get_config()
+  dropped = []
+  for key, value in flatten_config(saved).items():
+    try:
+      config_lib.set_value(config, key, value)
+    except KeyError:
+      dropped.append(key)
+  if dropped:
+    log.warning("ignoring saved config keys that no longer exist: %s", ", ".join(dropped))
+  return config
 
 
 def resolve_step(ckpt: Checkpointer, which: str) -> int:
@@ -61,9 +83,9 @@ def restore(workdir: str, which: str = "latest", *, mesh=None) -> Trainer:
     latest = ckpt.latest_step()
     if latest is not None:
       # "best" ranks by the run's own config.
-      ckpt.best = best_criterion(ml_collections.ConfigDict(ckpt.saved_config(latest)))
+      ckpt.best = best_criterion(saved_run_config(ckpt.saved_config(latest)))
     step = resolve_step(ckpt, which)
-    config = ml_collections.ConfigDict(ckpt.saved_config(step))
+    config = saved_run_config(ckpt.saved_config(step))
     trainer = build(config, mesh=mesh if mesh is not None else parallel.make_mesh(-1, 1),
                     init_state=False)
     trainer.state = ckpt.restore_state(step, trainer.abstract_state)

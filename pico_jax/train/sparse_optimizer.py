@@ -15,7 +15,9 @@ Adam moments (about 3.3 GB of memory traffic per step). The lazy step instead
    the train state is donated, so the scatters write in place. Rows the batch does
    not touch are neither read nor written.
 
-Every other parameter is updated by the config's optimizer (``optax``) as before.
+Every other parameter is updated by the config's optimizer (``optax``) as before. Both
+follow the config's learning-rate schedule: the table's update at step t uses
+``learning_rate(t)``, as optax's does.
 
 Equivalence with the dense optimizers:
 - ``lazy_adagrad`` equals ``optax.adagrad`` exactly: an untouched row has zero
@@ -38,7 +40,7 @@ touched rows' included, which equals the dense global norm.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Union
 
 import flax.linen as nn
 import jax
@@ -160,10 +162,11 @@ class LazyEmbeddingOptimizer:
 
   ``init(params)`` gives a ``LazyEmbeddingState`` (state.py calls it like an optax
   transformation's init); ``step`` is the train step's differentiate-and-update.
+  ``learning_rate``: a float, or an optax schedule of the step count.
   """
   dense: optax.GradientTransformation
   kind: str  # lazy_adam | lazy_adagrad
-  learning_rate: float
+  learning_rate: Union[float, optax.Schedule]
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
@@ -183,10 +186,11 @@ class LazyEmbeddingOptimizer:
           table, jnp.full_like(value, ADAGRAD_INITIAL_ACCUMULATOR)))
     return LazyEmbeddingState(dense=self.dense.init(rest), table=state)
 
-  def update_rows(self, state, table, rows, values, grads):
+  def update_rows(self, state, table, rows, values, grads, count=0):
     """Updates the touched ``rows`` (int32 [N]; ``num_rows`` = unused slot) whose current
-    values float32 [N, D] and gradients [N, D] are given: (new table, new state)."""
-    lr = self.learning_rate
+    values float32 [N, D] and gradients [N, D] are given, at step ``count`` (int scalar:
+    updates applied so far, for the schedule): (new table, new state)."""
+    lr = self.learning_rate(count) if callable(self.learning_rate) else self.learning_rate
     if self.kind == "lazy_adam":
       mu = self.b1 * _gather(state.mu, rows) + (1 - self.b1) * grads
       nu = self.b2 * _gather(state.nu, rows) + (1 - self.b2) * jnp.square(grads)
@@ -207,7 +211,7 @@ class LazyEmbeddingOptimizer:
     return _scatter(table, rows, new_values), state
 
   def step(self, loss_fn: Callable, params, opt_state: LazyEmbeddingState, schema: Schema,
-           features):
+           features, *, count):
     """Differentiates and updates: (params, opt_state, metrics).
 
     Args:
@@ -215,6 +219,7 @@ class LazyEmbeddingOptimizer:
         loss with ``embedding_rows`` passed to ``PicoModel``.
       params: the current params (plain arrays).
       schema, features: the dataset schema and the batch's model inputs.
+      count: int scalar, the updates applied so far (the train state's step).
     """
     table, rest = split_table(params)
     ids = row_ids(schema, features)
@@ -235,18 +240,22 @@ class LazyEmbeddingOptimizer:
       grads, row_grads = jax.tree.map(clip, (grads, row_grads))
     updates, dense_state = self.dense.update(grads, opt_state.dense, rest)
     rest = optax.apply_updates(rest, updates)
-    table, table_state = self.update_rows(opt_state.table, table, rows, values, row_grads)
+    table, table_state = self.update_rows(opt_state.table, table, rows, values, row_grads,
+                                          count)
     metrics["grad_norm"] = grad_norm
     metrics["touched_rows"] = jnp.sum(rows < table.shape[0]).astype(jnp.float32)
     return (merge_table(table, rest), LazyEmbeddingState(dense=dense_state, table=table_state),
             metrics)
 
 
-def lazy_embedding_optimizer(dense: optax.GradientTransformation, opt) -> LazyEmbeddingOptimizer:
+def lazy_embedding_optimizer(dense: optax.GradientTransformation, opt,
+                             learning_rate: Union[float, optax.Schedule, None] = None
+                             ) -> LazyEmbeddingOptimizer:
   """The lazy optimizer named by ``opt.embedding_optimizer`` (``config.optimizer``).
 
   ``dense`` is the config's optimizer for the other params, built without clipping
-  (``step`` clips all gradients together).
+  (``step`` clips all gradients together); ``learning_rate`` its schedule (default
+  the constant ``opt.learning_rate``).
   """
   kind = opt.embedding_optimizer
   if kind not in EMBEDDING_OPTIMIZERS[1:]:
@@ -256,6 +265,8 @@ def lazy_embedding_optimizer(dense: optax.GradientTransformation, opt) -> LazyEm
     raise ValueError(f"config.optimizer.embedding_optimizer={kind!r} has no weight decay; "
                      f"config.optimizer.name='adamw' with weight_decay={opt.weight_decay} "
                      "would decay the other params only")
-  return LazyEmbeddingOptimizer(dense=dense, kind=kind, learning_rate=opt.learning_rate,
+  return LazyEmbeddingOptimizer(dense=dense, kind=kind,
+                                learning_rate=(opt.learning_rate if learning_rate is None
+                                               else learning_rate),
                                 b1=opt.b1, b2=opt.b2, eps=opt.eps,
                                 grad_clip_norm=opt.grad_clip_norm)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import functools
-
 import contextlib
+import functools
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 
 from pico_jax import batch as B
 from pico_jax.losses import pico_objective
 from pico_jax.parallel import DATA, batch_sharding, replicated
 from pico_jax.train import sparse_optimizer
+from pico_jax.train.optimizer import learning_rate_schedule
 from pico_jax.train.state import TrainState
 
 
@@ -24,15 +25,23 @@ def objective_kwargs(config, mesh) -> dict:
       ctr_weight=config.loss.ctr_weight, ctcvr_weight=config.loss.ctcvr_weight,
       cvr_weight=config.loss.cvr_weight, cvr_rows=config.loss.cvr_rows,
       contrast_weight=c.weight, symmetric=c.symmetric,
-      normalize=c.normalize, chunk_size=c.chunk_size,
+      normalize=c.normalize, chunk_size=c.chunk_size, implementation=c.implementation,
       negative_groups=mesh.shape[DATA] if c.negatives == "local" else 1,
       relatedness_supervision_weight=c.relatedness_supervision_weight,
       tau_gradient=c.tau_gradient, tau_prior_weight=c.tau_prior_weight,
-      tau_prior=c.tau_prior)
+      tau_prior=c.tau_prior,
+      pos_weights=(config.loss.pos_weight.ctr, config.loss.pos_weight.ctcvr,
+                   config.loss.pos_weight.cvr),
+      calibrator_weight=config.loss.calibrator_weight)
 
 
-def train_step(state: TrainState, batch, *, model, tx, objective: dict):
-  """One optimisation step: (state, batch) -> (state, metrics of float32 scalars)."""
+def train_step(state: TrainState, batch, *, model, tx, objective: dict,
+               learning_rate: optax.Schedule | None = None):
+  """One optimisation step: (state, batch) -> (state, metrics of float32 scalars).
+
+  With ``learning_rate`` (the optimizer's schedule) the metrics hold
+  ``learning_rate``, the rate this step's update used (the schedule at ``state.step``).
+  """
   rng = jax.random.fold_in(state.rng, state.step)
   features = B.features(batch)
 
@@ -43,12 +52,14 @@ def train_step(state: TrainState, batch, *, model, tx, objective: dict):
 
   if isinstance(tx, sparse_optimizer.LazyEmbeddingOptimizer):
     params, opt_state, metrics = tx.step(loss_fn, state.params, state.opt_state,
-                                         model.embedding.schema, features)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics["grad_norm"] = optax.tree.norm(grads)
+                                         model.embedding.schema, features, count=state.step)
+  else:
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+  if learning_rate is not None:
+    metrics["learning_rate"] = jnp.asarray(learning_rate(state.step), jnp.float32)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -79,16 +90,18 @@ def _traced_under(fn, mesh, axis_rules):
   return wrapped
 
 
-def compile_steps(model, tx, config, mesh, state_shardings):
-  """jit-compiled ``train_step`` (state donated) and ``eval_step`` with explicit shardings."""
+def compile_steps(model, tx, config, mesh, shardings):
+  """jit-compiled ``train_step`` (state donated) and ``eval_step`` with explicit shardings
+  (``shardings``: the TrainState of NamedShardings). Called once, by ``trainer.build``."""
   data = batch_sharding(mesh)
   rules = config.axis_rules
   train = jax.jit(
-      _traced_under(functools.partial(train_step, model=model, tx=tx,
-                                      objective=objective_kwargs(config, mesh)),
+      _traced_under(functools.partial(
+          train_step, model=model, tx=tx, objective=objective_kwargs(config, mesh),
+          learning_rate=learning_rate_schedule(config.optimizer, config.train.steps)),
                     mesh, rules),
-      in_shardings=(state_shardings, data), out_shardings=(state_shardings, replicated(mesh)),
+      in_shardings=(shardings, data), out_shardings=(shardings, replicated(mesh)),
       donate_argnums=0)
   evaluate = jax.jit(_traced_under(functools.partial(eval_step, model=model), mesh, rules),
-                     in_shardings=(state_shardings.params, data), out_shardings=data)
+                     in_shardings=(shardings.params, data), out_shardings=data)
   return train, evaluate

@@ -19,6 +19,7 @@ from pico_jax import config as config_lib
 from pico_jax import metrics as metrics_lib
 from pico_jax import parallel
 from pico_jax.data import load_dataset, pipeline
+from pico_jax.data.device_prefetch import DevicePrefetcher
 from pico_jax.data.schema import Schema
 from pico_jax.data.synthetic import Dataset
 from pico_jax.models import build_model
@@ -42,8 +43,11 @@ class Trainer:
     shardings: the ``TrainState`` of NamedShardings.
     train_step: compiled ``(state, device batch) -> (state, metrics)``, state donated.
     eval_step: compiled ``(params, device batch) -> predictions`` (float32 [B] each).
-    data: this process's host training batches (a Grain iterator with get/set_state),
-      None without a dataset.
+    data: this process's training batches, the iterator whose position checkpoints
+      save (get/set_state): the Grain iterator of host batches, or with
+      ``config.data.device_prefetch`` a ``DevicePrefetcher`` of device batches over it
+      (its position is that of the batches consumed, not of those read ahead); None
+      without a dataset.
     checkpointer: the run's checkpoints (None without a work directory or when
       ``config.checkpoint.enabled`` is off).
     state: the train state: resumed from the latest checkpoint, else initialised from
@@ -65,24 +69,21 @@ class Trainer:
   state: TrainState | None = None
   resumed_step: int | None = None
 
-  def place(self, host_batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict]:
-    """Host batches (this process's rows) -> global device batches split over ``data``.
+  def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """One host batch (this process's rows) -> the global batch on the devices, split
+    over ``data``. The one place batches go to the devices."""
+    return parallel.shard_batch(batch, self.mesh)
 
-    The one place batches go to the devices; a device-prefetching iterator replaces
-    ``batches()`` by wrapping this.
-    """
+  def place(self, host_batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict]:
     for batch in host_batches:
-      yield parallel.shard_batch(batch, self.mesh)
+      yield self.put(batch)
 
   def batches(self) -> Iterator[dict]:
-    """The training batches on the devices, in the data iterator's order.
-
-    A wrapper that fetches ahead must keep ``data``'s saved position that of the
-    batches consumed, or a resume skips the prefetched ones.
-    """
+    """The training batches on the devices, in the data iterator's order: ``data``
+    itself when it prefetches to the devices (``config.data.device_prefetch``)."""
     if self.data is None:
       raise ValueError("this Trainer was built without a dataset: no training batches")
-    return self.place(self.data)
+    return self.data if isinstance(self.data, DevicePrefetcher) else self.place(self.data)
 
   def predict(self, split: str, params=None) -> dict[str, np.ndarray]:
     """``eval_step`` over every row of ``split`` (default params: the state's), gathered
@@ -105,12 +106,17 @@ class Trainer:
                                      self.dataset.info), predictions)
 
   def close(self):
-    """Waits for the checkpoint saves in flight, then releases the checkpointer."""
-    if self.checkpointer is not None:
-      try:
-        self.checkpointer.wait()
-      finally:
-        self.checkpointer.close()
+    """Waits for the checkpoint saves in flight, then releases the checkpointer and
+    stops the prefetch thread."""
+    try:
+      if self.checkpointer is not None:
+        try:
+          self.checkpointer.wait()
+        finally:
+          self.checkpointer.close()
+    finally:
+      if isinstance(self.data, DevicePrefetcher):
+        self.data.close()
 
 
 def _to_host(x) -> np.ndarray:
@@ -143,7 +149,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None, *,
     schema = dataset.schema
   mesh = mesh if mesh is not None else parallel.mesh_from_config(config)
   model = build_model(config, schema)
-  tx = make_optimizer(config.optimizer)
+  tx = make_optimizer(config.optimizer, config.train.steps)
   abstract = abstract_train_state(model, tx, schema, mesh, config.axis_rules,
                                   fsdp=config.mesh.fsdp)
   shardings = jax.tree.map(lambda s: s.sharding, abstract)
@@ -161,6 +167,9 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None, *,
   trainer = Trainer(config=config, dataset=dataset, schema=schema, mesh=mesh, model=model,
                     tx=tx, abstract_state=abstract, shardings=shardings, train_step=train_step,
                     eval_step=eval_step, data=data, checkpointer=checkpointer)
+  if data is not None and config.data.device_prefetch:
+    trainer.data = data = DevicePrefetcher(data, trainer.put,
+                                           buffer_size=config.data.device_prefetch)
   if not init_state:
     return trainer
   if checkpointer is not None:

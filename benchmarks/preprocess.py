@@ -1,0 +1,146 @@
+"""Preprocessing and scoring throughput on an AliExpress-format CSV, beside pandas.
+
+  python benchmarks/preprocess.py --rows 300000 --repeat 3 [--workers N] [--predict]
+
+1. Writes an AliExpress-format CSV of ``--rows`` rows in the W2 shape
+   (``pico_jax.data.w2``: 16 categorical fields with vocabularies of 8 ... 500,000, 63
+   dense values in [0, 1) written with 6 decimals, search_id, click, conversion).
+2. Times, interleaved ``--repeat`` times in one run so that they share the machine's
+   load: ``pandas.read_csv`` of the file (the reference; only when pandas is
+   installed, it is not a dependency of pico_jax), and ``preprocess.build_store`` (the
+   whole preprocessor: scan, parse, checks, vocabularies, store) with 1 worker and with
+   ``--workers``.
+3. ``--predict``: trains a small model for a few steps on the store and times
+   ``launch/predict.py``'s scoring of the same CSV (parse, encode, model, output).
+
+Prints one JSON object: rows/s of each (best of the repeats, and every repeat) and the
+ratios to pandas; the figures go in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from pico_jax.data import preprocess, w2
+
+HEADER = (["search_id"] + [f"categorical_{i}" for i in range(1, 17)]
+          + [f"numerical_{i}" for i in range(1, 64)] + ["click", "conversion"])
+
+
+def write_aliexpress_csv(path: str, rows: int, seed: int = 0, block: int = 100_000):
+  """An AliExpress-format CSV of ``rows`` W2-shaped rows (header, 82 columns); dense
+  values rounded to 6 decimals, as the AliExpress release writes them."""
+  rng = np.random.default_rng(seed)
+  with open(path, "wb") as f:
+    f.write((",".join(HEADER) + "\n").encode())
+    for start in range(0, rows, block):
+      n = min(block, rows - start)
+      b = w2.batch(rng, n)
+      cols = [np.arange(start, start + n) // 20]
+      cols += [b["sparse"][:, j].astype(np.int64) for j in range(16)]
+      cols += list(np.round(b["dense"].astype(np.float64), 6).T)
+      cols += [b[k].astype(np.int64) for k in ("click", "conversion")]
+      pacsv.write_csv(pa.table(cols, names=HEADER), f,
+                      pacsv.WriteOptions(include_header=False))
+
+
+def _time_predict(store_dir: str, csv: str, args) -> dict:
+  """Trains the default recipe (AliExpress store, few steps) and times
+  ``launch/predict.py``'s scoring of the CSV: rows/s of parse + encode + model +
+  output, after the model is restored and compiled."""
+  import importlib.util
+  from configs import default
+  from pico_jax.train.loop import train_and_evaluate
+  config = default.get_config()
+  config.data.name, config.data.path = "store", store_dir
+  config.train.steps, config.train.eval_every, config.train.log_every = 20, 20, 20
+  config.checkpoint.enabled = True
+  workdir = os.path.join(args.workdir, "run")
+  train_and_evaluate(config, workdir)
+  spec = importlib.util.spec_from_file_location("predict_cli", os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", "predict.py"))
+  cli = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(cli)
+  score, path = cli.checkpoint_scorer(workdir, "latest")
+  out = os.path.join(args.workdir, "preds.csv")
+  warmup = os.path.join(args.workdir, "warmup.csv")
+  with open(csv, "rb") as f, open(warmup, "wb") as g:
+    g.writelines(f.readline() for _ in range(1001))
+  cli.predict_files(score, path, [warmup], out)  # compiles the model.
+  summary = cli.predict_files(score, path, [csv], out, log=lambda m: None)
+  return {"rows_per_s": round(summary["rows_per_s"]),
+          "eval_batch_size": config.train.eval_batch_size,
+          "model": f"{config.model.backbone}, embed_dim {config.model.embed_dim}"}
+
+
+def _time(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--rows", type=int, default=300_000)
+  p.add_argument("--repeat", type=int, default=3)
+  p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                 help="worker processes timed beside 1 worker")
+  p.add_argument("--predict", action="store_true", help="also time launch/predict.py")
+  p.add_argument("--workdir", default="/tmp/pico_preprocess_bench")
+  p.add_argument("--keep", action="store_true", help="keep the generated files")
+  args = p.parse_args()
+  os.makedirs(args.workdir, exist_ok=True)
+  csv = os.path.join(args.workdir, "aliexpress.csv")
+  if not os.path.exists(csv) or not args.keep:
+    write_aliexpress_csv(csv, args.rows)
+  result = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+                       f"{os.cpu_count()} cpus", "date": time.strftime("%Y-%m-%d %H:%M"),
+            "load_average": os.getloadavg(), "rows": args.rows,
+            "csv_mb": round(os.path.getsize(csv) / 2 ** 20, 1)}
+  try:
+    import pandas
+  except ImportError:
+    pandas = None
+  out = os.path.join(args.workdir, "store")
+  runs = {}
+  if pandas is not None:
+    runs["pandas.read_csv"] = lambda: pandas.read_csv(csv)
+  for workers in sorted({1, args.workers}):
+    runs[f"preprocess workers={workers}"] = (
+        lambda w=workers: preprocess.build_store(
+            "aliexpress", [csv], out, overwrite=True,
+            options=preprocess.Options(workers=w)))
+  times = {name: [] for name in runs}
+  for _ in range(args.repeat):
+    for name, fn in runs.items():
+      times[name].append(_time(fn))
+  for name, ts in times.items():
+    result[name] = {"rows_per_s": round(args.rows / min(ts)),
+                    "seconds": [round(t, 2) for t in ts]}
+  if pandas is not None:
+    ref = min(times["pandas.read_csv"])
+    for name, ts in times.items():
+      # Per repeat (the runs of one repeat share the load) and best against best.
+      result[name]["ratio_to_pandas"] = {
+          "best": round(ref / min(ts), 2),
+          "per_repeat": [round(r / t, 2) for r, t in zip(times["pandas.read_csv"], ts)]}
+  if args.predict:
+    result["predict"] = _time_predict(out, csv, args)
+  if not args.keep:
+    shutil.rmtree(args.workdir)
+  print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,229 @@
+"""The per-block work of preprocessing, run in order on a pool of worker processes.
+
+A block (``readers.Block``) is parsed once: ``count_block`` parses and checks it,
+returns its training statistics and spills the parsed rows to a file; after the
+vocabularies are built, ``write_block`` reads the spill back, encodes it and writes it
+into the store's memory-mapped columns. Only offsets, per-row split ids and small
+statistics travel between processes: a worker reads its block from the file (a gzip
+stream is unpacked once by the parent) and writes its rows into the store itself.
+
+``Runner`` hands the tasks to the workers at most two per worker ahead, so memory
+stays bounded by a few blocks, and yields the results in block order, so the first
+bad row of the input (in file order) is the one reported.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import multiprocessing
+import os
+import pickle
+import time
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import tqdm
+
+from pico_jax.data import readers
+from pico_jax.data.encode import Encoder, Factorized
+from pico_jax.data.errors import DataError
+
+_INT32 = np.iinfo(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class CountTask:
+  """Pass 1 of one block. ``split``: int8 [n] split id (0 train, 1 val, 2 test) of its
+  rows; ``data``: the block's bytes when the parent read them (gzip), else None."""
+  fmt: readers.Format
+  block: readers.Block
+  layout: readers.Layout
+  data: bytes | None
+  split: np.ndarray
+  policy: str
+  spill: str
+
+
+@dataclasses.dataclass
+class BlockStats:
+  """What pass 1 learns from a block.
+
+  Attributes:
+    rows: n.
+    dropped: bool [n], rows dropped by policy "drop" (conversion without click).
+    uniques: per feature field (sparse names, then list names): (sorted distinct
+      training values, int64 counts).
+    moments: (count, mean float64 [D], sum of squared deviations float64 [D]) of the
+      training rows' dense values, or None when there are none.
+    max_mult: per key:value field, the most values one row has.
+  """
+  rows: int
+  dropped: np.ndarray
+  uniques: list[tuple[np.ndarray, np.ndarray]]
+  moments: tuple[int, np.ndarray, np.ndarray] | None
+  max_mult: dict[str, int]
+
+
+def parse(fmt, block: readers.Block, layout, data: bytes | None) -> readers.Chunk:
+  """The block's rows (its bytes read from the file unless given)."""
+  if data is None:
+    data = readers.read_block(block, packed=False)
+  return fmt.parse_block(block.path, data, block.first_line, layout, block.num_lines)
+
+
+def count_block(task: CountTask) -> BlockStats:
+  """Parses, checks and spills a block; its training statistics. Raises DataError."""
+  fmt, path = task.fmt, task.block.path
+  chunk = parse(fmt, task.block, task.layout, task.data)
+  bad = (chunk.conversion == 1) & (chunk.click == 0)
+  if task.policy == "error" and bad.any():
+    i = int(np.flatnonzero(bad)[0])
+    col, name = fmt.conversion_column
+    raise DataError("conversion without click (conversion = 1, click = 0) breaks the "
+                    "entire-space rule; use policy 'drop' to skip such rows",
+                    path=path, line=int(chunk.lines[i]), column=col, column_name=name)
+  dropped = bad if task.policy == "drop" else np.zeros(len(chunk), bool)
+  if chunk.group is not None:
+    out = np.flatnonzero((chunk.group < _INT32.min) | (chunk.group > _INT32.max))
+    if len(out):
+      raise DataError(f"group key {int(chunk.group[out[0]])} does not fit int32",
+                      path=path, line=int(chunk.lines[out[0]]), column_name=fmt.group_name)
+  train = (task.split == 0) & ~dropped
+  uniques = []
+  for j, values in enumerate(chunk.sparse):
+    # Spilled factorized: pass 2 then looks up each distinct value once, in order.
+    factors = Factorized(*np.unique(values, return_inverse=True))
+    counts = np.bincount(factors.inverse[train], minlength=len(factors.keys))
+    uniques.append((factors.keys[counts > 0], counts[counts > 0]))
+    chunk.sparse[j] = factors
+  moments = None
+  if chunk.dense is not None and train.any():
+    x = chunk.dense[train]  # a copy: squared in place below.
+    mean = x.mean(0)
+    x -= mean
+    moments = (len(x), mean, np.square(x, out=x).sum(0))
+  max_mult = {}
+  for name, (lrows, values, _) in chunk.lists.items():
+    max_mult[name] = int(np.bincount(lrows).max()) if len(lrows) else 0
+    uniques.append(np.unique(values[train[lrows]], return_counts=True))
+  with open(task.spill, "wb") as f:
+    pickle.dump(chunk, f, protocol=pickle.HIGHEST_PROTOCOL)
+  return BlockStats(len(chunk), dropped, uniques, moments, max_mult)
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteTask:
+  """Pass 2 of one block: ``where`` int64 [n] is each row's index in its split,
+  ``split`` int8 [n] its split id (-1: dropped); ``encoder`` the Encoder or the path
+  of its pickle (read once per worker)."""
+  spill: str
+  encoder: Encoder | str
+  store_dir: str
+  split: np.ndarray
+  where: np.ndarray
+
+
+@functools.lru_cache(maxsize=4)
+def _load_encoder(path: str) -> Encoder:
+  with open(path, "rb") as f:
+    return pickle.load(f)
+
+
+_COLUMNS: dict[str, np.ndarray] = {}  # this worker's writable maps of the store.
+
+
+def _column(store_dir: str, split: str, key: str) -> np.ndarray:
+  path = os.path.join(store_dir, split, f"{key}.npy")
+  if path not in _COLUMNS:
+    _COLUMNS[path] = np.load(path, mmap_mode="r+")
+  return _COLUMNS[path]
+
+
+def write_block(task: WriteTask, splits=("train", "val", "test"), columns=None):
+  """Encodes a spilled block into the store; per multi-valued field, the rows
+  truncated. ``columns`` (split -> key -> array) defaults to maps of the files."""
+  with open(task.spill, "rb") as f:
+    chunk = pickle.load(f)
+  os.remove(task.spill)
+  encoder = (_load_encoder(task.encoder) if isinstance(task.encoder, str)
+             else task.encoder)
+  cols, truncated = encoder.encode(chunk)
+  for sid, split in enumerate(splits):
+    sel = task.split == sid
+    if sel.any():
+      where = task.where[sel]
+      for key, values in cols.items():
+        target = (columns[split][key] if columns is not None
+                  else _column(task.store_dir, split, key))
+        target[where] = values[sel]
+  return truncated
+
+
+class Runner:
+  """Runs block tasks in order: in this process (``workers`` 1) or on a pool.
+
+  ``spawn`` workers, not ``fork``: the caller may hold threads (JAX, Grain) that a
+  fork would copy mid-state.
+  """
+
+  def __init__(self, workers: int = 1):
+    self.workers = workers
+    self._pool = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+    return False
+
+  def close(self):
+    """Stops the workers. Their writes to the store's shared maps are already in the
+    page cache; after an error, the blocks still pending are of no use."""
+    if self._pool is not None:
+      self._pool.terminate()
+      self._pool.join()
+      self._pool = None
+
+  def map(self, fn: Callable, tasks: Iterable, num_tasks: int) -> Iterable[Any]:
+    """``fn(task)`` for every task, in order (a worker's exception re-raised here)."""
+    if self.workers <= 1 or num_tasks <= 1:
+      yield from map(fn, tasks)
+      return
+    if self._pool is None:
+      self._pool = multiprocessing.get_context("spawn").Pool(
+          self.workers)
+    pending = collections.deque()
+    for task in tasks:
+      pending.append(self._pool.apply_async(fn, (task,)))
+      if len(pending) >= 2 * self.workers:
+        yield pending.popleft().get()
+    while pending:
+      yield pending.popleft().get()
+
+
+class Progress:
+  """A tqdm bar over ``total`` units (rows, or bytes when ``unit`` is "B") that shows
+  rows/s; a no-op when ``enabled`` is False."""
+
+  def __init__(self, total: int, desc: str, unit: str = "rows", enabled: bool = True):
+    self.rows, self.start = 0, time.perf_counter()
+    self.bar = None
+    if enabled:
+      self.bar = tqdm.tqdm(total=total, desc=desc, unit=unit, unit_scale=True,
+                           unit_divisor=1024 if unit == "B" else 1000, dynamic_ncols=True,
+                           smoothing=0.1)
+
+  def update(self, rows: int, amount: int | None = None):
+    self.rows += rows
+    if self.bar is not None:
+      self.bar.update(rows if amount is None else amount)
+      if amount is not None:
+        rate = self.rows / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{rate:,.0f} rows/s", refresh=False)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()

@@ -1,0 +1,138 @@
+"""Parsed rows -> model columns: vocabularies, the dense transform and the schema layout.
+
+One ``Encoder`` maps a ``readers.Chunk`` to the store's columns. Preprocessing builds
+it from the training statistics and writes its output into the store; scoring
+(``launch/predict.py``) loads the same encoder from a store (``Encoder.from_store``)
+and feeds its output to the model, so raw rows are encoded by one code path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from pico_jax import batch as B
+from pico_jax.data import formats, store
+from pico_jax.data.readers import Chunk, Format
+from pico_jax.data.vocab import Vocab
+
+
+def positions_in_rows(rows: np.ndarray) -> np.ndarray:
+  """For ascending row indices of list entries: each entry's index within its row."""
+  return np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+
+
+@dataclasses.dataclass
+class Factorized:
+  """A column of raw values as its sorted distinct ``keys`` and, per row, the index
+  of its key (``inverse``, any int [n]): ``keys[inverse]`` is the column."""
+  keys: np.ndarray
+  inverse: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.inverse)
+
+
+def _lookup(vocab: Vocab, values) -> np.ndarray:
+  """``vocab.lookup`` of a raw column, once per distinct value when factorized."""
+  if isinstance(values, Factorized):
+    return vocab.lookup(values.keys)[values.inverse]
+  return vocab.lookup(values)
+
+
+@dataclasses.dataclass
+class Encoder:
+  """Everything that turns raw values into the store's ids and dense values.
+
+  Attributes:
+    sparse_names: the single-valued fields in schema order: the format's sparse
+      columns, then the key:value fields that no row repeats (``single_lists``).
+    single_lists: key:value fields stored single-valued.
+    multi_names: multi-valued fields, in schema order.
+    multi_len: their padded length L.
+    vocabs: field name -> ``Vocab``.
+    mean, std: float64 [D]: dense = (raw - mean) / std.
+    has_dense, has_group: whether the store has the dense and group columns.
+  """
+  sparse_names: tuple[str, ...]
+  single_lists: tuple[str, ...]
+  multi_names: tuple[str, ...]
+  multi_len: int
+  vocabs: dict[str, Vocab]
+  mean: np.ndarray
+  std: np.ndarray
+  has_dense: bool
+  has_group: bool
+
+  def encode(self, chunk: Chunk) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """(columns, truncated): the batch-keyed columns of ``chunk`` (labels only when it
+    has them) and, per multi-valued field, how many rows had more than L values.
+
+    Shapes: sparse int32 [n, F], multi int32 [n, G, L], multi_mask bool [n, G, L],
+    dense float32 [n, D], group int32 [n], click/conversion float32 [n].
+    """
+    n = len(chunk)
+    cols = {}
+    if chunk.click is not None:
+      cols[B.CLICK], cols[B.CONVERSION] = chunk.click, chunk.conversion
+    if self.sparse_names:
+      ids = np.zeros((n, len(self.sparse_names)), np.int32)
+      for j, values in enumerate(chunk.sparse):
+        ids[:, j] = _lookup(self.vocabs[self.sparse_names[j]], values)
+      for j, name in enumerate(self.single_lists, start=len(chunk.sparse)):
+        lrows, values, _ = chunk.lists[name]
+        ids[lrows, j] = self.vocabs[name].lookup(values)
+      cols[B.SPARSE] = ids
+    truncated = {}
+    if self.multi_names:
+      L = self.multi_len
+      multi = np.zeros((n, len(self.multi_names), L), np.int32)
+      mask = np.zeros((n, len(self.multi_names), L), bool)
+      for g, name in enumerate(self.multi_names):
+        lrows, values, _ = chunk.lists[name]
+        pos = positions_in_rows(lrows)
+        fits = pos < L
+        multi[lrows[fits], g, pos[fits]] = self.vocabs[name].lookup(values[fits])
+        mask[lrows[fits], g, pos[fits]] = True
+        truncated[name] = int(np.sum(np.bincount(lrows, minlength=n) > L))
+      cols[B.MULTI], cols[B.MULTI_MASK] = multi, mask
+    if self.has_dense:
+      dense = chunk.dense - self.mean
+      dense /= self.std  # in place: (x - mean) / std, one temporary.
+      cols[B.DENSE] = dense.astype(np.float32)
+    if self.has_group:
+      cols[B.GROUP] = chunk.group.astype(np.int32)
+    return cols, truncated
+
+  @classmethod
+  def from_store(cls, path: str) -> tuple["Encoder", Format, dict]:
+    """(encoder, format, meta) of the store at ``path``: the encoder it was written
+    with (from its meta.json and vocabulary files) and the reader of its raw format,
+    with the store's feature columns."""
+    meta = store.read_meta(path)
+    options = meta.get("options", {})
+    fmt = formats.get_format(meta["format"], sparse=options.get("sparse"),
+                             dense=options.get("dense"))
+    schema = meta["schema"]
+    names = [f["name"] for f in schema["sparse"]]
+    multi = [f["name"] for f in schema["multi"]]
+    vocabs = {}
+    for name in names + multi:
+      entry = meta["vocab"][name]
+      if entry["kind"] == "hash":
+        vocabs[name] = Vocab(buckets=entry["size"] - 1)
+      elif "file" in entry:
+        vocabs[name] = Vocab(keys=np.load(os.path.join(path, entry["file"]),
+                                          allow_pickle=False))
+      else:
+        vocabs[name] = Vocab()
+    stats = meta["dense_stats"]
+    return cls(sparse_names=tuple(names),
+               single_lists=tuple(n for n in names if n not in fmt.sparse_names),
+               multi_names=tuple(multi),
+               multi_len=max((f["max_len"] for f in schema["multi"]), default=1),
+               vocabs=vocabs, mean=np.asarray(stats["mean"], np.float64),
+               std=np.asarray(stats["std"], np.float64), has_dense=bool(schema["dense"]),
+               has_group=B.GROUP in schema["extras"]), fmt, meta

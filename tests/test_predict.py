@@ -1,0 +1,126 @@
+"""launch/predict.py: raw rows scored with the run's vocabularies agree with
+launch/evaluate.py on the same rows (checkpoint and exported artifact), labels are
+optional, and bad rows fail with file/line/column, leaving nothing at --output."""
+
+import csv
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, small_config
+from pico_jax import batch as B
+from pico_jax.data import preprocess
+from shared_data import ALIEXPRESS, needs_data
+
+TRAIN = os.path.join(ALIEXPRESS, "fuxictr-tiny_mtl", "train.csv")
+TEST = os.path.join(ALIEXPRESS, "fuxictr-tiny_mtl", "test.csv")
+
+
+def _load_cli(name):
+  spec = importlib.util.spec_from_file_location(f"{name}_cli",
+                                                os.path.join(ROOT, "launch", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A few checkpointed training steps on a store of the AliExpress sample (its test
+  split is test.csv, in file order)."""
+  tmp = tmp_path_factory.mktemp("predict")
+  store_dir = str(tmp / "store")
+  preprocess.build_store("aliexpress", [TRAIN, TEST], store_dir,
+                         options=preprocess.Options(min_count=2))
+  config = small_config(**{"data.name": "store", "data.path": store_dir,
+                           "checkpoint.enabled": True, "checkpoint.every_steps": 4,
+                           "train.steps": 4, "train.eval_every": 4, "train.log_every": 4,
+                           "train.eval_batch_size": 64})
+  workdir = str(tmp / "run")
+  from pico_jax.train.loop import train_and_evaluate
+  train_and_evaluate(config, workdir)
+  return workdir, tmp
+
+
+def _read(path):
+  with open(path) as f:
+    rows = list(csv.reader(f))
+  return rows[0], np.array(rows[1:], dtype=object)
+
+
+@needs_data
+def test_scores_agree_with_evaluate(run, capsys):
+  workdir, tmp = run
+  predict, evaluate = _load_cli("predict"), _load_cli("evaluate")
+  out = str(tmp / "preds.csv")
+  assert predict.main(["--workdir", workdir, "--checkpoint", "latest", "--input", TEST,
+                       "--format", "aliexpress", "--output", out, "--no-progress"]) == 0
+  printed = capsys.readouterr().out
+  assert "100 rows scored" in printed and "mapped to id 0" in printed
+  header, rows = _read(out)
+  assert header == ["search_id", "p_ctr", "p_cvr", "p_ctcvr"]
+  raw = np.loadtxt(TEST, delimiter=",", skiprows=1)
+  np.testing.assert_array_equal(rows[:, 0].astype(np.int64), raw[:, 0].astype(np.int64))
+
+  # The same rows, scored as launch/evaluate.py scores the store's test split.
+  from pico_jax.train.restore import restore
+  trainer = restore(workdir, "latest")
+  want = trainer.predict("test")
+  for j, key in enumerate(("p_ctr", "p_cvr", "p_ctcvr"), start=1):
+    np.testing.assert_allclose(rows[:, j].astype(np.float64), want[key], rtol=0,
+                               atol=1e-6, err_msg=key)
+  store_dir = trainer.config.data.path
+  summary = predict.predict_files(
+      predict.checkpoint_scorer(workdir, "latest")[0], store_dir, [TEST],
+      str(tmp / "again.csv"), log=lambda m: None)
+  metrics = evaluate.evaluate(workdir, "test", "latest")
+  for key, value in summary["metrics"].items():  # NaN where a task has one class.
+    np.testing.assert_allclose(value, metrics[key], rtol=0, atol=1e-6, err_msg=key)
+  # min_count=2 leaves rare test values unseen: they are counted, per field.
+  assert sum(summary["id0"].values()) > 0
+  assert set(summary["id0"]) == {f"categorical_{i}" for i in range(1, 17)}
+
+  # Labels are optional: the same file without them scores the same, no metrics.
+  unlabeled = tmp / "unlabeled.csv"
+  with open(TEST) as f, open(unlabeled, "w") as g:
+    g.writelines(",".join(line.rstrip("\n").split(",")[:-2]) + "\n" for line in f)
+  summary = predict.predict_files(
+      predict.checkpoint_scorer(workdir, "latest")[0], store_dir,
+      [str(unlabeled)], str(tmp / "unlabeled_preds.csv"))
+  assert summary["metrics"] is None
+  np.testing.assert_array_equal(_read(str(tmp / "unlabeled_preds.csv"))[1], rows)
+
+  # An exported artifact scores the same rows the same way.
+  from pico_jax import export
+  artifact = str(tmp / "artifact")
+  export.export_model(trainer.model, trainer.state.params, trainer.schema, artifact,
+                      platforms=("cpu",), step=trainer.resumed_step, config=trainer.config)
+  out2 = str(tmp / "artifact_preds.csv")
+  assert predict.main(["--workdir", workdir, "--artifact", artifact, "--input", TEST,
+                       "--output", out2, "--batch-size", "32", "--no-progress"]) == 0
+  _, rows2 = _read(out2)
+  np.testing.assert_allclose(rows2[:, 1:].astype(np.float64),
+                             rows[:, 1:].astype(np.float64), rtol=0, atol=1e-6)
+
+
+@needs_data
+def test_bad_rows_name_file_line_column(run, tmp_path, capsys):
+  workdir, _ = run
+  predict = _load_cli("predict")
+  lines = open(TEST).read().splitlines()
+  tokens = lines[7].split(",")
+  tokens[20] = "oops"
+  lines[7] = ",".join(tokens)
+  bad = tmp_path / "bad.csv"
+  bad.write_text("\n".join(lines) + "\n")
+  out = tmp_path / "preds.csv"
+  assert predict.main(["--workdir", workdir, "--input", str(bad), "--output", str(out),
+                       "--no-progress"]) == 1
+  assert "bad.csv:8: column 21 ('numerical_4'): non-numeric value 'oops'" in (
+      capsys.readouterr().err)
+  assert sorted(os.listdir(tmp_path)) == ["bad.csv"]  # no output, no temporary file.
+  assert predict.main(["--workdir", workdir, "--input", TEST, "--output", str(out),
+                       "--format", "census", "--no-progress"]) == 1
+  assert "store was built from format aliexpress" in capsys.readouterr().err

@@ -84,18 +84,14 @@ def test_backbone_representation_leaves_the_towers_alone(data):
 
 
 def test_term_gradients_measure_each_term_at_each_module(data):
-  def measure(overrides, **objective_overrides):
+  def measure(overrides):
     model, params, batch, objective = _model(data, **overrides)
-    return jax.jit(lambda p, b: diagnostics.term_gradients(
-        model, p, b, {**objective, **objective_overrides}))(params, batch)
+    return jax.jit(lambda p, b: diagnostics.term_gradients(model, p, b, objective))(
+        params, batch)
   out = measure({})
   assert float(out["grad_loss_contrast_cvr_tower"]) > 0
   assert float(out["grad_loss_ctcvr_cvr_tower"]) > 0
   assert -1 <= float(out["cos_contrast_ctcvr_cvr_tower"]) <= 1
-  # The weight scales the measured gradient: lambda 1.0 gives 10x lambda 0.1.
-  ten = measure({}, contrast_weight=1.0)
-  np.testing.assert_allclose(ten["grad_loss_contrast_cvr_tower"],
-                             10 * out["grad_loss_contrast_cvr_tower"], rtol=1e-5)
   assert "grad_loss_cvr_cvr_tower" not in out  # cvr_weight is 0 in the default recipe
   assert float(measure({"contrast.detach": "cvr"})["grad_loss_contrast_cvr_tower"]) == 0
 

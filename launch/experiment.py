@@ -130,6 +130,9 @@ def summarize(runs: list[dict], group_keys: list[str]) -> list[dict]:
 
 
 def markdown(rows: list[dict], group_keys: list[str], columns) -> str:
+  """The table: mean ± std over seeds; a paired delta with a 95% interval reads
+  ``mean [low, high]`` (``*``: the interval excludes 0; see ``pico_jax.stats``)."""
+  from pico_jax.stats import format_interval
   columns = [c for c in columns if any(f"{c}_mean" in r for r in rows)]
   header = group_keys + ["seeds"] + columns
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -140,6 +143,9 @@ def markdown(rows: list[dict], group_keys: list[str], columns) -> str:
       digits = 0 if c == "best_step" else 4
       if math.isnan(mean):
         cells.append("–")
+        continue
+      if f"{c}_ci_low" in r:
+        cells.append(format_interval(mean, r[f"{c}_ci_low"], r[f"{c}_ci_high"], digits))
         continue
       cells.append(f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}"))
     lines.append("| " + " | ".join(cells) + " |")
@@ -231,9 +237,11 @@ def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
         rows.append(result)
   if not rows:
     raise ValueError(f"{workdir}: no finished run to tabulate")
+  from pico_jax import stats
+  rows = stats.add_oracle_gaps([dict(r) for r in rows])
   if baseline:
-    rows = add_deltas([dict(r) for r in rows], baseline)
-  summary = summarize(rows, group_keys)
+    rows = add_deltas(rows, baseline)
+  summary = stats.add_intervals(summarize(rows, group_keys), rows)
   _write_csv(os.path.join(workdir, "runs.csv"),
              [{k: v for k, v in r.items() if k != "settings"} for r in rows])
   _write_csv(os.path.join(workdir, "results.csv"), summary)

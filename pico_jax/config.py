@@ -19,7 +19,7 @@ from ml_collections.config_flags import config_path
 from pico_jax.contrast import IMPLEMENTATIONS as CONTRAST_IMPLEMENTATIONS
 from pico_jax.models.heads import RELATEDNESS_INPUTS
 from pico_jax.models.pico import BACKBONES, CONTRAST_MODES
-from pico_jax.train.optimizer import SCHEDULES
+from pico_jax.train.optimizer import SCHEDULES, learning_rate_schedule
 
 CHOICES = {
     "data.name": ("synthetic", "store"),
@@ -94,13 +94,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                       f"tau_min={c.tau_min} and tau_max={c.tau_max}")
   if config.data.name == "store" and not config.data.path:
     raise ConfigError("config.data.path: required when config.data.name='store'")
-  o = config.optimizer
-  decay_steps = o.decay_steps or config.train.steps
-  if o.schedule != "constant" and not o.warmup_steps < decay_steps:
-    raise ConfigError(f"config.optimizer.warmup_steps={o.warmup_steps}: must be below "
-                      f"decay_steps={decay_steps} (decay_steps 0 means train.steps)")
+  try:  # the schedule checks its own settings (warmup below decay) and names the key.
+    learning_rate_schedule(config.optimizer, config.train.steps)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if config.model.dropout >= 1:
     raise ConfigError(f"config.model.dropout={config.model.dropout}: must be < 1")
+  hidden = config.model.aitm.bottom_hidden
+  if config.model.backbone == "aitm" and (not hidden or min(hidden) < 1):
+    raise ConfigError(f"config.model.aitm.bottom_hidden={tuple(hidden)}: needs at least one "
+                      "layer, every width >= 1")
   best = config.checkpoint.best_metric
   if best and (best.count("/") != 1 or not all(best.split("/"))):
     raise ConfigError(f"config.checkpoint.best_metric={best!r}: expected "

@@ -130,3 +130,37 @@ def test_trains_with_every_contrast_variant_and_exports(mode, schema, tmp_path):
   want = model.apply({"params": params}, features, with_contrast=False)
   for key in export.OUTPUTS:
     np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-7)
+
+
+def test_calibrator_is_zero_under_esmm_and_acts_on_an_entire_space_cvr_tower():
+  ctr_logit, cvr_logit = jnp.array([-1.0, 0.0, 2.0]), jnp.array([3.0, 1.0, 0.5])
+  batch = {"click": jnp.array([1.0, 0.0, 1.0]), "conversion": jnp.array([1.0, 0.0, 0.0]),
+           "mask": jnp.ones(3)}
+
+  def calibrator(logits, cvr_rows):
+    a, b = logits
+    p_ctr, p_cvr = jax.nn.sigmoid(a), jax.nn.sigmoid(b)
+    outputs = dict(ctr_logit=a, cvr_logit=b, p_ctr=p_ctr, p_cvr=p_cvr, p_ctcvr=p_ctr * p_cvr)
+    return pico_objective(outputs, batch, ctr_weight=0.0, ctcvr_weight=0.0, cvr_weight=0.0,
+                          contrast_weight=0.0, cvr_rows=cvr_rows,
+                          calibrator_weight=1.0)[1]["loss_calibrator"]
+
+  logits = (ctr_logit, cvr_logit)
+  # ESMM: p_ctcvr = p_ctr * p_cvr never exceeds p_ctr; nothing to penalise, no gradient.
+  assert float(calibrator(logits, "clicked")) == 0.0
+  assert all(float(jnp.abs(g).sum()) == 0 for g in jax.grad(calibrator)(logits, "clicked"))
+  # An entire-space CVR tower above the CTR one (rows 0 and 1) is pushed down.
+  p_ctr, p_cvr = jax.nn.sigmoid(ctr_logit), jax.nn.sigmoid(cvr_logit)
+  assert float(calibrator(logits, "all")) == pytest.approx(
+      float(jnp.mean(jnp.maximum(p_cvr - p_ctr, 0))), rel=1e-6)
+  grad_ctr, grad_cvr = jax.grad(calibrator)(logits, "all")
+  assert bool(jnp.all(grad_cvr[:2] > 0)) and float(grad_cvr[2]) == 0
+  assert bool(jnp.all(grad_ctr[:2] < 0))
+
+
+def test_bad_aitm_widths_name_the_key():
+  from pico_jax.config import ConfigError, validate
+  for hidden in ((), (16, 0)):
+    with pytest.raises(ConfigError, match=r"model\.aitm\.bottom_hidden"):
+      validate(small_config(**{**AITM, "model.aitm.bottom_hidden": hidden}))
+  validate(small_config(**AITM))

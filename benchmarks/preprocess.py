@@ -10,11 +10,14 @@
    installed, it is not a dependency of pico_jax), and ``preprocess.build_store`` (the
    whole preprocessor: scan, parse, checks, vocabularies, store) with 1 worker and with
    ``--workers``.
-3. ``--predict``: trains a small model for a few steps on the store and times
+3. ``--parsers``: the candidate parsers alone (parse only): ``np.loadtxt``, pyarrow's
+   CSV reader with one and with all threads, pandas.
+4. ``--predict``: trains the default model for a few steps on the store and times
    ``launch/predict.py``'s scoring of the same CSV (parse, encode, model, output).
 
-Prints one JSON object: rows/s of each (best of the repeats, and every repeat) and the
-ratios to pandas; the figures go in BENCHMARKS.md.
+Prints one JSON object: rows/s of each (best of the repeats), every repeat's wall and
+CPU seconds (workers included) and the ratios to pandas (pandas time / ours: above 1
+is faster than pandas); the figures go in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
-import sys
 import time
 
 import numpy as np
@@ -52,6 +55,41 @@ def write_aliexpress_csv(path: str, rows: int, seed: int = 0, block: int = 100_0
       cols += [b[k].astype(np.int64) for k in ("click", "conversion")]
       pacsv.write_csv(pa.table(cols, names=HEADER), f,
                       pacsv.WriteOptions(include_header=False))
+
+
+def _time_parsers(csv: str, rows: int, repeat: int, pandas) -> dict:
+  """Parse-only rows/s (wall) and CPU seconds of the candidate parsers on the file:
+  what chose pyarrow for ``numeric_csv``. Every column is parsed to float64 (pandas
+  infers int64 for the ids)."""
+  with open(csv, "rb") as f:
+    data = f.read()
+  body = data[data.index(b"\n") + 1:]
+  names = [f"c{j}" for j in range(len(HEADER))]
+
+  def arrow(threads):
+    return lambda: pacsv.read_csv(
+        pa.py_buffer(body),
+        read_options=pacsv.ReadOptions(use_threads=threads, column_names=names,
+                                       block_size=1 << 20),
+        parse_options=pacsv.ParseOptions(quote_char=False),
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.float64() for n in names}, null_values=[]))
+
+  lines = body.splitlines(keepends=True)
+  runs = {"np.loadtxt (the previous parser)": lambda: np.loadtxt(
+      lines, delimiter=",", dtype=np.float64, comments=None, ndmin=2, quotechar=None),
+          "pyarrow.csv.read_csv, 1 thread": arrow(False),
+          "pyarrow.csv.read_csv, all threads": arrow(True)}
+  if pandas is not None:
+    runs["pandas.read_csv"] = lambda: pandas.read_csv(csv)
+  out = {}
+  for _ in range(repeat):
+    for name, fn in runs.items():
+      wall, cpu = _time(fn)
+      best = out.setdefault(name, {"rows_per_s": 0, "cpu_seconds": float("inf")})
+      best["rows_per_s"] = max(best["rows_per_s"], round(rows / wall))
+      best["cpu_seconds"] = min(best["cpu_seconds"], round(cpu, 2))
+  return out
 
 
 def _time_predict(store_dir: str, csv: str, args) -> dict:
@@ -83,10 +121,20 @@ def _time_predict(store_dir: str, csv: str, args) -> dict:
           "model": f"{config.model.backbone}, embed_dim {config.model.embed_dim}"}
 
 
-def _time(fn) -> float:
-  start = time.perf_counter()
+def _cpu() -> float:
+  """CPU seconds of this process and its finished children. Worker processes are
+  children of the fork server, not counted: CPU figures are meaningful for pandas and
+  for 1 worker only."""
+  own, children = (resource.getrusage(w) for w in (resource.RUSAGE_SELF,
+                                                   resource.RUSAGE_CHILDREN))
+  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _time(fn) -> tuple[float, float]:
+  """(wall, CPU) seconds of ``fn()``."""
+  start, cpu = time.perf_counter(), _cpu()
   fn()
-  return time.perf_counter() - start
+  return time.perf_counter() - start, _cpu() - cpu
 
 
 def main():
@@ -97,6 +145,8 @@ def main():
   p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                  help="worker processes timed beside 1 worker")
   p.add_argument("--predict", action="store_true", help="also time launch/predict.py")
+  p.add_argument("--parsers", action="store_true",
+                 help="also time the candidate CSV parsers alone (parse only)")
   p.add_argument("--workdir", default="/tmp/pico_preprocess_bench")
   p.add_argument("--keep", action="store_true", help="keep the generated files")
   args = p.parse_args()
@@ -122,19 +172,31 @@ def main():
             "aliexpress", [csv], out, overwrite=True,
             options=preprocess.Options(workers=w)))
   times = {name: [] for name in runs}
+  cpus = {name: [] for name in runs}
   for _ in range(args.repeat):
     for name, fn in runs.items():
-      times[name].append(_time(fn))
+      wall, cpu = _time(fn)
+      times[name].append(wall)
+      cpus[name].append(cpu)
+  in_process = [n for n in runs if not n.startswith("preprocess workers=") or
+                n == "preprocess workers=1"]  # whose CPU time _cpu sees whole.
   for name, ts in times.items():
     result[name] = {"rows_per_s": round(args.rows / min(ts)),
                     "seconds": [round(t, 2) for t in ts]}
+    if name in in_process:
+      result[name]["cpu_seconds"] = [round(t, 2) for t in cpus[name]]
   if pandas is not None:
-    ref = min(times["pandas.read_csv"])
+    ref, ref_cpu = times["pandas.read_csv"], cpus["pandas.read_csv"]
     for name, ts in times.items():
-      # Per repeat (the runs of one repeat share the load) and best against best.
-      result[name]["ratio_to_pandas"] = {
-          "best": round(ref / min(ts), 2),
-          "per_repeat": [round(r / t, 2) for r, t in zip(times["pandas.read_csv"], ts)]}
+      # Per repeat (the runs of one repeat share the load) and best against best; CPU
+      # time is the load-independent figure on a shared machine.
+      ratio = result[name]["ratio_to_pandas"] = {
+          "best": round(min(ref) / min(ts), 2),
+          "per_repeat": [round(r / t, 2) for r, t in zip(ref, ts)]}
+      if name in in_process:
+        ratio["cpu"] = round(min(ref_cpu) / min(cpus[name]), 2)
+  if args.parsers:
+    result["parse_only"] = _time_parsers(csv, args.rows, args.repeat, pandas)
   if args.predict:
     result["predict"] = _time_predict(out, csv, args)
   if not args.keep:

@@ -11,7 +11,6 @@ import gzip
 import os
 
 import numpy as np
-import pytest
 
 from pico_jax import batch as B
 from pico_jax.data import formats, preprocess, readers, store

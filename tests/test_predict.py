@@ -3,6 +3,7 @@ launch/evaluate.py on the same rows (checkpoint and exported artifact), labels a
 optional, and bad rows fail with file/line/column, leaving nothing at --output."""
 
 import csv
+import gzip
 import importlib.util
 import os
 
@@ -10,7 +11,6 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, small_config
-from pico_jax import batch as B
 from pico_jax.data import preprocess
 from shared_data import ALIEXPRESS, needs_data
 
@@ -42,6 +42,33 @@ def run(tmp_path_factory):
   from pico_jax.train.loop import train_and_evaluate
   train_and_evaluate(config, workdir)
   return workdir, tmp
+
+
+@needs_data
+@pytest.mark.parametrize("fmt,inputs,options", [
+    ("aliexpress", (TRAIN, TEST), {"min_count": 2}),
+    ("aliccp_raw", ("paddlerec-esmm-sample/train_small.txt",
+                    "paddlerec-esmm-sample/test_small.txt"), {"multi_max_len": 8}),
+])
+def test_encoder_from_store_reproduces_the_store(tmp_path, fmt, inputs, options):
+  """Raw test rows encoded by the store's saved encoder are the store's test split,
+  array for array (the test file is the test split, in file order)."""
+  from pico_jax.data import readers, store
+  from pico_jax.data.encode import Encoder
+  from shared_data import ALICCP
+  inputs = [p if os.path.isabs(p) else os.path.join(ALICCP, p) for p in inputs]
+  preprocess.build_store(fmt, inputs, str(tmp_path / "s"),
+                         options=preprocess.Options(**options))
+  encoder, reader, _ = Encoder.from_store(str(tmp_path / "s"))
+  layout = reader.inspect(inputs[1], readers.first_line(inputs[1]), labels_optional=True)
+  parsed = [reader.parse_block(inputs[1], data, block.first_line, layout)
+            for block, data in readers.stream_blocks(inputs[1], 7, layout.header) if block]
+  encoded = [encoder.encode(chunk)[0] for chunk in parsed]
+  want = store.load_store(str(tmp_path / "s")).splits["test"]
+  assert set(encoded[0]) == set(want)
+  for key, column in want.items():
+    np.testing.assert_array_equal(np.concatenate([e[key] for e in encoded]), column,
+                                  err_msg=key)
 
 
 def _read(path):
@@ -82,15 +109,19 @@ def test_scores_agree_with_evaluate(run, capsys):
   assert sum(summary["id0"].values()) > 0
   assert set(summary["id0"]) == {f"categorical_{i}" for i in range(1, 17)}
 
-  # Labels are optional: the same file without them scores the same, no metrics.
+  # Labels are optional: the same file without them scores the same, no metrics; so
+  # does a gzip copy, after it (one output row per input row, inputs in order).
   unlabeled = tmp / "unlabeled.csv"
   with open(TEST) as f, open(unlabeled, "w") as g:
     g.writelines(",".join(line.rstrip("\n").split(",")[:-2]) + "\n" for line in f)
+  packed = tmp / "unlabeled.csv.gz"
+  packed.write_bytes(gzip.compress(unlabeled.read_bytes()))
   summary = predict.predict_files(
       predict.checkpoint_scorer(workdir, "latest")[0], store_dir,
-      [str(unlabeled)], str(tmp / "unlabeled_preds.csv"))
-  assert summary["metrics"] is None
-  np.testing.assert_array_equal(_read(str(tmp / "unlabeled_preds.csv"))[1], rows)
+      [str(unlabeled), str(packed)], str(tmp / "unlabeled_preds.csv"), chunk_rows=30)
+  assert summary["metrics"] is None and summary["rows"] == 200
+  np.testing.assert_array_equal(_read(str(tmp / "unlabeled_preds.csv"))[1],
+                                np.concatenate([rows, rows]))
 
   # An exported artifact scores the same rows the same way.
   from pico_jax import export

@@ -483,7 +483,9 @@ def test_gzip_input_and_split_arguments(tmp_path):
     preprocess.parse_inputs(["a", "b", "c", "d"])
 
 
-def test_parallel_workers_write_the_same_store(tmp_path):
+def test_parallel_workers_write_the_same_store(tmp_path, monkeypatch):
+  # Worker processes even for this small file (by default one needs 16 MiB of input).
+  monkeypatch.setattr(preprocess, "MIN_BYTES_PER_WORKER", 1)
   lines = good_ae(tmp_path, n=300)
   path = write(tmp_path, "ae.csv", lines)
   one = preprocess.build_store("aliexpress", [path], str(tmp_path / "one"),
@@ -535,7 +537,7 @@ def test_blocks_cut_at_line_boundaries(tmp_path, monkeypatch):
     monkeypatch.setattr(readers, "_READ_BYTES", int(rng.integers(1, 20)))
     rows, header = int(rng.integers(1, 8)), bool(rng.random() < 0.5)
     info = readers.scan_file(str(path), rows, header)
-    data = [readers.read_block(b, False) for b in info.blocks]
+    data = [readers.read_block(b) for b in info.blocks]
     assert b"".join(data) == b"".join(readers.split_lines(text)[int(header):])
     assert [len(readers.split_lines(d)) for d in data] == [b.num_lines for b in info.blocks]
     assert [b.first_line for b in info.blocks] == [
@@ -544,25 +546,3 @@ def test_blocks_cut_at_line_boundaries(tmp_path, monkeypatch):
     streamed = [(b, d) for b, d in readers.stream_blocks(str(path), rows, header) if b]
     assert streamed == list(zip(info.blocks, data))
 
-
-def test_worker_processes_write_the_same_store(tmp_path, monkeypatch):
-  """The pool path (forced on small files): same store as one process; an error in a
-  worker's block keeps its file, line and column, and nothing is left behind."""
-  monkeypatch.setattr(preprocess, "MIN_BYTES_PER_WORKER", 1)
-  lines = good_ae(tmp_path, n=300)
-  path = write(tmp_path, "ae.csv", lines)
-  options = dict(chunk_rows=16, hash_buckets=(("categorical_2", 3),))
-  preprocess.build_store("aliexpress", [path], str(tmp_path / "one"),
-                         options=preprocess.Options(workers=1, **options))
-  preprocess.build_store("aliexpress", [path], str(tmp_path / "two"),
-                         options=preprocess.Options(workers=2, **options))
-  a, b = store.load_store(str(tmp_path / "one")), store.load_store(str(tmp_path / "two"))
-  for split in a.splits:
-    for key in a.splits[split]:
-      np.testing.assert_array_equal(a.splits[split][key], b.splits[split][key])
-  lines[250] = ae_row(1, numeric="x")
-  bad = write(tmp_path, "bad.csv", lines)
-  with pytest.raises(DataError, match=r"bad\.csv:251: column 18"):
-    preprocess.build_store("aliexpress", [bad], str(tmp_path / "three"),
-                           options=preprocess.Options(workers=2, **options))
-  assert sorted(p for p in os.listdir(tmp_path) if not p.endswith(".csv")) == ["one", "two"]

@@ -69,7 +69,7 @@ class BlockStats:
 def parse(fmt, block: readers.Block, layout, data: bytes | None) -> readers.Chunk:
   """The block's rows (its bytes read from the file unless given)."""
   if data is None:
-    data = readers.read_block(block, packed=False)
+    data = readers.read_block(block)
   return fmt.parse_block(block.path, data, block.first_line, layout, block.num_lines)
 
 
@@ -164,8 +164,9 @@ def write_block(task: WriteTask, splits=("train", "val", "test"), columns=None):
 class Runner:
   """Runs block tasks in order: in this process (``workers`` 1) or on a pool.
 
-  ``spawn`` workers, not ``fork``: the caller may hold threads (JAX, Grain) that a
-  fork would copy mid-state.
+  Workers come from a ``forkserver``, not a ``fork`` of the caller (which may hold
+  threads, JAX, Grain, that a fork would copy mid-state): a clean server process
+  imports the parser once, then forks each worker, so starting one costs little.
   """
 
   def __init__(self, workers: int = 1):
@@ -193,8 +194,10 @@ class Runner:
       yield from map(fn, tasks)
       return
     if self._pool is None:
-      self._pool = multiprocessing.get_context("spawn").Pool(
-          self.workers)
+      context = multiprocessing.get_context("forkserver")
+      # The fork server imports the parser once; each worker is a fork of it.
+      context.set_forkserver_preload(["pico_jax.data.blocks"])
+      self._pool = context.Pool(self.workers)
     pending = collections.deque()
     for task in tasks:
       pending.append(self._pool.apply_async(fn, (task,)))

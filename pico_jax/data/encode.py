@@ -112,6 +112,9 @@ class Encoder:
     with (from its meta.json and vocabulary files) and the reader of its raw format,
     with the store's feature columns."""
     meta = store.read_meta(path)
+    if meta.get("format") not in formats.FORMATS or "vocab" not in meta:
+      raise ValueError(f"{path}: a store of format {meta.get('format')!r}, not built "
+                       "from raw files by launch/preprocess.py: it has no vocabularies")
     options = meta.get("options", {})
     fmt = formats.get_format(meta["format"], sparse=options.get("sparse"),
                              dense=options.get("dense"))

@@ -227,7 +227,8 @@ class CsvFormat(readers.Format):
       return None
     # Zero-copy views of pyarrow's chunks (its 1 MiB blocks), then one copy per column.
     pieces = lambda j: [_view(a) for a in table.column(j).chunks]
-    columns = {j: np.concatenate(pieces(j)) for j in (*c.labels, *c.ints)}
+    ids = () if c.id is None else (c.id,)
+    columns = {j: np.concatenate(pieces(j)) for j in {*c.labels, *c.ints, *ids}}
     for j in c.labels:
       if not np.all((columns[j] == 0) | (columns[j] == 1)):
         return None
@@ -247,7 +248,7 @@ class CsvFormat(readers.Format):
     if not np.all(np.isfinite(dense)):
       return None
     # np.loadtxt takes NaN and inf in columns that are not features: only it decides.
-    for j in set(range(len(c.names))) - set(c.labels) - set(c.dense) - set(c.ints):
+    for j in set(range(len(c.names))) - set(columns) - set(c.dense):
       if not all(np.all(np.isfinite(p)) for p in pieces(j)):
         return None
     return self._chunk(c, columns.__getitem__, dense, n, first_line_no)

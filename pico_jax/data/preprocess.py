@@ -231,60 +231,109 @@ def _block_data(source: _Source):
       yield block, None
 
 
+@dataclasses.dataclass
+class _Counts:
+  """What pass 1 learned: per-row ``keep`` (bool [N]) and the first row of every block
+  (``block_rows``), the training counts of every field, the dense moments and the
+  largest multiplicity of every key:value field."""
+  keep: np.ndarray
+  block_rows: list[int]
+  counters: dict[str, Counter]
+  moments: _Moments
+  max_mult: dict[str, int]
+
+
+def _count_pass(fmt, sources, split_of, policy, runner, spill, progress) -> _Counts:
+  """Pass 1: every block parsed, checked and counted (in file order), and spilled to
+  ``spill/<block number>.pkl``."""
+  total = len(split_of)
+  counts = _Counts(np.ones(total, bool), [],
+                   {name: Counter() for name in fmt.sparse_names + fmt.list_names},
+                   _Moments(len(fmt.dense_names)), {name: 0 for name in fmt.list_names})
+
+  def tasks():
+    for source in sources:
+      row = source.offset
+      for block, data in _block_data(source):
+        counts.block_rows.append(row)
+        yield blocks.CountTask(fmt, block, source.layout, data,
+                               split_of[row:row + block.num_lines], policy,
+                               _spill_file(spill, len(counts.block_rows) - 1))
+        row += block.num_lines
+
+  num_blocks = sum(len(s.info.blocks) for s in sources)
+  bar = blocks.Progress(total, "parse", "rows", progress)
+  for k, stats in enumerate(runner.map(blocks.count_block, tasks(), num_blocks)):
+    row = counts.block_rows[k]
+    counts.keep[row:row + stats.rows] = ~stats.dropped
+    for counter, uniques in zip(counts.counters.values(), stats.uniques):
+      counter.add_counts(*uniques)
+    if stats.moments is not None:
+      counts.moments.add(*stats.moments)
+    for name, m in stats.max_mult.items():
+      counts.max_mult[name] = max(counts.max_mult[name], m)
+    bar.update(stats.rows)
+  bar.close()
+  return counts
+
+
+def _spill_file(spill: str, block: int) -> str:
+  return os.path.join(spill, f"{block:08d}.pkl")
+
+
+def _write_pass(writer, encoder, counts, kept_split, position, runner, spill,
+                progress) -> dict[str, int]:
+  """Pass 2: every spilled block encoded and written into ``writer``'s columns; the
+  rows truncated per multi-valued field."""
+  total = len(position)
+  in_process = runner.workers <= 1 or len(counts.block_rows) <= 1
+  shared = encoder
+  if not in_process:  # workers read the encoder (vocabularies) once, from a file.
+    shared = os.path.join(spill, "encoder.pkl")
+    with open(shared, "wb") as f:
+      pickle.dump(encoder, f, protocol=pickle.HIGHEST_PROTOCOL)
+  sizes = np.diff(counts.block_rows + [total])
+  tasks = (blocks.WriteTask(_spill_file(spill, k), shared, writer.tmp,
+                            kept_split[row:row + n], position[row:row + n])
+           for k, (row, n) in enumerate(zip(counts.block_rows, sizes)))
+  write = blocks.write_block
+  if in_process:
+    write = lambda task: blocks.write_block(task, columns=writer.columns)
+  truncated = {n: 0 for n in encoder.multi_names}
+  bar = blocks.Progress(total, "write", "rows", progress)
+  for n, block_truncated in zip(sizes, runner.map(write, tasks, len(sizes))):
+    for name, count in block_truncated.items():
+      truncated[name] += count
+    bar.update(int(n))
+  bar.close()
+  runner.close()
+  return truncated
+
+
 def _build(fmt, inputs, output, options, overwrite, log, progress, runner, spill):
   policy = options.policy or fmt.default_policy
   sources = _scan(fmt, inputs, options, progress)
-  total = sum(s.rows for s in sources)
-  log(f"scanned {len(sources)} file(s), {total:,} rows")
+  log(f"scanned {len(sources)} file(s), {sum(s.rows for s in sources):,} rows")
   split_of, rank_of = assign(sources, options.seed, options.split_fractions,
                              options.val_fraction)
-  keep = np.ones(total, bool)
   hashed = dict(options.hash_buckets)
   unknown = set(hashed) - set(fmt.sparse_names + fmt.list_names)
   if unknown:
     raise ValueError(f"hash_buckets names unknown fields {sorted(unknown)}")
-
-  # Pass 1: parse, check and count; spill.
-  tasks, block_rows = [], []  # (global index of the block's first row) per block.
-
-  def count_tasks():
-    for source in sources:
-      row = source.offset
-      for block, data in _block_data(source):
-        block_rows.append(row)
-        yield blocks.CountTask(fmt, block, source.layout, data,
-                               split_of[row:row + block.num_lines], policy,
-                               os.path.join(spill, f"{len(block_rows):08d}.pkl"))
-        row += block.num_lines
-
-  num_blocks = sum(len(s.info.blocks) for s in sources)
   runner.workers = effective_workers(options.workers, sum(s.info.size for s in sources),
-                                     num_blocks)
-  counters = {name: Counter() for name in fmt.sparse_names + fmt.list_names}
-  moments = _Moments(len(fmt.dense_names))
-  max_mult = {name: 0 for name in fmt.list_names}
-  bar = blocks.Progress(total, "parse", "rows", progress)
-  for k, stats in enumerate(runner.map(blocks.count_block, count_tasks(), num_blocks)):
-    row = block_rows[k]
-    keep[row:row + stats.rows] = ~stats.dropped
-    for counter, uniques in zip(counters.values(), stats.uniques):
-      counter.add_counts(*uniques)
-    if stats.moments is not None:
-      moments.add(*stats.moments)
-    for name, m in stats.max_mult.items():
-      max_mult[name] = max(max_mult[name], m)
-    bar.update(stats.rows)
-  bar.close()
-  log(f"pass 1: {total:,} rows parsed and checked")
+                                     sum(len(s.info.blocks) for s in sources))
+  counts = _count_pass(fmt, sources, split_of, policy, runner, spill, progress)
+  keep, max_mult, moments = counts.keep, counts.max_mult, counts.moments
+  log(f"pass 1: {len(keep):,} rows parsed and checked")
   dropped = {s: int(np.sum(~keep & (split_of == sid))) for s, sid in SPLIT_ID.items()}
 
   # Vocabularies and schema.
   vocabs: dict[str, Vocab] = {}
   vocab_meta = {}
-  for name, counter in counters.items():
-    keys, counts = counter.result()
-    v = build_vocab(keys, counts, min_count=options.min_count, buckets=hashed.get(name, 0),
-                    max_size=options.max_vocab)
+  for name, counter in counts.counters.items():
+    keys, key_counts = counter.result()
+    v = build_vocab(keys, key_counts, min_count=options.min_count,
+                    buckets=hashed.get(name, 0), max_size=options.max_vocab)
     vocabs[name] = v
     vocab_meta[name] = {"kind": "hash" if v.buckets else "table", "size": v.vocab_size,
                         "train_distinct": 0 if keys is None else len(keys)}
@@ -319,30 +368,10 @@ def _build(fmt, inputs, output, options, overwrite, log, progress, runner, spill
   del rank_of
 
   # Pass 2: encode and write.
-  truncated = {n: 0 for n in multi_names}
   kept_split = np.where(keep, split_of, -1).astype(np.int8)
   with store.StoreWriter(output, schema, split_rows, overwrite=overwrite) as writer:
-    in_process = runner.workers <= 1 or num_blocks <= 1
-    shared = encoder
-    if not in_process:  # workers read the encoder (vocabularies) once, from a file.
-      shared = os.path.join(spill, "encoder.pkl")
-      with open(shared, "wb") as f:
-        pickle.dump(encoder, f, protocol=pickle.HIGHEST_PROTOCOL)
-    sizes = np.diff(block_rows + [total])
-    write_tasks = (blocks.WriteTask(os.path.join(spill, f"{k + 1:08d}.pkl"), shared,
-                                    writer.tmp, kept_split[row:row + n],
-                                    position[row:row + n])
-                   for k, (row, n) in enumerate(zip(block_rows, sizes)))
-    write = blocks.write_block
-    if in_process:
-      write = lambda task: blocks.write_block(task, columns=writer.columns)
-    bar = blocks.Progress(total, "write", "rows", progress)
-    for n, block_truncated in zip(sizes, runner.map(write, write_tasks, num_blocks)):
-      for name, count in block_truncated.items():
-        truncated[name] += count
-      bar.update(int(n))
-    bar.close()
-    runner.close()
+    truncated = _write_pass(writer, encoder, counts, kept_split, position, runner, spill,
+                            progress)
     for name, v in vocabs.items():
       if not v.buckets and v.keys is not None:
         file = f"vocab/{(sparse_names + multi_names).index(name):03d}.npy"

@@ -227,23 +227,26 @@ def stream_blocks(path: str, block_rows: int, header: bool):
   yielded after every piece, for progress."""
   _check_path(path)
   cutter = _BlockCutter(path, block_rows, header, keep_data=True)
-  with open(path, "rb") as raw, (open_binary(path) if is_gzip(path) else raw) as f:
+  packed = is_gzip(path)
+  with open(path, "rb") as raw:
+    # A gzip stream reads through ``raw``, whose position is then the bytes consumed.
+    f = io.BufferedReader(gzip.GzipFile(fileobj=raw), 1 << 20) if packed else raw
     for piece in _pieces(f, cutter):
       yield from cutter.feed(piece)
       yield None, raw.tell()
     yield from cutter.finish()
 
 
-def read_block(block: Block, packed: bool) -> bytes:
-  """The bytes of ``block`` (unpacking a gzip stream up to it: gzip cannot seek)."""
-  with open_binary(block.path) if packed else open(block.path, "rb") as f:
+def read_block(block: Block) -> bytes:
+  """The bytes of ``block`` of a plain (not gzip) file."""
+  with open(block.path, "rb") as f:
     f.seek(block.offset)
     return f.read(block.length)
 
 
 def iter_gzip_blocks(info: FileInfo):
-  """(block, bytes) of a gzip file, unpacked once in order (``read_block`` would
-  unpack from the start for every block)."""
+  """(block, bytes) of a scanned gzip file, unpacked once in order (a gzip stream
+  cannot seek to a block: the parent process reads them for the workers)."""
   with open_binary(info.path) as f:
     f.seek(info.blocks[0].offset if info.blocks else 0)
     for block in info.blocks:

@@ -29,12 +29,13 @@ def probe(config, workdir: str, every: int, num_batches: int) -> list[dict]:
   from pico_jax.train.loop import train_and_evaluate
   from pico_jax.train.restore import restore
   from pico_jax.train.step import objective_kwargs
+  from pico_jax.workdir import checkpoint_dir
 
   config.checkpoint.enabled = True
   config.checkpoint.every_steps = every
   config.checkpoint.keep = config.train.steps // every + 1
   steps = list(range(every, config.train.steps + 1, every))
-  if not os.path.exists(os.path.join(workdir, "checkpoints", str(steps[-1]))):
+  if not os.path.exists(os.path.join(checkpoint_dir(workdir), str(steps[-1]))):
     train_and_evaluate(config, workdir)
   rows = []
   for step in steps:

@@ -88,8 +88,10 @@ class ContrastHead(nn.Module):
     # "towers": detaching is about which side the contrast moves, not what r(.) sees.
     h_ctr_in = jax.lax.stop_gradient(h_ctr) if self.detach == "ctr" else h_ctr
     h_cvr_in = jax.lax.stop_gradient(h_cvr) if self.detach == "cvr" else h_cvr
-    z_ctr = Projection(self.proj_hidden, self.proj_dim, self.dtype, name="projection_ctr")(h_ctr_in)
-    z_cvr = Projection(self.proj_hidden, self.proj_dim, self.dtype, name="projection_cvr")(h_cvr_in)
+    z_ctr = Projection(self.proj_hidden, self.proj_dim, self.dtype,
+                       name="projection_ctr")(h_ctr_in)
+    z_cvr = Projection(self.proj_hidden, self.proj_dim, self.dtype,
+                       name="projection_cvr")(h_cvr_in)
     batch = z_ctr.shape[0]
     span = self.tau_max - self.tau_min
     # Start every learned temperature at tau_init.

@@ -19,7 +19,8 @@ saves the running run's checkpoint and exits with status 0; the same command res
 that run where it stopped (early stopping replays its ``metrics.jsonl``) and finishes
 the grid. ``--report_only`` tabulates the finished runs without training. Results:
 ``DIR/results.csv`` (every metric, mean and std over seeds), ``DIR/results.md`` (the
-main metrics as mean ± std) and ``DIR/runs.csv`` (every run).
+main metrics as mean ± std; ``--baseline`` deltas as mean [paired 95% t interval over
+seeds], ``pico_jax/stats.py``) and ``DIR/runs.csv`` (every run).
 """
 
 import ast

@@ -70,6 +70,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.contrast.chunk_size = 0  # the chunk of "chunked" (0: largest divisor of B <= 1024).
   # Optional supervision of the relatedness logit by label agreement (y == c).
   c.contrast.relatedness_supervision_weight = 0.0
+  # Temperature remedies (RESULTS.md section 3). tau_gradient: contrast (tau is also
+  # trained by the InfoNCE, which drives it to tau_min) | supervision (stop_gradient of
+  # tau inside the InfoNCE: only the supervision and the prior below train it; needs one
+  # of them). tau_prior_weight > 0 pulls the batch-mean tau to tau_prior.
+  c.contrast.tau_gradient = "contrast"
+  c.contrast.tau_prior_weight = 0.0
+  c.contrast.tau_prior = 0.2
+  # Transfer options (RESULTS.md section 3). representation: towers (the towers' last
+  # hidden layers, PICO) | backbone (the towers' inputs). detach: none | ctr | cvr, the
+  # side whose representation the contrast may not move.
+  c.contrast.representation = "towers"
+  c.contrast.detach = "none"
 
   # cvr_rows: "clicked" (entire-space data: CVR is defined on clicks) or "all" (two
   # independent tasks, such as Census income / never-married).

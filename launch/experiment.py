@@ -14,9 +14,12 @@ evaluates once per epoch. Any ``--config.*`` override applies to every run.
 
 Every run trains in ``DIR/<name>/`` with its own ``metrics.jsonl`` and writes
 ``result.json`` (its final test metrics: those of the best evaluation when early
-stopping is on); a run that already has one is not run again, so an interrupted grid
-resumes; ``--report_only`` tabulates the finished runs without training. Results: ``DIR/results.csv`` (every metric, mean and std over seeds),
-``DIR/results.md`` (the main metrics as mean ± std) and ``DIR/runs.csv`` (every run).
+stopping is on); a run that already has one is not run again. SIGTERM (preemption)
+saves the running run's checkpoint and exits with status 0; the same command resumes
+that run where it stopped (early stopping replays its ``metrics.jsonl``) and finishes
+the grid. ``--report_only`` tabulates the finished runs without training. Results:
+``DIR/results.csv`` (every metric, mean and std over seeds), ``DIR/results.md`` (the
+main metrics as mean ± std) and ``DIR/runs.csv`` (every run).
 """
 
 import ast
@@ -127,6 +130,9 @@ def summarize(runs: list[dict], group_keys: list[str]) -> list[dict]:
 
 
 def markdown(rows: list[dict], group_keys: list[str], columns) -> str:
+  """The table: mean ± std over seeds; a paired delta with a 95% interval reads
+  ``mean [low, high]`` (``*``: the interval excludes 0; see ``pico_jax.stats``)."""
+  from pico_jax.stats import format_interval
   columns = [c for c in columns if any(f"{c}_mean" in r for r in rows)]
   header = group_keys + ["seeds"] + columns
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -137,6 +143,9 @@ def markdown(rows: list[dict], group_keys: list[str], columns) -> str:
       digits = 0 if c == "best_step" else 4
       if math.isnan(mean):
         cells.append("–")
+        continue
+      if f"{c}_ci_low" in r:
+        cells.append(format_interval(mean, r[f"{c}_ci_low"], r[f"{c}_ci_high"], digits))
         continue
       cells.append(f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}"))
     lines.append("| " + " | ".join(cells) + " |")
@@ -228,9 +237,11 @@ def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
         rows.append(result)
   if not rows:
     raise ValueError(f"{workdir}: no finished run to tabulate")
+  from pico_jax import stats
+  rows = stats.add_oracle_gaps([dict(r) for r in rows])
   if baseline:
-    rows = add_deltas([dict(r) for r in rows], baseline)
-  summary = summarize(rows, group_keys)
+    rows = add_deltas(rows, baseline)
+  summary = stats.add_intervals(summarize(rows, group_keys), rows)
   _write_csv(os.path.join(workdir, "runs.csv"),
              [{k: v for k, v in r.items() if k != "settings"} for r in rows])
   _write_csv(os.path.join(workdir, "results.csv"), summary)

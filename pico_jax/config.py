@@ -17,8 +17,9 @@ import ml_collections
 from ml_collections.config_flags import config_path
 
 from pico_jax.contrast import IMPLEMENTATIONS as CONTRAST_IMPLEMENTATIONS
-from pico_jax.models.heads import RELATEDNESS_INPUTS
-from pico_jax.models.pico import BACKBONES, CONTRAST_MODES
+from pico_jax.losses import TAU_GRADIENTS
+from pico_jax.models.heads import DETACH_SIDES, RELATEDNESS_INPUTS
+from pico_jax.models.pico import BACKBONES, CONTRAST_MODES, CONTRAST_REPRESENTATIONS
 from pico_jax.train.optimizer import SCHEDULES, learning_rate_schedule
 
 CHOICES = {
@@ -30,6 +31,9 @@ CHOICES = {
     "contrast.relatedness_input": RELATEDNESS_INPUTS,
     "contrast.negatives": ("global", "local"),
     "contrast.implementation": CONTRAST_IMPLEMENTATIONS,
+    "contrast.tau_gradient": TAU_GRADIENTS,
+    "contrast.representation": CONTRAST_REPRESENTATIONS,
+    "contrast.detach": DETACH_SIDES,
     "loss.cvr_rows": ("clicked", "all"),
     "optimizer.name": ("adam", "adamw", "adagrad", "sgd"),
     "optimizer.embedding_optimizer": ("dense", "lazy_adam", "lazy_adagrad"),
@@ -37,14 +41,16 @@ CHOICES = {
 }
 POSITIVE = ("train.batch_size", "train.steps", "train.log_every", "train.eval_every",
             "train.eval_batch_size", "model.embed_dim", "model.vocab_pad_multiple",
-            "contrast.proj_dim", "contrast.tau_min", "optimizer.learning_rate",
-            "checkpoint.every_steps", "checkpoint.keep", "train.patience",
-            "loss.pos_weight.ctr", "loss.pos_weight.ctcvr", "loss.pos_weight.cvr")
+            "contrast.proj_dim", "contrast.tau_min", "contrast.tau_prior",
+            "optimizer.learning_rate", "checkpoint.every_steps", "checkpoint.keep",
+            "train.patience", "loss.pos_weight.ctr", "loss.pos_weight.ctcvr",
+            "loss.pos_weight.cvr")
 NON_NEGATIVE = ("contrast.weight", "contrast.chunk_size", "loss.ctr_weight",
                 "loss.ctcvr_weight", "loss.cvr_weight", "model.dropout",
-                "contrast.relatedness_supervision_weight", "optimizer.weight_decay",
-                "optimizer.grad_clip_norm", "checkpoint.keep_best", "data.device_prefetch", "loss.calibrator_weight",
-                "optimizer.warmup_steps", "optimizer.decay_steps")
+                "contrast.relatedness_supervision_weight", "contrast.tau_prior_weight",
+                "optimizer.weight_decay", "optimizer.grad_clip_norm", "checkpoint.keep_best",
+                "data.device_prefetch", "loss.calibrator_weight", "optimizer.warmup_steps",
+                "optimizer.decay_steps")
 
 
 class ConfigError(ValueError):
@@ -92,6 +98,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if not inside:
     raise ConfigError(f"config.contrast.tau_init={c.tau_init}: must lie between "
                       f"tau_min={c.tau_min} and tau_max={c.tau_max}")
+  if (c.mode in ("global", "personalized") and c.tau_gradient == "supervision"
+      and not (c.relatedness_supervision_weight or c.tau_prior_weight)):
+    raise ConfigError("config.contrast.tau_gradient='supervision': tau would never be "
+                      "trained; set relatedness_supervision_weight or tau_prior_weight")
   if config.data.name == "store" and not config.data.path:
     raise ConfigError("config.data.path: required when config.data.name='store'")
   try:  # the schedule checks its own settings (warmup below decay) and names the key.

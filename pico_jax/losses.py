@@ -166,16 +166,21 @@ def local_contrastive_per_instance(z_ctr, z_cvr, tau, *, num_groups: int, **kwar
   return per_group.reshape(-1)
 
 
+TAU_GRADIENTS = ("contrast", "supervision")
+
+
 def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
                    cvr_weight: float, contrast_weight: float, cvr_rows: str = "clicked",
                    symmetric: bool = True,
                    normalize: bool = True, chunk_size: int = 0, implementation: str = "auto",
                    negative_groups: int = 1,
                    relatedness_supervision_weight: float = 0.0,
+                   tau_gradient: str = "contrast", tau_prior_weight: float = 0.0,
+                   tau_prior: float = 0.2,
                    pos_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
                    calibrator_weight: float = 0.0):
   """The total loss L = w_ctr L_ctr + w_ctcvr L_ctcvr + w_cvr L_cvr + lambda L_cl
-  [+ w_cal L_calibrator].
+  [+ w_sup L_relatedness + w_prior L_tau_prior + w_cal L_calibrator].
 
   Args:
     outputs: the model's output dict (``contrast`` terms are used when present).
@@ -187,6 +192,14 @@ def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
     negative_groups: 1 for global negatives; the number of data shards for
       shard-local negatives.
     chunk_size, implementation: how the contrast is computed (``pico_contrastive_loss``).
+    relatedness_supervision_weight: w_sup of the label-agreement loss
+      L_relatedness = BCE(sigmoid(-r), [click == conversion]) on the relatedness logit.
+    tau_gradient: "contrast" (tau is also trained by L_cl, which drives it to tau_min)
+      or "supervision" (tau enters L_cl through stop_gradient: only L_relatedness and
+      L_tau_prior train it).
+    tau_prior_weight, tau_prior: w_prior of L_tau_prior = ((mean_i tau_i - tau_prior)
+      / tau_prior)^2, a pull of the batch-mean tau (not of each tau_i) to tau_prior, so
+      the spread of tau over instances stays free.
 
   Returns:
     (total float32 scalar, dict of every term by name).
@@ -208,18 +221,27 @@ def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
     terms["loss_calibrator"] = calibrator_penalty(outputs["p_ctr"], p_later, mask)
     total = total + calibrator_weight * terms["loss_calibrator"]
   if "z_ctr" in outputs:
+    if tau_gradient not in TAU_GRADIENTS:
+      raise ValueError(f"tau_gradient={tau_gradient!r}; expected one of {TAU_GRADIENTS}")
     kwargs = dict(symmetric=symmetric, normalize=normalize, chunk_size=chunk_size,
                   implementation=implementation)
+    # dL_cl/dtau_i > 0 whenever the positive pair outscores the softmax average of its
+    # candidates, so L_cl alone pushes every tau to tau_min; "supervision" removes that
+    # push and leaves tau to the terms that carry a relatedness signal.
+    tau = (jax.lax.stop_gradient(outputs["tau"]) if tau_gradient == "supervision"
+           else outputs["tau"])
     if negative_groups > 1:
       per_instance = local_contrastive_per_instance(
-          outputs["z_ctr"], outputs["z_cvr"], outputs["tau"], num_groups=negative_groups,
-          **kwargs)
+          outputs["z_ctr"], outputs["z_cvr"], tau, num_groups=negative_groups, **kwargs)
     else:
-      per_instance = contrastive_per_instance(outputs["z_ctr"], outputs["z_cvr"],
-                                              outputs["tau"], **kwargs)
+      per_instance = contrastive_per_instance(outputs["z_ctr"], outputs["z_cvr"], tau,
+                                              **kwargs)
     terms["loss_contrast"] = _weighted_mean(per_instance, mask)
     terms["tau_mean"] = _weighted_mean(outputs["tau"], mask)
     total = total + contrast_weight * terms["loss_contrast"]
+    if tau_prior_weight:
+      terms["loss_tau_prior"] = jnp.square((terms["tau_mean"] - tau_prior) / tau_prior)
+      total = total + tau_prior_weight * terms["loss_tau_prior"]
     if relatedness_supervision_weight:
       # Lower tau = more related: sigmoid(-r) is the predicted probability that the two
       # tasks agree on this instance (y == c).

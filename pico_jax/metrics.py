@@ -265,7 +265,8 @@ def task_metrics(predictions, columns, info: dict | None = None) -> dict[str, fl
     independent tasks),
     ``mean_auc`` (the mean of the two task AUCs, the early-stopping default),
     ``{ctr,cvr,ctcvr}_gauc`` with ``_gauc_groups`` and ``_gauc_skipped_groups``,
-    ``oracle_*_auc``, ``tau_mean``, ``tau_segment_<s>``, row counts.
+    ``oracle_*_auc``, ``tau_mean``, ``tau_segment_<s>``, row counts, ``click_rate``
+    and ``conversions_per_click`` (the split's realised rates).
   Raises:
     ValueError: a row with conversion 1 and click 0 in a dataset whose conversion is
       post-click (the CVR rows would be wrong), or predictions of the wrong length.
@@ -291,6 +292,10 @@ def task_metrics(predictions, columns, info: dict | None = None) -> dict[str, fl
   out = {
       "num_rows": float(n), "num_clicks": float(click.sum()),
       "num_conversions": float((click * conv).sum()),
+      # The scarcity of the split as generated: the RESULTS.md regime levels.
+      "click_rate": float(click.mean()) if n else float("nan"),
+      "conversions_per_click": (float((click * conv).sum() / click.sum()) if click.any()
+                                else float("nan")),
       "ctr_auc": auc(click, p_ctr),
       "cvr_auc": auc(conv[clicked], p_cvr[clicked]),
       "ctcvr_auc": auc(click * conv, p_ctcvr),

@@ -55,6 +55,10 @@ def test_paired_deltas_against_a_baseline_variant():
   assert [r.get("delta_ctr_auc") for r in out] == pytest.approx([0, 0, 0.01, 0.03, None])
   rows = experiment.summarize(out, ["point"])
   assert rows[1]["delta_ctr_auc_mean"] == pytest.approx(0.02)
+  # Paired deltas print as "mean [95% interval]" (t over the 2 seeds: 0.02 +- 12.71 * 0.01).
+  from pico_jax import stats
+  table = experiment.markdown(stats.add_intervals(rows, out), ["point"], ["delta_ctr_auc"])
+  assert "| backbone=mmoe pico | 2 | +0.0200 [-0.1071, +0.1471] |" in table
   with pytest.raises(ValueError, match="--baseline='nope'"):
     experiment.add_deltas(runs, "nope")
 

@@ -52,20 +52,21 @@ def _finish(procs) -> list[str]:
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
-  """(directory, config file, work directory, logs) of an uninterrupted 2-process run."""
+  """(directory, config file, work directory, logs) of an uninterrupted 2-process run;
+  the same run in one process (8 devices) is trained beside it in ``<directory>/single``."""
   tmp = tmp_path_factory.mktemp("multihost")
   config = write_config(tmp / "config.py", OVERRIDES)
   workdir = str(tmp / "multi")
-  return tmp, config, workdir, _finish(_launch(config, workdir, tmp / "jax_cache"))
+  procs = _launch(config, workdir, tmp / "jax_cache") + [subprocess.Popen(
+      train_command(config, str(tmp / "single"), "--distributed=off"),
+      env=launch_env(8, tmp / "jax_cache"), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True)]
+  return tmp, config, workdir, _finish(procs)[:2]
 
 
 def test_two_processes_train_like_one(two_process_run):
-  tmp, config, multi, logs = two_process_run
+  tmp, _, multi, logs = two_process_run
   single = str(tmp / "single")
-  reference = subprocess.run(train_command(config, single, "--distributed=off"),
-                             env=launch_env(8, tmp / "jax_cache"), capture_output=True,
-                             text=True, timeout=300)
-  assert reference.returncode == 0, reference.stderr[-4000:]
   assert "process 0 of 2 joined the job" in logs[0]
   # Logs and metrics come from process 0 only.
   assert f"eval test step {STEPS}" in logs[0] and "eval test step" not in logs[1]
@@ -88,7 +89,7 @@ def test_sigterm_stops_both_processes_at_one_step_and_the_rerun_is_identical(
   head = []
   for line in procs[0].stdout:  # process 0 logs every step.
     head.append(line)
-    if " step 3/" in line:
+    if " step 2/" in line:  # early: the sync point needs a few steps to agree.
       for p in procs:
         p.send_signal(signal.SIGTERM)
       break
@@ -97,7 +98,7 @@ def test_sigterm_stops_both_processes_at_one_step_and_the_rerun_is_identical(
   stopped = [re.findall(r"preempted \(SIGTERM\) at step (\d+)", log) for log in logs]
   assert len(stopped[0]) == 1 and stopped[0] == stopped[1], logs
   step = int(stopped[0][0])
-  assert 3 <= step < STEPS
+  assert 2 <= step < STEPS
   assert ckpt_lib.Checkpointer(workdir, read_only=True).latest_step() == step
 
   logs = _finish(_launch(config, workdir, tmp / "jax_cache"))

@@ -17,6 +17,10 @@ from pico_jax.models.layers import MLP, Dtype, dense
 
 TAU_MODES = ("fixed", "global", "personalized")
 RELATEDNESS_INPUTS = ("embedding", "towers")
+# Which side's representation the contrast may not move (its gradient is stopped before
+# the projection head, so that head still learns): "ctr" lets the CTR side teach and
+# only the CVR side learn, "cvr" the reverse.
+DETACH_SIDES = ("none", "ctr", "cvr")
 
 
 class Tower(nn.Module):
@@ -60,6 +64,9 @@ class ContrastHead(nn.Module):
   tau_mode: ``fixed`` (tau = tau_init everywhere), ``global`` (one learned scalar),
   ``personalized`` (the relatedness network r(.) of PICO, fed with stop_gradient(e) or
   with the tower representations).
+
+  detach: one of ``DETACH_SIDES``; "ctr" (or "cvr") stops the contrast's gradient at
+  that side's representation, so only the other side's encoder is pulled by it.
   """
   proj_dim: int
   proj_hidden: Sequence[int]
@@ -70,12 +77,19 @@ class ContrastHead(nn.Module):
   relatedness_hidden: Sequence[int]
   relatedness_input: str = "embedding"
   relatedness_stop_gradient: bool = True
+  detach: str = "none"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, h_ctr, h_cvr, e, *, train: bool = False):
-    z_ctr = Projection(self.proj_hidden, self.proj_dim, self.dtype, name="projection_ctr")(h_ctr)
-    z_cvr = Projection(self.proj_hidden, self.proj_dim, self.dtype, name="projection_cvr")(h_cvr)
+    if self.detach not in DETACH_SIDES:
+      raise ValueError(f"unknown detach {self.detach!r}; expected one of {DETACH_SIDES}")
+    # The relatedness network below still reads the undetached h when its input is
+    # "towers": detaching is about which side the contrast moves, not what r(.) sees.
+    h_ctr_in = jax.lax.stop_gradient(h_ctr) if self.detach == "ctr" else h_ctr
+    h_cvr_in = jax.lax.stop_gradient(h_cvr) if self.detach == "cvr" else h_cvr
+    z_ctr = Projection(self.proj_hidden, self.proj_dim, self.dtype, name="projection_ctr")(h_ctr_in)
+    z_cvr = Projection(self.proj_hidden, self.proj_dim, self.dtype, name="projection_cvr")(h_cvr_in)
     batch = z_ctr.shape[0]
     span = self.tau_max - self.tau_min
     # Start every learned temperature at tau_init.

@@ -14,6 +14,10 @@ from pico_jax.models.heads import TAU_MODES, ContrastHead, Tower
 
 CONTRAST_MODES = ("none",) + TAU_MODES
 BACKBONES = ("shared_bottom", "mmoe", "ple", "aitm")
+# What the contrast head projects: the towers' last hidden layers (PICO), or the
+# backbone's per-task outputs, the towers' inputs (the towers then get no contrast
+# gradient; only the backbone does).
+CONTRAST_REPRESENTATIONS = ("towers", "backbone")
 # The parameter subtree that exists for training only; serving never holds it.
 CONTRAST_SCOPE = "contrast"
 
@@ -33,6 +37,7 @@ class PicoModel(nn.Module):
   ctr_tower: nn.Module
   cvr_tower: nn.Module
   contrast: nn.Module | None = None
+  contrast_representation: str = "towers"
 
   def __call__(self, features, *, train: bool = False, with_contrast: bool = True,
                embedding_rows=None):
@@ -44,6 +49,11 @@ class PicoModel(nn.Module):
     out = dict(ctr_logit=ctr_logit, cvr_logit=cvr_logit, p_ctr=p_ctr, p_cvr=p_cvr,
                p_ctcvr=p_ctr * p_cvr)
     if with_contrast and self.contrast is not None:
+      if self.contrast_representation == "backbone":
+        h_ctr, h_cvr = ctr_in, cvr_in
+      elif self.contrast_representation != "towers":
+        raise ValueError(f"contrast_representation={self.contrast_representation!r}; "
+                         f"expected one of {CONTRAST_REPRESENTATIONS}")
       z_ctr, z_cvr, tau, r = self.contrast(h_ctr, h_cvr, e, train=train)
       out.update(z_ctr=z_ctr, z_cvr=z_cvr, tau=tau, relatedness_logit=r)
     return out
@@ -71,7 +81,7 @@ def build_model(config: ml_collections.ConfigDict, schema: Schema) -> PicoModel:
         proj_dim=c.proj_dim, proj_hidden=tuple(c.proj_hidden), tau_mode=c.mode,
         tau_min=c.tau_min, tau_max=c.tau_max, tau_init=c.tau_init,
         relatedness_hidden=tuple(c.relatedness_hidden), relatedness_input=c.relatedness_input,
-        relatedness_stop_gradient=c.relatedness_stop_gradient, dtype=dtype)
+        relatedness_stop_gradient=c.relatedness_stop_gradient, detach=c.detach, dtype=dtype)
   return PicoModel(
       embedding=FeatureEmbedding(schema, m.embed_dim, m.dense_dim, m.pooling,
                                  m.vocab_pad_multiple, dtype=dtype),
@@ -79,6 +89,7 @@ def build_model(config: ml_collections.ConfigDict, schema: Schema) -> PicoModel:
       ctr_tower=Tower(tuple(m.tower_hidden), **common),
       cvr_tower=Tower(tuple(m.tower_hidden), **common),
       contrast=contrast,
+      contrast_representation=c.representation,
   )
 
 

@@ -35,6 +35,8 @@ def objective_kwargs(config, mesh) -> dict:
       implementation=contrast.resolve(c.implementation, c.chunk_size),
       negative_groups=mesh.shape[DATA] if c.negatives == "local" else 1,
       relatedness_supervision_weight=c.relatedness_supervision_weight,
+      tau_gradient=c.tau_gradient, tau_prior_weight=c.tau_prior_weight,
+      tau_prior=c.tau_prior,
       pos_weights=(config.loss.pos_weight.ctr, config.loss.pos_weight.ctcvr,
                    config.loss.pos_weight.cvr),
       calibrator_weight=config.loss.calibrator_weight)

@@ -104,6 +104,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                       "trained; set relatedness_supervision_weight or tau_prior_weight")
   if config.data.name == "store" and not config.data.path:
     raise ConfigError("config.data.path: required when config.data.name='store'")
+  o = config.optimizer
+  if o.embedding_optimizer != "dense" and o.name == "adamw" and o.weight_decay:
+    raise ConfigError(f"config.optimizer.embedding_optimizer={o.embedding_optimizer!r} has "
+                      f"no weight decay; config.optimizer.name='adamw' with weight_decay="
+                      f"{o.weight_decay} would decay the other params only")
   try:  # the schedule checks its own settings (warmup below decay) and names the key.
     learning_rate_schedule(config.optimizer, config.train.steps)
   except ValueError as e:

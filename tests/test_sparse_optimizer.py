@@ -236,5 +236,5 @@ def test_bad_embedding_optimizer_settings_fail_with_the_key():
     config_lib.validate(small_config(**{"optimizer.embedding_optimizer": "lazy_sgd"}))
   config = small_config(**{"optimizer.embedding_optimizer": "lazy_adam",
                            "optimizer.name": "adamw", "optimizer.weight_decay": 0.01})
-  with pytest.raises(ValueError, match="embedding_optimizer='lazy_adam'.*weight_decay"):
-    make_optimizer(config.optimizer)
+  with pytest.raises(config_lib.ConfigError, match="embedding_optimizer='lazy_adam'.*weight_decay"):
+    config_lib.validate(config)

@@ -20,7 +20,5 @@ def load_dataset(config) -> Dataset:
                                                          else v) for k, v in s.items()})
   if config.data.name == "store":
     from pico_jax.data import store
-    if not config.data.path:
-      raise ValueError("config.data.path: required when config.data.name='store'")
     return store.load_store(config.data.path)
   raise ValueError(f"config.data.name={config.data.name!r}: expected 'synthetic' or 'store'")

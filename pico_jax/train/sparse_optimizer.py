@@ -261,10 +261,6 @@ def lazy_embedding_optimizer(dense: optax.GradientTransformation, opt,
   if kind not in EMBEDDING_OPTIMIZERS[1:]:
     raise ValueError(f"config.optimizer.embedding_optimizer={kind!r}: expected one of "
                      f"{list(EMBEDDING_OPTIMIZERS)}")
-  if opt.name == "adamw" and opt.weight_decay:
-    raise ValueError(f"config.optimizer.embedding_optimizer={kind!r} has no weight decay; "
-                     f"config.optimizer.name='adamw' with weight_decay={opt.weight_decay} "
-                     "would decay the other params only")
   return LazyEmbeddingOptimizer(dense=dense, kind=kind,
                                 learning_rate=(opt.learning_rate if learning_rate is None
                                                else learning_rate),

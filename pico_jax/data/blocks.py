@@ -1,11 +1,15 @@
-"""The per-block work of preprocessing, run in order on a pool of worker processes.
+"""The per-block work of preprocessing, run in order on worker threads (or processes).
 
 A block (``readers.Block``) is parsed once: ``count_block`` parses and checks it,
-returns its training statistics and spills the parsed rows to a file; after the
-vocabularies are built, ``write_block`` reads the spill back, encodes it and writes it
-into the store's memory-mapped columns. Only offsets, per-row split ids and small
-statistics travel between processes: a worker reads its block from the file (a gzip
-stream is unpacked once by the parent) and writes its rows into the store itself.
+returns its training statistics and spills the parsed rows to a file (the ids
+factorized per block, the dense values raw); after the vocabularies are built,
+``write_block`` reads the spill back, encodes it and writes it into the store's
+memory-mapped columns. Workers are threads of the preprocessing process by default
+(pyarrow's parse, the hashing, file I/O and the large array operations release the
+GIL, and a thread costs nothing to start); as processes, only offsets, per-row split
+ids and small statistics travel between them: a worker reads its block from the file
+(a gzip stream is unpacked once by the parent) and writes its rows into the store
+itself.
 
 ``Runner`` hands the tasks to the workers at most two per worker ahead, so memory
 stays bounded by a few blocks, and yields the results in block order, so the first
@@ -28,7 +32,7 @@ import numpy as np
 import tqdm
 
 from pico_jax.data import readers
-from pico_jax.data.encode import Encoder, Factorized, factorize
+from pico_jax.data.encode import Encoder, factorize
 from pico_jax.data.errors import DataError
 
 _INT32 = np.iinfo(np.int32)

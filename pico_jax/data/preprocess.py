@@ -1,13 +1,14 @@
 """Raw files -> columnar store, streaming with bounded memory; every byte parsed once.
 
-  0. scan: sha256, line count and block offsets of every file (``readers.scan_file``);
-     every row is assigned a split (and its order inside the split, ``splits``) before
-     any statistic is taken.
+  0. scan: line count and block offsets of every file (``readers.scan_file``); every
+     row is assigned a split (and its order inside the split, ``splits``) before any
+     statistic is taken. The files' sha256 is computed on a thread of its own, beside
+     this pass and the next ones.
   1. parse + count: every block is parsed and checked once (``blocks.count_block``,
-     on ``workers`` processes); vocabularies (counts of the training rows), dense
-     mean/std (training rows, merged block by block in file order) and the
-     multiplicity of key:value fields are accumulated; the parsed rows are spilled to
-     a temporary file per block.
+     on ``workers`` threads, or processes with ``processes``); vocabularies (counts
+     of the training rows), dense mean/std (training rows, merged block by block in
+     file order) and the multiplicity of key:value fields are accumulated; the parsed
+     rows are spilled to a temporary file per block (ids factorized per block).
   2. write: every spilled block is encoded (``encode.Encoder``) and scattered into the
      preallocated memory-mapped columns of its split (``blocks.write_block``).
 
@@ -71,9 +72,10 @@ class Options:
       statistics' merge order, so stores depend on it in the last bits).
     workers: blocks worked on in parallel (1: one at a time; 0: one per CPU, see
       ``default_workers``).
-    processes: the workers are forked processes instead of threads of this process
-      (threads cost nothing to start, and the parse, the hashing and the array work
-      release the GIL; processes avoid the GIL where many cores are at hand).
+    processes: the workers are forked processes instead of threads of this process.
+      Threads cost nothing to start, and the parse, the hashing and the large array
+      operations release the GIL; processes share no GIL at all, at the cost of their
+      start (measured on 2 cores only: BENCHMARKS.md).
     sparse, dense: column names replacing the format's default features.
   """
   min_count: int = 1

@@ -216,7 +216,8 @@ def scan_file(path: str, block_rows: int, header: bool, sha256: bool = True) -> 
   count and data blocks of ``block_rows`` lines (the last one shorter), skipping a
   header line.
 
-  Every byte is looked at once, by the hash and by a vectorised newline search; the
+  Every byte is looked at once, by the hash and by a newline count (``bytes.count``;
+  the newlines are located, vectorised, only in the pieces where a block ends); the
   file is not parsed here.
   """
   _check_path(path)

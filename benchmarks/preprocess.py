@@ -9,7 +9,7 @@
    load: ``pandas.read_csv`` of the file (the reference; only when pandas is
    installed, it is not a dependency of pico_jax), and ``preprocess.build_store`` (the
    whole preprocessor: scan, parse, checks, vocabularies, store) with 1 worker and with
-   ``--workers``.
+   ``--workers`` (threads of the process, the default kind).
 3. ``--parsers``: the candidate parsers alone (parse only): ``np.loadtxt``, pyarrow's
    CSV reader with one and with all threads, pandas.
 4. ``--predict``: trains the default model for a few steps on the store and times
@@ -122,9 +122,7 @@ def _time_predict(store_dir: str, csv: str, args) -> dict:
 
 
 def _cpu() -> float:
-  """CPU seconds of this process and its finished children. Worker processes are
-  children of the fork server, not counted: CPU figures are meaningful for pandas and
-  for 1 worker only."""
+  """CPU seconds of this process (its threads included) and its finished children."""
   own, children = (resource.getrusage(w) for w in (resource.RUSAGE_SELF,
                                                    resource.RUSAGE_CHILDREN))
   return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
@@ -143,7 +141,7 @@ def main():
   p.add_argument("--rows", type=int, default=300_000)
   p.add_argument("--repeat", type=int, default=3)
   p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                 help="worker processes timed beside 1 worker")
+                 help="workers (threads) timed beside 1 worker")
   p.add_argument("--predict", action="store_true", help="also time launch/predict.py")
   p.add_argument("--parsers", action="store_true",
                  help="also time the candidate CSV parsers alone (parse only)")
@@ -178,8 +176,7 @@ def main():
       wall, cpu = _time(fn)
       times[name].append(wall)
       cpus[name].append(cpu)
-  in_process = [n for n in runs if not n.startswith("preprocess workers=") or
-                n == "preprocess workers=1"]  # whose CPU time _cpu sees whole.
+  in_process = list(runs)  # whose CPU time _cpu sees whole (workers are threads).
   for name, ts in times.items():
     result[name] = {"rows_per_s": round(args.rows / min(ts)),
                     "seconds": [round(t, 2) for t in ts]}

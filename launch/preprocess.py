@@ -9,7 +9,7 @@
 Inputs: one file is split 80/10/10 by a seeded permutation (docs/data.md), two are
 train and test (val carved from train by --val-fraction), three are train, val, test;
 or name them SPLIT=PATH. Bad input stops with a message naming file, line and column,
-and nothing is left at --output. Every byte is parsed once, by --workers processes;
+and nothing is left at --output. Every byte is parsed once, by --workers threads;
 progress bars show rows/s and the time left. See pico_jax/data/preprocess.py.
 """
 
@@ -71,9 +71,13 @@ def parse_args(argv=None):
   p.add_argument("--no-progress", action="store_true",
                  help="no progress bars (rows/s, ETA) on stderr")
   p.add_argument("--workers", type=int, default=0,
-                 help="processes parsing and writing blocks in parallel (default 0: one "
-                      "per idle CPU, os.cpu_count() less the load average; never more "
-                      "than the CPUs or one per 16 MiB of input)")
+                 help="blocks parsed and written in parallel, by threads of this "
+                      "process (default 0: one per CPU, os.cpu_count(); never more "
+                      "than the CPUs or the blocks)")
+  p.add_argument("--processes", action="store_true",
+                 help="the workers are processes instead of threads (by default one "
+                      "per idle CPU, os.cpu_count() less the load average, and at "
+                      "most one per 16 MiB of input)")
   args = p.parse_args(argv)
   try:
     fractions = tuple(float(x) for x in args.split_fractions.split(","))
@@ -86,6 +90,7 @@ def parse_args(argv=None):
       seed=args.seed,
       split_fractions=fractions,
       val_fraction=args.val_fraction, chunk_rows=args.chunk_rows, workers=args.workers,
+      processes=args.processes,
       sparse=_names(args.sparse), dense=_names(args.dense))
   return args, options
 

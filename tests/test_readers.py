@@ -506,6 +506,21 @@ def test_parallel_workers_write_the_same_store(tmp_path, monkeypatch):
   assert not os.path.exists(tmp_path / "three")
 
 
+def test_parallel_worker_processes_write_the_same_store(tmp_path, monkeypatch):
+  """Workers as processes (``processes=True``) write the store that threads write."""
+  monkeypatch.setattr(preprocess, "MIN_BYTES_PER_WORKER", 1)
+  path = write(tmp_path, "ae.csv", good_ae(tmp_path, n=300))
+  options = dict(chunk_rows=16, workers=2)
+  preprocess.build_store("aliexpress", [path], str(tmp_path / "threads"),
+                         options=preprocess.Options(**options))
+  preprocess.build_store("aliexpress", [path], str(tmp_path / "processes"),
+                         options=preprocess.Options(**options, processes=True))
+  a, b = (store.load_store(str(tmp_path / d)) for d in ("threads", "processes"))
+  for split in a.splits:
+    for key in a.splits[split]:
+      np.testing.assert_array_equal(a.splits[split][key], b.splits[split][key])
+
+
 def test_command_line(tmp_path, capsys):
   import importlib.util
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,11 +1,15 @@
-"""The per-block work of preprocessing, run in order on a pool of worker processes.
+"""The per-block work of preprocessing, run in order on worker threads (or processes).
 
 A block (``readers.Block``) is parsed once: ``count_block`` parses and checks it,
-returns its training statistics and spills the parsed rows to a file; after the
-vocabularies are built, ``write_block`` reads the spill back, encodes it and writes it
-into the store's memory-mapped columns. Only offsets, per-row split ids and small
-statistics travel between processes: a worker reads its block from the file (a gzip
-stream is unpacked once by the parent) and writes its rows into the store itself.
+returns its training statistics and spills the parsed rows to a file (the ids
+factorized per block, the dense values raw); after the vocabularies are built,
+``write_block`` reads the spill back, encodes it and writes it into the store's
+memory-mapped columns. Workers are threads of the preprocessing process by default
+(pyarrow's parse, the hashing, file I/O and the large array operations release the
+GIL, and a thread costs nothing to start); as processes, only offsets, per-row split
+ids and small statistics travel between them: a worker reads its block from the file
+(a gzip stream is unpacked once by the parent) and writes its rows into the store
+itself.
 
 ``Runner`` hands the tasks to the workers at most two per worker ahead, so memory
 stays bounded by a few blocks, and yields the results in block order, so the first
@@ -15,6 +19,7 @@ bad row of the input (in file order) is the one reported.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import functools
 import multiprocessing
@@ -27,7 +32,7 @@ import numpy as np
 import tqdm
 
 from pico_jax.data import readers
-from pico_jax.data.encode import Encoder, Factorized
+from pico_jax.data.encode import Encoder, factorize
 from pico_jax.data.errors import DataError
 
 _INT32 = np.iinfo(np.int32)
@@ -94,7 +99,7 @@ def count_block(task: CountTask) -> BlockStats:
   uniques = []
   for j, values in enumerate(chunk.sparse):
     # Spilled factorized: pass 2 then looks up each distinct value once, in order.
-    factors = Factorized(*np.unique(values, return_inverse=True))
+    factors = factorize(values)
     counts = np.bincount(factors.inverse[train], minlength=len(factors.keys))
     uniques.append((factors.keys[counts > 0], counts[counts > 0]))
     chunk.sparse[j] = factors
@@ -162,16 +167,25 @@ def write_block(task: WriteTask, splits=("train", "val", "test"), columns=None):
 
 
 class Runner:
-  """Runs block tasks in order: in this process (``workers`` 1) or on a pool.
+  """Runs block tasks in order: in this process (``workers`` 1), on threads of this
+  process (``threads``: the parse, the hashing and most array work release the GIL,
+  and a thread costs nothing to start) or on a pool of processes.
 
   Workers come from a ``forkserver``, not a ``fork`` of the caller (which may hold
   threads, JAX, Grain, that a fork would copy mid-state): a clean server process
   imports the parser once, then forks each worker, so starting one costs little.
   """
 
-  def __init__(self, workers: int = 1):
+  def __init__(self, workers: int = 1, threads: bool = True):
     self.workers = workers
+    self.threads = threads
     self._pool = None
+    self._executor = None
+
+  @property
+  def in_process(self) -> bool:
+    """Whether tasks run in this process (they may share its objects)."""
+    return self.workers <= 1 or self.threads
 
   def __enter__(self):
     return self
@@ -182,7 +196,11 @@ class Runner:
 
   def close(self):
     """Stops the workers. Their writes to the store's shared maps are already in the
-    page cache; after an error, the blocks still pending are of no use."""
+    page cache; after an error, the blocks still pending are of no use (threads
+    finish the task they are on: nothing runs once this returns)."""
+    if self._executor is not None:
+      self._executor.shutdown(wait=True, cancel_futures=True)
+      self._executor = None
     if self._pool is not None:
       self._pool.terminate()
       self._pool.join()
@@ -193,18 +211,26 @@ class Runner:
     if self.workers <= 1 or num_tasks <= 1:
       yield from map(fn, tasks)
       return
-    if self._pool is None:
-      context = multiprocessing.get_context("forkserver")
-      # The fork server imports the parser once; each worker is a fork of it.
-      context.set_forkserver_preload(["pico_jax.data.blocks"])
-      self._pool = context.Pool(self.workers)
+    if self.threads:
+      if self._executor is None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(self.workers)
+      submit = lambda task: self._executor.submit(fn, task)
+      get = lambda future: future.result()
+    else:
+      if self._pool is None:
+        context = multiprocessing.get_context("forkserver")
+        # The fork server imports the parser once; each worker is a fork of it.
+        context.set_forkserver_preload(["pico_jax.data.blocks"])
+        self._pool = context.Pool(self.workers)
+      submit = lambda task: self._pool.apply_async(fn, (task,))
+      get = lambda result: result.get()
     pending = collections.deque()
     for task in tasks:
-      pending.append(self._pool.apply_async(fn, (task,)))
+      pending.append(submit(task))
       if len(pending) >= 2 * self.workers:
-        yield pending.popleft().get()
+        yield get(pending.popleft())
     while pending:
-      yield pending.popleft().get()
+      yield get(pending.popleft())
 
 
 class Progress:

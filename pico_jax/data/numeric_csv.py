@@ -89,6 +89,18 @@ def _view(array: pa.Array) -> np.ndarray:
   return np.frombuffer(array.buffers()[1], dtype, len(array), array.offset * 8)
 
 
+def _row_major(table: pa.Table, columns: tuple[int, ...], n: int) -> np.ndarray:
+  """float64 [n, len(columns)]: the float64 ``columns`` of ``table`` side by side."""
+  sub = table.select(list(columns))
+  if columns and all(pa.types.is_float64(t) for t in sub.schema.types):
+    return sub.to_tensor(row_major=True).to_numpy()  # one pass, in C++.
+  dense = np.empty((n, len(columns)))  # e.g. the int64 group column chosen as dense.
+  for k, j in enumerate(columns):
+    dense[:, k] = np.concatenate([_view(a) for a in table.column(j).chunks] or
+                                 [np.zeros(0)])
+  return dense
+
+
 def _line_count(data: bytes) -> int:
   return data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
 
@@ -239,12 +251,7 @@ class CsvFormat(readers.Format):
         exact &= np.floor(x) == x  # NaN fails both.
       if not np.all(exact):
         return None
-    dense = np.empty((n, len(c.dense)))
-    for k, j in enumerate(c.dense):
-      start = 0
-      for piece in pieces(j):
-        dense[start:start + len(piece), k] = piece
-        start += len(piece)
+    dense = _row_major(table, c.dense, n)
     if not np.all(np.isfinite(dense)):
       return None
     # np.loadtxt takes NaN and inf in columns that are not features: only it decides.

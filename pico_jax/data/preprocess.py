@@ -1,13 +1,14 @@
 """Raw files -> columnar store, streaming with bounded memory; every byte parsed once.
 
-  0. scan: sha256, line count and block offsets of every file (``readers.scan_file``);
-     every row is assigned a split (and its order inside the split, ``splits``) before
-     any statistic is taken.
+  0. scan: line count and block offsets of every file (``readers.scan_file``); every
+     row is assigned a split (and its order inside the split, ``splits``) before any
+     statistic is taken. The files' sha256 is computed on a thread of its own, beside
+     this pass and the next ones.
   1. parse + count: every block is parsed and checked once (``blocks.count_block``,
-     on ``workers`` processes); vocabularies (counts of the training rows), dense
-     mean/std (training rows, merged block by block in file order) and the
-     multiplicity of key:value fields are accumulated; the parsed rows are spilled to
-     a temporary file per block.
+     on ``workers`` threads, or processes with ``processes``); vocabularies (counts
+     of the training rows), dense mean/std (training rows, merged block by block in
+     file order) and the multiplicity of key:value fields are accumulated; the parsed
+     rows are spilled to a temporary file per block (ids factorized per block).
   2. write: every spilled block is encoded (``encode.Encoder``) and scattered into the
      preallocated memory-mapped columns of its split (``blocks.write_block``).
 
@@ -27,6 +28,7 @@ independent; meta.json records ``task_relation: "independent"``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import pickle
@@ -68,8 +70,12 @@ class Options:
     val_fraction: the part of the train file carved out as val with two inputs.
     chunk_rows: lines per block (the unit of parallel work and of the dense
       statistics' merge order, so stores depend on it in the last bits).
-    workers: processes working on blocks in parallel (1: this process only; 0: one
-      per idle CPU, see ``default_workers``).
+    workers: blocks worked on in parallel (1: one at a time; 0: one per CPU, see
+      ``default_workers``).
+    processes: the workers are forked processes instead of threads of this process.
+      Threads cost nothing to start, and the parse, the hashing and the large array
+      operations release the GIL; processes share no GIL at all, at the cost of their
+      start (measured on 2 cores only: BENCHMARKS.md).
     sparse, dense: column names replacing the format's default features.
   """
   min_count: int = 1
@@ -84,6 +90,7 @@ class Options:
   val_fraction: float = 0.1
   chunk_rows: int = 65_536
   workers: int = 0
+  processes: bool = False
   sparse: tuple[str, ...] | None = None
   dense: tuple[str, ...] | None = None
 
@@ -117,6 +124,7 @@ class _Source:
   layout: readers.Layout
   rows: int
   offset: int = 0  # index of its first row among all rows of all sources.
+  sha256: concurrent.futures.Future | None = None  # hashed beside the other passes.
 
 
 class _Moments:
@@ -147,25 +155,29 @@ def _spill_parent(output: str) -> str:
 
 
 # A worker process costs about a second to start (spawn, imports): below this much
-# input per worker, fewer workers finish sooner.
+# input per worker process, fewer of them finish sooner. Threads cost nothing to start.
 MIN_BYTES_PER_WORKER = 16 << 20
 
 
-def default_workers() -> int:
-  """One worker per idle CPU: ``os.cpu_count()`` less the 1-minute load average. On a
-  machine already saturated by other jobs, extra processes only add their start-up
-  and compete with each other for the same cores (measured: BENCHMARKS.md)."""
+def default_workers(processes: bool = False) -> int:
+  """Threads: one per CPU (``os.cpu_count()``). Processes: one per idle CPU,
+  ``os.cpu_count()`` less the 1-minute load average: on a machine already saturated
+  by other jobs, extra processes only add their start-up and compete with each other
+  for the same cores (measured: BENCHMARKS.md)."""
   cpus = os.cpu_count() or 1
+  if not processes:
+    return cpus
   return max(1, cpus - round(os.getloadavg()[0]))
 
 
-def effective_workers(requested: int, input_bytes: int, num_blocks: int) -> int:
-  """Worker processes to use: ``requested`` (0: ``default_workers()``), but never more
-  than the CPUs, the blocks, or one per ``MIN_BYTES_PER_WORKER`` of input, so that
-  more workers are never slower than one."""
-  by_size = -(-input_bytes // MIN_BYTES_PER_WORKER)
-  return max(1, min(requested or default_workers(), os.cpu_count() or 1, num_blocks,
-                    by_size))
+def effective_workers(requested: int, input_bytes: int, num_blocks: int,
+                      processes: bool = False) -> int:
+  """Workers to use: ``requested`` (0: ``default_workers()``), but never more than
+  the CPUs or the blocks, nor, for processes, one per ``MIN_BYTES_PER_WORKER`` of
+  input, so that more workers are never slower than one."""
+  by_size = -(-input_bytes // MIN_BYTES_PER_WORKER) if processes else num_blocks
+  return max(1, min(requested or default_workers(processes), os.cpu_count() or 1,
+                    num_blocks, by_size))
 
 
 def build_store(format_name: str, inputs: Sequence[str], output: str, *,
@@ -196,26 +208,32 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
     raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
   spill = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.spill-",
                            dir=_spill_parent(output))
+  # The inputs' sha256 is computed on a thread of its own, beside the passes.
+  hasher = concurrent.futures.ThreadPoolExecutor(1)
   try:
     with blocks.Runner() as runner:
       return _build(fmt, inputs, output, options, overwrite, log, progress, runner,
-                    spill)
+                    spill, hasher)
   finally:
+    hasher.shutdown(wait=True, cancel_futures=True)
     shutil.rmtree(spill, ignore_errors=True)
 
 
-def _scan(fmt, inputs, options, progress) -> list[_Source]:
-  """Pass 0: every file's first line checked, then scanned."""
+def _scan(fmt, inputs, options, progress, hasher) -> list[_Source]:
+  """Pass 0: every file's first line checked, then scanned (its hash started on
+  ``hasher``)."""
   pairs = parse_inputs(inputs)
   layouts = [fmt.inspect(path, readers.first_line(path)) for _, path in pairs]
   bar = blocks.Progress(sum(os.path.getsize(p) for _, p in pairs), "scan", "B", progress)
-  sources, offset = [], 0
+  sources, offset, digests = [], 0, {}
   for (split, path), layout in zip(pairs, layouts):
-    info = readers.scan_file(path, options.chunk_rows, layout.header)
+    if path not in digests:
+      digests[path] = hasher.submit(readers.hash_file, path)
+    info = readers.scan_file(path, options.chunk_rows, layout.header, sha256=False)
     rows = info.num_lines - int(layout.header)
     if rows == 0:
       raise DataError("no data rows after the header", path=path, line=2)
-    sources.append(_Source(split, path, info, layout, rows, offset))
+    sources.append(_Source(split, path, info, layout, rows, offset, digests[path]))
     offset += rows
     bar.update(rows, info.size)
   bar.close()
@@ -286,7 +304,7 @@ def _write_pass(writer, encoder, counts, kept_split, position, runner, spill,
   """Pass 2: every spilled block encoded and written into ``writer``'s columns; the
   rows truncated per multi-valued field."""
   total = len(position)
-  in_process = runner.workers <= 1 or len(counts.block_rows) <= 1
+  in_process = runner.in_process or len(counts.block_rows) <= 1
   shared = encoder
   if not in_process:  # workers read the encoder (vocabularies) once, from a file.
     shared = os.path.join(spill, "encoder.pkl")
@@ -310,9 +328,10 @@ def _write_pass(writer, encoder, counts, kept_split, position, runner, spill,
   return truncated
 
 
-def _build(fmt, inputs, output, options, overwrite, log, progress, runner, spill):
+def _build(fmt, inputs, output, options, overwrite, log, progress, runner, spill,
+           hasher):
   policy = options.policy or fmt.default_policy
-  sources = _scan(fmt, inputs, options, progress)
+  sources = _scan(fmt, inputs, options, progress, hasher)
   log(f"scanned {len(sources)} file(s), {sum(s.rows for s in sources):,} rows")
   split_of, rank_of = assign(sources, options.seed, options.split_fractions,
                              options.val_fraction)
@@ -320,8 +339,10 @@ def _build(fmt, inputs, output, options, overwrite, log, progress, runner, spill
   unknown = set(hashed) - set(fmt.sparse_names + fmt.list_names)
   if unknown:
     raise ValueError(f"hash_buckets names unknown fields {sorted(unknown)}")
+  runner.threads = not options.processes
   runner.workers = effective_workers(options.workers, sum(s.info.size for s in sources),
-                                     sum(len(s.info.blocks) for s in sources))
+                                     sum(len(s.info.blocks) for s in sources),
+                                     options.processes)
   counts = _count_pass(fmt, sources, split_of, policy, runner, spill, progress)
   keep, max_mult, moments = counts.keep, counts.max_mult, counts.moments
   log(f"pass 1: {len(keep):,} rows parsed and checked")
@@ -385,7 +406,7 @@ def _build(fmt, inputs, output, options, overwrite, log, progress, runner, spill
         "entire_space_policy": policy,
         "splits": {s: {"dropped_conversion_without_click": dropped[s]} for s in SPLIT_ID},
         "sources": [{"path": os.path.abspath(s.path), "split": s.split,
-                     "sha256": s.info.sha256, "rows": s.rows,
+                     "sha256": s.sha256.result(), "rows": s.rows,
                      "header": s.layout.header} for s in sources],
         "vocab": vocab_meta,
         "dense_stats": {"mean": encoder.mean.tolist(), "std": encoder.std.tolist(),

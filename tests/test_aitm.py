@@ -9,19 +9,14 @@ import pytest
 from conftest import small_config
 from pico_jax import batch as B
 from pico_jax import export
-from pico_jax.data import synthetic
 from pico_jax.losses import pico_objective
 from pico_jax.models import build_model, serving_params
 from pico_jax.models.aitm import AdaptiveInformationTransfer
 from pico_jax.train.state import example_features
+from test_models import schema  # noqa: F401 (the fixture)
 from test_train import run_steps
 
 AITM = {"model.backbone": "aitm", "model.aitm.bottom_hidden": (12, 6)}
-
-
-@pytest.fixture(scope="module")
-def schema():
-  return synthetic.generate(seed=0, num_rows=1_000, num_users=50, num_items=40).schema
 
 
 def _init(config, schema, batch=5):

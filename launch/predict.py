@@ -136,9 +136,9 @@ def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
           if fmt.id_name:
             columns.insert(0, _id_strings(chunk.ids))
           f.writelines(",".join(row) + "\n" for row in zip(*columns))
-          for k in OUTPUTS:
-            kept[k].append(preds[k])
-          if labeled:
+          if labeled:  # kept only for the metrics: unlabeled input streams through.
+            for k in OUTPUTS:
+              kept[k].append(preds[k])
             kept[B.CLICK].append(chunk.click)
             kept[B.CONVERSION].append(chunk.conversion)
             if chunk.group is not None:
@@ -213,7 +213,8 @@ def main(argv=None):
   print(f"{summary['rows']:,} rows scored ({summary['rows_per_s']:,.0f} rows/s) "
         f"-> {args.output}")
   zeros = {k: v for k, v in summary["id0"].items() if v}
-  print("rows mapped to id 0 (unseen, rare or missing) per field: "
+  print("ids mapped to id 0 (unseen, rare or missing) per field (rows for single-valued "
+        "fields, values for multi-valued ones): "
         + (json.dumps(zeros) if zeros else "none"))
   if summary["metrics"] is not None:
     print(json.dumps(summary["metrics"], indent=2, sort_keys=True))

@@ -114,8 +114,6 @@ class Options:
         raise ValueError(f"hash buckets for {name!r}: must be >= 1, got {buckets}")
 
 
-
-
 @dataclasses.dataclass
 class _Source:
   split: str  # train | val | test | all
@@ -229,7 +227,7 @@ def _scan(fmt, inputs, options, progress, hasher) -> list[_Source]:
   for (split, path), layout in zip(pairs, layouts):
     if path not in digests:
       digests[path] = hasher.submit(readers.hash_file, path)
-    info = readers.scan_file(path, options.chunk_rows, layout.header, sha256=False)
+    info = readers.scan_file(path, options.chunk_rows, layout.header)
     rows = info.num_lines - int(layout.header)
     if rows == 0:
       raise DataError("no data rows after the header", path=path, line=2)
@@ -284,7 +282,7 @@ def _count_pass(fmt, sources, split_of, policy, runner, spill, progress) -> _Cou
   for k, stats in enumerate(runner.map(blocks.count_block, tasks(), num_blocks)):
     row = counts.block_rows[k]
     counts.keep[row:row + stats.rows] = ~stats.dropped
-    for counter, uniques in zip(counts.counters.values(), stats.uniques):
+    for counter, uniques in zip(counts.counters.values(), stats.uniques, strict=True):
       counter.add_counts(*uniques)
     if stats.moments is not None:
       counts.moments.add(*stats.moments)

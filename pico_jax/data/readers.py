@@ -1,7 +1,7 @@
 """Reading raw files: scanning, cutting into blocks of lines, and the ``Format`` contract.
 
-A reader never holds a whole file. ``scan_file`` reads a file once (sha256, line count,
-and the byte offset where every block of ``block_rows`` data lines starts); a block is
+A reader never holds a whole file. ``scan_file`` reads a file once (line count and the
+byte offset where every block of ``block_rows`` data lines starts); a block is
 then read by offset (``read_block``), so parallel workers read their own blocks and
 only offsets travel between processes. ``Format.parse_block`` turns a block into a
 ``Chunk`` of whole-array numpy columns. Every problem raises ``DataError`` naming the
@@ -14,7 +14,6 @@ Ali-CCP CSV and AITM) and ``text_formats`` (Census-Income raw lines, Ali-CCP
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import gzip
 import hashlib
@@ -120,7 +119,6 @@ class Block:
 @dataclasses.dataclass(frozen=True)
 class FileInfo:
   path: str
-  sha256: str
   num_lines: int  # every line, the header included.
   size: int  # bytes on disk.
   gzip: bool
@@ -210,29 +208,23 @@ def _pieces(f, cutter: _BlockCutter):
                     line=cutter.num_lines + 1) from None
 
 
-def scan_file(path: str, block_rows: int, header: bool, sha256: bool = True) -> FileInfo:
-  """One read of ``path``: its sha256 (unless ``sha256`` is False: then "", for a
-  caller that hashes the file itself, e.g. with ``hash_file`` beside later work), line
-  count and data blocks of ``block_rows`` lines (the last one shorter), skipping a
-  header line.
+def scan_file(path: str, block_rows: int, header: bool) -> FileInfo:
+  """One read of ``path``: its line count and data blocks of ``block_rows`` lines (the
+  last one shorter), skipping a header line.
 
-  Every byte is looked at once, by the hash and by a newline count (``bytes.count``;
-  the newlines are located, vectorised, only in the pieces where a block ends); the
-  file is not parsed here.
+  Every byte is looked at once, by a newline count (``bytes.count``; the newlines are
+  located, vectorised, only in the pieces where a block ends); the file is not parsed
+  here. Its sha256 is ``hash_file``'s, which preprocessing runs beside the passes.
   """
   _check_path(path)
   packed = is_gzip(path)
   cutter = _BlockCutter(path, block_rows, header, keep_data=False)
   blocks = []
-  with concurrent.futures.ThreadPoolExecutor(1) as hasher:
-    digest = hasher.submit(hash_file, path) if sha256 else None
-    with open_binary(path) as f:
-      for piece in _pieces(f, cutter):
-        blocks += [b for b, _ in cutter.feed(piece)]
-    blocks += [b for b, _ in cutter.finish()]
-    sha = digest.result() if sha256 else ""
-  return FileInfo(path, sha, cutter.num_lines, os.path.getsize(path), packed,
-                  tuple(blocks))
+  with open_binary(path) as f:
+    for piece in _pieces(f, cutter):
+      blocks += [b for b, _ in cutter.feed(piece)]
+  blocks += [b for b, _ in cutter.finish()]
+  return FileInfo(path, cutter.num_lines, os.path.getsize(path), packed, tuple(blocks))
 
 
 def stream_blocks(path: str, block_rows: int, header: bool):

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import tqdm
 
-from pico_jax.data import readers
+from pico_jax.data import kernels, readers
 from pico_jax.data.encode import Encoder, factorize
 from pico_jax.data.errors import DataError
 
@@ -103,12 +103,7 @@ def count_block(task: CountTask) -> BlockStats:
     counts = np.bincount(factors.inverse[train], minlength=len(factors.keys))
     uniques.append((factors.keys[counts > 0], counts[counts > 0]))
     chunk.sparse[j] = factors
-  moments = None
-  if chunk.dense is not None and train.any():
-    x = chunk.dense[train]  # a copy: squared in place below.
-    mean = x.mean(0)
-    x -= mean
-    moments = (len(x), mean, np.square(x, out=x).sum(0))
+  moments = None if chunk.dense is None else kernels.moments(chunk.dense, train)
   max_mult = {}
   for name, (lrows, values, _) in chunk.lists.items():
     max_mult[name] = int(np.bincount(lrows).max()) if len(lrows) else 0
@@ -155,14 +150,10 @@ def write_block(task: WriteTask, splits=("train", "val", "test"), columns=None):
   encoder = (_load_encoder(task.encoder) if isinstance(task.encoder, str)
              else task.encoder)
   cols, truncated = encoder.encode(chunk)
-  for sid, split in enumerate(splits):
-    sel = task.split == sid
-    if sel.any():
-      where = task.where[sel]
-      for key, values in cols.items():
-        target = (columns[split][key] if columns is not None
-                  else _column(task.store_dir, split, key))
-        target[where] = values[sel]
+  for key, values in cols.items():
+    kernels.scatter_rows(values, task.split, task.where, tuple(
+        columns[split][key] if columns is not None
+        else _column(task.store_dir, split, key) for split in splits))
   return truncated
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pico_jax import batch as B
-from pico_jax.data import formats, store
+from pico_jax.data import formats, kernels, store
 from pico_jax.data.readers import Chunk, Format
 from pico_jax.data.vocab import Vocab
 
@@ -121,9 +121,7 @@ class Encoder:
         truncated[name] = int(np.sum(np.bincount(lrows, minlength=n) > L))
       cols[B.MULTI], cols[B.MULTI_MASK] = multi, mask
     if self.has_dense:
-      dense = chunk.dense - self.mean
-      dense /= self.std  # in place: (x - mean) / std, one temporary.
-      cols[B.DENSE] = dense.astype(np.float32)
+      cols[B.DENSE] = kernels.standardize(chunk.dense, self.mean, self.std)
     if self.has_group:
       cols[B.GROUP] = chunk.group.astype(np.int32)
     return cols, truncated

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from pico_jax.data import readers
+from pico_jax.data import numeric_parse, readers
 from pico_jax.data.errors import DataError
 from pico_jax.data.readers import Chunk, Layout
 
@@ -217,13 +217,35 @@ class CsvFormat(readers.Format):
   # ------------------------------------------------------------------ fast parser
 
   def parse_block(self, path, data, first_line_no, layout, num_lines=None):
-    n = _line_count(data) if num_lines is None else num_lines
-    chunk = self._parse_fast(data, n, first_line_no, layout)
+    n = _line_count(bytes(data)) if num_lines is None else num_lines
+    chunk = self._parse_compiled(data, n, first_line_no, layout)
+    if chunk is None:
+      data = bytes(data)
+      chunk = self._parse_arrow(data, n, first_line_no, layout)
     if chunk is None:
       chunk = self.parse(path, readers.split_lines(data), first_line_no, layout)
     return chunk
 
-  def _parse_fast(self, data: bytes, n: int, first_line_no: int, layout) -> Chunk | None:
+  def _parse_compiled(self, data: bytes, n: int, first_line_no: int,
+                      layout) -> Chunk | None:
+    """The block's ``n`` lines read by ``numeric_parse``, or None where a token is
+    outside its grammar or a value fails a check (then pyarrow, and the reference
+    parser, decide)."""
+    c = self._layouts[layout.labels]
+    ints = tuple(c.labels) + c.ints + ((c.id,) if c.id is not None else ())
+    ints = tuple(dict.fromkeys(ints))  # a column may play two roles (group and id).
+    parsed = numeric_parse.parse_block(data, n, ints, c.dense, len(c.names)) if n else None
+    if parsed is None:
+      return None
+    values, dense = parsed
+    slot = {j: k for k, j in enumerate(ints)}
+    for j in c.labels:
+      x = values[slot[j]]
+      if not np.all((x == 0) | (x == 1)):
+        return None
+    return self._chunk(c, lambda j: values[slot[j]], dense, n, first_line_no)
+
+  def _parse_arrow(self, data: bytes, n: int, first_line_no: int, layout) -> Chunk | None:
     """The block's ``n`` lines read by pyarrow, or None where ``parse`` must decide."""
     c = self._layouts[layout.labels]
     if (not n or data.startswith(b"\xef\xbb\xbf")  # pyarrow skips a leading BOM.

@@ -14,10 +14,12 @@ Ali-CCP CSV and AITM) and ``text_formats`` (Census-Income raw lines, Ali-CCP
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import gzip
 import hashlib
 import io
+import mmap
 import os
 import warnings
 import zlib
@@ -156,9 +158,11 @@ class _BlockCutter:
     self.start, self.first, self.filled = end, self.first + n, 0
     return block, data
 
-  def feed(self, piece: bytes) -> list[tuple[Block, bytes | None]]:
-    """The blocks that end inside ``piece``."""
-    count = piece.count(b"\n")
+  def feed(self, piece, count: int | None = None) -> list[tuple[Block, bytes | None]]:
+    """The blocks that end inside ``piece`` (bytes, or a view with ``keep_data``
+    False) of ``count`` newlines (counted here when None)."""
+    if count is None:
+      count = piece.count(b"\n")
     if count < (self.skip or self.block_rows - self.filled):  # no block ends here.
       if not self.skip:
         self.filled += count
@@ -166,7 +170,7 @@ class _BlockCutter:
           self.parts.append(piece)
       self.num_lines += count
       self.pos += len(piece)
-      self.last = piece[-1:] or self.last
+      self.last = bytes(piece[-1:]) or self.last
       return []
     # Where the newlines are: only in the pieces where a block ends.
     ends = np.flatnonzero(np.frombuffer(piece, np.uint8) == 10)
@@ -187,7 +191,7 @@ class _BlockCutter:
         self.parts.append(piece[cut:])
     self.num_lines += len(ends)
     self.pos += len(piece)
-    self.last = piece[-1:] or self.last
+    self.last = bytes(piece[-1:]) or self.last
     return out
 
   def finish(self) -> list[tuple[Block, bytes | None]]:
@@ -212,19 +216,40 @@ def scan_file(path: str, block_rows: int, header: bool) -> FileInfo:
   """One read of ``path``: its line count and data blocks of ``block_rows`` lines (the
   last one shorter), skipping a header line.
 
-  Every byte is looked at once, by a newline count (``bytes.count``; the newlines are
-  located, vectorised, only in the pieces where a block ends); the file is not parsed
-  here. Its sha256 is ``hash_file``'s, which preprocessing runs beside the passes.
+  Every byte is looked at once, by a newline count (the newlines are located,
+  vectorised, only in the pieces where a block ends); the file is not parsed here. A
+  plain file's pieces are counted on one thread per CPU (numpy's comparison releases
+  the GIL), a gzip stream's in order as it unpacks. Its sha256 is ``hash_file``'s,
+  which preprocessing runs beside the passes.
   """
   _check_path(path)
   packed = is_gzip(path)
   cutter = _BlockCutter(path, block_rows, header, keep_data=False)
   blocks = []
-  with open_binary(path) as f:
-    for piece in _pieces(f, cutter):
-      blocks += [b for b, _ in cutter.feed(piece)]
+  if packed:
+    with open_binary(path) as f:
+      for piece in _pieces(f, cutter):
+        blocks += [b for b, _ in cutter.feed(piece)]
+  elif os.path.getsize(path):
+    view = _map(path)
+    pieces = [view[o:o + _READ_BYTES] for o in range(0, len(view), _READ_BYTES)]
+    workers = min(len(pieces), os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      for piece, count in zip(pieces, pool.map(_count_newlines, pieces)):
+        blocks += [b for b, _ in cutter.feed(piece, count)]
   blocks += [b for b, _ in cutter.finish()]
   return FileInfo(path, cutter.num_lines, os.path.getsize(path), packed, tuple(blocks))
+
+
+def _map(path: str) -> memoryview:
+  """A read-only view of a non-empty file's pages (``mmap``): no copy, and the
+  mapping lives as long as a view of it."""
+  with open(path, "rb") as f:
+    return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+
+
+def _count_newlines(piece) -> int:
+  return int(np.count_nonzero(np.frombuffer(piece, np.uint8) == 10))
 
 
 def stream_blocks(path: str, block_rows: int, header: bool):
@@ -243,11 +268,10 @@ def stream_blocks(path: str, block_rows: int, header: bool):
     yield from cutter.finish()
 
 
-def read_block(block: Block) -> bytes:
-  """The bytes of ``block`` of a plain (not gzip) file."""
-  with open(block.path, "rb") as f:
-    f.seek(block.offset)
-    return f.read(block.length)
+def read_block(block: Block) -> memoryview:
+  """The bytes of ``block`` of a plain (not gzip) file: a view of the file's pages,
+  not a copy (see ``_map``)."""
+  return _map(block.path)[block.offset:block.offset + block.length]
 
 
 def iter_gzip_blocks(info: FileInfo):
@@ -331,10 +355,10 @@ class Format:
             layout: Layout) -> Chunk:
     raise NotImplementedError
 
-  def parse_block(self, path: str, data: bytes, first_line_no: int, layout: Layout,
-                  num_lines: int | None = None) -> Chunk:
-    """``parse`` of the lines of a block of raw bytes (``num_lines`` of them, when the
-    caller knows)."""
+  def parse_block(self, path: str, data: bytes | memoryview, first_line_no: int,
+                  layout: Layout, num_lines: int | None = None) -> Chunk:
+    """``parse`` of the lines of a block of raw bytes (bytes, or a view such as
+    ``read_block``'s; ``num_lines`` of them, when the caller knows)."""
     return self.parse(path, split_lines(data), first_line_no, layout)
 
 

@@ -101,11 +101,8 @@ class StoreWriter:
     np.save(full, array, allow_pickle=False)
 
   def commit(self, meta: dict[str, Any]) -> dict[str, Any]:
-    """Flushes the columns, writes ``meta.json`` and moves the store into place."""
-    for cols in self.columns.values():
-      for col in cols.values():
-        col.flush()
-    self.columns = {}
+    """Writes ``meta.json`` and moves the store into place."""
+    self.columns = {}  # unmapped: the pages are in the page cache, as np.save's are.
     meta = dict(meta, store_version=STORE_VERSION, schema=self.schema.to_json(),
                 splits={s: {"rows": n, **meta.get("splits", {}).get(s, {})}
                         for s, n in self.rows.items()},

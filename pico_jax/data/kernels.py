@@ -1,0 +1,96 @@
+"""Compiled (Numba) loops of preprocessing and scoring: one pass where numpy takes
+several and allocates between them.
+
+Each kernel performs the same IEEE operations, in the same order, as the numpy
+expression it replaces (named in its docstring), so stores are bit-identical to those
+of the numpy code; ``tests/test_kernels.py`` checks each against that expression. All
+release the GIL, so the preprocessor's worker threads run them side by side.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(nogil=True, cache=True)
+def _standardize(x, mean, std, out):
+  n, d = x.shape
+  for i in range(n):
+    for k in range(d):
+      out[i, k] = (x[i, k] - mean[k]) / std[k]
+
+
+def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+  """float32 [n, D]: ``((x - mean) / std).astype(np.float32)`` of float64 ``x``
+  [n, D], ``mean`` and ``std`` [D], without the float64 temporaries."""
+  out = np.empty(x.shape, np.float32)
+  _standardize(np.ascontiguousarray(x), mean.astype(np.float64),
+               std.astype(np.float64), out)
+  return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _moments(x, train):
+  n, d = x.shape
+  total = np.zeros(d)
+  count = 0
+  for i in range(n):
+    if train[i]:
+      count += 1
+      for k in range(d):
+        total[k] += x[i, k]
+  mean = total / count
+  m2 = np.zeros(d)
+  for i in range(n):
+    if train[i]:
+      for k in range(d):
+        dev = x[i, k] - mean[k]
+        m2[k] += dev * dev
+  return count, mean, m2
+
+
+def moments(x: np.ndarray, rows: np.ndarray):
+  """(count, mean float64 [D], sum of squared deviations float64 [D]) of the ``rows``
+  (bool [n]) of ``x`` float64 [n, D], or None when no row is selected: ``y =
+  x[rows]; y.mean(0)`` and ``np.square(y - mean).sum(0)``, whose axis-0 sums add
+  the rows in order."""
+  if not rows.any():
+    return None
+  return _moments(np.ascontiguousarray(x), rows)
+
+
+@numba.njit(nogil=True, cache=True)
+def _scatter_rows(src, split, where, out0, out1, out2):
+  n, d = src.shape
+  for i in range(n):
+    s = split[i]
+    if s == 0:
+      out = out0
+    elif s == 1:
+      out = out1
+    elif s == 2:
+      out = out2
+    else:
+      continue
+    w = where[i]
+    for k in range(d):
+      out[w, k] = src[i, k]
+
+
+def scatter_rows(src: np.ndarray, split: np.ndarray, where: np.ndarray,
+                 outs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+  """``outs[split[i]][where[i]] = src[i]`` for every row i with ``split[i]`` in
+  {0, 1, 2} (others, e.g. -1 for a dropped row, are skipped).
+
+  Args:
+    src: [n, ...] rows of any dtype.
+    split: int8 [n].
+    where: int64 [n], the row's index in its split.
+    outs: three arrays [N_s, ...] of ``src``'s dtype and row shape (memory maps
+      included).
+  """
+  n = len(src)
+  flat = lambda a: np.asarray(a).reshape(len(a), -1)  # views: writes reach the maps.
+  _scatter_rows(flat(np.ascontiguousarray(src)).reshape(n, -1), split, where,
+                *(flat(o) for o in outs))

@@ -1,0 +1,177 @@
+"""A compiled parser for blocks of all-numeric CSV: one pass over the bytes.
+
+``parse_block`` reads the ``n`` lines of a block straight into the typed arrays the
+preprocessor needs: int64 columns (ids, labels, the group key) and a row-major float64
+matrix (the dense features), checking every other column without storing it. It is a
+Numba function that releases the GIL, so the preprocessor's worker threads parse blocks
+side by side.
+
+It accepts a strict subset of what ``np.loadtxt`` accepts, with the same values, and
+reports the first token outside that subset instead of guessing:
+
+  line     = token ("," token)* ("\\n" | "\\r\\n")     (the last line may lack the end)
+  token    = ["-"] digits ["." digits*] [("e"|"E") ["-"|"+"] digits]    (floats)
+           | ["-"] digits                                               (integers)
+
+(a float may also start with "." when digits follow). An integer column takes only
+integers below 2**53 in magnitude. A float is correctly rounded: a decimal mantissa
+of at most 18 digits times 10**e with |e| <= 22 is one IEEE multiplication or division
+of two exact doubles (Clinger's fast path); any other float token ("hard": more
+digits, a larger exponent) is handed back to the caller as a byte range and converted
+by Python's ``float``, which rounds as ``np.loadtxt`` does. Anything else (a space, a
+quote, "nan", hexadecimal, a byte-order mark, a lone carriage return, a missing or
+extra column) stops the parse at that row and column: the caller then lets the
+reference parser decide, which either agrees or raises the exact error.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+MAX_EXACT_INT = 1 << 53
+_POW10 = np.array([10.0 ** k for k in range(23)])  # exact doubles.
+
+# Codes of ``parse_block``'s status (its first return value when not OK).
+OK = -1
+
+
+@numba.njit(nogil=True, cache=True)
+def _kernel(buf, start, end, n, int_slot, float_slot, ints, floats, hard, pow10):
+  """Parses ``buf[start:end]`` (whose last byte is ``\n``: every token ends before
+  ``end``) into ``ints`` int64 [I, n] and ``floats`` float64 [n, D].
+
+  Returns (row, column, hard count): row -1 when every line parsed, else the first
+  row and column (0-based) of a token outside the grammar.
+  """
+  ncol = int_slot.shape[0]
+  last = ncol - 1
+  nhard = 0
+  i = start
+  for r in range(n):
+    if i >= end:
+      return r, 0, nhard
+    for j in range(ncol):
+      s = i
+      neg = buf[i] == 45  # "-"
+      if neg:
+        i += 1
+      d = i
+      w = 0  # the digits as one integer: exact while there are at most 18.
+      while True:
+        c = np.uint64(buf[i]) - np.uint64(48)  # wraps below "0": one comparison.
+        if c > 9:
+          break
+        w = w * 10 + np.int64(c)
+        i += 1
+      digits = i - d
+      e = 0
+      is_int = int_slot[j] >= 0
+      if buf[i] == 46:  # "."
+        if is_int:
+          return r, j, nhard
+        i += 1
+        f = i
+        while True:
+          c = np.uint64(buf[i]) - np.uint64(48)
+          if c > 9:
+            break
+          w = w * 10 + np.int64(c)
+          i += 1
+        e = f - i
+        digits += i - f
+      if digits == 0:
+        return r, j, nhard
+      b = buf[i]
+      if b == 101 or b == 69:  # "e", "E"
+        if is_int:
+          return r, j, nhard
+        i += 1
+        b = buf[i]
+        eneg = b == 45
+        if eneg or b == 43:
+          i += 1
+        ev = 0
+        es = i
+        while True:
+          c = np.uint64(buf[i]) - np.uint64(48)
+          if c > 9:
+            break
+          if ev < 100000:
+            ev = ev * 10 + np.int64(c)
+          i += 1
+        if i == es:
+          return r, j, nhard
+        e += -ev if eneg else ev
+        b = buf[i]
+      token_end = i
+      if j < last:
+        if b != 44:  # ","
+          return r, j, nhard
+      elif b == 13:  # "\r\n"
+        i += 1
+        if buf[i] != 10:
+          return r, j, nhard
+      elif b != 10:
+        return r, j, nhard
+      i += 1
+      if is_int:
+        if digits > 18 or w >= MAX_EXACT_INT:
+          return r, j, nhard
+        ints[int_slot[j], r] = -w if neg else w
+        if float_slot[j] < 0:
+          continue
+      if float_slot[j] < 0:
+        continue
+      if digits > 18 or w > MAX_EXACT_INT or e < -22 or e > 22:
+        hard[nhard, 0] = r  # its value is computed by the caller.
+        hard[nhard, 1] = float_slot[j]
+        hard[nhard, 2] = s
+        hard[nhard, 3] = token_end
+        nhard += 1
+        if nhard == hard.shape[0]:
+          return r, j, nhard
+        continue
+      x = np.float64(w)
+      x = x * pow10[e] if e >= 0 else x / pow10[-e]
+      floats[r, float_slot[j]] = -x if neg else x
+  if i != end:
+    return n, 0, nhard
+  return OK, 0, nhard
+
+
+def parse_block(data, n: int, int_columns: tuple[int, ...],
+                float_columns: tuple[int, ...], num_columns: int):
+  """Parses the ``n`` lines of ``data`` (a block of whole lines).
+
+  Args:
+    data: the block's bytes (bytes or any buffer, e.g. a view of a mapped file).
+    n: its number of lines.
+    int_columns: columns stored as int64 (in this order): integers below 2**53.
+    float_columns: columns stored as float64 (in this order); a column may be in both.
+    num_columns: columns per line; the others are checked, not stored.
+
+  Returns:
+    (ints int64 [len(int_columns), n], floats float64 [n, len(float_columns)]), or
+    None when a token is outside the grammar above (the caller's reference parser
+    then decides).
+  """
+  buf = np.frombuffer(data, np.uint8)
+  if not len(buf) or buf[-1] != 10:  # the kernel needs an end byte after every token.
+    buf = np.append(buf, np.uint8(10))
+  int_slot = np.full(num_columns, -1, np.int64)
+  int_slot[list(int_columns)] = np.arange(len(int_columns))
+  float_slot = np.full(num_columns, -1, np.int64)
+  float_slot[list(float_columns)] = np.arange(len(float_columns))
+  ints = np.empty((len(int_columns), n), np.int64)
+  floats = np.empty((n, len(float_columns)), np.float64)
+  hard = np.empty((max(64, n // 8), 4), np.int64)
+  row, _, nhard = _kernel(buf, 0, len(buf), n, int_slot, float_slot, ints, floats, hard,
+                          _POW10)
+  if row != OK:
+    return None
+  for r, k, a, b in hard[:nhard].tolist():
+    x = floats[r, k] = float(buf[a:b].tobytes())
+    if not np.isfinite(x):  # an overflow, e.g. 1e400: the reference names it.
+      return None
+  return ints, floats

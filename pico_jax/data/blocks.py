@@ -99,8 +99,7 @@ def count_block(task: CountTask) -> BlockStats:
   uniques = []
   for j, values in enumerate(chunk.sparse):
     # Spilled factorized: pass 2 then looks up each distinct value once, in order.
-    factors = factorize(values)
-    counts = np.bincount(factors.inverse[train], minlength=len(factors.keys))
+    factors, counts = factorize(values, train)
     uniques.append((factors.keys[counts > 0], counts[counts > 0]))
     chunk.sparse[j] = factors
   moments = None if chunk.dense is None else kernels.moments(chunk.dense, train)

@@ -12,8 +12,6 @@ import dataclasses
 import os
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from pico_jax import batch as B
 from pico_jax.data import formats, kernels, store
@@ -37,24 +35,17 @@ class Factorized:
     return len(self.inverse)
 
 
-def factorize(values: np.ndarray) -> Factorized:
-  """``values`` as its sorted distinct keys and an int32 inverse. An int64 column is
-  hashed by pyarrow and only its distinct keys are sorted (faster than ``np.unique``'s
-  sort of the whole column); other columns (bytes) go through ``np.unique``."""
-  if values.dtype == np.int64 and len(values):
-    values = np.ascontiguousarray(values)  # a zero-copy pyarrow array (pa.array
-    # would import pandas, when installed, a second per process).
-    encoded = pc.dictionary_encode(pa.Array.from_buffers(
-        pa.int64(), len(values), [None, pa.py_buffer(values)]))
-    keys, inverse = encoded.dictionary, encoded.indices
-    keys = np.frombuffer(keys.buffers()[1], np.int64, len(keys), keys.offset)
-    inverse = np.frombuffer(inverse.buffers()[1], np.int32, len(inverse), inverse.offset)
-    order = np.argsort(keys)
-    rank = np.empty(len(order), np.int32)
-    rank[order] = np.arange(len(order), dtype=np.int32)
-    return Factorized(keys[order], rank[inverse])
+def factorize(values: np.ndarray, rows: np.ndarray) -> tuple[Factorized, np.ndarray]:
+  """``values`` (int64 or bytes [n]) as its sorted distinct keys and an int32 inverse,
+  and how often each key occurs in the ``rows`` (bool [n]): int64 [K]. An int64
+  column goes through a compiled hash table (``kernels.factorize``), other columns
+  (bytes) through ``np.unique``."""
+  if values.dtype == np.int64:
+    keys, inverse, counts = kernels.factorize(values, rows)
+    return Factorized(keys, inverse), counts
   keys, inverse = np.unique(values, return_inverse=True)
-  return Factorized(keys, inverse.astype(np.int32).reshape(-1))
+  inverse = inverse.astype(np.int32).reshape(-1)
+  return Factorized(keys, inverse), np.bincount(inverse[rows], minlength=len(keys))
 
 
 def _lookup(vocab: Vocab, values) -> np.ndarray:

@@ -1,10 +1,11 @@
 """Compiled (Numba) loops of preprocessing and scoring: one pass where numpy takes
 several and allocates between them.
 
-Each kernel performs the same IEEE operations, in the same order, as the numpy
-expression it replaces (named in its docstring), so stores are bit-identical to those
-of the numpy code; ``tests/test_kernels.py`` checks each against that expression. All
-release the GIL, so the preprocessor's worker threads run them side by side.
+Each kernel gives exactly the result of the numpy expression it replaces (named in
+its docstring: the same IEEE operations in the same order for the floating-point
+ones), so stores are bit-identical to those of the numpy code; ``tests/test_kernels.py``
+checks each against that expression. All release the GIL, so the preprocessor's
+worker threads run them side by side.
 """
 
 from __future__ import annotations
@@ -94,3 +95,53 @@ def scatter_rows(src: np.ndarray, split: np.ndarray, where: np.ndarray,
   flat = lambda a: np.asarray(a).reshape(len(a), -1)  # views: writes reach the maps.
   _scatter_rows(flat(np.ascontiguousarray(src)).reshape(n, -1), split, where,
                 *(flat(o) for o in outs))
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio: multiplicative hashing.
+
+
+@numba.njit(nogil=True, cache=True)
+def _factorize(values, rows):
+  n = len(values)
+  bits = 1
+  while (1 << bits) < 2 * n:  # a table at most half full: short probes.
+    bits += 1
+  mask = (1 << bits) - 1
+  shift = np.uint64(64 - bits)
+  slots = np.full(1 << bits, -1, np.int32)
+  seen = np.empty(n, np.int64)  # distinct values in order of first appearance.
+  inverse = np.empty(n, np.int32)
+  counts = np.zeros(n, np.int64)
+  k = 0
+  for i in range(n):
+    v = values[i]
+    h = np.int64((np.uint64(v) * _GOLDEN) >> shift)
+    while True:
+      s = slots[h]
+      if s < 0:
+        s = slots[h] = k
+        seen[k] = v
+        k += 1
+        break
+      if seen[s] == v:
+        break
+      h = (h + 1) & mask
+    inverse[i] = s
+    if rows[i]:
+      counts[s] += 1
+  order = np.argsort(seen[:k])
+  rank = np.empty(k, np.int32)
+  for r in range(k):
+    rank[order[r]] = r
+  for i in range(n):
+    inverse[i] = rank[inverse[i]]
+  return seen[:k][order], inverse, counts[:k][order]
+
+
+def factorize(values: np.ndarray, rows: np.ndarray):
+  """(keys, inverse, counts) of an int64 column: its sorted distinct values (int64
+  [K]), the index of each row's value among them (int32 [n]: ``keys[inverse]`` is
+  ``values``) and how often each occurs in the ``rows`` (bool [n]) -- ``np.unique(
+  values, return_inverse=True)`` and a ``np.bincount`` of the selected inverse, by a
+  hash table and a sort of the distinct values only."""
+  return _factorize(np.ascontiguousarray(values, np.int64), rows)

@@ -378,7 +378,11 @@ def _build(fmt, inputs, output, options, overwrite, log, progress, runner, spill
   split_rows = {}
   for split, sid in SPLIT_ID.items():
     members = np.flatnonzero((split_of == sid) & keep)
-    members = members[np.argsort(rank_of[members], kind="stable")]
+    # In order of rank: ranks are distinct within a split and below N, so a scatter
+    # by rank sorts them (an argsort of the members took 3x as long).
+    by_rank = np.full(len(keep), -1, np.int64)
+    by_rank[rank_of[members]] = members
+    members = by_rank[by_rank >= 0]
     position[members] = np.arange(len(members))
     split_rows[split] = len(members)
     if not len(members):

@@ -38,7 +38,8 @@ def parse_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def assign(sources, seed: int, split_fractions, val_fraction: float):
-  """Split id (int8 [N]) and order key inside the split (int64 [N]) of every row.
+  """Split id (int8 [N]) and order key inside the split (int64 [N]: distinct within a
+  split, in [0, N)) of every row.
 
   ``sources``: objects with ``split`` (train | val | test | all), ``offset`` (index of
   their first row among all rows) and ``rows``.

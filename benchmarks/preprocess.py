@@ -7,11 +7,14 @@
    dense values in [0, 1) written with 6 decimals, search_id, click, conversion).
 2. Times, interleaved ``--repeat`` times in one run so that they share the machine's
    load: ``pandas.read_csv`` of the file (the reference; only when pandas is
-   installed, it is not a dependency of pico_jax), and ``preprocess.build_store`` (the
-   whole preprocessor: scan, parse, checks, vocabularies, store) with 1 worker and with
-   ``--workers`` (threads of the process, the default kind).
+   installed, it is not a dependency of pico_jax) as pandas runs it by default (since
+   pandas 3.1 its C parser reads a large file on one thread per CPU) and on one thread
+   (``mode.max_threads`` 1, where that option exists), and ``preprocess.build_store``
+   (the whole preprocessor: scan, parse, checks, vocabularies, store) with 1 worker
+   and with ``--workers`` (threads of the process, the default kind).
 3. ``--parsers``: the candidate parsers alone (parse only): ``np.loadtxt``, pyarrow's
-   CSV reader with one and with all threads, pandas.
+   CSV reader with one and with all threads, pico_jax's compiled parser
+   (``numeric_parse``) on one thread and on one thread per CPU, pandas.
 4. ``--predict``: trains the default model for a few steps on the store and times
    ``launch/predict.py``'s scoring of the same CSV (parse, encode, model, output).
 
@@ -23,6 +26,7 @@ is faster than pandas); the figures go in BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import platform
@@ -34,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from pico_jax.data import preprocess, w2
+from pico_jax.data import numeric_parse, preprocess, w2
 
 HEADER = (["search_id"] + [f"categorical_{i}" for i in range(1, 17)]
           + [f"numerical_{i}" for i in range(1, 64)] + ["click", "conversion"])
@@ -75,13 +79,30 @@ def _time_parsers(csv: str, rows: int, repeat: int, pandas) -> dict:
         convert_options=pacsv.ConvertOptions(
             column_types={n: pa.float64() for n in names}, null_values=[]))
 
+  def compiled(workers):
+    # Blocks of 65,536 lines (the preprocessor's default), ids as int64.
+    ends = np.flatnonzero(np.frombuffer(body, np.uint8) == 10)[65_535::65_536] + 1
+    cuts = [0, *ends.tolist(), len(body)]
+    view = memoryview(body)
+    blocks = [(view[a:b], body.count(b"\n", a, b)) for a, b in zip(cuts, cuts[1:]) if b > a]
+    ints = tuple(range(17)) + (80, 81)
+    parse = lambda block: numeric_parse.parse_block(block[0], block[1], ints,
+                                                    tuple(range(17, 80)), len(HEADER))
+    def run():
+      with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        assert all(r is not None for r in pool.map(parse, blocks))
+    return run
+
   lines = body.splitlines(keepends=True)
-  runs = {"np.loadtxt (the previous parser)": lambda: np.loadtxt(
+  runs = {"np.loadtxt (the parser before pyarrow)": lambda: np.loadtxt(
       lines, delimiter=",", dtype=np.float64, comments=None, ndmin=2, quotechar=None),
           "pyarrow.csv.read_csv, 1 thread": arrow(False),
-          "pyarrow.csv.read_csv, all threads": arrow(True)}
-  if pandas is not None:
-    runs["pandas.read_csv"] = lambda: pandas.read_csv(csv)
+          "pyarrow.csv.read_csv, all threads": arrow(True),
+          "numeric_parse (compiled), 1 thread": compiled(1),
+          f"numeric_parse (compiled), {os.cpu_count()} threads": compiled(os.cpu_count())}
+  runs.update(_pandas_runs(csv, pandas))
+  for fn in runs.values():  # compiles (numba) and warms the page cache.
+    fn()
   out = {}
   for _ in range(repeat):
     for name, fn in runs.items():
@@ -90,6 +111,24 @@ def _time_parsers(csv: str, rows: int, repeat: int, pandas) -> dict:
       best["rows_per_s"] = max(best["rows_per_s"], round(rows / wall))
       best["cpu_seconds"] = min(best["cpu_seconds"], round(cpu, 2))
   return out
+
+
+def _pandas_runs(csv: str, pandas) -> dict:
+  """The reference reads: ``pandas.read_csv`` as configured by default and, where
+  pandas has the ``mode.max_threads`` option (3.1+), on one thread."""
+  if pandas is None:
+    return {}
+  runs = {"pandas.read_csv": lambda: pandas.read_csv(csv)}
+  try:
+    pandas.get_option("mode.max_threads")
+  except KeyError:  # pandas before 3.1: read_csv runs on one thread anyway.
+    return runs
+
+  def one_thread():
+    with pandas.option_context("mode.max_threads", 1):
+      pandas.read_csv(csv)
+  runs["pandas.read_csv, 1 thread"] = one_thread
+  return runs
 
 
 def _time_predict(store_dir: str, csv: str, args) -> dict:
@@ -161,9 +200,7 @@ def main():
   except ImportError:
     pandas = None
   out = os.path.join(args.workdir, "store")
-  runs = {}
-  if pandas is not None:
-    runs["pandas.read_csv"] = lambda: pandas.read_csv(csv)
+  runs = _pandas_runs(csv, pandas)
   for workers in sorted({1, args.workers}):
     runs[f"preprocess workers={workers}"] = (
         lambda w=workers: preprocess.build_store(
@@ -171,6 +208,8 @@ def main():
             options=preprocess.Options(workers=w)))
   times = {name: [] for name in runs}
   cpus = {name: [] for name in runs}
+  for fn in runs.values():  # compiles (numba), warms the page cache: not timed.
+    fn()
   for _ in range(args.repeat):
     for name, fn in runs.items():
       wall, cpu = _time(fn)
@@ -181,12 +220,15 @@ def main():
                     "seconds": [round(t, 2) for t in ts],
                     # Workers are threads: the process's CPU time covers them all.
                     "cpu_seconds": [round(t, 2) for t in cpus[name]]}
-  if pandas is not None:
-    ref, ref_cpu = times["pandas.read_csv"], cpus["pandas.read_csv"]
+  for ref_name, key in (("pandas.read_csv", "ratio_to_pandas"),
+                        ("pandas.read_csv, 1 thread", "ratio_to_pandas_1_thread")):
+    if ref_name not in times:
+      continue
+    ref, ref_cpu = times[ref_name], cpus[ref_name]
     for name, ts in times.items():
       # Per repeat (the runs of one repeat share the load) and best against best; CPU
       # time is the load-independent figure on a shared machine.
-      ratio = result[name]["ratio_to_pandas"] = {
+      ratio = result[name][key] = {
           "best": round(min(ref) / min(ts), 2),
           "per_repeat": [round(r / t, 2) for r, t in zip(ref, ts)]}
       ratio["cpu"] = round(min(ref_cpu) / min(cpus[name]), 2)

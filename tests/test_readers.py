@@ -4,6 +4,8 @@ file, the line and the column, and leaves nothing behind)."""
 
 import gzip
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -519,6 +521,39 @@ def test_parallel_worker_processes_write_the_same_store(tmp_path, monkeypatch):
   for split in a.splits:
     for key in a.splits[split]:
       np.testing.assert_array_equal(a.splits[split][key], b.splits[split][key])
+
+
+def test_a_dead_worker_process_fails_the_run_and_leaves_nothing(tmp_path):
+  """A worker process killed mid-run (e.g. by the OOM killer) ends the run with an
+  error that says so, instead of waiting forever for its result; nothing is left at
+  the output, and an existing store there is kept. Run in a child process with a
+  time limit, so that a hang fails the test instead of stalling the suite."""
+  path = write(tmp_path, "ae.csv", good_ae(tmp_path, n=300))
+  out = tmp_path / "out"
+  preprocess.build_store("aliexpress", [path], str(out))
+  before = sorted(os.listdir(out))
+  script = f"""
+import os
+from pico_jax.data import formats, preprocess
+import dying_format
+preprocess.MIN_BYTES_PER_WORKER = 1
+formats.FORMATS["dying"] = lambda **kw: dying_format.DyingAliexpress(200, os.getpid(), **kw)
+try:
+  preprocess.build_store("dying", [{path!r}], {str(out)!r}, overwrite=True,
+                         options=preprocess.Options(chunk_rows=16, workers=2,
+                                                    processes=True))
+except Exception as e:
+  print(type(e).__name__, e)
+"""
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [tests_dir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=180, env=env, cwd=tmp_path)
+  assert "WorkerDied a preprocessing worker process died" in result.stdout, (
+      result.stdout + result.stderr)
+  assert sorted(os.listdir(out)) == before  # the existing store is untouched,
+  assert sorted(os.listdir(tmp_path)) == ["ae.csv", "out"]  # no spill, no temporary.
 
 
 def test_command_line(tmp_path, capsys):

@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import pickle
 import time
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -156,6 +157,11 @@ def write_block(task: WriteTask, splits=("train", "val", "test"), columns=None):
   return truncated
 
 
+class WorkerDied(RuntimeError):
+  """A worker process ended without a result (killed, e.g. by the kernel's OOM killer,
+  or crashed)."""
+
+
 class Runner:
   """Runs block tasks in order: in this process (``workers`` 1), on threads of this
   process (``threads``: the parse, the hashing and most array work release the GIL,
@@ -163,13 +169,14 @@ class Runner:
 
   Workers come from a ``forkserver``, not a ``fork`` of the caller (which may hold
   threads, JAX, Grain, that a fork would copy mid-state): a clean server process
-  imports the parser once, then forks each worker, so starting one costs little.
+  imports the parser once, then forks each worker, so starting one costs little. A
+  worker process that dies raises ``WorkerDied`` here (``ProcessPoolExecutor`` notices
+  a missing process; ``multiprocessing.Pool`` would wait for its result forever).
   """
 
   def __init__(self, workers: int = 1, threads: bool = True):
     self.workers = workers
     self.threads = threads
-    self._pool = None
     self._executor = None
 
   @property
@@ -186,41 +193,50 @@ class Runner:
 
   def close(self):
     """Stops the workers. Their writes to the store's shared maps are already in the
-    page cache; after an error, the blocks still pending are of no use (threads
-    finish the task they are on: nothing runs once this returns)."""
-    if self._executor is not None:
-      self._executor.shutdown(wait=True, cancel_futures=True)
-      self._executor = None
-    if self._pool is not None:
-      self._pool.terminate()
-      self._pool.join()
-      self._pool = None
+    page cache; after an error, the blocks still pending are of no use: they are
+    cancelled, and worker processes are ended (threads finish the task they are on).
+    Nothing runs once this returns."""
+    if self._executor is None:
+      return
+    if not self.threads:
+      # ProcessPoolExecutor has no terminate before Python 3.14.
+      for process in list(getattr(self._executor, "_processes", {}).values()):
+        process.terminate()
+    self._executor.shutdown(wait=True, cancel_futures=True)
+    self._executor = None
+
+  def _start(self):
+    if self.threads:
+      return concurrent.futures.ThreadPoolExecutor(self.workers)
+    context = multiprocessing.get_context("forkserver")
+    # The fork server imports the parser once; each worker is a fork of it.
+    context.set_forkserver_preload(["pico_jax.data.blocks"])
+    return concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
 
   def map(self, fn: Callable, tasks: Iterable, num_tasks: int) -> Iterable[Any]:
     """``fn(task)`` for every task, in order (a worker's exception re-raised here)."""
     if self.workers <= 1 or num_tasks <= 1:
       yield from map(fn, tasks)
       return
-    if self.threads:
-      if self._executor is None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(self.workers)
-      submit = lambda task: self._executor.submit(fn, task)
-      get = lambda future: future.result()
-    else:
-      if self._pool is None:
-        context = multiprocessing.get_context("forkserver")
-        # The fork server imports the parser once; each worker is a fork of it.
-        context.set_forkserver_preload(["pico_jax.data.blocks"])
-        self._pool = context.Pool(self.workers)
-      submit = lambda task: self._pool.apply_async(fn, (task,))
-      get = lambda result: result.get()
+    if self._executor is None:
+      self._executor = self._start()
     pending = collections.deque()
+
+    def get():
+      try:
+        return pending.popleft().result()
+      except BrokenProcessPool:
+        raise WorkerDied(
+            "a preprocessing worker process died without a result (killed, e.g. by "
+            "the OOM killer: each holds about two blocks; try fewer --workers, a "
+            "smaller --chunk-rows, or threads instead of --processes)") from None
+
     for task in tasks:
-      pending.append(submit(task))
+      pending.append(self._executor.submit(fn, task))
       if len(pending) >= 2 * self.workers:
-        yield get(pending.popleft())
+        yield get()
     while pending:
-      yield get(pending.popleft())
+      yield get()
 
 
 class Progress:

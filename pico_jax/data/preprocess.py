@@ -209,9 +209,14 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
   # The inputs' sha256 is computed on a thread of its own, beside the passes.
   hasher = concurrent.futures.ThreadPoolExecutor(1)
   try:
-    with blocks.Runner() as runner:
-      return _build(fmt, inputs, output, options, overwrite, log, progress, runner,
-                    spill, hasher)
+    sources = _scan(fmt, inputs, options, progress, hasher)
+    log(f"scanned {len(sources)} file(s), {sum(s.rows for s in sources):,} rows")
+    workers = effective_workers(options.workers, sum(s.info.size for s in sources),
+                                sum(len(s.info.blocks) for s in sources),
+                                options.processes)
+    with blocks.Runner(workers, threads=not options.processes) as runner:
+      return _build(fmt, sources, inputs, output, options, overwrite, log, progress,
+                    runner, spill)
   finally:
     hasher.shutdown(wait=True, cancel_futures=True)
     shutil.rmtree(spill, ignore_errors=True)
@@ -326,21 +331,15 @@ def _write_pass(writer, encoder, counts, kept_split, position, runner, spill,
   return truncated
 
 
-def _build(fmt, inputs, output, options, overwrite, log, progress, runner, spill,
-           hasher):
+def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runner,
+           spill):
   policy = options.policy or fmt.default_policy
-  sources = _scan(fmt, inputs, options, progress, hasher)
-  log(f"scanned {len(sources)} file(s), {sum(s.rows for s in sources):,} rows")
   split_of, rank_of = assign(sources, options.seed, options.split_fractions,
                              options.val_fraction)
   hashed = dict(options.hash_buckets)
   unknown = set(hashed) - set(fmt.sparse_names + fmt.list_names)
   if unknown:
     raise ValueError(f"hash_buckets names unknown fields {sorted(unknown)}")
-  runner.threads = not options.processes
-  runner.workers = effective_workers(options.workers, sum(s.info.size for s in sources),
-                                     sum(len(s.info.blocks) for s in sources),
-                                     options.processes)
   counts = _count_pass(fmt, sources, split_of, policy, runner, spill, progress)
   keep, max_mult, moments = counts.keep, counts.max_mult, counts.moments
   log(f"pass 1: {len(keep):,} rows parsed and checked")

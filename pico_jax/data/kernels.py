@@ -14,7 +14,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, error_model="numpy")  # x / 0 is inf, as in numpy.
 def _standardize(x, mean, std, out):
   n, d = x.shape
   for i in range(n):
@@ -58,6 +58,10 @@ def moments(x: np.ndarray, rows: np.ndarray):
   the rows in order."""
   if not rows.any():
     return None
+  if x.shape[1] == 1:  # numpy sums a contiguous axis pairwise, not in order.
+    y = x[rows]
+    mean = y.mean(0)
+    return len(y), mean, np.square(y - mean).sum(0)
   return _moments(np.ascontiguousarray(x), rows)
 
 
@@ -91,10 +95,10 @@ def scatter_rows(src: np.ndarray, split: np.ndarray, where: np.ndarray,
     outs: three arrays [N_s, ...] of ``src``'s dtype and row shape (memory maps
       included).
   """
-  n = len(src)
-  flat = lambda a: np.asarray(a).reshape(len(a), -1)  # views: writes reach the maps.
-  _scatter_rows(flat(np.ascontiguousarray(src)).reshape(n, -1), split, where,
-                *(flat(o) for o in outs))
+  width = int(np.prod(src.shape[1:], dtype=np.int64))
+  # Views (writes reach the maps), one row of ``width`` values per store row.
+  flat = lambda a: np.asarray(a).reshape(len(a), width)
+  _scatter_rows(flat(np.ascontiguousarray(src)), split, where, *(flat(o) for o in outs))
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio: multiplicative hashing.

@@ -14,43 +14,51 @@ reports the first token outside that subset instead of guessing:
            | ["-"] digits                                               (integers)
 
 (a float may also start with "." when digits follow). An integer column takes only
-integers below 2**53 in magnitude. A float is correctly rounded: a decimal mantissa
-of at most 18 digits times 10**e with |e| <= 22 is one IEEE multiplication or division
-of two exact doubles (Clinger's fast path); any other float token ("hard": more
-digits, a larger exponent) is handed back to the caller as a byte range and converted
-by Python's ``float``, which rounds as ``np.loadtxt`` does. Anything else (a space, a
-quote, "nan", hexadecimal, a byte-order mark, a lone carriage return, a missing or
-extra column) stops the parse at that row and column: the caller then lets the
-reference parser decide, which either agrees or raises the exact error.
+integers below 2**53 in magnitude. A float is correctly rounded, as ``np.loadtxt``
+rounds: a decimal mantissa below 2**53 times 10**e with |e| <= 22 is one IEEE
+multiplication or division of two exact doubles (Clinger's fast path); any other
+float token (more digits, as in the 17 significant digits of ``repr``, or a larger
+exponent) is converted by the C library's ``strtod`` (glibc's is correctly rounded),
+from the kernel itself. Anything else (a space, a quote, "nan", hexadecimal, a
+byte-order mark, a lone carriage return, a missing or extra column, a value that
+overflows to infinity) stops the parse at that row and column: the caller then lets
+the reference parser decide, which either agrees or raises the exact error.
 """
 
 from __future__ import annotations
 
+import locale
+
 import numba
 import numpy as np
+from numba import types
 
 MAX_EXACT_INT = 1 << 53
 _POW10 = np.array([10.0 ** k for k in range(23)])  # exact doubles.
 
-# Codes of ``parse_block``'s status (its first return value when not OK).
-OK = -1
+OK = -1  # ``_kernel``'s row when every line parsed.
+# double strtod(const char *, char **), bound by symbol name (so the compiled kernel
+# can be cached); its pointers are passed as integers, as the x86-64 and AArch64
+# calling conventions allow.
+_strtod = types.ExternalFunction("strtod", types.float64(types.intp, types.intp))
 
 
 @numba.njit(nogil=True, cache=True)
-def _kernel(buf, start, end, n, int_slot, float_slot, ints, floats, hard, pow10):
-  """Parses ``buf[start:end]`` (whose last byte is ``\n``: every token ends before
-  ``end``) into ``ints`` int64 [I, n] and ``floats`` float64 [n, D].
+def _kernel(buf, n, int_slot, float_slot, ints, floats, pow10):
+  """Parses ``buf`` (whose last byte is ``\n``: every token ends before the end) into
+  ``ints`` int64 [I, n] and ``floats`` float64 [n, D].
 
-  Returns (row, column, hard count): row -1 when every line parsed, else the first
-  row and column (0-based) of a token outside the grammar.
+  Returns (row, column): (OK, 0) when every line parsed, else the first row and
+  column (0-based) of a token outside the grammar.
   """
   ncol = int_slot.shape[0]
   last = ncol - 1
-  nhard = 0
-  i = start
+  end = len(buf)
+  base = buf.ctypes.data
+  i = 0
   for r in range(n):
     if i >= end:
-      return r, 0, nhard
+      return r, 0
     for j in range(ncol):
       s = i
       neg = buf[i] == 45  # "-"
@@ -69,7 +77,7 @@ def _kernel(buf, start, end, n, int_slot, float_slot, ints, floats, hard, pow10)
       is_int = int_slot[j] >= 0
       if buf[i] == 46:  # "."
         if is_int:
-          return r, j, nhard
+          return r, j
         i += 1
         f = i
         while True:
@@ -81,11 +89,11 @@ def _kernel(buf, start, end, n, int_slot, float_slot, ints, floats, hard, pow10)
         e = f - i
         digits += i - f
       if digits == 0:
-        return r, j, nhard
+        return r, j
       b = buf[i]
       if b == 101 or b == 69:  # "e", "E"
         if is_int:
-          return r, j, nhard
+          return r, j
         i += 1
         b = buf[i]
         eneg = b == 45
@@ -101,43 +109,38 @@ def _kernel(buf, start, end, n, int_slot, float_slot, ints, floats, hard, pow10)
             ev = ev * 10 + np.int64(c)
           i += 1
         if i == es:
-          return r, j, nhard
+          return r, j
         e += -ev if eneg else ev
         b = buf[i]
-      token_end = i
       if j < last:
         if b != 44:  # ","
-          return r, j, nhard
+          return r, j
       elif b == 13:  # "\r\n"
+        if buf[i + 1] != 10:
+          return r, j
         i += 1
-        if buf[i] != 10:
-          return r, j, nhard
       elif b != 10:
-        return r, j, nhard
+        return r, j
       i += 1
       if is_int:
         if digits > 18 or w >= MAX_EXACT_INT:
-          return r, j, nhard
+          return r, j
         ints[int_slot[j], r] = -w if neg else w
-        if float_slot[j] < 0:
-          continue
-      if float_slot[j] < 0:
+      k = float_slot[j]
+      if k < 0:
         continue
-      if digits > 18 or w > MAX_EXACT_INT or e < -22 or e > 22:
-        hard[nhard, 0] = r  # its value is computed by the caller.
-        hard[nhard, 1] = float_slot[j]
-        hard[nhard, 2] = s
-        hard[nhard, 3] = token_end
-        nhard += 1
-        if nhard == hard.shape[0]:
-          return r, j, nhard
-        continue
-      x = np.float64(w)
-      x = x * pow10[e] if e >= 0 else x / pow10[-e]
-      floats[r, float_slot[j]] = -x if neg else x
+      if digits <= 18 and w <= MAX_EXACT_INT and -22 <= e <= 22:
+        x = np.float64(w)
+        x = x * pow10[e] if e >= 0 else x / pow10[-e]
+        floats[r, k] = -x if neg else x
+      else:  # strtod stops at the "," or the line end that the grammar checked.
+        x = _strtod(base + s, 0)
+        if not np.isfinite(x):  # an overflow (1e400): the reference names it.
+          return r, j
+        floats[r, k] = x
   if i != end:
-    return n, 0, nhard
-  return OK, 0, nhard
+    return n, 0
+  return OK, 0
 
 
 def parse_block(data, n: int, int_columns: tuple[int, ...],
@@ -156,8 +159,12 @@ def parse_block(data, n: int, int_columns: tuple[int, ...],
     None when a token is outside the grammar above (the caller's reference parser
     then decides).
   """
+  if locale.localeconv()["decimal_point"] != ".":  # strtod follows LC_NUMERIC.
+    return None
   buf = np.frombuffer(data, np.uint8)
   if not len(buf) or buf[-1] != 10:  # the kernel needs an end byte after every token.
+    if len(buf) and buf[-1] == 13:  # a lone CR at the end: the reference decides.
+      return None
     buf = np.append(buf, np.uint8(10))
   int_slot = np.full(num_columns, -1, np.int64)
   int_slot[list(int_columns)] = np.arange(len(int_columns))
@@ -165,13 +172,5 @@ def parse_block(data, n: int, int_columns: tuple[int, ...],
   float_slot[list(float_columns)] = np.arange(len(float_columns))
   ints = np.empty((len(int_columns), n), np.int64)
   floats = np.empty((n, len(float_columns)), np.float64)
-  hard = np.empty((max(64, n // 8), 4), np.int64)
-  row, _, nhard = _kernel(buf, 0, len(buf), n, int_slot, float_slot, ints, floats, hard,
-                          _POW10)
-  if row != OK:
-    return None
-  for r, k, a, b in hard[:nhard].tolist():
-    x = floats[r, k] = float(buf[a:b].tobytes())
-    if not np.isfinite(x):  # an overflow, e.g. 1e400: the reference names it.
-      return None
-  return ints, floats
+  row, _ = _kernel(buf, n, int_slot, float_slot, ints, floats, _POW10)
+  return (ints, floats) if row == OK else None

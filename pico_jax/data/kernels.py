@@ -133,13 +133,7 @@ def _factorize(values, rows):
     inverse[i] = s
     if rows[i]:
       counts[s] += 1
-  order = np.argsort(seen[:k])
-  rank = np.empty(k, np.int32)
-  for r in range(k):
-    rank[order[r]] = r
-  for i in range(n):
-    inverse[i] = rank[inverse[i]]
-  return seen[:k][order], inverse, counts[:k][order]
+  return seen[:k], inverse, counts[:k]
 
 
 def factorize(values: np.ndarray, rows: np.ndarray):
@@ -147,5 +141,9 @@ def factorize(values: np.ndarray, rows: np.ndarray):
   [K]), the index of each row's value among them (int32 [n]: ``keys[inverse]`` is
   ``values``) and how often each occurs in the ``rows`` (bool [n]) -- ``np.unique(
   values, return_inverse=True)`` and a ``np.bincount`` of the selected inverse, by a
-  hash table and a sort of the distinct values only."""
-  return _factorize(np.ascontiguousarray(values, np.int64), rows)
+  hash table and numpy's sort of the distinct values only."""
+  seen, inverse, counts = _factorize(np.ascontiguousarray(values, np.int64), rows)
+  order = np.argsort(seen)
+  rank = np.empty(len(order), np.int32)
+  rank[order] = np.arange(len(order), dtype=np.int32)
+  return seen[order], rank[inverse], counts[order]

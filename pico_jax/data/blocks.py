@@ -5,7 +5,7 @@ returns its training statistics and spills the parsed rows to a file (the ids
 factorized per block, the dense values raw); after the vocabularies are built,
 ``write_block`` reads the spill back, encodes it and writes it into the store's
 memory-mapped columns. Workers are threads of the preprocessing process by default
-(pyarrow's parse, the hashing, file I/O and the large array operations release the
+(the parse, the hashing, file I/O and the large array operations release the
 GIL, and a thread costs nothing to start); as processes, only offsets, per-row split
 ids and small statistics travel between them: a worker reads its block from the file
 (a gzip stream is unpacked once by the parent) and writes its rows into the store

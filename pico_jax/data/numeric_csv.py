@@ -4,16 +4,19 @@ Labels are 0/1, categorical ids integers below 2**53, dense values finite floats
 header line is optional but must match when present. Scoring inputs may leave out the
 two label columns (``inspect(..., labels_optional=True)``).
 
-A block is parsed once, by pyarrow's C++ CSV reader, strictly: no quoting, no null
-values, no skipped empty lines, integer columns as int64 (a second try reads them as
-float64, for files that write ids as ``3.0``). The reference semantics are those of
-``np.loadtxt`` (``parse``): a block the strict reader rejects, or whose values fail a
-check, is parsed again by ``parse``, which either returns the same rows or raises the
-exact ``DataError`` (file, line, column). The fast reader therefore only accepts
-blocks that ``np.loadtxt`` accepts, with the same values (both round decimal strings
-correctly to float64), and is guarded against the few inputs pyarrow reads and
-``np.loadtxt`` does not: hexadecimal integers, a byte-order mark starting a block and
-a carriage return that does not end a line.
+A block is parsed once, by the first of three parsers that accepts it:
+
+  1. ``numeric_parse`` (compiled): integers and plain decimal numbers, one pass;
+  2. pyarrow's C++ CSV reader, strictly: no quoting, no null values, no skipped empty
+     lines, integer columns as int64 (a second try reads them as float64, for files
+     that write ids as ``3.0``);
+  3. ``parse``, the reference: ``np.loadtxt`` and the checks, which either returns the
+     rows or raises the exact ``DataError`` (file, line, column).
+
+The first two only accept blocks that ``np.loadtxt`` accepts, with the same values
+(all three round decimal strings correctly to float64); pyarrow is guarded against
+the few inputs it reads and ``np.loadtxt`` does not: hexadecimal integers, a
+byte-order mark starting a block and a carriage return that does not end a line.
 """
 
 from __future__ import annotations

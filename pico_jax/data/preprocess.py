@@ -13,9 +13,10 @@
      preallocated memory-mapped columns of its split (``blocks.write_block``).
 
 Memory: the per-row bookkeeping (split int8, order int64, kept bool, position int64:
-18 bytes a row, 0.7 GB for 40M rows), the distinct values of the vocabularies and two
-blocks per worker. Disk: the spill holds the parsed values of the blocks not yet
-written (int64 ids and float64 dense values: about the size of the input). The spill
+18 bytes a row, 0.7 GB for 40M rows; 8 more while the positions are computed), the
+distinct values of the vocabularies and two blocks per worker. Disk: the spill holds
+the parsed values of the blocks not yet written (each block's distinct ids and an
+int32 index per value, float64 dense values: about the size of the input). The spill
 sits beside the output; the store is written into a temporary directory and renamed at
 the end, and both are removed on any error.
 

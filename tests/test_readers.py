@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pico_jax import batch as B
-from pico_jax.data import preprocess, store
+from pico_jax.data import blocks, preprocess, store
 from pico_jax.data.errors import DataError
 
 from shared_data import ALICCP, ALIEXPRESS, CENSUS, needs_data
@@ -487,7 +487,7 @@ def test_gzip_input_and_split_arguments(tmp_path):
 
 def test_parallel_workers_write_the_same_store(tmp_path, monkeypatch):
   # Worker processes even for this small file (by default one needs 16 MiB of input).
-  monkeypatch.setattr(preprocess, "MIN_BYTES_PER_WORKER", 1)
+  monkeypatch.setattr(blocks, "MIN_BYTES_PER_WORKER", 1)
   lines = good_ae(tmp_path, n=300)
   path = write(tmp_path, "ae.csv", lines)
   one = preprocess.build_store("aliexpress", [path], str(tmp_path / "one"),
@@ -510,7 +510,7 @@ def test_parallel_workers_write_the_same_store(tmp_path, monkeypatch):
 
 def test_parallel_worker_processes_write_the_same_store(tmp_path, monkeypatch):
   """Workers as processes (``processes=True``) write the store that threads write."""
-  monkeypatch.setattr(preprocess, "MIN_BYTES_PER_WORKER", 1)
+  monkeypatch.setattr(blocks, "MIN_BYTES_PER_WORKER", 1)
   path = write(tmp_path, "ae.csv", good_ae(tmp_path, n=300))
   options = dict(chunk_rows=16, workers=2)
   preprocess.build_store("aliexpress", [path], str(tmp_path / "threads"),
@@ -534,9 +534,9 @@ def test_a_dead_worker_process_fails_the_run_and_leaves_nothing(tmp_path):
   before = sorted(os.listdir(out))
   script = f"""
 import os
-from pico_jax.data import formats, preprocess
+from pico_jax.data import blocks, formats, preprocess
 import dying_format
-preprocess.MIN_BYTES_PER_WORKER = 1
+blocks.MIN_BYTES_PER_WORKER = 1
 formats.FORMATS["dying"] = lambda **kw: dying_format.DyingAliexpress(200, os.getpid(), **kw)
 try:
   preprocess.build_store("dying", [{path!r}], {str(out)!r}, overwrite=True,

@@ -157,6 +157,32 @@ def write_block(task: WriteTask, splits=("train", "val", "test"), columns=None):
   return truncated
 
 
+# A worker process costs about a second to start (spawn, imports): below this much
+# input per worker process, fewer of them finish sooner. Threads cost nothing to start.
+MIN_BYTES_PER_WORKER = 16 << 20
+
+
+def default_workers(processes: bool = False) -> int:
+  """Threads: one per CPU (``os.cpu_count()``). Processes: one per idle CPU,
+  ``os.cpu_count()`` less the 1-minute load average: on a machine already saturated
+  by other jobs, extra processes only add their start-up and compete with each other
+  for the same cores (measured: BENCHMARKS.md)."""
+  cpus = os.cpu_count() or 1
+  if not processes:
+    return cpus
+  return max(1, cpus - round(os.getloadavg()[0]))
+
+
+def effective_workers(requested: int, input_bytes: int, num_blocks: int,
+                      processes: bool = False) -> int:
+  """Workers to use: ``requested`` (0: ``default_workers()``), but never more than
+  the CPUs or the blocks, nor, for processes, one per ``MIN_BYTES_PER_WORKER`` of
+  input, so that more workers are never slower than one."""
+  by_size = -(-input_bytes // MIN_BYTES_PER_WORKER) if processes else num_blocks
+  return max(1, min(requested or default_workers(processes), os.cpu_count() or 1,
+                    num_blocks, by_size))
+
+
 class WorkerDied(RuntimeError):
   """A worker process ended without a result (killed, e.g. by the kernel's OOM killer,
   or crashed)."""

@@ -72,7 +72,7 @@ class Options:
     chunk_rows: lines per block (the unit of parallel work and of the dense
       statistics' merge order, so stores depend on it in the last bits).
     workers: blocks worked on in parallel (1: one at a time; 0: one per CPU, see
-      ``default_workers``).
+      ``blocks.default_workers``).
     processes: the workers are forked processes instead of threads of this process.
       Threads cost nothing to start, and the parse, the hashing and the large array
       operations release the GIL; processes share no GIL at all, at the cost of their
@@ -153,32 +153,6 @@ def _spill_parent(output: str) -> str:
   return parent
 
 
-# A worker process costs about a second to start (spawn, imports): below this much
-# input per worker process, fewer of them finish sooner. Threads cost nothing to start.
-MIN_BYTES_PER_WORKER = 16 << 20
-
-
-def default_workers(processes: bool = False) -> int:
-  """Threads: one per CPU (``os.cpu_count()``). Processes: one per idle CPU,
-  ``os.cpu_count()`` less the 1-minute load average: on a machine already saturated
-  by other jobs, extra processes only add their start-up and compete with each other
-  for the same cores (measured: BENCHMARKS.md)."""
-  cpus = os.cpu_count() or 1
-  if not processes:
-    return cpus
-  return max(1, cpus - round(os.getloadavg()[0]))
-
-
-def effective_workers(requested: int, input_bytes: int, num_blocks: int,
-                      processes: bool = False) -> int:
-  """Workers to use: ``requested`` (0: ``default_workers()``), but never more than
-  the CPUs or the blocks, nor, for processes, one per ``MIN_BYTES_PER_WORKER`` of
-  input, so that more workers are never slower than one."""
-  by_size = -(-input_bytes // MIN_BYTES_PER_WORKER) if processes else num_blocks
-  return max(1, min(requested or default_workers(processes), os.cpu_count() or 1,
-                    num_blocks, by_size))
-
-
 def build_store(format_name: str, inputs: Sequence[str], output: str, *,
                 options: Options = Options(), overwrite: bool = False,
                 log: Callable[[str], None] = lambda msg: None,
@@ -212,7 +186,7 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
   try:
     sources = _scan(fmt, inputs, options, progress, hasher)
     log(f"scanned {len(sources)} file(s), {sum(s.rows for s in sources):,} rows")
-    workers = effective_workers(options.workers, sum(s.info.size for s in sources),
+    workers = blocks.effective_workers(options.workers, sum(s.info.size for s in sources),
                                 sum(len(s.info.blocks) for s in sources),
                                 options.processes)
     with blocks.Runner(workers, threads=not options.processes) as runner:

@@ -253,3 +253,14 @@ def test_factorize_is_unique_and_bincount(n, distinct):
   assert keys.dtype == np.int64 and inverse.dtype == np.int32
   assert np.array_equal(keys, want_keys) and np.array_equal(inverse, want_inverse)
   assert np.array_equal(counts, np.bincount(want_inverse[rows], minlength=len(keys)))
+
+
+def test_count_newlines_is_bytes_count():
+  """Newlines of any buffer, as ``bytes.count``: empty, without a newline, CR only,
+  and random bytes of every value (so a signed/unsigned mix-up would show)."""
+  rng = np.random.default_rng(400)
+  cases = [b"", b"abc", b"\r\r", b"\n", b"a\nb\r\n", rng.integers(0, 256, 100_003,
+                                                                 dtype=np.uint8).tobytes()]
+  for data in cases:
+    assert kernels.count_newlines(data) == data.count(b"\n")
+    assert kernels.count_newlines(memoryview(data)[1:]) == data[1:].count(b"\n")

@@ -14,6 +14,20 @@ import numba
 import numpy as np
 
 
+@numba.njit(nogil=True, cache=True)
+def _count_newlines(buf):
+  count = 0
+  for i in range(len(buf)):
+    count += buf[np.uint64(i)] == 10  # unsigned: no wraparound check, vectorised.
+  return count
+
+
+def count_newlines(data) -> int:
+  """``bytes(data).count(b"\n")`` of a buffer (bytes, memoryview), twice as fast
+  as numpy's comparison and count."""
+  return int(_count_newlines(np.frombuffer(data, np.uint8)))
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy")  # x / 0 is inf, as in numpy.
 def _standardize(x, mean, std, out):
   n, d = x.shape

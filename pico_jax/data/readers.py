@@ -26,6 +26,7 @@ import zlib
 
 import numpy as np
 
+from pico_jax.data import kernels
 from pico_jax.data.errors import DataError
 
 _READ_BYTES = 1 << 22  # scan granularity: 4 MiB.
@@ -162,7 +163,7 @@ class _BlockCutter:
     """The blocks that end inside ``piece`` (bytes, or a view with ``keep_data``
     False) of ``count`` newlines (counted here when None)."""
     if count is None:
-      count = piece.count(b"\n")
+      count = kernels.count_newlines(piece)
     if count < (self.skip or self.block_rows - self.filled):  # no block ends here.
       if not self.skip:
         self.filled += count
@@ -218,8 +219,8 @@ def scan_file(path: str, block_rows: int, header: bool) -> FileInfo:
 
   Every byte is looked at once, by a newline count (the newlines are located,
   vectorised, only in the pieces where a block ends); the file is not parsed here. A
-  plain file's pieces are counted on one thread per CPU (numpy's comparison releases
-  the GIL), a gzip stream's in order as it unpacks. Its sha256 is ``hash_file``'s,
+  plain file's pieces are counted on one thread per CPU (``kernels.count_newlines``
+  releases the GIL), a gzip stream's in order as it unpacks. Its sha256 is ``hash_file``'s,
   which preprocessing runs beside the passes.
   """
   _check_path(path)
@@ -235,7 +236,7 @@ def scan_file(path: str, block_rows: int, header: bool) -> FileInfo:
     pieces = [view[o:o + _READ_BYTES] for o in range(0, len(view), _READ_BYTES)]
     workers = min(len(pieces), os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-      for piece, count in zip(pieces, pool.map(_count_newlines, pieces)):
+      for piece, count in zip(pieces, pool.map(kernels.count_newlines, pieces)):
         blocks += [b for b, _ in cutter.feed(piece, count)]
   blocks += [b for b, _ in cutter.finish()]
   return FileInfo(path, cutter.num_lines, os.path.getsize(path), packed, tuple(blocks))
@@ -246,10 +247,6 @@ def _map(path: str) -> memoryview:
   mapping lives as long as a view of it."""
   with open(path, "rb") as f:
     return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
-
-
-def _count_newlines(piece) -> int:
-  return int(np.count_nonzero(np.frombuffer(piece, np.uint8) == 10))
 
 
 def stream_blocks(path: str, block_rows: int, header: bool):

@@ -264,3 +264,19 @@ def test_count_newlines_is_bytes_count():
   for data in cases:
     assert kernels.count_newlines(data) == data.count(b"\n")
     assert kernels.count_newlines(memoryview(data)[1:]) == data[1:].count(b"\n")
+
+
+@pytest.mark.parametrize("low,span,n", [(-50, 100, 1000), (10 ** 12, 100, 5000),
+                                        (7, 1, 1), (0, 1999, 1000)])
+def test_factorize_of_a_narrow_range_is_unique_and_bincount(low, span, n):
+  """Values within 2n of each other take the table indexed by value (negative and
+  large offsets, one value, a range just under 2n): the same three arrays."""
+  rng = np.random.default_rng(500 + n)
+  values = (low + rng.integers(0, span, n)).astype(np.int64)
+  values[0], values[-1] = low, low + span - 1  # the whole span is used.
+  rows = rng.random(n) < 0.5
+  keys, inverse, counts = kernels.factorize(values, rows)
+  want_keys, want_inverse = np.unique(values, return_inverse=True)
+  assert keys.dtype == np.int64 and inverse.dtype == np.int32
+  assert np.array_equal(keys, want_keys) and np.array_equal(inverse, want_inverse)
+  assert np.array_equal(counts, np.bincount(want_inverse[rows], minlength=len(keys)))

@@ -150,13 +150,46 @@ def _factorize(values, rows):
   return seen[:k], inverse, counts[:k]
 
 
+@numba.njit(nogil=True, cache=True)
+def _factorize_range(values, rows, low, size):
+  present = np.zeros(size, np.int32)
+  counts = np.zeros(size, np.int64)
+  for i in range(len(values)):
+    v = np.uint64(values[i] - low)  # unsigned indices: no wraparound checks.
+    present[v] = 1
+    if rows[i]:
+      counts[v] += 1
+  rank = np.empty(size, np.int32)
+  k = 0
+  for v in range(size):
+    rank[np.uint64(v)] = k
+    k += present[np.uint64(v)]
+  keys = np.empty(k, np.int64)
+  kept = np.empty(k, np.int64)
+  for v in range(size):
+    if present[np.uint64(v)]:
+      keys[rank[np.uint64(v)]] = v + low
+      kept[rank[np.uint64(v)]] = counts[np.uint64(v)]
+  inverse = np.empty(len(values), np.int32)
+  for i in range(len(values)):
+    inverse[i] = rank[np.uint64(values[i] - low)]
+  return keys, inverse, kept
+
+
 def factorize(values: np.ndarray, rows: np.ndarray):
   """(keys, inverse, counts) of an int64 column: its sorted distinct values (int64
   [K]), the index of each row's value among them (int32 [n]: ``keys[inverse]`` is
   ``values``) and how often each occurs in the ``rows`` (bool [n]) -- ``np.unique(
-  values, return_inverse=True)`` and a ``np.bincount`` of the selected inverse, by a
-  hash table and numpy's sort of the distinct values only."""
-  seen, inverse, counts = _factorize(np.ascontiguousarray(values, np.int64), rows)
+  values, return_inverse=True)`` and a ``np.bincount`` of the selected inverse.
+  Values within a range of at most 2n are counted in a table indexed by value (most
+  categorical ids: a few distinct values, or ids numbered densely); others go through
+  a hash table and numpy's sort of the distinct values only."""
+  values = np.ascontiguousarray(values, np.int64)
+  if len(values):
+    low, high = int(values.min()), int(values.max())
+    if high - low < 2 * len(values):
+      return _factorize_range(values, rows, low, high - low + 1)
+  seen, inverse, counts = _factorize(values, rows)
   order = np.argsort(seen)
   rank = np.empty(len(order), np.int32)
   rank[order] = np.arange(len(order), dtype=np.int32)

@@ -237,6 +237,16 @@ def test_scatter_rows_of_an_empty_block_or_split():
   assert outs[0].tolist() == [[0, 0], [1, 1], [0, 0]] and outs[2].tolist() == [[1, 1]]
 
 
+def assert_factorize(values, rows):
+  """``kernels.factorize`` is ``np.unique(values, return_inverse=True)`` and the
+  ``np.bincount`` of the selected rows' inverse."""
+  keys, inverse, counts = kernels.factorize(values, rows)
+  want_keys, want_inverse = np.unique(values, return_inverse=True)
+  assert keys.dtype == np.int64 and inverse.dtype == np.int32
+  assert np.array_equal(keys, want_keys) and np.array_equal(inverse, want_inverse)
+  assert np.array_equal(counts, np.bincount(want_inverse[rows], minlength=len(keys)))
+
+
 @pytest.mark.parametrize("n,distinct", [(0, 1), (1, 1), (1000, 1), (1000, 7),
                                         (5000, 4000), (70_000, 500_000)])
 def test_factorize_is_unique_and_bincount(n, distinct):
@@ -248,11 +258,7 @@ def test_factorize_is_unique_and_bincount(n, distinct):
                          np.arange(distinct) << 20])  # equal low bits.
   values = rng.choice(pool, n).astype(np.int64)
   rows = rng.random(n) < 0.7
-  keys, inverse, counts = kernels.factorize(values, rows)
-  want_keys, want_inverse = np.unique(values, return_inverse=True)
-  assert keys.dtype == np.int64 and inverse.dtype == np.int32
-  assert np.array_equal(keys, want_keys) and np.array_equal(inverse, want_inverse)
-  assert np.array_equal(counts, np.bincount(want_inverse[rows], minlength=len(keys)))
+  assert_factorize(values, rows)
 
 
 def test_count_newlines_is_bytes_count():
@@ -275,8 +281,4 @@ def test_factorize_of_a_narrow_range_is_unique_and_bincount(low, span, n):
   values = (low + rng.integers(0, span, n)).astype(np.int64)
   values[0], values[-1] = low, low + span - 1  # the whole span is used.
   rows = rng.random(n) < 0.5
-  keys, inverse, counts = kernels.factorize(values, rows)
-  want_keys, want_inverse = np.unique(values, return_inverse=True)
-  assert keys.dtype == np.int64 and inverse.dtype == np.int32
-  assert np.array_equal(keys, want_keys) and np.array_equal(inverse, want_inverse)
-  assert np.array_equal(counts, np.bincount(want_inverse[rows], minlength=len(keys)))
+  assert_factorize(values, rows)

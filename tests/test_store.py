@@ -75,6 +75,23 @@ def test_an_exception_leaves_nothing(tmp_path):
   assert os.listdir(tmp_path) == []
 
 
+def test_a_failed_allocation_leaves_nothing(tmp_path, monkeypatch):
+  """A column that cannot be allocated (here: a full disk on the third) raises, and
+  the writer leaves no temporary directory and no column behind."""
+  made = []
+
+  def zeroed_map(path, dtype, shape):
+    made.append(path)
+    if len(made) == 3:
+      raise OSError(28, "No space left on device")
+    return real(path, dtype, shape)
+  real = store._zeroed_map
+  monkeypatch.setattr(store, "_zeroed_map", zeroed_map)
+  with pytest.raises(OSError, match="No space left"):
+    store.StoreWriter(str(tmp_path / "s"), SCHEMA, {"train": 4, "val": 1, "test": 1})
+  assert len(made) >= 3 and os.listdir(tmp_path) == []
+
+
 def test_existing_store_is_replaced_only_when_asked(tmp_path):
   write_store(tmp_path / "s")
   with pytest.raises(FileExistsError):

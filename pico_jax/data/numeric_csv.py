@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from pico_jax.data import numeric_parse, readers
+from pico_jax.data import kernels, numeric_parse, readers
 from pico_jax.data.errors import DataError
 from pico_jax.data.readers import Chunk, Layout
 
@@ -104,8 +104,9 @@ def _row_major(table: pa.Table, columns: tuple[int, ...], n: int) -> np.ndarray:
   return dense
 
 
-def _line_count(data: bytes) -> int:
-  return data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
+def _line_count(data) -> int:
+  """Lines of a block (bytes or a view): its newlines, and a last line without one."""
+  return kernels.count_newlines(data) + (0 if not len(data) or data[-1:] == b"\n" else 1)
 
 
 class CsvFormat(readers.Format):
@@ -220,7 +221,7 @@ class CsvFormat(readers.Format):
   # ------------------------------------------------------------------ fast parser
 
   def parse_block(self, path, data, first_line_no, layout, num_lines=None):
-    n = _line_count(bytes(data)) if num_lines is None else num_lines
+    n = _line_count(data) if num_lines is None else num_lines
     chunk = self._parse_compiled(data, n, first_line_no, layout)
     if chunk is None:
       data = bytes(data)
@@ -229,7 +230,7 @@ class CsvFormat(readers.Format):
       chunk = self.parse(path, readers.split_lines(data), first_line_no, layout)
     return chunk
 
-  def _parse_compiled(self, data: bytes, n: int, first_line_no: int,
+  def _parse_compiled(self, data: bytes | memoryview, n: int, first_line_no: int,
                       layout) -> Chunk | None:
     """The block's ``n`` lines read by ``numeric_parse``, or None where a token is
     outside its grammar or a value fails a check (then pyarrow, and the reference

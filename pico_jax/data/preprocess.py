@@ -186,9 +186,9 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
   try:
     sources = _scan(fmt, inputs, options, progress, hasher)
     log(f"scanned {len(sources)} file(s), {sum(s.rows for s in sources):,} rows")
-    workers = blocks.effective_workers(options.workers, sum(s.info.size for s in sources),
-                                sum(len(s.info.blocks) for s in sources),
-                                options.processes)
+    workers = blocks.effective_workers(
+        options.workers, sum(s.info.size for s in sources),
+        sum(len(s.info.blocks) for s in sources), options.processes)
     with blocks.Runner(workers, threads=not options.processes) as runner:
       return _build(fmt, sources, inputs, output, options, overwrite, log, progress,
                     runner, spill)

@@ -3,8 +3,8 @@
 A reader never holds a whole file. ``scan_file`` reads a file once (line count and the
 byte offset where every block of ``block_rows`` data lines starts); a block is
 then read by offset (``read_block``: a view of the mapped file, not a copy), so
-parallel workers read their own blocks and only offsets travel between processes. ``Format.parse_block`` turns a block into a
-``Chunk`` of whole-array numpy columns. Every problem raises ``DataError`` naming the
+parallel workers read their own blocks and only offsets travel between processes.
+``Format.parse_block`` turns a block into a ``Chunk`` of whole-array numpy columns. Every problem raises ``DataError`` naming the
 file, the 1-based line and the column.
 
 The formats themselves live in ``numeric_csv`` (every column numeric: AliExpress,
@@ -220,8 +220,8 @@ def scan_file(path: str, block_rows: int, header: bool) -> FileInfo:
   Every byte is looked at once, by a newline count (the newlines are located,
   vectorised, only in the pieces where a block ends); the file is not parsed here. A
   plain file's pieces are counted on one thread per CPU (``kernels.count_newlines``
-  releases the GIL), a gzip stream's in order as it unpacks. Its sha256 is ``hash_file``'s,
-  which preprocessing runs beside the passes.
+  releases the GIL), a gzip stream's in order as it unpacks. Its sha256 is
+  ``hash_file``'s, which preprocessing runs beside the passes.
   """
   _check_path(path)
   packed = is_gzip(path)

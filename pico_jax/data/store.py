@@ -99,12 +99,16 @@ class StoreWriter:
     for split in self.rows:
       os.makedirs(os.path.join(self.tmp, split))
       self.columns[split] = {}
-    # Written side by side: the kernel's page allocation is most of the time.
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-      maps = pool.map(lambda spec: _zeroed_map(
-          os.path.join(self.tmp, spec[0], f"{spec[1]}.npy"), *spec[2:]), specs)
-      for (split, key, _, _), column in zip(specs, maps):
-        self.columns[split][key] = column
+    try:
+      # Written side by side: the kernel's page allocation is most of the time.
+      with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        maps = pool.map(lambda spec: _zeroed_map(
+            os.path.join(self.tmp, spec[0], f"{spec[1]}.npy"), *spec[2:]), specs)
+        for (split, key, _, _), column in zip(specs, maps):
+          self.columns[split][key] = column
+    except BaseException:  # e.g. a full disk: no temporary directory is left.
+      self.abort()
+      raise
 
   def __enter__(self):
     return self

@@ -34,7 +34,7 @@ from pico_jax.data import kernels, numeric_parse, readers
 from pico_jax.data.errors import DataError
 from pico_jax.data.readers import Chunk, Layout
 
-MAX_EXACT_INT = 2.0 ** 53  # float64 ids beyond it lost precision: rejected.
+MAX_EXACT_INT = numeric_parse.MAX_EXACT_INT  # float64 ids beyond it lost precision.
 _ARROW_BLOCK = 1 << 20  # bytes per internal pyarrow block: stays in cache.
 
 

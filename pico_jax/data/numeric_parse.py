@@ -33,7 +33,7 @@ import numba
 import numpy as np
 from numba import types
 
-MAX_EXACT_INT = 1 << 53
+MAX_EXACT_INT = 1 << 53  # ids at or beyond it are rejected: float64 loses them.
 _POW10 = np.array([10.0 ** k for k in range(23)])  # exact doubles.
 
 OK = -1  # ``_kernel``'s row when every line parsed.

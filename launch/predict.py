@@ -14,7 +14,8 @@ batches over every local device) or an exported serving artifact (``--artifact``
 ``pico_jax/export.py``).
 
 Output: a CSV with the format's id column (search_id for aliexpress, the sample id
-for aliccp_raw; none for the others), p_ctr, p_cvr and p_ctcvr, in input order. The
+for aliccp_raw, quoted; none for the others), p_ctr, p_cvr and p_ctcvr (float32, in
+the shortest decimals that read back to the same value), in input order. The
 label columns are optional in the inputs of the numeric CSV formats; when the inputs
 have them, the metrics of ``pico_jax.metrics.task_metrics`` are printed as JSON. A bad
 row stops the run with its file, line and column, and nothing is left at --output.
@@ -30,6 +31,8 @@ import tempfile
 import time
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from pico_jax import batch as B
 from pico_jax.data import blocks, formats, readers
@@ -88,10 +91,11 @@ def artifact_scorer(artifact: str, batch_size: int):
   return score, path
 
 
-def _id_strings(ids: np.ndarray) -> list[str]:
+def _id_column(ids: np.ndarray) -> pa.Array:
+  """The rows' id column for the output: int64 as is, bytes decoded (written quoted)."""
   if ids.dtype.kind == "S":
-    return [readers.decode(i) for i in ids.tolist()]
-  return [str(i) for i in ids.tolist()]
+    return pa.array([readers.decode(i) for i in ids.tolist()], pa.string())
+  return pa.array(ids)
 
 
 def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
@@ -114,10 +118,11 @@ def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
   start, rows = time.perf_counter(), 0
   out_dir = os.path.dirname(os.path.abspath(output))
   bar = blocks.Progress(sum(os.path.getsize(p) for p in inputs), "predict", "B", progress)
-  with tempfile.NamedTemporaryFile("w", dir=out_dir, delete=False,
+  names = ((fmt.id_name,) if fmt.id_name else ()) + OUTPUTS
+  with tempfile.NamedTemporaryFile("wb", dir=out_dir, delete=False,
                                    prefix=f".{os.path.basename(output)}.tmp-") as f:
     try:
-      f.write(",".join(((fmt.id_name,) if fmt.id_name else ()) + OUTPUTS) + "\n")
+      f.write((",".join(names) + "\n").encode())
       for path, layout in zip(inputs, layouts):
         read = 0
         for block, data in readers.stream_blocks(path, chunk_rows, layout.header):
@@ -132,10 +137,13 @@ def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
           for g, name in enumerate(encoder.multi_names):  # values, not rows, here.
             id0[name] += int(np.sum(cols[B.MULTI_MASK][:, g] & (cols[B.MULTI][:, g] == 0)))
           preds = score(cols)
-          columns = [np.char.mod("%.9g", preds[k]) for k in OUTPUTS]
+          # Shortest decimals that read back to the same float32 (pyarrow's writer,
+          # a tenth of the time of formatting the rows in Python).
+          columns = [pa.array(np.asarray(preds[k], np.float32)) for k in OUTPUTS]
           if fmt.id_name:
-            columns.insert(0, _id_strings(chunk.ids))
-          f.writelines(",".join(row) + "\n" for row in zip(*columns))
+            columns.insert(0, _id_column(chunk.ids))
+          pacsv.write_csv(pa.table(columns, names=names), f,
+                          pacsv.WriteOptions(include_header=False))
           if labeled:  # kept only for the metrics: unlabeled input streams through.
             for k in OUTPUTS:
               kept[k].append(preds[k])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pico_jax import batch as B
-from pico_jax.data import blocks, preprocess, store
+from pico_jax.data import blocks, formats, preprocess, store
 from pico_jax.data.errors import DataError
 
 from shared_data import ALICCP, ALIEXPRESS, CENSUS, needs_data
@@ -535,9 +535,9 @@ def test_a_dead_worker_process_fails_the_run_and_leaves_nothing(tmp_path):
   script = f"""
 import os
 from pico_jax.data import blocks, formats, preprocess
-import dying_format
+import faulty_formats
 blocks.MIN_BYTES_PER_WORKER = 1
-formats.FORMATS["dying"] = lambda **kw: dying_format.DyingAliexpress(200, os.getpid(), **kw)
+formats.FORMATS["dying"] = lambda **kw: faulty_formats.DyingAliexpress(200, os.getpid(), **kw)
 try:
   preprocess.build_store("dying", [{path!r}], {str(out)!r}, overwrite=True,
                          options=preprocess.Options(chunk_rows=16, workers=2,
@@ -554,6 +554,16 @@ except Exception as e:
       result.stdout + result.stderr)
   assert sorted(os.listdir(out)) == before  # the existing store is untouched,
   assert sorted(os.listdir(tmp_path)) == ["ae.csv", "out"]  # no spill, no temporary.
+
+
+def test_an_input_written_during_the_run_fails_it(tmp_path, monkeypatch):
+  """A file that changes while it is preprocessed (here: a line appended after the
+  scan) fails the run with an error naming it; no store is written."""
+  import faulty_formats
+  monkeypatch.setitem(formats.FORMATS, "growing", faulty_formats.GrowingAliexpress)
+  path = write(tmp_path, "ae.csv", good_ae(tmp_path, n=50))
+  expect_error(tmp_path, "growing", [path], r"ae\.csv: the file changed while it was "
+               "being read")
 
 
 def test_command_line(tmp_path, capsys):

@@ -374,6 +374,9 @@ def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runn
         file = f"vocab/{(sparse_names + multi_names).index(name):03d}.npy"
         writer.save_array(file, v.keys)
         vocab_meta[name]["file"] = file
+    digests = [s.sha256.result() for s in sources]  # the hash reads each file last.
+    for source in sources:
+      readers.check_unchanged(source.info)
     meta = writer.commit({
         "format": fmt.name,
         "preprocess_version": PREPROCESS_VERSION,
@@ -382,8 +385,8 @@ def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runn
         "entire_space_policy": policy,
         "splits": {s: {"dropped_conversion_without_click": dropped[s]} for s in SPLIT_ID},
         "sources": [{"path": os.path.abspath(s.path), "split": s.split,
-                     "sha256": s.sha256.result(), "rows": s.rows,
-                     "header": s.layout.header} for s in sources],
+                     "sha256": digest, "rows": s.rows, "header": s.layout.header}
+                    for s, digest in zip(sources, digests)],
         "vocab": vocab_meta,
         "dense_stats": {"mean": encoder.mean.tolist(), "std": encoder.std.tolist(),
                         "transform": options.dense_transform},

@@ -126,6 +126,19 @@ class FileInfo:
   size: int  # bytes on disk.
   gzip: bool
   blocks: tuple[Block, ...]  # the data lines (after the header), in order.
+  mtime_ns: int = 0  # the modification time when the scan began.
+
+
+def check_unchanged(info: FileInfo) -> None:
+  """Raises DataError if the file changed (size or modification time) since it was
+  scanned: its blocks, line numbers and digest would describe another file. (A file
+  cut shorter while a block of it is mapped ends the process with SIGBUS first, as
+  for any memory-mapped file: inputs must not be written while they are read.)"""
+  stat = os.stat(info.path)
+  if (stat.st_size, stat.st_mtime_ns) != (info.size, info.mtime_ns):
+    raise DataError("the file changed while it was being read (its size or "
+                    "modification time differs from the scan's); rerun on a file "
+                    "nothing is writing", path=info.path)
 
 
 def hash_file(path: str) -> str:
@@ -224,6 +237,7 @@ def scan_file(path: str, block_rows: int, header: bool) -> FileInfo:
   ``hash_file``'s, which preprocessing runs beside the passes.
   """
   _check_path(path)
+  stat = os.stat(path)
   packed = is_gzip(path)
   cutter = _BlockCutter(path, block_rows, header, keep_data=False)
   blocks = []
@@ -231,7 +245,7 @@ def scan_file(path: str, block_rows: int, header: bool) -> FileInfo:
     with open_binary(path) as f:
       for piece in _pieces(f, cutter):
         blocks += [b for b, _ in cutter.feed(piece)]
-  elif os.path.getsize(path):
+  elif stat.st_size:
     view = _map(path)
     pieces = [view[o:o + _READ_BYTES] for o in range(0, len(view), _READ_BYTES)]
     workers = min(len(pieces), os.cpu_count() or 1)
@@ -239,7 +253,8 @@ def scan_file(path: str, block_rows: int, header: bool) -> FileInfo:
       for piece, count in zip(pieces, pool.map(kernels.count_newlines, pieces)):
         blocks += [b for b, _ in cutter.feed(piece, count)]
   blocks += [b for b, _ in cutter.finish()]
-  return FileInfo(path, cutter.num_lines, os.path.getsize(path), packed, tuple(blocks))
+  return FileInfo(path, cutter.num_lines, stat.st_size, packed, tuple(blocks),
+                  stat.st_mtime_ns)
 
 
 def _map(path: str) -> memoryview:

@@ -5,6 +5,7 @@ a module of their own so that forked worker processes can unpickle them."""
 
 import os
 import signal
+import time
 
 from pico_jax.data import numeric_csv
 
@@ -38,3 +39,11 @@ class GrowingAliexpress(numeric_csv.CsvFormat):
       with open(path, "ab") as f:
         f.write(bytes(data[:data.tobytes().index(b"\n") + 1]))
     return super().parse_block(path, data, first_line_no, layout, num_lines)
+
+
+def die_on_one(x: int) -> int:
+  """A block task whose worker dies on task 1 (a little after the others started)."""
+  if x == 1:
+    time.sleep(0.3)
+    os.kill(os.getpid(), signal.SIGKILL)
+  return x

@@ -556,6 +556,29 @@ except Exception as e:
   assert sorted(os.listdir(tmp_path)) == ["ae.csv", "out"]  # no spill, no temporary.
 
 
+def test_a_worker_death_seen_at_a_submit_is_worker_died_too(tmp_path):
+  """When a worker dies while the parent is busy with an earlier result, the next
+  submit (not a result) finds the pool broken: that is reported as WorkerDied too."""
+  script = """
+import time
+from pico_jax.data import blocks
+import faulty_formats
+try:
+  with blocks.Runner(2, threads=False) as runner:
+    for x in runner.map(faulty_formats.die_on_one, range(20), 20):
+      time.sleep(1.0)  # the parent is slow: the death happens between submits.
+except Exception as e:
+  print(type(e).__name__, e)
+"""
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [tests_dir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=180, env=env, cwd=tmp_path)
+  assert result.stdout.startswith("WorkerDied a preprocessing worker process died"), (
+      result.stdout + result.stderr)
+
+
 def test_an_input_written_during_the_run_fails_it(tmp_path, monkeypatch):
   """A file that changes while it is preprocessed (here: a line appended after the
   scan) fails the run with an error naming it; no store is written."""

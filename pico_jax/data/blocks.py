@@ -247,22 +247,19 @@ class Runner:
     if self._executor is None:
       self._executor = self._start()
     pending = collections.deque()
-
-    def get():
-      try:
-        return pending.popleft().result()
-      except BrokenProcessPool:
-        raise WorkerDied(
-            "a preprocessing worker process died without a result (killed, e.g. by "
-            "the OOM killer: each holds about two blocks; try fewer --workers, a "
-            "smaller --chunk-rows, or threads instead of --processes)") from None
-
-    for task in tasks:
-      pending.append(self._executor.submit(fn, task))
-      if len(pending) >= 2 * self.workers:
-        yield get()
-    while pending:
-      yield get()
+    try:
+      for task in tasks:
+        pending.append(self._executor.submit(fn, task))
+        if len(pending) >= 2 * self.workers:
+          yield pending.popleft().result()
+      while pending:
+        yield pending.popleft().result()
+    except BrokenProcessPool as e:  # from a result, or from a submit after the death.
+      raise WorkerDied(
+          "a preprocessing worker process died without a result (killed, e.g. by the "
+          "OOM killer: each holds about two blocks; try fewer --workers, a smaller "
+          "--chunk-rows, or threads instead of --processes). The pool's report: "
+          f"{e}") from e
 
 
 class Progress:

@@ -142,11 +142,11 @@ def check_unchanged(info: FileInfo) -> None:
 
 
 def hash_file(path: str) -> str:
-  """The sha256 of the file at ``path`` (hex), read through its mapping (no copy)."""
+  """The sha256 of the file at ``path`` (hex), read through mapped windows (no copy)."""
   digest = hashlib.sha256()
-  view = _map(path) if os.path.getsize(path) else memoryview(b"")
-  for start in range(0, len(view), _READ_BYTES):
-    digest.update(view[start:start + _READ_BYTES])  # releases the GIL.
+  size = os.path.getsize(path)
+  for start in range(0, size, _READ_BYTES):
+    digest.update(_map(path, start, min(_READ_BYTES, size - start)))  # releases the GIL.
   return digest.hexdigest()
 
 
@@ -246,22 +246,29 @@ def scan_file(path: str, block_rows: int, header: bool) -> FileInfo:
       for piece in _pieces(f, cutter):
         blocks += [b for b, _ in cutter.feed(piece)]
   elif stat.st_size:
-    view = _map(path)
-    pieces = [view[o:o + _READ_BYTES] for o in range(0, len(view), _READ_BYTES)]
-    workers = min(len(pieces), os.cpu_count() or 1)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-      for piece, count in zip(pieces, pool.map(kernels.count_newlines, pieces)):
-        blocks += [b for b, _ in cutter.feed(piece, count)]
+    windows = [(o, min(_READ_BYTES, stat.st_size - o))
+               for o in range(0, stat.st_size, _READ_BYTES)]
+    count = lambda window: kernels.count_newlines(_map(path, *window))
+    with concurrent.futures.ThreadPoolExecutor(min(len(windows),
+                                                   os.cpu_count() or 1)) as pool:
+      for window, newlines in zip(windows, pool.map(count, windows)):
+        blocks += [b for b, _ in cutter.feed(_map(path, *window), newlines)]
   blocks += [b for b, _ in cutter.finish()]
   return FileInfo(path, cutter.num_lines, stat.st_size, packed, tuple(blocks),
                   stat.st_mtime_ns)
 
 
-def _map(path: str) -> memoryview:
-  """A read-only view of a non-empty file's pages (``mmap``): no copy, and the
-  mapping lives as long as a view of it."""
+def _map(path: str, offset: int, length: int) -> memoryview:
+  """A read-only view of bytes [offset, offset + length) of a file, mapped (``mmap``)
+  rather than copied. Only that window is mapped, and only while a view of it lives,
+  so the pages a run has read do not pile up in the process's memory."""
+  if not length:
+    return memoryview(b"")
+  start = offset - offset % mmap.ALLOCATIONGRANULARITY
   with open(path, "rb") as f:
-    return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+    mapped = mmap.mmap(f.fileno(), offset + length - start, offset=start,
+                       access=mmap.ACCESS_READ)
+  return memoryview(mapped)[offset - start:]
 
 
 def stream_blocks(path: str, block_rows: int, header: bool):
@@ -283,7 +290,7 @@ def stream_blocks(path: str, block_rows: int, header: bool):
 def read_block(block: Block) -> memoryview:
   """The bytes of ``block`` of a plain (not gzip) file: a view of the file's pages,
   not a copy (see ``_map``)."""
-  return _map(block.path)[block.offset:block.offset + block.length]
+  return _map(block.path, block.offset, block.length)
 
 
 def iter_gzip_blocks(info: FileInfo):

@@ -14,14 +14,14 @@ reports the first token outside that subset instead of guessing:
            | ["-"] digits                                               (integers)
 
 (a float may also start with "." when digits follow). An integer column takes only
-integers below 2**53 in magnitude. A float is correctly rounded, as ``np.loadtxt``
+integers below 2**53 in magnitude, and not "-0". A float is correctly rounded, as ``np.loadtxt``
 rounds: a decimal mantissa below 2**53 times 10**e with |e| <= 22 is one IEEE
 multiplication or division of two exact doubles (Clinger's fast path); any other
 float token (more digits, as in the 17 significant digits of ``repr``, or a larger
 exponent) is converted by the C library's ``strtod`` (glibc's is correctly rounded),
 from the kernel itself. Anything else (a space, a quote, "nan", hexadecimal, a
-byte-order mark, a lone carriage return, a missing or extra column, a value that
-overflows to infinity) stops the parse at that row and column: the caller then lets
+byte-order mark, a lone carriage return, a missing or extra column, a stored float
+that overflows to infinity) stops the parse at that row and column: the caller then lets
 the reference parser decide, which either agrees or raises the exact error.
 """
 
@@ -125,7 +125,8 @@ def _kernel(buf, n, int_slot, float_slot, ints, floats, pow10):
         return r, j
       i += 1
       if is_int:
-        if digits > 18 or w >= MAX_EXACT_INT:
+        # "-0" too: an int64 loses the sign that np.loadtxt keeps (a label -0.0).
+        if digits > 18 or w >= MAX_EXACT_INT or (neg and w == 0):
           return r, j
         ints[int_slot[j], r] = -w if neg else w
       k = float_slot[j]

@@ -125,8 +125,14 @@ class StoreWriter:
     np.save(full, array, allow_pickle=False)
 
   def commit(self, meta: dict[str, Any]) -> dict[str, Any]:
-    """Writes ``meta.json`` and moves the store into place."""
-    self.columns = {}  # unmapped: the pages are in the page cache, as np.save's are.
+    """Flushes the columns, writes ``meta.json`` and moves the store into place."""
+    # Rows written through a map reach the file (and a network file system's server:
+    # other hosts may read the store next) before meta.json names the store. The
+    # columns are flushed side by side.
+    maps = [column for columns in self.columns.values() for column in columns.values()]
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+      list(pool.map(lambda column: column.flush(), maps))
+    self.columns = {}
     meta = dict(meta, store_version=STORE_VERSION, schema=self.schema.to_json(),
                 splits={s: {"rows": n, **meta.get("splits", {}).get(s, {})}
                         for s, n in self.rows.items()},

@@ -86,7 +86,7 @@ def _time_parsers(csv: str, rows: int, repeat: int, pandas) -> dict:
     view = memoryview(body)
     blocks = [(view[a:b], body.count(b"\n", a, b)) for a, b in zip(cuts, cuts[1:]) if b > a]
     ints = tuple(range(17)) + (80, 81)
-    parse = lambda block: numeric_parse.parse_block(block[0], block[1], ints,
+    parse = lambda block: numeric_parse.parse_columns(block[0], block[1], ints,
                                                     tuple(range(17, 80)), len(HEADER))
     def run():
       with concurrent.futures.ThreadPoolExecutor(workers) as pool:

@@ -238,9 +238,9 @@ def test_scatter_rows_of_an_empty_block_or_split():
 
 
 def assert_factorize(values, rows):
-  """``kernels.factorize`` is ``np.unique(values, return_inverse=True)`` and the
+  """``kernels.factorize_int64`` is ``np.unique(values, return_inverse=True)`` and the
   ``np.bincount`` of the selected rows' inverse."""
-  keys, inverse, counts = kernels.factorize(values, rows)
+  keys, inverse, counts = kernels.factorize_int64(values, rows)
   want_keys, want_inverse = np.unique(values, return_inverse=True)
   assert keys.dtype == np.int64 and inverse.dtype == np.int32
   assert np.array_equal(keys, want_keys) and np.array_equal(inverse, want_inverse)

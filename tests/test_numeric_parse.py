@@ -30,7 +30,7 @@ def reference(data: bytes, int_columns, float_columns):
 
 
 def assert_same(got, want):
-  assert got is not None, "parse_block gave up on a block inside its grammar"
+  assert got is not None, "parse_columns gave up on a block inside its grammar"
   for a, b in zip(got, want):
     assert a.dtype == b.dtype and a.shape == b.shape
     assert a.tobytes() == b.tobytes()  # bits: -0.0 and 0.0 differ.
@@ -138,7 +138,7 @@ def test_random_spellings_match_loadtxt_bit_for_bit():
     lines = int(rng.integers(1, 80))
     hard = int(rng.integers(0, lines * 6 + 1))
     data = fuzz_block(rng, hard_pool, fast_pool, lines, hard)
-    got = numeric_parse.parse_block(data, lines, INT_COLUMNS, FLOAT_COLUMNS, NUM_COLUMNS)
+    got = numeric_parse.parse_columns(data, lines, INT_COLUMNS, FLOAT_COLUMNS, NUM_COLUMNS)
     assert_same(got, reference(data, INT_COLUMNS, FLOAT_COLUMNS))
     counts["hard"] += hard
     counts["fast"] += lines * 6 - hard
@@ -151,7 +151,7 @@ def test_every_edge_spelling_alone():
   for 1e400-like overflows only, None)."""
   for token in EDGE_FLOATS + ["1e400", "-1e400", "1e309", "1.8e308", "1e99999999"]:
     data = f"1,{token},2\n".encode()
-    got = numeric_parse.parse_block(data, 1, (0,), (1, 2), 3)
+    got = numeric_parse.parse_columns(data, 1, (0,), (1, 2), 3)
     want = reference(data, (0,), (1, 2))
     if not np.all(np.isfinite(want[1])):
       assert got is None, token
@@ -165,7 +165,7 @@ def test_integer_columns_take_ids_below_2_53():
   tokens = ["0", "1", "-1", "7", str(MAX_EXACT_INT - 1), str(-(MAX_EXACT_INT - 1)),
             "1234567890123456", "000000000000000042"]
   data = "".join(f"{t},{t},{t}\n" for t in tokens).encode()
-  got = numeric_parse.parse_block(data, len(tokens), (0, 2), (2, 1), 3)
+  got = numeric_parse.parse_columns(data, len(tokens), (0, 2), (2, 1), 3)
   assert_same(got, reference(data, (0, 2), (2, 1)))
   assert got[0][1].tolist() == [int(t) for t in tokens]
 
@@ -174,8 +174,8 @@ def test_negative_zero_in_an_integer_column_is_left_to_the_reference():
   """"-0" in an integer column gives None (an int64 would drop the sign np.loadtxt
   keeps), while a float column keeps it; through the format, a label "-0" is then
   the reference's float32 -0.0, bit for bit."""
-  assert numeric_parse.parse_block(b"-0,1\n", 1, (0,), (1,), 2) is None
-  got = numeric_parse.parse_block(b"1,-0\n", 1, (0,), (1,), 2)
+  assert numeric_parse.parse_columns(b"-0,1\n", 1, (0,), (1,), 2) is None
+  got = numeric_parse.parse_columns(b"1,-0\n", 1, (0,), (1,), 2)
   assert np.signbit(got[1][0, 0])
   fmt = formats.get_format("aliccp_aitm")
   line = ",".join(["-0", "0"] + ["1"] * len(fmt.sparse_names)).encode() + b"\n"
@@ -192,9 +192,9 @@ def test_integer_column_rejects_non_integers(token):
   """In an integer column, a point, an exponent or a magnitude >= 2**53 is None; the
   same token in a float column parses (so the integer rule, not the token, says no)."""
   line = f"1,{token},2\n".encode()
-  assert numeric_parse.parse_block(line, 1, (1,), (0, 2), 3) is None
-  assert numeric_parse.parse_block(line, 1, (1,), (), 3) is None
-  as_float = numeric_parse.parse_block(line, 1, (0,), (1,), 3)
+  assert numeric_parse.parse_columns(line, 1, (1,), (0, 2), 3) is None
+  assert numeric_parse.parse_columns(line, 1, (1,), (), 3) is None
+  as_float = numeric_parse.parse_columns(line, 1, (0,), (1,), 3)
   if token != "1e400":
     assert_same(as_float, reference(line, (0,), (1,)))
 
@@ -216,7 +216,7 @@ def test_tokens_outside_the_grammar_give_none(column):
   ints, floats = (0, 1), (1, 2, 4)
   block = lambda rows, end="\n": "".join(",".join(r) + end for r in rows).encode("utf-8")
   # The untouched block parses: the None below is the token's doing.
-  assert_same(numeric_parse.parse_block(block(base), 3, ints, floats, 5),
+  assert_same(numeric_parse.parse_columns(block(base), 3, ints, floats, 5),
               reference(block(base), ints, floats))
   for token in BAD_TOKENS:
     for row in range(3):
@@ -226,7 +226,7 @@ def test_tokens_outside_the_grammar_give_none(column):
         rows = [list(r) for r in base]
         rows[row][column] = token
         data = block(rows, end)
-        assert numeric_parse.parse_block(data, 3, ints, floats, 5) is None, (token, row)
+        assert numeric_parse.parse_columns(data, 3, ints, floats, 5) is None, (token, row)
 
 
 @pytest.mark.parametrize("case,data,n", [
@@ -256,20 +256,20 @@ def test_tokens_outside_the_grammar_give_none(column):
 def test_malformed_lines_give_none(case, data, n):
   """Missing or extra columns, empty lines, a line count other than ``n``, a BOM,
   a carriage return that does not end a line: None."""
-  assert numeric_parse.parse_block(data, n, (0,), (1, 2), 3) is None, case
-  assert numeric_parse.parse_block(memoryview(data), n, (), (), 3) is None, case
+  assert numeric_parse.parse_columns(data, n, (0,), (1, 2), 3) is None, case
+  assert numeric_parse.parse_columns(memoryview(data), n, (), (), 3) is None, case
 
 
 def test_unstored_columns_are_checked_not_stored():
   """A column in neither list must hold a valid token but is not returned (its inf,
   from 1e400, is np.loadtxt's too: the kept columns still match)."""
   data = b"1,abc,2\n"
-  assert numeric_parse.parse_block(data, 1, (0,), (2,), 3) is None
+  assert numeric_parse.parse_columns(data, 1, (0,), (2,), 3) is None
   data = b"1,1e400,2\n3,-7.5e-3,4\n"
-  got = numeric_parse.parse_block(data, 2, (0,), (2,), 3)
+  got = numeric_parse.parse_columns(data, 2, (0,), (2,), 3)
   assert_same(got, reference(data, (0,), (2,)))
   assert got[0].shape == (1, 2) and got[1].shape == (2, 1)
-  got = numeric_parse.parse_block(data, 2, (), (), 3)
+  got = numeric_parse.parse_columns(data, 2, (), (), 3)
   assert got[0].shape == (0, 2) and got[1].shape == (2, 0)
 
 
@@ -303,7 +303,7 @@ def test_line_endings_and_buffers(tmp_path):
       for b in blocks:
         piece = view[offset:offset + len(b)]
         assert bytes(piece) == b
-        assert_same(numeric_parse.parse_block(piece, len(rows), ints, floats, 4),
+        assert_same(numeric_parse.parse_columns(piece, len(rows), ints, floats, 4),
                     reference(b, ints, floats))
         offset += len(b) + 18
       del view, piece  # the maps close only once no view holds them.
@@ -311,7 +311,7 @@ def test_line_endings_and_buffers(tmp_path):
     for m in maps:
       m.close()
   for b in blocks:
-    assert_same(numeric_parse.parse_block(b, len(rows), ints, floats, 4),
+    assert_same(numeric_parse.parse_columns(b, len(rows), ints, floats, 4),
                 reference(b, ints, floats))
 
 
@@ -327,7 +327,7 @@ def test_parses_on_threads_side_by_side():
   for _ in range(16):
     lines = int(rng.integers(500, 2000))
     blocks.append((fuzz_block(rng, hard_pool, fast_pool, lines, 60), lines))
-  parse = lambda item: numeric_parse.parse_block(item[0], item[1], INT_COLUMNS,
+  parse = lambda item: numeric_parse.parse_columns(item[0], item[1], INT_COLUMNS,
                                                  FLOAT_COLUMNS, NUM_COLUMNS)
   serial = [parse(item) for item in blocks]
   with concurrent.futures.ThreadPoolExecutor(2) as pool_:
@@ -342,11 +342,11 @@ def test_a_decimal_comma_locale_declines():
   """Under a locale whose decimal point is not "." (strtod would then stop at the
   "."), the compiled parser declines rather than misread hard tokens."""
   data = b"0.054221000000000005,1\n"
-  assert numeric_parse.parse_block(data, 1, (1,), (0,), 2) is not None
+  assert numeric_parse.parse_columns(data, 1, (1,), (0,), 2) is not None
   real = locale.localeconv
   try:
     locale.localeconv = lambda: dict(real(), decimal_point=",")
-    assert numeric_parse.parse_block(data, 1, (1,), (0,), 2) is None
+    assert numeric_parse.parse_columns(data, 1, (1,), (0,), 2) is None
   finally:
     locale.localeconv = real
 
@@ -355,7 +355,7 @@ def test_hard_tokens_have_no_quota():
   """A block of valid hard tokens (e.g. pandas' repr of values below 0.1, 19+ digits)
   parses, however many there are."""
   data = b"".join(b"0.054221000000000005,0.060171400000000014\n" for _ in range(40))
-  assert_same(numeric_parse.parse_block(data, 40, (), (0, 1), 2),
+  assert_same(numeric_parse.parse_columns(data, 40, (), (0, 1), 2),
               reference(data, (), (0, 1)))
 
 

@@ -38,10 +38,10 @@ class Factorized:
 def factorize(values: np.ndarray, rows: np.ndarray) -> tuple[Factorized, np.ndarray]:
   """``values`` (int64 or bytes [n]) as its sorted distinct keys and an int32 inverse,
   and how often each key occurs in the ``rows`` (bool [n]): int64 [K]. An int64
-  column goes through ``kernels.factorize`` (compiled), other columns (bytes) through
-  ``np.unique``."""
+  column goes through ``kernels.factorize_int64`` (compiled), other columns (bytes)
+  through ``np.unique``."""
   if values.dtype == np.int64:
-    keys, inverse, counts = kernels.factorize(values, rows)
+    keys, inverse, counts = kernels.factorize_int64(values, rows)
     return Factorized(keys, inverse), counts
   keys, inverse = np.unique(values, return_inverse=True)
   inverse = inverse.astype(np.int32).reshape(-1)

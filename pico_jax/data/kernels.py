@@ -176,7 +176,7 @@ def _factorize_range(values, rows, low, size):
   return keys, inverse, kept
 
 
-def factorize(values: np.ndarray, rows: np.ndarray):
+def factorize_int64(values: np.ndarray, rows: np.ndarray):
   """(keys, inverse, counts) of an int64 column: its sorted distinct values (int64
   [K]), the index of each row's value among them (int32 [n]: ``keys[inverse]`` is
   ``values``) and how often each occurs in the ``rows`` (bool [n]) -- ``np.unique(

@@ -1,6 +1,6 @@
 """A compiled parser for blocks of all-numeric CSV: one pass over the bytes.
 
-``parse_block`` reads the ``n`` lines of a block straight into the typed arrays the
+``parse_columns`` reads the ``n`` lines of a block straight into the typed arrays the
 preprocessor needs: int64 columns (ids, labels, the group key) and a row-major float64
 matrix (the dense features), checking every other column without storing it. It is a
 Numba function that releases the GIL, so the preprocessor's worker threads parse blocks
@@ -146,7 +146,7 @@ def _kernel(buf, n, int_slot, float_slot, ints, floats, pow10):
   return OK, 0
 
 
-def parse_block(data, n: int, int_columns: tuple[int, ...],
+def parse_columns(data, n: int, int_columns: tuple[int, ...],
                 float_columns: tuple[int, ...], num_columns: int):
   """Parses the ``n`` lines of ``data`` (a block of whole lines).
 

@@ -92,6 +92,47 @@ def test_a_failed_allocation_leaves_nothing(tmp_path, monkeypatch):
   assert len(made) >= 3 and os.listdir(tmp_path) == []
 
 
+MOUNTINFO = """\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+31 27 0:40 / /mnt/shared\\040data rw,relatime - nfs4 server:/export rw,vers=4.2
+32 31 0:41 / /mnt/shared\\040data/local rw,relatime - xfs /dev/vdb rw
+33 27 0:42 / /buckets/logs rw,nosuid - fuse.gcsfuse logs rw
+"""
+
+
+def test_file_system_is_the_longest_mount_above_the_path(tmp_path):
+  """The type of the mount closest above a path, from Linux's mountinfo (octal
+  escapes in mount points decoded); None where mountinfo cannot be read."""
+  info = tmp_path / "mountinfo"
+  info.write_text(MOUNTINFO)
+  kind = lambda path: store.file_system(path, str(info))
+  assert kind("/home/user/store") == "ext4"
+  assert kind("/mnt/shared data/run/store") == "nfs4"
+  assert kind("/mnt/shared data/local/store") == "xfs"
+  assert kind("/mnt/shared datax") == "ext4"  # a prefix of a name is not a parent.
+  assert kind("/buckets/logs/s") == "fuse.gcsfuse"
+  assert store.file_system("/x", str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize("kind,flushed", [("ext4", False), ("tmpfs", False),
+                                          ("nfs4", True), ("fuse.gcsfuse", True),
+                                          (None, True)])
+def test_columns_are_flushed_unless_the_file_system_is_local(tmp_path, monkeypatch,
+                                                             kind, flushed):
+  """On a network (or unknown) file system the columns' maps are flushed before
+  meta.json names the store: another host would read zeros where the rows sit only
+  in this host's page cache."""
+  calls = []
+  monkeypatch.setattr(store, "file_system", lambda path, *a: kind)
+  monkeypatch.setattr(np.memmap, "flush", lambda self: calls.append(self.filename))
+  rows = {"train": 4, "val": 1, "test": 1}
+  with store.StoreWriter(str(tmp_path / "s"), SCHEMA, rows) as writer:
+    writer.commit({})
+  assert (len(calls) == 3 * len(store.column_specs(SCHEMA))) == flushed
+  assert flushed or not calls
+
+
 def test_existing_store_is_replaced_only_when_asked(tmp_path):
   write_store(tmp_path / "s")
   with pytest.raises(FileExistsError):

@@ -10,6 +10,8 @@ import locale
 import mmap
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -313,6 +315,39 @@ def test_line_endings_and_buffers(tmp_path):
   for b in blocks:
     assert_same(numeric_parse.parse_columns(b, len(rows), ints, floats, 4),
                 reference(b, ints, floats))
+
+
+BOUNDS_SCRIPT = """
+import numpy as np
+from pico_jax.data import kernels, numeric_parse
+rng = np.random.default_rng(7)
+alphabet = np.frombuffer(b"0123456789.-+eE,\\r\\n x", np.uint8)
+ends = [b"1", b"1.", b"1e", b"1e-", b"-", b".", b"1\\r", b"1,", b"1,2\\r\\n", b"12345"]
+cases = [e for e in ends] + [b"1,2\\n" + e for e in ends]
+cases += [rng.choice(alphabet, int(rng.integers(1, 40))).tobytes() for _ in range(3000)]
+parsed = 0
+for data in cases:
+  for n in (1, 2, 3):
+    for ints, floats in (((0,), (1,)), ((), (0, 1)), ((0, 1), ())):
+      got = numeric_parse.parse_columns(data, n, ints, floats, 2)
+      parsed += got is not None
+  kernels.count_newlines(data)
+values = rng.integers(-5, 5, 1000)
+kernels.factorize_int64(values, rng.random(1000) < 0.5)
+kernels.factorize_int64(values * (1 << 40), rng.random(1000) < 0.5)
+print("ok", parsed)
+"""
+
+
+def test_no_read_outside_the_buffer(tmp_path):
+  """The kernels run with Numba's bounds checks on (a fresh compile, in a child
+  process) over blocks cut at every awkward byte and random byte soup: an index past
+  the buffer would raise IndexError there, where the cached build reads memory."""
+  env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path))
+  result = subprocess.run([sys.executable, "-c", BOUNDS_SCRIPT], capture_output=True,
+                          text=True, timeout=300, env=env)
+  assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-3000:]
+  assert int(result.stdout.split()[1]) > 10  # some blocks parse: the kernel ran through.
 
 
 def test_parses_on_threads_side_by_side():

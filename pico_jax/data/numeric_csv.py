@@ -238,7 +238,9 @@ class CsvFormat(readers.Format):
     c = self._layouts[layout.labels]
     ints = tuple(c.labels) + c.ints + ((c.id,) if c.id is not None else ())
     ints = tuple(dict.fromkeys(ints))  # a column may play two roles (group and id).
-    parsed = numeric_parse.parse_columns(data, n, ints, c.dense, len(c.names)) if n else None
+    if not n:
+      return None
+    parsed = numeric_parse.parse_columns(data, n, ints, c.dense, len(c.names))
     if parsed is None:
       return None
     values, dense = parsed

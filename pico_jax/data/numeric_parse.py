@@ -14,15 +14,16 @@ reports the first token outside that subset instead of guessing:
            | ["-"] digits                                               (integers)
 
 (a float may also start with "." when digits follow). An integer column takes only
-integers below 2**53 in magnitude, and not "-0". A float is correctly rounded, as ``np.loadtxt``
-rounds: a decimal mantissa below 2**53 times 10**e with |e| <= 22 is one IEEE
-multiplication or division of two exact doubles (Clinger's fast path); any other
-float token (more digits, as in the 17 significant digits of ``repr``, or a larger
-exponent) is converted by the C library's ``strtod`` (glibc's is correctly rounded),
-from the kernel itself. Anything else (a space, a quote, "nan", hexadecimal, a
-byte-order mark, a lone carriage return, a missing or extra column, a stored float
-that overflows to infinity) stops the parse at that row and column: the caller then lets
-the reference parser decide, which either agrees or raises the exact error.
+integers below 2**53 in magnitude, and not "-0". A float is correctly rounded, as
+``np.loadtxt`` rounds: a decimal mantissa below 2**53 times 10**e with |e| <= 22 is
+one IEEE multiplication or division of two exact doubles (Clinger's fast path); any
+other float token (more digits, as in the 17 significant digits of ``repr``, or a
+larger exponent) is converted by the C library's ``strtod`` (glibc's is correctly
+rounded), from the kernel itself. Anything else (a space, a quote, "nan",
+hexadecimal, a byte-order mark, a lone carriage return, a missing or extra column, a
+stored float that overflows to infinity) stops the parse at that row and column: the
+caller then lets the reference parser decide, which either agrees or raises the
+exact error.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def _kernel(buf, n, int_slot, float_slot, ints, floats, pow10):
       d = i
       w = 0  # the digits as one integer: exact while there are at most 18.
       while True:
-        c = np.uint64(buf[np.uint64(i)]) - np.uint64(48)  # wraps below "0": one comparison.
+        # Below "0" the difference wraps: one comparison tells a digit.
+        c = np.uint64(buf[np.uint64(i)]) - np.uint64(48)
         if c > 9:
           break
         w = w * 10 + np.int64(c)

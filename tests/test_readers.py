@@ -523,6 +523,16 @@ def test_parallel_worker_processes_write_the_same_store(tmp_path, monkeypatch):
       np.testing.assert_array_equal(a.splits[split][key], b.splits[split][key])
 
 
+def _run_child(script: str, cwd) -> subprocess.CompletedProcess:
+  """``script`` in a child Python that imports this folder's modules (the misbehaving
+  formats), with a time limit: a hang fails the test instead of stalling the suite."""
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [tests_dir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        timeout=180, env=env, cwd=cwd)
+
+
 def test_a_dead_worker_process_fails_the_run_and_leaves_nothing(tmp_path):
   """A worker process killed mid-run (e.g. by the OOM killer) ends the run with an
   error that says so, instead of waiting forever for its result; nothing is left at
@@ -545,11 +555,7 @@ try:
 except Exception as e:
   print(type(e).__name__, e)
 """
-  tests_dir = os.path.dirname(os.path.abspath(__file__))
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      [tests_dir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=180, env=env, cwd=tmp_path)
+  result = _run_child(script, tmp_path)
   assert "WorkerDied a preprocessing worker process died" in result.stdout, (
       result.stdout + result.stderr)
   assert sorted(os.listdir(out)) == before  # the existing store is untouched,
@@ -570,11 +576,7 @@ try:
 except Exception as e:
   print(type(e).__name__, e)
 """
-  tests_dir = os.path.dirname(os.path.abspath(__file__))
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      [tests_dir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=180, env=env, cwd=tmp_path)
+  result = _run_child(script, tmp_path)
   assert result.stdout.startswith("WorkerDied a preprocessing worker process died"), (
       result.stdout + result.stderr)
 

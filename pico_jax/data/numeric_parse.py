@@ -44,6 +44,18 @@ OK = -1  # ``_kernel``'s row when every line parsed.
 _strtod = types.ExternalFunction("strtod", types.float64(types.intp, types.intp))
 
 
+@numba.njit(inline="always")
+def _digits(buf, i, w):
+  """(the index after the run of digits at ``buf[i]``, ``w`` with them appended)."""
+  while True:
+    # Below "0" the difference wraps: one comparison tells a digit.
+    c = np.uint64(buf[np.uint64(i)]) - np.uint64(48)
+    if c > 9:
+      return i, w
+    w = w * 10 + np.int64(c)
+    i += 1
+
+
 @numba.njit(nogil=True, cache=True)
 def _kernel(buf, n, int_slot, float_slot, ints, floats, pow10):
   """Parses ``buf`` (whose last byte is ``\n``: every token ends before the end) into
@@ -68,14 +80,8 @@ def _kernel(buf, n, int_slot, float_slot, ints, floats, pow10):
       if neg:
         i += 1
       d = i
-      w = 0  # the digits as one integer: exact while there are at most 18.
-      while True:
-        # Below "0" the difference wraps: one comparison tells a digit.
-        c = np.uint64(buf[np.uint64(i)]) - np.uint64(48)
-        if c > 9:
-          break
-        w = w * 10 + np.int64(c)
-        i += 1
+      # w: the digits as one integer, exact while there are at most 18.
+      i, w = _digits(buf, i, 0)
       digits = i - d
       e = 0
       is_int = int_slot[j] >= 0
@@ -84,12 +90,7 @@ def _kernel(buf, n, int_slot, float_slot, ints, floats, pow10):
           return r, j
         i += 1
         f = i
-        while True:
-          c = np.uint64(buf[np.uint64(i)]) - np.uint64(48)
-          if c > 9:
-            break
-          w = w * 10 + np.int64(c)
-          i += 1
+        i, w = _digits(buf, i, w)
         e = f - i
         digits += i - f
       if digits == 0:

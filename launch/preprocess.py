@@ -10,7 +10,8 @@ Inputs: one file is split 80/10/10 by a seeded permutation (docs/data.md), two a
 train and test (val carved from train by --val-fraction), three are train, val, test;
 or name them SPLIT=PATH. Bad input stops with a message naming file, line and column,
 and nothing is left at --output. Every byte is parsed once, by --workers threads;
-progress bars show rows/s and the time left. See pico_jax/data/preprocess.py.
+the parsed blocks wait for the second pass in memory (up to --spill-memory-mb) or in
+temporary files beside --output; progress bars show rows/s and the time left. See pico_jax/data/preprocess.py.
 """
 
 import argparse
@@ -78,6 +79,10 @@ def parse_args(argv=None):
                  help="the workers are processes instead of threads (by default one "
                       "per idle CPU, os.cpu_count() less the load average, and at "
                       "most one per 16 MiB of input)")
+  p.add_argument("--spill-memory-mb", type=int, default=preprocess.Options.spill_memory >> 20,
+                 help="MiB of parsed blocks held in memory between the two passes; the "
+                      "blocks beyond it are spilled to temporary files beside --output "
+                      "(0: every block; worker processes always spill to files)")
   args = p.parse_args(argv)
   try:
     fractions = tuple(float(x) for x in args.split_fractions.split(","))
@@ -90,7 +95,7 @@ def parse_args(argv=None):
       seed=args.seed,
       split_fractions=fractions,
       val_fraction=args.val_fraction, chunk_rows=args.chunk_rows, workers=args.workers,
-      processes=args.processes,
+      processes=args.processes, spill_memory=args.spill_memory_mb << 20,
       sparse=_names(args.sparse), dense=_names(args.dense))
   return args, options
 

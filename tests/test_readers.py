@@ -102,8 +102,8 @@ def test_census_matches_the_documented_split(census_full):
   total = lambda key: sum(int(ds.splits[s][key].sum()) for s in ds.splits)
   assert total(B.CLICK) == 6_186 and total(B.CONVERSION) == 43_143
   assert ds.info["task_relation"] == "independent"
-  assert meta["sources"][0]["sha256"] == (
-      "5ac4cacd3ca9f1ecb10de1a0a41e4ac68fdc419e3fec190f5c0c6cc03b2ea659")
+  assert meta["sources"][0]["blake3"] == (  # b3sum of the file.
+      "342deb53454a898f2e8b8a75f1f5c24088b4b16975660329b6c6cd7c49514a8b")
   assert len(ds.schema.sparse) == 32 and ds.schema.num_dense == 7
   assert "marital stat" not in [f.name for f in ds.schema.sparse]
   assert "instance weight" not in ds.schema.dense
@@ -631,3 +631,46 @@ def test_blocks_cut_at_line_boundaries(tmp_path, monkeypatch):
     streamed = [(b, d) for b, d in readers.stream_blocks(str(path), rows, header) if b]
     assert streamed == list(zip(info.blocks, data))
 
+
+
+def test_hash_file_is_the_blake3_of_the_bytes(tmp_path, monkeypatch):
+  """The digest meta.json records is what ``b3sum`` prints, whatever the read windows."""
+  from pico_jax.data import readers
+  empty = tmp_path / "empty"
+  empty.write_bytes(b"")
+  # The BLAKE3 specification's digest of the empty input.
+  assert readers.hash_file(str(empty)) == (
+      "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262")
+  path = tmp_path / "f"
+  data = np.random.default_rng(0).integers(0, 256, 10_000, np.uint8).tobytes()
+  path.write_bytes(data)
+  whole = readers.hash_file(str(path))
+  monkeypatch.setattr(readers, "_READ_BYTES", 999)  # 11 windows, the last one short.
+  assert readers.hash_file(str(path)) == whole
+  path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+  assert readers.hash_file(str(path)) != whole
+
+
+def test_spill_holds_blocks_up_to_its_budget_then_writes_files(tmp_path):
+  spill = blocks.Spill(memory_bytes=2 * 8_000 + 100)
+  chunks = [_parsed_block(k) for k in range(4)]
+  paths = [str(tmp_path / f"{k}.pkl") for k in range(4)]
+  for path, chunk in zip(paths, chunks):
+    spill.put(path, chunk)
+  assert [os.path.exists(p) for p in paths] == [False, False, True, True]
+  for path, chunk in zip(paths, chunks):
+    got = spill.take(path)
+    np.testing.assert_array_equal(got.dense, chunk.dense)
+    assert not os.path.exists(path)
+  assert os.listdir(tmp_path) == []
+
+
+def _parsed_block(seed):
+  """A parsed block whose arrays keep 8,000 bytes alive: ``dense`` is a view of a
+  [100, 10] float64 array, and counts as all of it."""
+  from pico_jax.data import readers
+  base = np.random.default_rng(seed).normal(size=(100, 10))
+  chunk = readers.Chunk(lines=np.zeros(0, np.int64), click=None, conversion=None, sparse=[],
+                        dense=base[:, 2:], lists={}, group=None)
+  assert blocks._held_bytes(chunk) == 8_000
+  return chunk

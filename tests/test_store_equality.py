@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 
-from pico_jax.data import preprocess
+from pico_jax.data import blocks, preprocess
 from shared_data import ALICCP, ALIEXPRESS, CENSUS, needs_data
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "stores.json")
@@ -145,3 +145,27 @@ def test_stores_equal_the_recorded_ones(tmp_path):
     assert sorted(got[name]) == sorted(golden[name]), name
     for key, want in golden[name].items():
       assert got[name][key] == want, f"{name}: {key} differs"
+
+
+@needs_data
+@pytest.mark.parametrize("spill_memory", [0, 400_000])
+def test_stores_do_not_depend_on_where_blocks_wait(tmp_path, monkeypatch, spill_memory):
+  """Every block spilled to a file (0), or the first few held in memory and the rest in
+  files (400 kB holds one or three of these files' blocks of 100-320 kB): the same
+  stores as the recorded ones, which hold every block in memory."""
+  with open(GOLDEN) as f:
+    golden = json.load(f)
+  to_files = []
+  dump = blocks.pickle.dump
+  monkeypatch.setattr(blocks.pickle, "dump", lambda obj, f, **kw: (to_files.append(f.name),
+                                                                   dump(obj, f, **kw)))
+  cases = _cases(tmp_path)
+  for name in ("generated_aliexpress", "generated_aliccp_raw"):
+    fmt, inputs, options = cases[name]
+    to_files.clear()
+    out = str(tmp_path / name)
+    preprocess.build_store(fmt, inputs, out, options=preprocess.Options(
+        **options, spill_memory=spill_memory))
+    assert store_digests(out) == golden[name], name
+    spilled = len([f for f in to_files if f.endswith(".pkl")])
+    assert (spilled == 6) if spill_memory == 0 else (0 < spilled < 6), (name, spilled)

@@ -1,10 +1,10 @@
 """The per-block work of preprocessing, run in order on worker threads (or processes).
 
 A block (``readers.Block``) is parsed once: ``count_block`` parses and checks it,
-returns its training statistics and spills the parsed rows to a file (the ids
-factorized per block, the dense values raw); after the vocabularies are built,
-``write_block`` reads the spill back, encodes it and writes it into the store's
-memory-mapped columns. Workers are threads of the preprocessing process by default
+returns its training statistics and spills the parsed rows (the ids factorized per
+block, the dense values raw: ``Spill`` holds them in memory up to a budget, in files
+beyond it); after the vocabularies are built, ``write_block`` takes the spilled block
+back, encodes it and writes it into the store's memory-mapped columns. Workers are threads of the preprocessing process by default
 (the parse, the hashing, file I/O and the large array operations release the
 GIL, and a thread costs nothing to start); as processes, only offsets, per-row split
 ids and small statistics travel between them: a worker reads its block from the file
@@ -25,6 +25,7 @@ import functools
 import multiprocessing
 import os
 import pickle
+import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable
@@ -33,7 +34,7 @@ import numpy as np
 import tqdm
 
 from pico_jax.data import kernels, readers
-from pico_jax.data.encode import Encoder, factorize
+from pico_jax.data.encode import Encoder, Factorized, factorize
 from pico_jax.data.errors import DataError
 
 _INT32 = np.iinfo(np.int32)
@@ -72,6 +73,71 @@ class BlockStats:
   max_mult: dict[str, int]
 
 
+def _held_bytes(chunk: readers.Chunk) -> int:
+  """Bytes of memory the arrays of ``chunk`` keep alive (a view counts its base, once)."""
+  bases = {}
+
+  def visit(x):
+    if isinstance(x, np.ndarray):
+      while isinstance(x.base, np.ndarray):
+        x = x.base
+      bases[id(x)] = x.nbytes
+    elif isinstance(x, Factorized):
+      visit(x.keys), visit(x.inverse)
+    elif isinstance(x, (list, tuple)):
+      for y in x:
+        visit(y)
+    elif isinstance(x, dict):
+      for y in x.values():
+        visit(y)
+
+  for field in dataclasses.fields(chunk):
+    visit(getattr(chunk, field.name))
+  return sum(bases.values())
+
+
+class Spill:
+  """Parsed blocks between the two passes, each under the name of its spill file:
+  held in this process's memory while their arrays fit in ``memory_bytes``, pickled
+  to the file beyond that.
+
+  Holding a block costs nothing: its arrays already exist. Writing it costs a copy
+  into fresh page-cache pages and reading it back another copy: 0.16 + 0.03 of the
+  0.9 CPU s of a 300,000-row run on the 2 vCPU VM (BENCHMARKS.md). Worker processes
+  cannot share memory with the parent, so their spill is ``Spill(0)``: every block
+  goes to its file. Thread-safe.
+  """
+
+  def __init__(self, memory_bytes: int = 0):
+    self._free = memory_bytes
+    self._held: dict[str, readers.Chunk] = {}
+    self._lock = threading.Lock()
+
+  def put(self, path: str, chunk: readers.Chunk) -> None:
+    size = _held_bytes(chunk)
+    with self._lock:
+      if size <= self._free:
+        self._free -= size
+        self._held[path] = chunk
+        return
+    with open(path, "wb") as f:
+      pickle.dump(chunk, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+  def take(self, path: str) -> readers.Chunk:
+    """The block put under ``path`` (its file is removed once read). Blocks are taken
+    after every block was put, so the memory they free is not handed out again."""
+    with self._lock:
+      chunk = self._held.pop(path, None)
+    if chunk is None:
+      with open(path, "rb") as f:
+        chunk = pickle.load(f)
+      os.remove(path)
+    return chunk
+
+
+_FILES = Spill(0)  # every block to its file: a worker process's spill.
+
+
 def parse(fmt, block: readers.Block, layout, data: bytes | None) -> readers.Chunk:
   """The block's rows (its bytes read from the file unless given)."""
   if data is None:
@@ -79,8 +145,9 @@ def parse(fmt, block: readers.Block, layout, data: bytes | None) -> readers.Chun
   return fmt.parse_block(block.path, data, block.first_line, layout, block.num_lines)
 
 
-def count_block(task: CountTask) -> BlockStats:
-  """Parses, checks and spills a block; its training statistics. Raises DataError."""
+def count_block(task: CountTask, spill: Spill = _FILES) -> BlockStats:
+  """Parses, checks and spills a block (to ``task.spill``'s file unless ``spill`` holds
+  it); its training statistics. Raises DataError."""
   fmt, path = task.fmt, task.block.path
   chunk = parse(fmt, task.block, task.layout, task.data)
   bad = (chunk.conversion == 1) & (chunk.click == 0)
@@ -108,8 +175,7 @@ def count_block(task: CountTask) -> BlockStats:
   for name, (lrows, values, _) in chunk.lists.items():
     max_mult[name] = int(np.bincount(lrows).max()) if len(lrows) else 0
     uniques.append(np.unique(values[train[lrows]], return_counts=True))
-  with open(task.spill, "wb") as f:
-    pickle.dump(chunk, f, protocol=pickle.HIGHEST_PROTOCOL)
+  spill.put(task.spill, chunk)
   return BlockStats(len(chunk), dropped, uniques, moments, max_mult)
 
 
@@ -141,12 +207,12 @@ def _column(store_dir: str, split: str, key: str) -> np.ndarray:
   return _COLUMNS[path]
 
 
-def write_block(task: WriteTask, splits=("train", "val", "test"), columns=None):
-  """Encodes a spilled block into the store; per multi-valued field, the rows
-  truncated. ``columns`` (split -> key -> array) defaults to maps of the files."""
-  with open(task.spill, "rb") as f:
-    chunk = pickle.load(f)
-  os.remove(task.spill)
+def write_block(task: WriteTask, splits=("train", "val", "test"), columns=None,
+                spill: Spill = _FILES):
+  """Encodes a spilled block (taken from ``spill``) into the store; per multi-valued
+  field, the rows truncated. ``columns`` (split -> key -> array) defaults to maps of
+  the files."""
+  chunk = spill.take(task.spill)
   encoder = (_load_encoder(task.encoder) if isinstance(task.encoder, str)
              else task.encoder)
   cols, truncated = encoder.encode(chunk)

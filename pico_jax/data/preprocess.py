@@ -2,22 +2,24 @@
 
   0. scan: line count and block offsets of every file (``readers.scan_file``); every
      row is assigned a split (and its order inside the split, ``splits``) before any
-     statistic is taken. The files' sha256 is computed on a thread of its own, beside
-     this pass and the next ones.
+     statistic is taken. The files' BLAKE3 digest is computed on a thread of its own,
+     beside this pass and the next ones.
   1. parse + count: every block is parsed and checked once (``blocks.count_block``,
      on ``workers`` threads, or processes with ``processes``); vocabularies (counts
      of the training rows), dense mean/std (training rows, merged block by block in
      file order) and the multiplicity of key:value fields are accumulated; the parsed
-     rows are spilled to a temporary file per block (ids factorized per block).
+     rows are spilled (ids factorized per block): held in memory up to
+     ``Options.spill_memory`` bytes, to a temporary file per block beyond that.
   2. write: every spilled block is encoded (``encode.Encoder``) and scattered into the
      preallocated memory-mapped columns of its split (``blocks.write_block``).
 
 Memory: the per-row bookkeeping (split int8, order int64, kept bool, position int64:
 18 bytes a row, 0.7 GB for 40M rows; 8 more while the positions are computed), the
-distinct values of the vocabularies and two blocks per worker. Disk: the spill holds
-the parsed values of the blocks not yet written (each block's distinct ids and an
-int32 index per value, float64 dense values: about the size of the input). The spill
-sits beside the output; the store is written into a temporary directory and renamed at
+distinct values of the vocabularies, two blocks per worker and the spilled blocks held
+in memory (at most ``spill_memory`` bytes). Disk: the spill files hold the parsed
+values of the other blocks until they are written (each block's distinct ids and an
+int32 index per value, float64 dense values: about the size of the input). They sit
+beside the output; the store is written into a temporary directory and renamed at
 the end, and both are removed on any error.
 
 Entire space. A row with conversion = 1 and click = 0 breaks ESMM's c = 1 => y = 1. The
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import pickle
 import shutil
@@ -77,6 +80,9 @@ class Options:
       Threads cost nothing to start, and the parse, the hashing and the large array
       operations release the GIL; processes share no GIL at all, at the cost of their
       start (measured on 2 cores only: BENCHMARKS.md).
+    spill_memory: bytes of parsed blocks held in memory between the passes (threads
+      only: worker processes spill every block to a file); the blocks beyond it are
+      spilled to files beside the output. Stores do not depend on it.
     sparse, dense: column names replacing the format's default features.
   """
   min_count: int = 1
@@ -92,6 +98,7 @@ class Options:
   chunk_rows: int = 65_536
   workers: int = 0
   processes: bool = False
+  spill_memory: int = 1 << 30
   sparse: tuple[str, ...] | None = None
   dense: tuple[str, ...] | None = None
 
@@ -108,8 +115,10 @@ class Options:
       raise ValueError(f"split_fractions={f}: three non-negative fractions summing to 1")
     if not 0 <= self.val_fraction < 1:
       raise ValueError(f"val_fraction={self.val_fraction}: must be in [0, 1)")
-    if self.chunk_rows < 1 or self.multi_max_len < 1 or self.workers < 0:
-      raise ValueError("chunk_rows and multi_max_len must be >= 1, workers >= 0")
+    if self.chunk_rows < 1 or self.multi_max_len < 1 or min(self.workers,
+                                                            self.spill_memory) < 0:
+      raise ValueError("chunk_rows and multi_max_len must be >= 1, workers and "
+                       "spill_memory >= 0")
     for name, buckets in self.hash_buckets:
       if buckets < 1:
         raise ValueError(f"hash buckets for {name!r}: must be >= 1, got {buckets}")
@@ -123,7 +132,7 @@ class _Source:
   layout: readers.Layout
   rows: int
   offset: int = 0  # index of its first row among all rows of all sources.
-  sha256: concurrent.futures.Future | None = None  # hashed beside the other passes.
+  digest: concurrent.futures.Future | None = None  # hashed beside the other passes.
 
 
 class _Moments:
@@ -179,9 +188,9 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
   output = os.path.abspath(output)
   if os.path.exists(output) and not overwrite:
     raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
-  spill = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.spill-",
-                           dir=_spill_parent(output))
-  # The inputs' sha256 is computed on a thread of its own, beside the passes.
+  spill_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.spill-",
+                               dir=_spill_parent(output))
+  # The inputs' digests are computed on a thread of its own, beside the passes.
   hasher = concurrent.futures.ThreadPoolExecutor(1)
   try:
     sources = _scan(fmt, inputs, options, progress, hasher)
@@ -191,10 +200,10 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
         sum(len(s.info.blocks) for s in sources), options.processes)
     with blocks.Runner(workers, threads=not options.processes) as runner:
       return _build(fmt, sources, inputs, output, options, overwrite, log, progress,
-                    runner, spill)
+                    runner, spill_dir)
   finally:
     hasher.shutdown(wait=True, cancel_futures=True)
-    shutil.rmtree(spill, ignore_errors=True)
+    shutil.rmtree(spill_dir, ignore_errors=True)
 
 
 def _scan(fmt, inputs, options, progress, hasher) -> list[_Source]:
@@ -239,9 +248,10 @@ class _Counts:
   max_mult: dict[str, int]
 
 
-def _count_pass(fmt, sources, split_of, policy, runner, spill, progress) -> _Counts:
-  """Pass 1: every block parsed, checked and counted (in file order), and spilled to
-  ``spill/<block number>.pkl``."""
+def _count_pass(fmt, sources, split_of, policy, runner, spill, spill_dir,
+                progress) -> _Counts:
+  """Pass 1: every block parsed, checked and counted (in file order), and spilled (to
+  ``spill``, or as ``spill_dir/<block number>.pkl``)."""
   total = len(split_of)
   counts = _Counts(np.ones(total, bool), [],
                    {name: Counter() for name in fmt.sparse_names + fmt.list_names},
@@ -254,12 +264,15 @@ def _count_pass(fmt, sources, split_of, policy, runner, spill, progress) -> _Cou
         counts.block_rows.append(row)
         yield blocks.CountTask(fmt, block, source.layout, data,
                                split_of[row:row + block.num_lines], policy,
-                               _spill_file(spill, len(counts.block_rows) - 1))
+                               _spill_file(spill_dir, len(counts.block_rows) - 1))
         row += block.num_lines
 
   num_blocks = sum(len(s.info.blocks) for s in sources)
+  count = blocks.count_block
+  if runner.in_process:
+    count = functools.partial(blocks.count_block, spill=spill)
   bar = blocks.Progress(total, "parse", "rows", progress)
-  for k, stats in enumerate(runner.map(blocks.count_block, tasks(), num_blocks)):
+  for k, stats in enumerate(runner.map(count, tasks(), num_blocks)):
     row = counts.block_rows[k]
     counts.keep[row:row + stats.rows] = ~stats.dropped
     for counter, uniques in zip(counts.counters.values(), stats.uniques, strict=True):
@@ -273,28 +286,28 @@ def _count_pass(fmt, sources, split_of, policy, runner, spill, progress) -> _Cou
   return counts
 
 
-def _spill_file(spill: str, block: int) -> str:
-  return os.path.join(spill, f"{block:08d}.pkl")
+def _spill_file(spill_dir: str, block: int) -> str:
+  return os.path.join(spill_dir, f"{block:08d}.pkl")
 
 
 def _write_pass(writer, encoder, counts, kept_split, position, runner, spill,
-                progress) -> dict[str, int]:
+                spill_dir, progress) -> dict[str, int]:
   """Pass 2: every spilled block encoded and written into ``writer``'s columns; the
   rows truncated per multi-valued field."""
   total = len(position)
   in_process = runner.in_process or len(counts.block_rows) <= 1
   shared = encoder
   if not in_process:  # workers read the encoder (vocabularies) once, from a file.
-    shared = os.path.join(spill, "encoder.pkl")
+    shared = os.path.join(spill_dir, "encoder.pkl")
     with open(shared, "wb") as f:
       pickle.dump(encoder, f, protocol=pickle.HIGHEST_PROTOCOL)
   sizes = np.diff(counts.block_rows + [total])
-  tasks = (blocks.WriteTask(_spill_file(spill, k), shared, writer.tmp,
+  tasks = (blocks.WriteTask(_spill_file(spill_dir, k), shared, writer.tmp,
                             kept_split[row:row + n], position[row:row + n])
            for k, (row, n) in enumerate(zip(counts.block_rows, sizes)))
   write = blocks.write_block
   if in_process:
-    write = lambda task: blocks.write_block(task, columns=writer.columns)
+    write = functools.partial(blocks.write_block, columns=writer.columns, spill=spill)
   truncated = {n: 0 for n in encoder.multi_names}
   bar = blocks.Progress(total, "write", "rows", progress)
   for n, block_truncated in zip(sizes, runner.map(write, tasks, len(sizes))):
@@ -307,7 +320,7 @@ def _write_pass(writer, encoder, counts, kept_split, position, runner, spill,
 
 
 def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runner,
-           spill):
+           spill_dir):
   policy = options.policy or fmt.default_policy
   split_of, rank_of = assign(sources, options.seed, options.split_fractions,
                              options.val_fraction)
@@ -315,7 +328,9 @@ def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runn
   unknown = set(hashed) - set(fmt.sparse_names + fmt.list_names)
   if unknown:
     raise ValueError(f"hash_buckets names unknown fields {sorted(unknown)}")
-  counts = _count_pass(fmt, sources, split_of, policy, runner, spill, progress)
+  spill = blocks.Spill(options.spill_memory if runner.in_process else 0)
+  counts = _count_pass(fmt, sources, split_of, policy, runner, spill, spill_dir,
+                       progress)
   keep, max_mult, moments = counts.keep, counts.max_mult, counts.moments
   log(f"pass 1: {len(keep):,} rows parsed and checked")
   dropped = {s: int(np.sum(~keep & (split_of == sid))) for s, sid in SPLIT_ID.items()}
@@ -368,13 +383,13 @@ def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runn
   kept_split = np.where(keep, split_of, -1).astype(np.int8)
   with store.StoreWriter(output, schema, split_rows, overwrite=overwrite) as writer:
     truncated = _write_pass(writer, encoder, counts, kept_split, position, runner, spill,
-                            progress)
+                            spill_dir, progress)
     for name, v in vocabs.items():
       if not v.buckets and v.keys is not None:
         file = f"vocab/{(sparse_names + multi_names).index(name):03d}.npy"
         writer.save_array(file, v.keys)
         vocab_meta[name]["file"] = file
-    digests = [s.sha256.result() for s in sources]  # the hash reads each file last.
+    digests = [s.digest.result() for s in sources]  # the hash reads each file last.
     for source in sources:
       readers.check_unchanged(source.info)
     meta = writer.commit({
@@ -385,7 +400,7 @@ def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runn
         "entire_space_policy": policy,
         "splits": {s: {"dropped_conversion_without_click": dropped[s]} for s in SPLIT_ID},
         "sources": [{"path": os.path.abspath(s.path), "split": s.split,
-                     "sha256": digest, "rows": s.rows, "header": s.layout.header}
+                     "blake3": digest, "rows": s.rows, "header": s.layout.header}
                     for s, digest in zip(sources, digests)],
         "vocab": vocab_meta,
         "dense_stats": {"mean": encoder.mean.tolist(), "std": encoder.std.tolist(),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import gzip
-import hashlib
 import io
 import mmap
 import os
@@ -142,8 +141,12 @@ def check_unchanged(info: FileInfo) -> None:
 
 
 def hash_file(path: str) -> str:
-  """The sha256 of the file at ``path`` (hex), read through mapped windows (no copy)."""
-  digest = hashlib.sha256()
+  """The BLAKE3 digest of the file at ``path`` (hex, 256 bits; what ``b3sum PATH``
+  prints), read through mapped windows (no copy). BLAKE3 rather than sha256: 5.0
+  against 1.4 GB/s on one core of the 2 vCPU VM, where sha256 was the largest piece of
+  work preprocessing does beside the parse (BENCHMARKS.md)."""
+  import blake3  # here: training and serving hosts need not have it.
+  digest = blake3.blake3()
   size = os.path.getsize(path)
   for start in range(0, size, _READ_BYTES):
     digest.update(_map(path, start, min(_READ_BYTES, size - start)))  # releases the GIL.

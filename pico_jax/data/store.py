@@ -159,9 +159,16 @@ class StoreWriter:
     os.makedirs(os.path.dirname(full), exist_ok=True)
     np.save(full, array, allow_pickle=False)
 
-  def commit(self, meta: dict[str, Any]) -> dict[str, Any]:
+  def commit(self, meta: dict[str, Any], schema: Schema | None = None) -> dict[str, Any]:
     """Flushes the columns (see ``needs_flush``), writes ``meta.json`` and moves the
-    store into place."""
+    store into place. ``schema``: the store's schema when it differs from the one the
+    columns were allocated with in what does not shape them (the vocabulary sizes,
+    known only once the columns are being written)."""
+    if schema is not None:
+      if column_specs(schema) != column_specs(self.schema):
+        raise ValueError(f"schema {schema} has other columns than the store's "
+                         f"{self.schema}")
+      self.schema = schema
     if needs_flush(self.tmp):  # side by side: the wait is the server's or the disk's.
       maps = [column for columns in self.columns.values() for column in columns.values()]
       with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:

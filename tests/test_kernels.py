@@ -282,3 +282,42 @@ def test_factorize_of_a_narrow_range_is_unique_and_bincount(low, span, n):
   values[0], values[-1] = low, low + span - 1  # the whole span is used.
   rows = rng.random(n) < 0.5
   assert_factorize(values, rows)
+
+
+def test_merge_counts_matches_sorting_the_pieces():
+  """Pieces of sorted distinct ids with counts (what each block's factorize gives):
+  the merge equals a stable sort of all of them and a sum per id, whatever the number
+  of pieces, their overlap, empty pieces and ids of any sign."""
+  rng = np.random.default_rng(0)
+  for trial in range(200):
+    pieces = int(rng.integers(1, 9))
+    span = int(rng.choice([5, 100, 1 << 40]))
+    keys = [np.unique(rng.integers(-span, span, int(rng.integers(0, 50)))) for _ in
+            range(pieces)]
+    counts = [rng.integers(1, 1000, len(k)) for k in keys]
+    allk, allc = np.concatenate(keys), np.concatenate(counts)
+    want_keys, inverse = np.unique(allk, return_inverse=True)
+    want_counts = np.bincount(inverse, weights=allc, minlength=len(want_keys))
+    got_keys, got_counts = kernels.merge_counts(keys, counts)
+    assert got_keys.dtype == np.int64 and got_counts.dtype == np.int64
+    np.testing.assert_array_equal(got_keys, want_keys, err_msg=str(trial))
+    np.testing.assert_array_equal(got_counts, want_counts.astype(np.int64))
+  empty_keys, empty_counts = kernels.merge_counts([], [])
+  assert len(empty_keys) == 0 and len(empty_counts) == 0
+
+
+def test_standardize_rows_equals_standardize_then_scatter():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(50, 7)) * 100
+  mean, std = rng.normal(size=7), rng.random(7) + 0.1
+  split = rng.integers(-1, 3, 50).astype(np.int8)
+  where = np.zeros(50, np.int64)
+  for s in range(3):
+    where[split == s] = rng.permutation(int(np.sum(split == s)))
+  sizes = [int(np.sum(split == s)) for s in range(3)]
+  want = tuple(np.full((n, 7), 7.0, np.float32) for n in sizes)
+  kernels.scatter_rows(kernels.standardize(x, mean, std), split, where, want)
+  got = tuple(np.full((n, 7), 7.0, np.float32) for n in sizes)
+  kernels.standardize_rows(x, mean, std, split, where, got)
+  for g, w in zip(got, want):
+    assert g.tobytes() == w.tobytes()

@@ -215,12 +215,9 @@ def write_block(task: WriteTask, splits=("train", "val", "test"), columns=None,
   chunk = spill.take(task.spill)
   encoder = (_load_encoder(task.encoder) if isinstance(task.encoder, str)
              else task.encoder)
-  cols, truncated = encoder.encode(chunk)
-  for key, values in cols.items():
-    kernels.scatter_rows(values, task.split, task.where, tuple(
-        columns[split][key] if columns is not None
-        else _column(task.store_dir, split, key) for split in splits))
-  return truncated
+  return encoder.write(chunk, task.split, task.where, lambda key: tuple(
+      columns[split][key] if columns is not None
+      else _column(task.store_dir, split, key) for split in splits))
 
 
 # A worker process costs about a second to start (spawn, imports): below this much

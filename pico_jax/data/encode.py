@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Callable
 
 import numpy as np
 
@@ -79,9 +80,11 @@ class Encoder:
   has_dense: bool
   has_group: bool
 
-  def encode(self, chunk: Chunk) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+  def encode(self, chunk: Chunk, dense: bool = True
+             ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """(columns, truncated): the batch-keyed columns of ``chunk`` (labels only when it
-    has them) and, per multi-valued field, how many rows had more than L values.
+    has them; dense only with ``dense``) and, per multi-valued field, how many rows had
+    more than L values.
 
     Shapes: sparse int32 [n, F], multi int32 [n, G, L], multi_mask bool [n, G, L],
     dense float32 [n, D], group int32 [n], click/conversion float32 [n].
@@ -111,11 +114,26 @@ class Encoder:
         mask[lrows[fits], g, pos[fits]] = True
         truncated[name] = int(np.sum(np.bincount(lrows, minlength=n) > L))
       cols[B.MULTI], cols[B.MULTI_MASK] = multi, mask
-    if self.has_dense:
+    if self.has_dense and dense:
       cols[B.DENSE] = kernels.standardize(chunk.dense, self.mean, self.std)
     if self.has_group:
       cols[B.GROUP] = chunk.group.astype(np.int32)
     return cols, truncated
+
+  def write(self, chunk: Chunk, split: np.ndarray, where: np.ndarray,
+            outs: Callable[[str], tuple[np.ndarray, ...]]) -> dict[str, int]:
+    """``encode``'s columns written into a store: row i of ``chunk`` to row
+    ``where[i]`` (int64 [n]) of ``outs(key)[split[i]]`` (split int8 [n]; rows of
+    split -1 are skipped), where ``outs(key)`` are the train, val and test columns of
+    a batch key. The dense values are standardized straight into their rows. Returns
+    the rows truncated per multi-valued field."""
+    cols, truncated = self.encode(chunk, dense=False)
+    for key, values in cols.items():
+      kernels.scatter_rows(values, split, where, outs(key))
+    if self.has_dense:
+      kernels.standardize_rows(chunk.dense, self.mean, self.std, split, where,
+                               outs(B.DENSE))
+    return truncated
 
   @classmethod
   def from_store(cls, path: str) -> tuple["Encoder", Format, dict]:

@@ -29,19 +29,39 @@ def count_newlines(data) -> int:
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")  # x / 0 is inf, as in numpy.
-def _standardize(x, mean, std, out):
+def _standardize_rows(x, mean, std, split, where, out0, out1, out2):
   n, d = x.shape
   for i in range(n):
+    s = split[i]
+    if s == 0:
+      out = out0
+    elif s == 1:
+      out = out1
+    elif s == 2:
+      out = out2
+    else:
+      continue
+    w = where[i]
     for k in range(d):
-      out[i, k] = (x[i, k] - mean[k]) / std[k]
+      out[w, k] = (x[i, k] - mean[k]) / std[k]
+
+
+def standardize_rows(x: np.ndarray, mean: np.ndarray, std: np.ndarray, split: np.ndarray,
+                     where: np.ndarray, outs: tuple[np.ndarray, np.ndarray, np.ndarray]):
+  """``scatter_rows(standardize(x, mean, std), split, where, outs)`` in one pass, without
+  the float32 [n, D] block in between: row i of ``x`` lands, standardized, at row
+  ``where[i]`` of ``outs[split[i]]`` (float32 [N_s, D], memory maps included; rows
+  with another ``split`` are skipped)."""
+  _standardize_rows(np.ascontiguousarray(x), mean.astype(np.float64),
+                    std.astype(np.float64), split, where, *(np.asarray(o) for o in outs))
 
 
 def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
   """float32 [n, D]: ``((x - mean) / std).astype(np.float32)`` of float64 ``x``
   [n, D], ``mean`` and ``std`` [D], without the float64 temporaries."""
   out = np.empty(x.shape, np.float32)
-  _standardize(np.ascontiguousarray(x), mean.astype(np.float64),
-               std.astype(np.float64), out)
+  standardize_rows(x, mean, std, np.zeros(len(x), np.int8), np.arange(len(x)),
+                   (out, out, out))
   return out
 
 
@@ -194,3 +214,44 @@ def factorize_int64(values: np.ndarray, rows: np.ndarray):
   rank = np.empty(len(order), np.int32)
   rank[order] = np.arange(len(order), dtype=np.int32)
   return seen[order], rank[inverse], counts[order]
+
+
+@numba.njit(nogil=True, cache=True)
+def _merge_two(keys_a, counts_a, keys_b, counts_b):
+  keys = np.empty(len(keys_a) + len(keys_b), np.int64)
+  counts = np.empty(len(keys), np.int64)
+  i = j = m = 0
+  while i < len(keys_a) and j < len(keys_b):
+    a, b = keys_a[i], keys_b[j]
+    if a <= b:
+      keys[m], counts[m] = a, counts_a[i]
+      i += 1
+      if a == b:
+        counts[m] += counts_b[j]
+        j += 1
+    else:
+      keys[m], counts[m] = b, counts_b[j]
+      j += 1
+    m += 1
+  for i in range(i, len(keys_a)):
+    keys[m], counts[m] = keys_a[i], counts_a[i]
+    m += 1
+  for j in range(j, len(keys_b)):
+    keys[m], counts[m] = keys_b[j], counts_b[j]
+    m += 1
+  return keys[:m], counts[:m]
+
+
+def merge_counts(keys: list[np.ndarray], counts: list[np.ndarray]):
+  """(keys int64 [K], counts int64 [K]): the union of sorted distinct int64 ``keys``
+  (one array per piece) with the ``counts`` (int64) of a key added over the pieces --
+  what sorting the concatenated pieces and summing the counts of equal keys gives
+  (``vocab.Counter``), merged two at a time in linear passes."""
+  pieces = [(np.ascontiguousarray(k, np.int64), np.ascontiguousarray(c, np.int64))
+            for k, c in zip(keys, counts, strict=True)]
+  if not pieces:
+    return np.zeros(0, np.int64), np.zeros(0, np.int64)
+  while len(pieces) > 1:
+    pairs = zip(pieces[0::2], pieces[1::2])
+    pieces = [_merge_two(*a, *b) for a, b in pairs] + pieces[len(pieces) // 2 * 2:]
+  return pieces[0]

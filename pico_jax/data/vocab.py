@@ -4,7 +4,8 @@ Id 0 means unseen, rare (count below ``min_count``) or missing; kept values get 
 1..V in sorted order of the raw value, so a lookup is a vectorised ``searchsorted``.
 A hashed field maps every value to ``1 + hash(value) % buckets`` instead: no table, a
 fixed size, and collisions (its ``min_count`` is not applied). Raw values are int64 or
-bytes arrays; every operation here is whole-array numpy.
+bytes arrays; every operation here is whole-array numpy, but for the merge of int64
+counts (``kernels.merge_counts``, compiled).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import dataclasses
 import hashlib
 
 import numpy as np
+
+from pico_jax.data import kernels
 
 
 class Counter:
@@ -39,13 +42,17 @@ class Counter:
       self._merge()
 
   def _merge(self) -> None:
-    keys = np.concatenate(self._keys)
-    counts = np.concatenate(self._counts)
-    order = np.argsort(keys, kind="stable")
-    keys, counts = keys[order], counts[order]
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    self._keys, self._counts = [keys[starts]], [np.add.reduceat(counts, starts)]
-    self._merged = self._pending = len(starts)
+    if all(k.dtype == np.int64 for k in self._keys):  # ids: a compiled merge of sorted runs.
+      keys, counts = kernels.merge_counts(self._keys, self._counts)
+    else:
+      keys = np.concatenate(self._keys)
+      counts = np.concatenate(self._counts)
+      order = np.argsort(keys, kind="stable")
+      keys, counts = keys[order], counts[order]
+      starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+      keys, counts = keys[starts], np.add.reduceat(counts, starts)
+    self._keys, self._counts = [keys], [counts]
+    self._merged = self._pending = len(keys)
 
   def result(self) -> tuple[np.ndarray | None, np.ndarray]:
     """(sorted distinct values, int64 counts); values is None if nothing was added."""

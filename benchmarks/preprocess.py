@@ -11,7 +11,10 @@
    pandas 3.1 its C parser reads a large file on one thread per CPU) and on one thread
    (``mode.max_threads`` 1, where that option exists), and ``preprocess.build_store``
    (the whole preprocessor: scan, parse, checks, vocabularies, store) with 1 worker
-   and with ``--workers`` (threads of the process, the default kind).
+   and with ``--workers`` (threads of the process, the default kind), and with
+   ``--workers`` and ``spill_memory=0``: every parsed block through a file between
+   the passes, as the blocks beyond the spill's memory budget (1 GiB) of a large
+   input are.
 3. ``--parsers``: the candidate parsers alone (parse only): ``np.loadtxt``, pyarrow's
    CSV reader with one and with all threads, pico_jax's compiled parser
    (``numeric_parse``) on one thread and on one thread per CPU, pandas.
@@ -206,6 +209,12 @@ def main():
         lambda w=workers: preprocess.build_store(
             "aliexpress", [csv], out, overwrite=True,
             options=preprocess.Options(workers=w)))
+  # An input too large for the spill's memory budget: every parsed block goes through
+  # a file between the passes.
+  runs[f"preprocess workers={args.workers}, spill_memory=0"] = (
+      lambda: preprocess.build_store(
+          "aliexpress", [csv], out, overwrite=True,
+          options=preprocess.Options(workers=args.workers, spill_memory=0)))
   times = {name: [] for name in runs}
   cpus = {name: [] for name in runs}
   for fn in runs.values():  # compiles (numba), warms the page cache: not timed.

@@ -647,6 +647,7 @@ def test_hash_file_is_the_blake3_of_the_bytes(tmp_path, monkeypatch):
   whole = readers.hash_file(str(path))
   monkeypatch.setattr(readers, "_READ_BYTES", 999)  # 11 windows, the last one short.
   assert readers.hash_file(str(path)) == whole
+  assert readers.hash_file(str(path), threads=3) == whole
   path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
   assert readers.hash_file(str(path)) != whole
 

@@ -213,9 +213,11 @@ def _scan(fmt, inputs, options, progress, hasher) -> list[_Source]:
   layouts = [fmt.inspect(path, readers.first_line(path)) for _, path in pairs]
   bar = blocks.Progress(sum(os.path.getsize(p) for _, p in pairs), "scan", "B", progress)
   sources, offset, digests = [], 0, {}
+  workers = options.workers or blocks.default_workers(options.processes)
+  hash_threads = -(-workers // readers.WORKERS_PER_HASH_THREAD)
   for (split, path), layout in zip(pairs, layouts):
     if path not in digests:
-      digests[path] = hasher.submit(readers.hash_file, path)
+      digests[path] = hasher.submit(readers.hash_file, path, hash_threads)
     info = readers.scan_file(path, options.chunk_rows, layout.header)
     rows = info.num_lines - int(layout.header)
     if rows == 0:

@@ -140,13 +140,19 @@ def check_unchanged(info: FileInfo) -> None:
                     "nothing is writing", path=info.path)
 
 
-def hash_file(path: str) -> str:
+# One BLAKE3 thread hashes as fast as about 6 parsing workers read (5.0 against 0.73
+# GB/s a core on the 2 vCPU VM, BENCHMARKS.md): preprocessing gives the hash one thread
+# per this many workers, so that it does not bound a run on many cores.
+WORKERS_PER_HASH_THREAD = 6
+
+
+def hash_file(path: str, threads: int = 1) -> str:
   """The BLAKE3 digest of the file at ``path`` (hex, 256 bits; what ``b3sum PATH``
-  prints), read through mapped windows (no copy). BLAKE3 rather than sha256: 5.0
-  against 1.4 GB/s on one core of the 2 vCPU VM, where sha256 was the largest piece of
-  work preprocessing does beside the parse (BENCHMARKS.md)."""
+  prints, whatever the ``threads``), read through mapped windows (no copy). BLAKE3
+  rather than sha256: 5.0 against 1.4 GB/s on one core of the 2 vCPU VM, where sha256
+  was the largest piece of work preprocessing did beside the parse (BENCHMARKS.md)."""
   import blake3  # here: training and serving hosts need not have it.
-  digest = blake3.blake3()
+  digest = blake3.blake3(max_threads=threads)
   size = os.path.getsize(path)
   for start in range(0, size, _READ_BYTES):
     digest.update(_map(path, start, min(_READ_BYTES, size - start)))  # releases the GIL.

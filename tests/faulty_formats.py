@@ -19,11 +19,11 @@ class DyingAliexpress(numeric_csv.CsvFormat):
     self.__dict__.update(base.__dict__)
     self.die_at, self.parent = die_at, parent
 
-  def parse_block(self, path, data, first_line_no, layout, num_lines=None):
+  def parse_block(self, path, data, first_line_no, layout, num_lines=None, threads=1):
     n = num_lines if num_lines is not None else bytes(data).count(b"\n")
     if first_line_no <= self.die_at < first_line_no + n and os.getpid() != self.parent:
       os.kill(os.getpid(), signal.SIGKILL)
-    return super().parse_block(path, data, first_line_no, layout, num_lines)
+    return super().parse_block(path, data, first_line_no, layout, num_lines, threads)
 
 
 class GrowingAliexpress(numeric_csv.CsvFormat):
@@ -33,12 +33,12 @@ class GrowingAliexpress(numeric_csv.CsvFormat):
     self.__dict__.update(numeric_csv.aliexpress(**kwargs).__dict__)
     self.grown = False
 
-  def parse_block(self, path, data, first_line_no, layout, num_lines=None):
+  def parse_block(self, path, data, first_line_no, layout, num_lines=None, threads=1):
     if not self.grown:
       self.grown = True
       with open(path, "ab") as f:
         f.write(bytes(data[:data.tobytes().index(b"\n") + 1]))
-    return super().parse_block(path, data, first_line_no, layout, num_lines)
+    return super().parse_block(path, data, first_line_no, layout, num_lines, threads)
 
 
 def die_on_one(x: int) -> int:

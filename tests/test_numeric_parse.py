@@ -140,8 +140,11 @@ def test_random_spellings_match_loadtxt_bit_for_bit():
     lines = int(rng.integers(1, 80))
     hard = int(rng.integers(0, lines * 6 + 1))
     data = fuzz_block(rng, hard_pool, fast_pool, lines, hard)
-    got = numeric_parse.parse_columns(data, lines, INT_COLUMNS, FLOAT_COLUMNS, NUM_COLUMNS)
-    assert_same(got, reference(data, INT_COLUMNS, FLOAT_COLUMNS))
+    want = reference(data, INT_COLUMNS, FLOAT_COLUMNS)
+    for threads in (1, 2, 3, 7):  # the block cut into runs of lines parsed side by side.
+      got = numeric_parse.parse_columns(data, lines, INT_COLUMNS, FLOAT_COLUMNS,
+                                        NUM_COLUMNS, threads)
+      assert_same(got, want)
     counts["hard"] += hard
     counts["fast"] += lines * 6 - hard
     counts["blocks"] += 1
@@ -228,7 +231,9 @@ def test_tokens_outside_the_grammar_give_none(column):
         rows = [list(r) for r in base]
         rows[row][column] = token
         data = block(rows, end)
-        assert numeric_parse.parse_columns(data, 3, ints, floats, 5) is None, (token, row)
+        for threads in (1, 2, 3):  # whichever run of lines holds it.
+          assert numeric_parse.parse_columns(data, 3, ints, floats, 5, threads) is None, (
+              token, row, threads)
 
 
 @pytest.mark.parametrize("case,data,n", [
@@ -258,8 +263,9 @@ def test_tokens_outside_the_grammar_give_none(column):
 def test_malformed_lines_give_none(case, data, n):
   """Missing or extra columns, empty lines, a line count other than ``n``, a BOM,
   a carriage return that does not end a line: None."""
-  assert numeric_parse.parse_columns(data, n, (0,), (1, 2), 3) is None, case
-  assert numeric_parse.parse_columns(memoryview(data), n, (), (), 3) is None, case
+  for threads in (1, 2, 3):
+    assert numeric_parse.parse_columns(data, n, (0,), (1, 2), 3, threads) is None, case
+    assert numeric_parse.parse_columns(memoryview(data), n, (), (), 3, threads) is None, case
 
 
 def test_unstored_columns_are_checked_not_stored():
@@ -329,7 +335,7 @@ parsed = 0
 for data in cases:
   for n in (1, 2, 3):
     for ints, floats in (((0,), (1,)), ((), (0, 1)), ((0, 1), ())):
-      got = numeric_parse.parse_columns(data, n, ints, floats, 2)
+      got = numeric_parse.parse_columns(data, n, ints, floats, 2, 1 + len(data) % 3)
       parsed += got is not None
   kernels.count_newlines(data)
 values = rng.integers(-5, 5, 1000)
@@ -440,3 +446,24 @@ def test_full_precision_sample_takes_the_compiled_path_in_big_blocks():
   fmt, layout, data, first = _sample_chunks("aliexpress", path)
   data = data * 100
   assert fmt._parse_compiled(data, data.count(b"\n"), first, layout) is not None
+
+
+def test_runs_of_lines_cover_the_block_once():
+  """``_pieces`` cuts a block into runs of whole lines, in order, each non-empty, whose
+  rows add up to the block's; it declines where a run would be empty."""
+  rng = np.random.default_rng(3)
+  for _ in range(300):
+    lines = [b"x" * int(rng.integers(0, 9)) for _ in range(int(rng.integers(1, 30)))]
+    data = np.frombuffer(b"".join(line + b"\n" for line in lines), np.uint8)
+    threads = int(rng.integers(2, 6))
+    pieces = numeric_parse._pieces(data, len(lines), threads)
+    if pieces is None:
+      continue
+    assert len(pieces) == threads
+    assert [p[0] for p in pieces[1:]] == [p[1] for p in pieces[:-1]]
+    assert pieces[0][0] == 0 and pieces[-1][1] == len(data)
+    assert [p[2] for p in pieces] == list(np.cumsum([0] + [p[3] for p in pieces[:-1]]))
+    for start, end, first, rows in pieces:
+      assert rows >= 1 and data[start:end].tobytes().count(b"\n") == rows
+      assert data[start:end].tobytes() == b"".join(l + b"\n" for l in lines[first:first + rows])
+  assert numeric_parse._pieces(np.frombuffer(b"1\n", np.uint8), 1, 2) is None

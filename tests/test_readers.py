@@ -675,3 +675,12 @@ def _parsed_block(seed):
                         dense=base[:, 2:], lists={}, group=None)
   assert blocks._held_bytes(chunk) == 8_000
   return chunk
+
+
+def test_parse_threads_go_to_the_last_blocks():
+  # 2 threads, 5 blocks: the fifth is parsed on both; 16 threads, 5 blocks: 4 each.
+  assert [blocks.parse_threads(k, 5, 2) for k in range(5)] == [1, 1, 1, 1, 2]
+  assert [blocks.parse_threads(k, 5, 16) for k in range(5)] == [4] * 5
+  assert [blocks.parse_threads(k, 13, 8) for k in range(13)] == [1] * 8 + [2] * 5
+  assert [blocks.parse_threads(k, 6, 2) for k in range(6)] == [1] * 6
+  assert [blocks.parse_threads(k, 3, 1) for k in range(3)] == [1] * 3

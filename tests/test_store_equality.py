@@ -169,3 +169,17 @@ def test_stores_do_not_depend_on_where_blocks_wait(tmp_path, monkeypatch, spill_
     assert store_digests(out) == golden[name], name
     spilled = len([f for f in to_files if f.endswith(".pkl")])
     assert (spilled == 6) if spill_memory == 0 else (0 < spilled < 6), (name, spilled)
+
+
+@needs_data
+def test_stores_do_not_depend_on_parse_threads(tmp_path, monkeypatch):
+  """Every block parsed in 3 runs of lines side by side: the recorded stores."""
+  with open(GOLDEN) as f:
+    golden = json.load(f)
+  monkeypatch.setattr(blocks, "parse_threads", lambda block, num_blocks, threads: 3)
+  cases = _cases(tmp_path)
+  for name in ("generated_aliexpress", "generated_aliexpress_two_files"):
+    fmt, inputs, options = cases[name]
+    out = str(tmp_path / name)
+    preprocess.build_store(fmt, inputs, out, options=preprocess.Options(**options))
+    assert store_digests(out) == golden[name], name

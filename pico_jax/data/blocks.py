@@ -43,7 +43,8 @@ _INT32 = np.iinfo(np.int32)
 @dataclasses.dataclass(frozen=True)
 class CountTask:
   """Pass 1 of one block. ``split``: int8 [n] split id (0 train, 1 val, 2 test) of its
-  rows; ``data``: the block's bytes when the parent read them (gzip), else None."""
+  rows; ``data``: the block's bytes when the parent read them (gzip), else None;
+  ``threads``: the threads its parse may use (``parse_threads``)."""
   fmt: readers.Format
   block: readers.Block
   layout: readers.Layout
@@ -51,6 +52,7 @@ class CountTask:
   split: np.ndarray
   policy: str
   spill: str
+  threads: int = 1
 
 
 @dataclasses.dataclass
@@ -138,18 +140,30 @@ class Spill:
 _FILES = Spill(0)  # every block to its file: a worker process's spill.
 
 
-def parse(fmt, block: readers.Block, layout, data: bytes | None) -> readers.Chunk:
+def parse(fmt, block: readers.Block, layout, data: bytes | None,
+          threads: int = 1) -> readers.Chunk:
   """The block's rows (its bytes read from the file unless given)."""
   if data is None:
     data = readers.read_block(block)
-  return fmt.parse_block(block.path, data, block.first_line, layout, block.num_lines)
+  return fmt.parse_block(block.path, data, block.first_line, layout, block.num_lines,
+                         threads)
+
+
+def parse_threads(block: int, num_blocks: int, threads: int) -> int:
+  """Threads for the parse of block number ``block`` of ``num_blocks``, ``threads``
+  (``thread_budget``) being at work: one, but the last ``num_blocks % threads`` blocks
+  share the threads that have no block left. On 2 threads, the fifth of 5 blocks is
+  parsed on both (one core idled for 0.04 of 0.37 s on the 2 vCPU VM); on 16, each of
+  5 blocks is parsed on 4."""
+  last = num_blocks % threads
+  return -(-threads // last) if last and block >= num_blocks - last else 1
 
 
 def count_block(task: CountTask, spill: Spill = _FILES) -> BlockStats:
   """Parses, checks and spills a block (to ``task.spill``'s file unless ``spill`` holds
   it); its training statistics. Raises DataError."""
   fmt, path = task.fmt, task.block.path
-  chunk = parse(fmt, task.block, task.layout, task.data)
+  chunk = parse(fmt, task.block, task.layout, task.data, task.threads)
   bad = (chunk.conversion == 1) & (chunk.click == 0)
   if task.policy == "error" and bad.any():
     i = int(np.flatnonzero(bad)[0])
@@ -236,14 +250,19 @@ def default_workers(processes: bool = False) -> int:
   return max(1, cpus - round(os.getloadavg()[0]))
 
 
+def thread_budget(requested: int, processes: bool = False) -> int:
+  """Threads a run may keep busy: ``requested`` workers (0: ``default_workers()``),
+  at most one per CPU."""
+  return max(1, min(requested or default_workers(processes), os.cpu_count() or 1))
+
+
 def effective_workers(requested: int, input_bytes: int, num_blocks: int,
                       processes: bool = False) -> int:
-  """Workers to use: ``requested`` (0: ``default_workers()``), but never more than
-  the CPUs or the blocks, nor, for processes, one per ``MIN_BYTES_PER_WORKER`` of
-  input, so that more workers are never slower than one."""
+  """Workers to use: ``thread_budget(requested)``, but never more than the blocks,
+  nor, for processes, one per ``MIN_BYTES_PER_WORKER`` of input, so that more workers
+  are never slower than one."""
   by_size = -(-input_bytes // MIN_BYTES_PER_WORKER) if processes else num_blocks
-  return max(1, min(requested or default_workers(processes), os.cpu_count() or 1,
-                    num_blocks, by_size))
+  return max(1, min(thread_budget(requested, processes), num_blocks, by_size))
 
 
 class WorkerDied(RuntimeError):

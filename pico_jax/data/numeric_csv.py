@@ -220,9 +220,9 @@ class CsvFormat(readers.Format):
 
   # ------------------------------------------------------------------ fast parser
 
-  def parse_block(self, path, data, first_line_no, layout, num_lines=None):
+  def parse_block(self, path, data, first_line_no, layout, num_lines=None, threads=1):
     n = _line_count(data) if num_lines is None else num_lines
-    chunk = self._parse_compiled(data, n, first_line_no, layout)
+    chunk = self._parse_compiled(data, n, first_line_no, layout, threads)
     if chunk is None:
       data = bytes(data)
       chunk = self._parse_arrow(data, n, first_line_no, layout)
@@ -231,7 +231,7 @@ class CsvFormat(readers.Format):
     return chunk
 
   def _parse_compiled(self, data: bytes | memoryview, n: int, first_line_no: int,
-                      layout) -> Chunk | None:
+                      layout, threads: int = 1) -> Chunk | None:
     """The block's ``n`` lines read by ``numeric_parse``, or None where a token is
     outside its grammar or a value fails a check (then pyarrow, and the reference
     parser, decide)."""
@@ -240,7 +240,7 @@ class CsvFormat(readers.Format):
     ints = tuple(dict.fromkeys(ints))  # a column may play two roles (group and id).
     if not n:
       return None
-    parsed = numeric_parse.parse_columns(data, n, ints, c.dense, len(c.names))
+    parsed = numeric_parse.parse_columns(data, n, ints, c.dense, len(c.names), threads)
     if parsed is None:
       return None
     values, dense = parsed

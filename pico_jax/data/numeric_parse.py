@@ -28,11 +28,14 @@ exact error.
 
 from __future__ import annotations
 
+import concurrent.futures
 import locale
 
 import numba
 import numpy as np
 from numba import types
+
+from pico_jax.data import kernels
 
 MAX_EXACT_INT = 1 << 53  # ids at or beyond it are rejected: float64 loses them.
 _POW10 = np.array([10.0 ** k for k in range(23)])  # exact doubles.
@@ -149,8 +152,34 @@ def _kernel(buf, n, int_slot, float_slot, ints, floats, pow10):
   return OK, 0
 
 
+@numba.njit(nogil=True, cache=True)
+def _line_ends(buf, starts):
+  """The index after the first newline at or after each of ``starts`` (or len(buf))."""
+  ends = np.empty(len(starts), np.int64)
+  for k in range(len(starts)):
+    i = starts[k]
+    while i < len(buf) and buf[np.uint64(i)] != 10:
+      i += 1
+    ends[k] = min(i + 1, len(buf))
+  return ends
+
+
+def _pieces(buf, n: int, threads: int) -> list[tuple[int, int, int, int]] | None:
+  """(byte start, byte end, first row, rows) of ``threads`` runs of whole lines of
+  about equal size that cover the ``n`` lines of ``buf``, or None where a run would be
+  empty."""
+  cuts = _line_ends(buf, np.arange(1, threads, dtype=np.int64) * len(buf) // threads)
+  bounds = [0] + [int(c) for c in cuts] + [len(buf)]
+  rows = [kernels.count_newlines(buf[a:b]) for a, b in zip(bounds[:-2], bounds[1:-1])]
+  rows.append(n - sum(rows))
+  if min(rows) < 1 or any(b <= a for a, b in zip(bounds, bounds[1:])):
+    return None
+  firsts = np.cumsum([0] + rows[:-1])
+  return [(a, b, int(f), r) for a, b, f, r in zip(bounds, bounds[1:], firsts, rows)]
+
+
 def parse_columns(data, n: int, int_columns: tuple[int, ...],
-                float_columns: tuple[int, ...], num_columns: int):
+                  float_columns: tuple[int, ...], num_columns: int, threads: int = 1):
   """Parses the ``n`` lines of ``data`` (a block of whole lines).
 
   Args:
@@ -159,6 +188,9 @@ def parse_columns(data, n: int, int_columns: tuple[int, ...],
     int_columns: columns stored as int64 (in this order): integers below 2**53.
     float_columns: columns stored as float64 (in this order); a column may be in both.
     num_columns: columns per line; the others are checked, not stored.
+    threads: the block is cut into this many runs of lines, parsed side by side (the
+      same arrays, whatever the number); preprocessing gives its last blocks the
+      threads of the workers left without one.
 
   Returns:
     (ints int64 [len(int_columns), n], floats float64 [n, len(float_columns)]), or
@@ -178,5 +210,17 @@ def parse_columns(data, n: int, int_columns: tuple[int, ...],
   float_slot[list(float_columns)] = np.arange(len(float_columns))
   ints = np.empty((len(int_columns), n), np.int64)
   floats = np.empty((n, len(float_columns)), np.float64)
-  row, _ = _kernel(buf, n, int_slot, float_slot, ints, floats, _POW10)
-  return (ints, floats) if row == OK else None
+  pieces = _pieces(buf, n, threads) if threads > 1 else None
+  if pieces is None:
+    row, _ = _kernel(buf, n, int_slot, float_slot, ints, floats, _POW10)
+    return (ints, floats) if row == OK else None
+
+  def run(piece):
+    start, end, first, rows = piece
+    return _kernel(buf[start:end], rows, int_slot, float_slot,
+                   ints[:, first:first + rows], floats[first:first + rows], _POW10)[0]
+
+  with concurrent.futures.ThreadPoolExecutor(len(pieces) - 1) as pool:
+    others = pool.map(run, pieces[1:])  # submitted now, while this thread runs the first.
+    rows = [run(pieces[0]), *others]
+  return (ints, floats) if all(row == OK for row in rows) else None

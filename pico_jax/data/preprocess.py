@@ -250,7 +250,7 @@ class _Counts:
   max_mult: dict[str, int]
 
 
-def _count_pass(fmt, sources, split_of, policy, runner, spill, spill_dir,
+def _count_pass(fmt, sources, split_of, policy, runner, threads, spill, spill_dir,
                 progress) -> _Counts:
   """Pass 1: every block parsed, checked and counted (in file order), and spilled (to
   ``spill``, or as ``spill_dir/<block number>.pkl``)."""
@@ -259,17 +259,20 @@ def _count_pass(fmt, sources, split_of, policy, runner, spill, spill_dir,
                    {name: Counter() for name in fmt.sparse_names + fmt.list_names},
                    _Moments(len(fmt.dense_names)), {name: 0 for name in fmt.list_names})
 
+  num_blocks = sum(len(s.info.blocks) for s in sources)
+
   def tasks():
     for source in sources:
       row = source.offset
       for block, data in _block_data(source):
+        k = len(counts.block_rows)
         counts.block_rows.append(row)
         yield blocks.CountTask(fmt, block, source.layout, data,
                                split_of[row:row + block.num_lines], policy,
-                               _spill_file(spill_dir, len(counts.block_rows) - 1))
+                               _spill_file(spill_dir, k),
+                               blocks.parse_threads(k, num_blocks, threads))
         row += block.num_lines
 
-  num_blocks = sum(len(s.info.blocks) for s in sources)
   count = blocks.count_block
   if runner.in_process:
     count = functools.partial(blocks.count_block, spill=spill)
@@ -364,8 +367,9 @@ def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runn
   if unknown:
     raise ValueError(f"hash_buckets names unknown fields {sorted(unknown)}")
   spill = blocks.Spill(options.spill_memory if runner.in_process else 0)
-  counts = _count_pass(fmt, sources, split_of, policy, runner, spill, spill_dir,
-                       progress)
+  counts = _count_pass(fmt, sources, split_of, policy, runner,
+                       blocks.thread_budget(options.workers, options.processes), spill,
+                       spill_dir, progress)
   keep, max_mult, moments = counts.keep, counts.max_mult, counts.moments
   log(f"pass 1: {len(keep):,} rows parsed and checked")
   dropped = {s: int(np.sum(~keep & (split_of == sid))) for s, sid in SPLIT_ID.items()}

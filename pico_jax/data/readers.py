@@ -384,9 +384,10 @@ class Format:
     raise NotImplementedError
 
   def parse_block(self, path: str, data: bytes | memoryview, first_line_no: int,
-                  layout: Layout, num_lines: int | None = None) -> Chunk:
+                  layout: Layout, num_lines: int | None = None, threads: int = 1) -> Chunk:
     """``parse`` of the lines of a block of raw bytes (bytes, or a view such as
-    ``read_block``'s; ``num_lines`` of them, when the caller knows)."""
+    ``read_block``'s; ``num_lines`` of them, when the caller knows). ``threads``: how
+    many threads the parse may use (a parser that cannot split a block uses one)."""
     return self.parse(path, split_lines(data), first_line_no, layout)
 
 

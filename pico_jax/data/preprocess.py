@@ -344,16 +344,20 @@ def _positions(keep, split_of, rank_of, inputs) -> tuple[np.ndarray, dict[str, i
   return position, split_rows
 
 
-def _vocabularies(counters: dict[str, Counter], options: Options, hashed: dict[str, int]):
-  """(name -> Vocab, name -> its meta.json entry) from the training counts."""
+def _vocabularies(counters: dict[str, Counter], options: Options, hashed: dict[str, int],
+                  threads: int):
+  """(name -> Vocab, name -> its meta.json entry) from the training counts, the fields
+  merged on ``threads`` threads (the merge of int64 ids releases the GIL)."""
   vocabs, vocab_meta = {}, {}
-  for name, counter in counters.items():
-    keys, key_counts = counter.result()
-    v = build_vocab(keys, key_counts, min_count=options.min_count,
-                    buckets=hashed.get(name, 0), max_size=options.max_vocab)
-    vocabs[name] = v
-    vocab_meta[name] = {"kind": "hash" if v.buckets else "table", "size": v.vocab_size,
-                        "train_distinct": 0 if keys is None else len(keys)}
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    results = pool.map(lambda counter: counter.result(), counters.values())
+    for name, (keys, key_counts) in zip(counters, results):
+      v = build_vocab(keys, key_counts, min_count=options.min_count,
+                      buckets=hashed.get(name, 0), max_size=options.max_vocab)
+      vocabs[name] = v
+      vocab_meta[name] = {"kind": "hash" if v.buckets else "table",
+                          "size": v.vocab_size,
+                          "train_distinct": 0 if keys is None else len(keys)}
   return vocabs, vocab_meta
 
 
@@ -367,9 +371,9 @@ def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runn
   if unknown:
     raise ValueError(f"hash_buckets names unknown fields {sorted(unknown)}")
   spill = blocks.Spill(options.spill_memory if runner.in_process else 0)
-  counts = _count_pass(fmt, sources, split_of, policy, runner,
-                       blocks.thread_budget(options.workers, options.processes), spill,
-                       spill_dir, progress)
+  threads = blocks.thread_budget(options.workers, options.processes)
+  counts = _count_pass(fmt, sources, split_of, policy, runner, threads, spill, spill_dir,
+                       progress)
   keep, max_mult, moments = counts.keep, counts.max_mult, counts.moments
   log(f"pass 1: {len(keep):,} rows parsed and checked")
   dropped = {s: int(np.sum(~keep & (split_of == sid))) for s, sid in SPLIT_ID.items()}
@@ -395,7 +399,7 @@ def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runn
     opening = pool.submit(store.StoreWriter, output, schema_of(lambda name: 1), split_rows,
                           overwrite=overwrite)
     try:
-      vocabs, vocab_meta = _vocabularies(counts.counters, options, hashed)
+      vocabs, vocab_meta = _vocabularies(counts.counters, options, hashed, threads)
     except BaseException:
       if opening.exception() is None:
         opening.result().abort()

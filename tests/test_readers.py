@@ -471,6 +471,24 @@ def test_failure_keeps_an_existing_store(tmp_path):
     preprocess.build_store("aliexpress", [good], str(tmp_path / "out"))
 
 
+def test_a_failure_while_the_store_is_allocated_leaves_nothing(tmp_path, monkeypatch):
+  """The columns are allocated on a thread while the vocabularies are merged: a failure
+  of the merge still removes the new store's temporary directory and the spill, and
+  keeps the existing store."""
+  good = write(tmp_path, "good.csv", good_ae(tmp_path))
+  preprocess.build_store("aliexpress", [good], str(tmp_path / "out"))
+  before = open(tmp_path / "out" / "meta.json").read()
+
+  def fail(*args):
+    raise MemoryError("no memory for the vocabularies")
+
+  monkeypatch.setattr(preprocess, "_vocabularies", fail)
+  with pytest.raises(MemoryError):
+    preprocess.build_store("aliexpress", [good], str(tmp_path / "out"), overwrite=True)
+  assert open(tmp_path / "out" / "meta.json").read() == before
+  assert sorted(p for p in os.listdir(tmp_path) if "out" in p) == ["out"]
+
+
 def test_gzip_input_and_split_arguments(tmp_path):
   lines = good_ae(tmp_path, n=30)
   path = tmp_path / "ae.csv.gz"

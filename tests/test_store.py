@@ -1,6 +1,7 @@
 """The columnar store (write, commit, load, errors), vocabularies, the store recipes and
 training end to end on a Census store."""
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -293,3 +294,19 @@ def test_meta_json_missing_key_names_file_and_key(tmp_path, drop):
   (directory / "meta.json").write_text(json.dumps(meta))
   with pytest.raises(DataError, match=f"meta.json.*{drop}|{drop}.*meta.json"):
     store.load_store(str(directory))
+
+
+def test_commit_takes_the_final_schema_of_the_same_columns(tmp_path):
+  """Columns are allocated before the vocabulary sizes are known; commit records the
+  final schema, and refuses one with other columns."""
+  rows = {"train": 2, "val": 1, "test": 1}
+  bigger = dataclasses.replace(SCHEMA, sparse=tuple(
+      dataclasses.replace(f, vocab_size=f.vocab_size + 7) for f in SCHEMA.sparse))
+  with store.StoreWriter(str(tmp_path / "s"), SCHEMA, rows) as writer:
+    writer.commit({}, schema=bigger)
+  assert store.load_store(str(tmp_path / "s")).schema == bigger
+  other = dataclasses.replace(SCHEMA, dense=SCHEMA.dense + ("another",))
+  with pytest.raises(ValueError, match="other columns"):
+    with store.StoreWriter(str(tmp_path / "t"), SCHEMA, rows) as writer:
+      writer.commit({}, schema=other)
+  assert sorted(os.listdir(tmp_path)) == ["s"]

@@ -4,12 +4,12 @@ A block (``readers.Block``) is parsed once: ``count_block`` parses and checks it
 returns its training statistics and spills the parsed rows (the ids factorized per
 block, the dense values raw: ``Spill`` holds them in memory up to a budget, in files
 beyond it); after the vocabularies are built, ``write_block`` takes the spilled block
-back, encodes it and writes it into the store's memory-mapped columns. Workers are threads of the preprocessing process by default
-(the parse, the hashing, file I/O and the large array operations release the
-GIL, and a thread costs nothing to start); as processes, only offsets, per-row split
-ids and small statistics travel between them: a worker reads its block from the file
-(a gzip stream is unpacked once by the parent) and writes its rows into the store
-itself.
+back, encodes it and writes it into the store's memory-mapped columns. Workers are
+threads of the preprocessing process by default (the parse, the hashing, file I/O and
+the large array operations release the GIL, and a thread costs nothing to start); as
+processes, only offsets, per-row split ids and small statistics travel between them:
+a worker reads its block from the file (a gzip stream is unpacked once by the parent)
+and writes its rows into the store itself.
 
 ``Runner`` hands the tasks to the workers at most two per worker ahead, so memory
 stays bounded by a few blocks, and yields the results in block order, so the first

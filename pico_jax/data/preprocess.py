@@ -213,8 +213,8 @@ def _scan(fmt, inputs, options, progress, hasher) -> list[_Source]:
   layouts = [fmt.inspect(path, readers.first_line(path)) for _, path in pairs]
   bar = blocks.Progress(sum(os.path.getsize(p) for _, p in pairs), "scan", "B", progress)
   sources, offset, digests = [], 0, {}
-  workers = options.workers or blocks.default_workers(options.processes)
-  hash_threads = -(-workers // readers.WORKERS_PER_HASH_THREAD)
+  hash_threads = -(-blocks.thread_budget(options.workers, options.processes)
+                   // readers.WORKERS_PER_HASH_THREAD)
   for (split, path), layout in zip(pairs, layouts):
     if path not in digests:
       digests[path] = hasher.submit(readers.hash_file, path, hash_threads)
@@ -393,8 +393,8 @@ def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runn
       dense=fmt.dense_names, extras=extras)
 
   # The store's columns do not depend on the vocabularies' sizes: they are allocated
-  # (written as zeros, 0.04 s per 100 MB on the 2 vCPU VM) on a thread while the
-  # vocabularies are merged, which is mostly one thread's work.
+  # (written as zeros, 0.02-0.06 s per 100 MB on the 2 vCPU VM) on a thread while the
+  # vocabularies are merged.
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
     opening = pool.submit(store.StoreWriter, output, schema_of(lambda name: 1), split_rows,
                           overwrite=overwrite)

@@ -156,9 +156,9 @@ def test_stores_do_not_depend_on_where_blocks_wait(tmp_path, monkeypatch, spill_
   with open(GOLDEN) as f:
     golden = json.load(f)
   to_files = []
-  dump = blocks.pickle.dump
-  monkeypatch.setattr(blocks.pickle, "dump", lambda obj, f, **kw: (to_files.append(f.name),
-                                                                   dump(obj, f, **kw)))
+  dump = blocks._dump
+  monkeypatch.setattr(blocks, "_dump", lambda path, chunk: (to_files.append(path),
+                                                            dump(path, chunk)))
   cases = _cases(tmp_path)
   for name in ("generated_aliexpress", "generated_aliccp_raw"):
     fmt, inputs, options = cases[name]

@@ -321,3 +321,24 @@ def test_standardize_rows_equals_standardize_then_scatter():
   kernels.standardize_rows(x, mean, std, split, where, got)
   for g, w in zip(got, want):
     assert g.tobytes() == w.tobytes()
+
+
+def test_split_positions_match_sorting_each_split_by_rank():
+  """Random splits, dropped rows, and ranks that repeat across splits (a test file
+  given before the train file it is not pooled with): numpy's per-split sort."""
+  rng = np.random.default_rng(4)
+  for trial in range(100):
+    n = int(rng.integers(0, 300))
+    split_of = rng.integers(0, 3, n).astype(np.int8)
+    rank_of = np.empty(n, np.int64)
+    for s in range(3):  # distinct within a split, shared across splits.
+      members = np.flatnonzero(split_of == s)
+      rank_of[members] = rng.permutation(n)[:len(members)]
+    keep = rng.random(n) < 0.8
+    position, rows = kernels.split_positions(split_of, rank_of, keep)
+    for s in range(3):
+      members = np.flatnonzero((split_of == s) & keep)
+      members = members[np.argsort(rank_of[members])]
+      np.testing.assert_array_equal(position[members], np.arange(len(members)),
+                                    err_msg=str(trial))
+      assert rows[s] == len(members)

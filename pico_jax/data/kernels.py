@@ -255,3 +255,34 @@ def merge_counts(keys: list[np.ndarray], counts: list[np.ndarray]):
     pairs = zip(pieces[0::2], pieces[1::2])
     pieces = [_merge_two(*a, *b) for a, b in pairs] + pieces[len(pieces) // 2 * 2:]
   return pieces[0]
+
+
+@numba.njit(nogil=True, cache=True)
+def _split_positions(split_of, rank_of, keep, position, rows):
+  n = len(split_of)
+  by_rank = np.empty(n, np.int64)
+  for s in range(3):
+    by_rank[:] = -1
+    for i in range(n):
+      if keep[i] and split_of[i] == s:
+        by_rank[rank_of[i]] = i
+    count = 0
+    for r in range(n):
+      i = by_rank[r]
+      if i >= 0:
+        position[i] = count
+        count += 1
+    rows[s] = count
+
+
+def split_positions(split_of: np.ndarray, rank_of: np.ndarray, keep: np.ndarray):
+  """(position int64 [N], rows int64 [3]): the index of every kept row in its split
+  when a split's kept rows are ordered by ``rank_of``, and each split's kept rows.
+  ``split_of`` int8 [N] (0, 1, 2), ``rank_of`` int64 [N] (distinct within a split, in
+  [0, N)), ``keep`` bool [N]; the positions of rows not kept are left unset. Per split
+  s, numpy's ``members = np.flatnonzero((split_of == s) & keep)`` sorted by
+  ``rank_of[members]``, then ``position[members] = np.arange(len(members))``."""
+  position = np.empty(len(split_of), np.int64)
+  rows = np.zeros(3, np.int64)
+  _split_positions(split_of, rank_of, keep, position, rows)
+  return position, rows

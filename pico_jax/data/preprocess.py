@@ -43,7 +43,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pico_jax import batch as B
-from pico_jax.data import blocks, formats, readers, store
+from pico_jax.data import blocks, formats, kernels, readers, store
 from pico_jax.data.encode import Encoder
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema, SparseField
@@ -327,18 +327,10 @@ def _write_pass(writer, encoder, counts, kept_split, position, runner, spill,
 def _positions(keep, split_of, rank_of, inputs) -> tuple[np.ndarray, dict[str, int]]:
   """Where every kept row goes: its index in its split (int64 [N]; rows not kept are
   left unset), and the rows of every split. Raises DataError for an empty split."""
-  position = np.empty(len(keep), np.int64)
-  split_rows = {}
-  for split, sid in SPLIT_ID.items():
-    members = np.flatnonzero((split_of == sid) & keep)
-    # In order of rank: ranks are distinct within a split and below N, so a scatter
-    # by rank sorts them (an argsort of the members took 3x as long).
-    by_rank = np.full(len(keep), -1, np.int64)
-    by_rank[rank_of[members]] = members
-    members = by_rank[by_rank >= 0]
-    position[members] = np.arange(len(members))
-    split_rows[split] = len(members)
-    if not len(members):
+  position, rows = kernels.split_positions(split_of, rank_of, keep)
+  split_rows = {split: int(rows[sid]) for split, sid in SPLIT_ID.items()}
+  for split, n in split_rows.items():
+    if not n:
       raise DataError(f"split {split!r} has no rows (inputs: {list(inputs)}); give a "
                       f"{split} file or a fraction for it")
   return position, split_rows

@@ -11,7 +11,8 @@ train and test (val carved from train by --val-fraction), three are train, val, 
 or name them SPLIT=PATH. Bad input stops with a message naming file, line and column,
 and nothing is left at --output. Every byte is parsed once, by --workers threads;
 the parsed blocks wait for the second pass in memory (up to --spill-memory-mb) or in
-temporary files beside --output; progress bars show rows/s and the time left. See pico_jax/data/preprocess.py.
+temporary files beside --output; progress bars show rows/s and the time left. See
+pico_jax/data/preprocess.py.
 """
 
 import argparse
@@ -79,7 +80,8 @@ def parse_args(argv=None):
                  help="the workers are processes instead of threads (by default one "
                       "per idle CPU, os.cpu_count() less the load average, and at "
                       "most one per 16 MiB of input)")
-  p.add_argument("--spill-memory-mb", type=int, default=preprocess.Options.spill_memory >> 20,
+  p.add_argument("--spill-memory-mb", type=int,
+                 default=preprocess.Options.spill_memory >> 20,
                  help="MiB of parsed blocks held in memory between the two passes; the "
                       "blocks beyond it are spilled to temporary files beside --output "
                       "(0: every block; worker processes always spill to files)")

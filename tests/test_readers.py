@@ -621,6 +621,11 @@ def test_command_line(tmp_path, capsys):
                    str(tmp_path / "s"), "--hash", "categorical_1=4"]) == 0
   assert "40 rows" in capsys.readouterr().out
   assert store.load_store(str(tmp_path / "s")).schema.sparse[0].vocab_size == 5
+  args, options = cli.parse_args(["--format", "aliexpress", "--input", good, "--output",
+                                  "x", "--spill-memory-mb", "3"])
+  assert options.spill_memory == 3 << 20
+  assert cli.parse_args(["--format", "aliexpress", "--input", good, "--output",
+                         "x"])[1].spill_memory == preprocess.Options().spill_memory
   bad = write(tmp_path, "bad.csv", good_ae(tmp_path)[:3] + ["1,2"])
   assert cli.main(["--format", "aliexpress", "--input", bad, "--output",
                    str(tmp_path / "t")]) == 1

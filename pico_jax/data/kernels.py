@@ -30,6 +30,9 @@ def count_newlines(data) -> int:
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")  # x / 0 is inf, as in numpy.
 def _standardize_rows(x, mean, std, split, where, out0, out1, out2):
+  # The split's output is chosen as in ``_scatter_rows``, spelled out: the two
+  # sharing an inlined helper made the whole preprocessor 10% slower (0.415-0.430
+  # against 0.367-0.381 s on the 2 vCPU VM).
   n, d = x.shape
   for i in range(n):
     s = split[i]

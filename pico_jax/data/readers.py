@@ -242,7 +242,7 @@ def scan_file(path: str, block_rows: int, header: bool) -> FileInfo:
   Every byte is looked at once, by a newline count (the newlines are located,
   vectorised, only in the pieces where a block ends); the file is not parsed here. A
   plain file's pieces are counted on one thread per CPU (``kernels.count_newlines``
-  releases the GIL), a gzip stream's in order as it unpacks. Its sha256 is
+  releases the GIL), a gzip stream's in order as it unpacks. Its BLAKE3 digest is
   ``hash_file``'s, which preprocessing runs beside the passes.
   """
   _check_path(path)

@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 
-from pico_jax.data import blocks, preprocess
+from pico_jax.data import blocks, preprocess, spill
 from shared_data import ALICCP, ALIEXPRESS, CENSUS, needs_data
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "stores.json")
@@ -156,8 +156,8 @@ def test_stores_do_not_depend_on_where_blocks_wait(tmp_path, monkeypatch, spill_
   with open(GOLDEN) as f:
     golden = json.load(f)
   to_files = []
-  dump = blocks._dump
-  monkeypatch.setattr(blocks, "_dump", lambda path, chunk: (to_files.append(path),
+  dump = spill._dump
+  monkeypatch.setattr(spill, "_dump", lambda path, chunk: (to_files.append(path),
                                                             dump(path, chunk)))
   cases = _cases(tmp_path)
   for name in ("generated_aliexpress", "generated_aliccp_raw"):

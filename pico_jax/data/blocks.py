@@ -2,8 +2,8 @@
 
 A block (``readers.Block``) is parsed once: ``count_block`` parses and checks it,
 returns its training statistics and spills the parsed rows (the ids factorized per
-block, the dense values raw: ``Spill`` holds them in memory up to a budget, in files
-beyond it); after the vocabularies are built, ``write_block`` takes the spilled block
+block, the dense values raw: ``spill.Spill`` holds them in memory up to a budget, in
+files beyond it); after the vocabularies are built, ``write_block`` takes the spilled block
 back, encodes it and writes it into the store's memory-mapped columns. Workers are
 threads of the preprocessing process by default (the parse, the hashing, file I/O and
 the large array operations release the GIL, and a thread costs nothing to start); as
@@ -22,11 +22,9 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
-import mmap
 import multiprocessing
 import os
 import pickle
-import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable
@@ -35,7 +33,8 @@ import numpy as np
 import tqdm
 
 from pico_jax.data import kernels, readers
-from pico_jax.data.encode import Encoder, Factorized, factorize
+from pico_jax.data.encode import Encoder, factorize
+from pico_jax.data.spill import FILES, Spill
 from pico_jax.data.errors import DataError
 
 _INT32 = np.iinfo(np.int32)
@@ -76,110 +75,6 @@ class BlockStats:
   max_mult: dict[str, int]
 
 
-def _held_bytes(chunk: readers.Chunk) -> int:
-  """Bytes of memory the arrays of ``chunk`` keep alive (a view counts its base, once)."""
-  bases = {}
-
-  def visit(x):
-    if isinstance(x, np.ndarray):
-      while isinstance(x.base, np.ndarray):
-        x = x.base
-      bases[id(x)] = x.nbytes
-    elif isinstance(x, Factorized):
-      visit(x.keys), visit(x.inverse)
-    elif isinstance(x, (list, tuple)):
-      for y in x:
-        visit(y)
-    elif isinstance(x, dict):
-      for y in x.values():
-        visit(y)
-
-  for field in dataclasses.fields(chunk):
-    visit(getattr(chunk, field.name))
-  return sum(bases.values())
-
-
-_ALIGN = 64  # bytes: where each array of a spill file starts.
-
-
-def _layout(sizes) -> list[int]:
-  """Offsets of parts of ``sizes`` bytes written one after the other from offset 0,
-  each at a multiple of ``_ALIGN``."""
-  offsets, end = [], 0
-  for size in sizes:
-    end += -end % _ALIGN
-    offsets.append(end)
-    end += size
-  return offsets
-
-
-def _dump(path: str, chunk: readers.Chunk) -> None:
-  """Writes ``chunk`` to ``path``: its pickle (protocol 5) with the arrays' bytes kept
-  out of it, then each array's bytes at an aligned offset, for ``_load`` to map."""
-  buffers = []
-  head = pickle.dumps(chunk, protocol=5, buffer_callback=buffers.append)
-  raws = [buffer.raw() for buffer in buffers]
-  sizes = np.array([len(head)] + [r.nbytes for r in raws], np.int64)
-  prefix = np.int64(len(sizes)).tobytes() + sizes.tobytes()
-  with open(path, "wb") as f:
-    for offset, part in zip(_layout([len(prefix)] + sizes.tolist()),
-                            [prefix, head] + raws):
-      f.write(bytes(offset - f.tell()))
-      f.write(part)
-
-
-def _load(path: str) -> readers.Chunk:
-  """The chunk ``_dump`` wrote to ``path``, its arrays read-only views of the mapped
-  file: no copy, and no fresh memory (the mapping outlives the file's name)."""
-  with open(path, "rb") as f:
-    mapped = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
-  count = int(np.frombuffer(mapped[:8], np.int64)[0])
-  sizes = np.frombuffer(mapped[8:8 + 8 * count], np.int64).tolist()
-  offsets = _layout([8 + 8 * count] + sizes)[1:]
-  parts = [mapped[o:o + n] for o, n in zip(offsets, sizes)]
-  return pickle.loads(parts[0], buffers=parts[1:])
-
-
-class Spill:
-  """Parsed blocks between the two passes, each under the name of its spill file:
-  held in this process's memory while their arrays fit in ``memory_bytes``, written
-  to the file beyond that (and mapped back, not copied).
-
-  Holding a block costs nothing: its arrays already exist. Writing it costs a copy
-  into fresh page-cache pages: pickling blocks to files and reading them back took
-  0.16 + 0.03 of the 0.9 CPU s of a 300,000-row run on the 2 vCPU VM (BENCHMARKS.md).
-  Worker processes cannot share memory with the parent, so their spill is
-  ``Spill(0)``: every block goes to its file. Thread-safe.
-  """
-
-  def __init__(self, memory_bytes: int = 0):
-    self._free = memory_bytes
-    self._held: dict[str, readers.Chunk] = {}
-    self._lock = threading.Lock()
-
-  def put(self, path: str, chunk: readers.Chunk) -> None:
-    size = _held_bytes(chunk)
-    with self._lock:
-      if size <= self._free:
-        self._free -= size
-        self._held[path] = chunk
-        return
-    _dump(path, chunk)
-
-  def take(self, path: str) -> readers.Chunk:
-    """The block put under ``path`` (its file is removed once read). Blocks are taken
-    after every block was put, so the memory they free is not handed out again."""
-    with self._lock:
-      chunk = self._held.pop(path, None)
-    if chunk is None:
-      chunk = _load(path)
-      os.remove(path)
-    return chunk
-
-
-_FILES = Spill(0)  # every block to its file: a worker process's spill.
-
-
 def parse(fmt, block: readers.Block, layout, data: bytes | None,
           threads: int = 1) -> readers.Chunk:
   """The block's rows (its bytes read from the file unless given)."""
@@ -199,7 +94,7 @@ def parse_threads(block: int, num_blocks: int, threads: int) -> int:
   return -(-threads // last) if last and block >= num_blocks - last else 1
 
 
-def count_block(task: CountTask, spill: Spill = _FILES) -> BlockStats:
+def count_block(task: CountTask, spill: Spill = FILES) -> BlockStats:
   """Parses, checks and spills a block (to ``task.spill``'s file unless ``spill`` holds
   it); its training statistics. Raises DataError."""
   fmt, path = task.fmt, task.block.path
@@ -262,7 +157,7 @@ def _column(store_dir: str, split: str, key: str) -> np.ndarray:
 
 
 def write_block(task: WriteTask, splits=("train", "val", "test"), columns=None,
-                spill: Spill = _FILES):
+                spill: Spill = FILES):
   """Encodes a spilled block (taken from ``spill``) into the store; per multi-valued
   field, the rows truncated. ``columns`` (split -> key -> array) defaults to maps of
   the files."""

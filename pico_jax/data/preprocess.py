@@ -47,6 +47,7 @@ from pico_jax.data import blocks, formats, kernels, readers, store
 from pico_jax.data.encode import Encoder
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema, SparseField
+from pico_jax.data.spill import Spill
 from pico_jax.data.splits import SPLIT_ID, assign, parse_inputs
 from pico_jax.data.vocab import Counter, build_vocab
 
@@ -362,7 +363,7 @@ def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runn
   unknown = set(hashed) - set(fmt.sparse_names + fmt.list_names)
   if unknown:
     raise ValueError(f"hash_buckets names unknown fields {sorted(unknown)}")
-  spill = blocks.Spill(options.spill_memory if runner.in_process else 0)
+  spill = Spill(options.spill_memory if runner.in_process else 0)
   threads = blocks.thread_budget(options.workers, options.processes)
   counts = _count_pass(fmt, sources, split_of, policy, runner, threads, spill, spill_dir,
                        progress)

@@ -467,3 +467,18 @@ def test_runs_of_lines_cover_the_block_once():
       assert rows >= 1 and data[start:end].tobytes().count(b"\n") == rows
       assert data[start:end].tobytes() == b"".join(l + b"\n" for l in lines[first:first + rows])
   assert numeric_parse._pieces(np.frombuffer(b"1\n", np.uint8), 1, 2) is None
+
+
+def test_threads_take_the_threaded_path(monkeypatch):
+  """``threads`` really cuts the block: the kernel runs once per run of lines."""
+  rng = np.random.default_rng(5)
+  pool = [spell_float(rng) for _ in range(500)]
+  data = fuzz_block(rng, [t for t in pool if is_hard(t)], [t for t in pool if not is_hard(t)],
+                    100, 10)
+  calls = []
+  kernel = numeric_parse._kernel
+  monkeypatch.setattr(numeric_parse, "_kernel", lambda buf, n, *rest: (
+      calls.append(n), kernel(buf, n, *rest))[1])
+  got = numeric_parse.parse_columns(data, 100, INT_COLUMNS, FLOAT_COLUMNS, NUM_COLUMNS, 3)
+  assert len(calls) == 3 and sum(calls) == 100
+  assert_same(got, reference(data, INT_COLUMNS, FLOAT_COLUMNS))

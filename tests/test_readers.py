@@ -489,6 +489,42 @@ def test_a_failure_while_the_store_is_allocated_leaves_nothing(tmp_path, monkeyp
   assert sorted(p for p in os.listdir(tmp_path) if "out" in p) == ["out"]
 
 
+def test_without_blake3_preprocessing_stops_before_reading(tmp_path, monkeypatch):
+  good = write(tmp_path, "good.csv", good_ae(tmp_path))
+  monkeypatch.setitem(sys.modules, "blake3", None)  # "import blake3" raises ImportError.
+  with pytest.raises(ImportError, match="blake3 package"):
+    preprocess.build_store("aliexpress", [good], str(tmp_path / "out"))
+  assert sorted(p for p in os.listdir(tmp_path) if "out" in p) == []
+
+
+def test_an_interrupt_while_the_store_is_allocated_leaves_nothing(tmp_path, monkeypatch):
+  """Ctrl-C while the main thread waits for the columns' allocation (the vocabularies
+  merged first): the allocation finishes, then the new store is removed."""
+  import _thread
+  import threading
+  good = write(tmp_path, "good.csv", good_ae(tmp_path))
+  zeroed_map, vocabularies = store._zeroed_map, preprocess._vocabularies
+  slow = threading.Event()
+
+  def slow_zeroed_map(*args):
+    if not slow.is_set():
+      slow.set()
+      threading.Event().wait(1.0)
+    return zeroed_map(*args)
+
+  def interrupt_after(*args):
+    result = vocabularies(*args)
+    threading.Timer(0.2, _thread.interrupt_main).start()
+    return result
+
+  monkeypatch.setattr(store, "_zeroed_map", slow_zeroed_map)
+  monkeypatch.setattr(preprocess, "_vocabularies", interrupt_after)
+  with pytest.raises(KeyboardInterrupt):
+    preprocess.build_store("aliexpress", [good], str(tmp_path / "out"))
+  assert slow.is_set()
+  assert sorted(p for p in os.listdir(tmp_path) if "out" in p) == []
+
+
 def test_gzip_input_and_split_arguments(tmp_path):
   lines = good_ae(tmp_path, n=30)
   path = tmp_path / "ae.csv.gz"

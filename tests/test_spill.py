@@ -58,3 +58,14 @@ def _parsed_block(seed):
                         dense=base[:, 2:], lists={}, group=None)
   assert spill._held_bytes(chunk) == 8_000
   return chunk
+
+
+def test_a_spill_without_memory_writes_even_an_empty_block(tmp_path):
+  """``Spill(0)`` is a worker process's: every block must reach its file, since the
+  next pass may run in another process."""
+  empty = readers.Chunk(lines=np.zeros(0, np.int64), click=None, conversion=None,
+                        sparse=[], dense=None, lists={}, group=None)
+  path = str(tmp_path / "0.pkl")
+  spill.Spill(0).put(path, empty)
+  assert os.path.exists(path)
+  assert len(spill.Spill(0).take(path)) == 0

@@ -140,6 +140,17 @@ def check_unchanged(info: FileInfo) -> None:
                     "nothing is writing", path=info.path)
 
 
+def blake3_module():
+  """The ``blake3`` package, imported here rather than with this module (training and
+  serving hosts need not have it); preprocessing asks for it before it reads a byte."""
+  try:
+    import blake3
+  except ImportError as e:
+    raise ImportError("preprocessing records each input's BLAKE3 digest and needs the "
+                      "blake3 package (pip install -r requirements.txt)") from e
+  return blake3
+
+
 # One BLAKE3 thread hashes as fast as about 6 parsing workers read (5.0 against 0.73
 # GB/s a core on the 2 vCPU VM, BENCHMARKS.md): preprocessing gives the hash one thread
 # per this many workers, so that it does not bound a run on many cores.
@@ -151,8 +162,7 @@ def hash_file(path: str, threads: int = 1) -> str:
   prints, whatever the ``threads``), read through mapped windows (no copy). BLAKE3
   rather than sha256: 5.0 against 1.4 GB/s on one core of the 2 vCPU VM, where sha256
   was the largest piece of work preprocessing did beside the parse (BENCHMARKS.md)."""
-  import blake3  # here: training and serving hosts need not have it.
-  digest = blake3.blake3(max_threads=threads)
+  digest = blake3_module().blake3(max_threads=threads)
   size = os.path.getsize(path)
   for start in range(0, size, _READ_BYTES):
     digest.update(_map(path, start, min(_READ_BYTES, size - start)))  # releases the GIL.

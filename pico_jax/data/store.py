@@ -111,14 +111,15 @@ class StoreWriter:
 
   Use as a context manager; ``commit(meta)`` writes ``meta.json`` and renames the
   temporary directory to ``path``. Leaving the block without a commit (an exception)
-  deletes the temporary directory.
+  deletes the temporary directory. With ``allocate=False`` the columns are allocated
+  later, by ``allocate()`` (e.g. on a thread, inside the block).
 
   Attributes:
     columns: {split: {key: np.memmap of shape [rows] + tail}}.
   """
 
   def __init__(self, path: str, schema: Schema, rows: dict[str, int], *,
-               overwrite: bool = False):
+               overwrite: bool = False, allocate: bool = True):
     self.path = os.path.abspath(path)
     parent = os.path.dirname(self.path)
     if os.path.exists(self.path) and not overwrite:
@@ -128,22 +129,26 @@ class StoreWriter:
     self.schema, self.rows = schema, dict(rows)
     self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.path)}.tmp-", dir=parent)
     self.overwrite = overwrite
-    self.columns: dict[str, dict[str, np.ndarray]] = {}
-    specs = [(split, key, dtype, (n,) + tail) for split, n in self.rows.items()
-             for key, (tail, dtype) in column_specs(schema).items()]
-    for split in self.rows:
-      os.makedirs(os.path.join(self.tmp, split))
-      self.columns[split] = {}
+    self.columns: dict[str, dict[str, np.ndarray]] = {split: {} for split in self.rows}
     try:
-      # Written side by side: the kernel's page allocation is most of the time.
-      with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        maps = pool.map(lambda spec: _zeroed_map(
-            os.path.join(self.tmp, spec[0], f"{spec[1]}.npy"), *spec[2:]), specs)
-        for (split, key, _, _), column in zip(specs, maps):
-          self.columns[split][key] = column
+      for split in self.rows:
+        os.makedirs(os.path.join(self.tmp, split))
+      if allocate:
+        self.allocate()
     except BaseException:  # e.g. a full disk: no temporary directory is left.
       self.abort()
       raise
+
+  def allocate(self) -> None:
+    """Creates every column as a file of zeros, mapped for writing."""
+    specs = [(split, key, dtype, (n,) + tail) for split, n in self.rows.items()
+             for key, (tail, dtype) in column_specs(self.schema).items()]
+    # Written side by side: the kernel's page allocation is most of the time.
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+      maps = pool.map(lambda spec: _zeroed_map(
+          os.path.join(self.tmp, spec[0], f"{spec[1]}.npy"), *spec[2:]), specs)
+      for (split, key, _, _), column in zip(specs, maps):
+        self.columns[split][key] = column
 
   def __enter__(self):
     return self

@@ -98,7 +98,7 @@ class Spill:
   """
 
   def __init__(self, memory_bytes: int = 0):
-    self._held_at_all = memory_bytes > 0  # Spill(0) holds nothing, not even 0 bytes.
+    self._holds = memory_bytes > 0  # Spill(0) holds nothing, not even an empty block.
     self._free = memory_bytes
     self._held: dict[str, readers.Chunk] = {}
     self._lock = threading.Lock()
@@ -106,7 +106,7 @@ class Spill:
   def put(self, path: str, chunk: readers.Chunk) -> None:
     size = _held_bytes(chunk)
     with self._lock:
-      if self._held_at_all and size <= self._free:
+      if self._holds and size <= self._free:
         self._free -= size
         self._held[path] = chunk
         return

@@ -3,8 +3,8 @@
 A block (``readers.Block``) is parsed once: ``count_block`` parses and checks it,
 returns its training statistics and spills the parsed rows (the ids factorized per
 block, the dense values raw: ``spill.Spill`` holds them in memory up to a budget, in
-files beyond it); after the vocabularies are built, ``write_block`` takes the spilled block
-back, encodes it and writes it into the store's memory-mapped columns. Workers are
+files beyond it); after the vocabularies are built, ``write_block`` takes the spilled
+block back, encodes it and writes it into the store's memory-mapped columns. Workers are
 threads of the preprocessing process by default (the parse, the hashing, file I/O and
 the large array operations release the GIL, and a thread costs nothing to start); as
 processes, only offsets, per-row split ids and small statistics travel between them:
@@ -34,8 +34,8 @@ import tqdm
 
 from pico_jax.data import kernels, readers
 from pico_jax.data.encode import Encoder, factorize
-from pico_jax.data.spill import FILES, Spill
 from pico_jax.data.errors import DataError
+from pico_jax.data.spill import FILES, Spill
 
 _INT32 = np.iinfo(np.int32)
 
@@ -191,13 +191,13 @@ def thread_budget(requested: int, processes: bool = False) -> int:
   return max(1, min(requested or default_workers(processes), os.cpu_count() or 1))
 
 
-def effective_workers(requested: int, input_bytes: int, num_blocks: int,
+def effective_workers(threads: int, input_bytes: int, num_blocks: int,
                       processes: bool = False) -> int:
-  """Workers to use: ``thread_budget(requested)``, but never more than the blocks,
+  """Workers to use: ``threads`` (``thread_budget``), but never more than the blocks,
   nor, for processes, one per ``MIN_BYTES_PER_WORKER`` of input, so that more workers
   are never slower than one."""
   by_size = -(-input_bytes // MIN_BYTES_PER_WORKER) if processes else num_blocks
-  return max(1, min(thread_budget(requested, processes), num_blocks, by_size))
+  return max(1, min(threads, num_blocks, by_size))
 
 
 class WorkerDied(RuntimeError):

@@ -192,31 +192,32 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
     raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
   spill_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.spill-",
                                dir=_spill_parent(output))
+  # Decided once: for processes it follows the load average, which moves.
+  threads = blocks.thread_budget(options.workers, options.processes)
   # The inputs' digests are computed on a thread of its own, beside the passes.
   hasher = concurrent.futures.ThreadPoolExecutor(1)
   try:
-    sources = _scan(fmt, inputs, options, progress, hasher)
+    sources = _scan(fmt, inputs, options, progress, hasher, threads)
     log(f"scanned {len(sources)} file(s), {sum(s.rows for s in sources):,} rows")
     workers = blocks.effective_workers(
-        options.workers, sum(s.info.size for s in sources),
+        threads, sum(s.info.size for s in sources),
         sum(len(s.info.blocks) for s in sources), options.processes)
     with blocks.Runner(workers, threads=not options.processes) as runner:
       return _build(fmt, sources, inputs, output, options, overwrite, log, progress,
-                    runner, spill_dir)
+                    runner, threads, spill_dir)
   finally:
     hasher.shutdown(wait=True, cancel_futures=True)
     shutil.rmtree(spill_dir, ignore_errors=True)
 
 
-def _scan(fmt, inputs, options, progress, hasher) -> list[_Source]:
+def _scan(fmt, inputs, options, progress, hasher, threads) -> list[_Source]:
   """Pass 0: every file's first line checked, then scanned (its hash started on
-  ``hasher``)."""
+  ``hasher``, with one thread per ``readers.WORKERS_PER_HASH_THREAD`` of ``threads``)."""
   pairs = parse_inputs(inputs)
   layouts = [fmt.inspect(path, readers.first_line(path)) for _, path in pairs]
   bar = blocks.Progress(sum(os.path.getsize(p) for _, p in pairs), "scan", "B", progress)
   sources, offset, digests = [], 0, {}
-  hash_threads = -(-blocks.thread_budget(options.workers, options.processes)
-                   // readers.WORKERS_PER_HASH_THREAD)
+  hash_threads = -(-threads // readers.WORKERS_PER_HASH_THREAD)
   for (split, path), layout in zip(pairs, layouts):
     if path not in digests:
       digests[path] = hasher.submit(readers.hash_file, path, hash_threads)
@@ -356,7 +357,7 @@ def _vocabularies(counters: dict[str, Counter], options: Options, hashed: dict[s
 
 
 def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runner,
-           spill_dir):
+           threads, spill_dir):
   policy = options.policy or fmt.default_policy
   split_of, rank_of = assign(sources, options.seed, options.split_fractions,
                              options.val_fraction)
@@ -365,7 +366,6 @@ def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runn
   if unknown:
     raise ValueError(f"hash_buckets names unknown fields {sorted(unknown)}")
   spill = Spill(options.spill_memory if runner.in_process else 0)
-  threads = blocks.thread_budget(options.workers, options.processes)
   counts = _count_pass(fmt, sources, split_of, policy, runner, threads, spill, spill_dir,
                        progress)
   keep, max_mult, moments = counts.keep, counts.max_mult, counts.moments

@@ -1,11 +1,11 @@
 """Reading raw files: scanning, cutting into blocks of lines, and the ``Format`` contract.
 
 A reader never holds a whole file. ``scan_file`` reads a file once (line count and the
-byte offset where every block of ``block_rows`` data lines starts); a block is
-then read by offset (``read_block``: a view of the mapped file, not a copy), so
-parallel workers read their own blocks and only offsets travel between processes.
-``Format.parse_block`` turns a block into a ``Chunk`` of whole-array numpy columns. Every problem raises ``DataError`` naming the
-file, the 1-based line and the column.
+byte offset where every block of ``block_rows`` data lines starts); a block is then
+read by offset (``read_block``: a view of the mapped file, not a copy), so parallel
+workers read their own blocks and only offsets travel between processes.
+``Format.parse_block`` turns a block into a ``Chunk`` of whole-array numpy columns.
+Every problem raises ``DataError`` naming the file, the 1-based line and the column.
 
 The formats themselves live in ``numeric_csv`` (every column numeric: AliExpress,
 Ali-CCP CSV and AITM) and ``text_formats`` (Census-Income raw lines, Ali-CCP

@@ -19,7 +19,7 @@
    CSV reader with one and with all threads, pico_jax's compiled parser
    (``numeric_parse``) on one thread and on one thread per CPU, pandas.
 4. ``--predict``: trains the default model for a few steps on the store and times
-   ``launch/predict.py``'s scoring of the same CSV (parse, encode, model, output).
+   ``pico_jax.predict``'s scoring of the same CSV (parse, encode, model, output).
 
 Prints one JSON object: rows/s of each (best of the repeats), every repeat's wall and
 CPU seconds (workers included) and the ratios to pandas (pandas time / ours: above 1
@@ -41,7 +41,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from pico_jax.data import numeric_parse, preprocess, w2
+from pico_jax.data import w2
+from pico_jax.ingest import numeric_parse, preprocess
 
 HEADER = (["search_id"] + [f"categorical_{i}" for i in range(1, 17)]
           + [f"numerical_{i}" for i in range(1, 64)] + ["click", "conversion"])
@@ -136,10 +137,10 @@ def _pandas_runs(csv: str, pandas) -> dict:
 
 def _time_predict(store_dir: str, csv: str, args) -> dict:
   """Trains the default recipe (AliExpress store, few steps) and times
-  ``launch/predict.py``'s scoring of the CSV: rows/s of parse + encode + model +
+  ``pico_jax.predict``'s scoring of the CSV: rows/s of parse + encode + model +
   output, after the model is restored and compiled."""
-  import importlib.util
   from configs import default
+  from pico_jax import predict
   from pico_jax.train.loop import train_and_evaluate
   config = default.get_config()
   config.data.name, config.data.path = "store", store_dir
@@ -147,17 +148,13 @@ def _time_predict(store_dir: str, csv: str, args) -> dict:
   config.checkpoint.enabled = True
   workdir = os.path.join(args.workdir, "run")
   train_and_evaluate(config, workdir)
-  spec = importlib.util.spec_from_file_location("predict_cli", os.path.join(
-      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", "predict.py"))
-  cli = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(cli)
-  score, path = cli.checkpoint_scorer(workdir, "latest")
+  score, path = predict.checkpoint_scorer(workdir, "latest")
   out = os.path.join(args.workdir, "preds.csv")
   warmup = os.path.join(args.workdir, "warmup.csv")
   with open(csv, "rb") as f, open(warmup, "wb") as g:
     g.writelines(f.readline() for _ in range(1001))
-  cli.predict_files(score, path, [warmup], out)  # compiles the model.
-  summary = cli.predict_files(score, path, [csv], out, log=lambda m: None)
+  predict.predict_files(score, path, [warmup], out)  # compiles the model.
+  summary = predict.predict_files(score, path, [csv], out, log=lambda m: None)
   return {"rows_per_s": round(summary["rows_per_s"]),
           "eval_batch_size": config.train.eval_batch_size,
           "model": f"{config.model.backbone}, embed_dim {config.model.embed_dim}"}
@@ -184,7 +181,7 @@ def main():
   p.add_argument("--repeat", type=int, default=3)
   p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                  help="workers (threads) timed beside 1 worker")
-  p.add_argument("--predict", action="store_true", help="also time launch/predict.py")
+  p.add_argument("--predict", action="store_true", help="also time pico_jax.predict (launch/predict.py)")
   p.add_argument("--parsers", action="store_true",
                  help="also time the candidate CSV parsers alone (parse only)")
   p.add_argument("--workdir", default="/tmp/pico_preprocess_bench")

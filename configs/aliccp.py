@@ -1,7 +1,8 @@
 """Ali-CCP on a columnar store (any of the three formats).
 
-  python launch/preprocess.py --format aliccp_aitm --input train=ctr_cvr.train \
-      val=ctr_cvr.dev test=ctr_cvr.test --conversion-without-click drop --output data/aliccp
+  python launch/preprocess.py --format=aliccp_aitm --output=data/aliccp \
+      --input=train=ctr_cvr.train,val=ctr_cvr.dev,test=ctr_cvr.test \
+      --conversion_without_click=drop
   python launch/train.py --config=configs/aliccp.py:backbone=mmoe,pico=true \
       --config.data.path=data/aliccp
 

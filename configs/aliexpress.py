@@ -1,7 +1,7 @@
 """AliExpress (MTReclib processed CSV) on a columnar store.
 
-  python launch/preprocess.py --format aliexpress --input train.csv test.csv \
-      --output data/aliexpress_nl
+  python launch/preprocess.py --format=aliexpress --input=train.csv,test.csv \
+      --output=data/aliexpress_nl
   python launch/train.py --config=configs/aliexpress.py:backbone=mmoe,pico=true \
       --config.data.path=data/aliexpress_nl
 

@@ -5,43 +5,29 @@
 
 Rebuilds the model from the config saved in the checkpoint, predicts every row of the
 split (gathered over processes) and prints and writes the metrics of
-``pico_jax.metrics.task_metrics`` as JSON (default: DIR/eval_<split>_step<STEP>.json).
-``--correct_pos_weight`` scores the probabilities corrected for the run's
-``loss.pos_weight`` (``pico_jax/calibration.py``).
+``pico_jax.metrics.task_metrics`` as JSON (default: DIR/eval_<split>_step<STEP>.json);
+see ``pico_jax.train.restore.evaluate``.
 """
 
 import json
-import logging
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from pico_jax import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's work directory.", required=True)
+_SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "best | latest | a step number.")
+_OUTPUT = flags.DEFINE_string("output", "", "JSON file (default in the work directory).")
+_CORRECT = flags.DEFINE_bool("correct_pos_weight", False, "Score probabilities corrected "
+                             "for the run's loss.pos_weight.")
 
 
-def evaluate(workdir: str, split: str = "test", checkpoint: str = "latest",
-             correct_pos_weight: bool = False) -> dict:
-  """The metrics of ``split`` for the chosen checkpoint, with ``step``/``split`` keys.
-
-  The run is rebuilt from its saved config by ``pico_jax.train.trainer.build``, so the
-  evaluation is compiled as in training (same shardings, same eval step).
-  """
-  from pico_jax.train.restore import restore
-  trainer = restore(workdir, checkpoint)
-  result, predictions = trainer.evaluate(split)
-  if correct_pos_weight:
-    from pico_jax import calibration, metrics
-    predictions = calibration.correct_predictions(predictions, trainer.config.loss)
-    result = metrics.task_metrics(predictions, trainer.dataset.splits[split],
-                                  trainer.dataset.info)
-  return {"step": trainer.resumed_step, "split": split, "checkpoint": checkpoint,
-          "pos_weight_corrected": correct_pos_weight, **result}
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", force=True)
-  result = evaluate(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value, _CORRECT.value)
+def main():
+  from pico_jax.train.restore import evaluate
   from pico_jax.workdir import eval_file
+  result = evaluate(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value, _CORRECT.value)
   output = _OUTPUT.value or eval_file(_WORKDIR.value, result["split"], result["step"])
   text = json.dumps(result, indent=2, sort_keys=True)
   print(text)
@@ -51,11 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # Flags are defined only when run as a script, so tests can import several CLIs.
-  _WORKDIR = flags.DEFINE_string("workdir", None, "The run's work directory.", required=True)
-  _SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate.")
-  _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "best | latest | a step number.")
-  _OUTPUT = flags.DEFINE_string("output", "", "JSON file (default in the work directory).")
-  _CORRECT = flags.DEFINE_bool("correct_pos_weight", False, "Score probabilities corrected "
-                               "for the run's loss.pos_weight.")
-  app.run(main)
+  cli.run(main)

@@ -20,249 +20,44 @@ that run where it stopped (early stopping replays its ``metrics.jsonl``) and fin
 the grid. ``--report_only`` tabulates the finished runs without training. Results:
 ``DIR/results.csv`` (every metric, mean and std over seeds), ``DIR/results.md`` (the
 main metrics as mean ± std; ``--baseline`` deltas as mean [paired 95% t interval over
-seeds], ``pico_jax/stats.py``) and ``DIR/runs.csv`` (every run).
+seeds], ``pico_jax/stats.py``) and ``DIR/runs.csv`` (every run). The grid itself is
+``pico_jax.experiments.run_grid``.
 """
 
-import ast
-import csv
-import itertools
-import json
-import logging
-import math
 import os
-import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from pico_jax import cli
 
-DEFAULT_COLUMNS = ("ctr_auc", "cvr_auc", "cvr_auc_all_rows", "ctcvr_auc", "oracle_ctr_auc",
-                   "oracle_cvr_auc", "oracle_ctcvr_auc", "ctcvr_logloss", "ctr_pcoc",
-                   "cvr_pcoc", "ctcvr_pcoc", "tau_mean", "tau_rho_spearman", "best_step")
-
-
-def _literal(text: str):
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
-def parse_axis(spec: str) -> tuple[str, list]:
-  """``KEY=V1,V2`` -> (KEY, [V1, V2]); values as Python literals where they parse."""
-  key, sep, values = spec.partition("=")
-  if not sep or not key or not values:
-    raise ValueError(f"--grid={spec!r}: expected KEY=V1,V2,...")
-  return key, [_literal(v) for v in values.split(",")]
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Base config.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Experiment directory.", required=True)
+_GRID = flags.DEFINE_multi_string("grid", [], "KEY=V1,V2,...: one axis of the grid.")
+_VARIANT = flags.DEFINE_multi_string("variant", [], "NAME:KEY=V;KEY=V: a named setting.")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds (config.seed) of every grid point.")
+_EPOCHS = flags.DEFINE_integer("epochs", 0, "> 0: train.steps = epochs of the train "
+                               "split, evaluated once per epoch.")
+_COLUMNS = flags.DEFINE_list("columns", [], "Metrics of the markdown table (default: "
+                             "the task AUCs, oracle AUCs and tau summaries present).")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Tabulate the finished runs "
+                                 "without training the others.")
+_BASELINE = flags.DEFINE_string("baseline", "", "A variant name: adds delta_<metric> "
+                                "columns, each run minus that variant's run of the same "
+                                "seed and grid point.")
 
 
-def parse_variant(spec: str) -> tuple[str, dict]:
-  """``NAME:KEY=V;KEY=V`` -> (NAME, {KEY: V})."""
-  name, sep, body = spec.partition(":")
-  if not sep or not name:
-    raise ValueError(f"--variant={spec!r}: expected NAME:KEY=V;KEY=V")
-  settings = {}
-  for item in filter(None, body.split(";")):
-    key, eq, value = item.partition("=")
-    if not eq:
-      raise ValueError(f"--variant={spec!r}: {item!r} is not KEY=V")
-    settings[key.strip()] = _literal(value.strip())
-  return name, settings
-
-
-def grid_points(grid: list[tuple[str, list]], variants: list[tuple[str, dict]]):
-  """Every point of the grid: (name parts, {key: value})."""
-  axes = [[(f"{key.rsplit('.', 1)[-1]}={v}", {key: v}) for v in values]
-          for key, values in grid]
-  if variants:
-    axes.append([(name, settings) for name, settings in variants])
-  for combo in itertools.product(*axes):
-    names = [n for n, _ in combo]
-    settings = {}
-    for _, s in combo:
-      settings.update(s)
-    yield names, settings
-
-
-DELTA_METRICS = ("ctr_auc", "cvr_auc", "cvr_auc_all_rows", "ctcvr_auc", "mean_auc")
-
-
-def add_deltas(runs: list[dict], baseline: str) -> list[dict]:
-  """Adds ``delta_<metric>`` = run - run of grid point ``baseline`` with the same seed
-  (and the same other grid coordinates): paired differences, free of the seed-to-seed
-  variation that both runs share (synthetic data are drawn from the seed)."""
-  def key(r, point):
-    return (point, r["seed"])
-  def peer(point):  # the baseline of a point: its name with the variant replaced.
-    parts = point.split(" ")
-    return " ".join(parts[:-1] + [baseline]) if len(parts) > 1 else baseline
-  index = {key(r, r["point"]): r for r in runs}
-  names = {r["point"].split(" ")[-1] for r in runs}
-  if baseline not in names:
-    raise ValueError(f"--baseline={baseline!r}: not a variant of this grid {sorted(names)}")
-  for r in runs:
-    base = index.get(key(r, peer(r["point"])))
-    if base is None:
-      continue
-    for m in DELTA_METRICS:
-      if m in r and m in base:
-        r[f"delta_{m}"] = r[m] - base[m]
-  return runs
-
-
-def summarize(runs: list[dict], group_keys: list[str]) -> list[dict]:
-  """Mean and sample std (ddof=1) over seeds of every numeric field, per grid point."""
-  groups = {}
-  for r in runs:
-    groups.setdefault(tuple(r[k] for k in group_keys), []).append(r)
-  rows = []
-  for key, members in groups.items():
-    row = dict(zip(group_keys, key), seeds=len(members))
-    metrics = sorted({m for r in members for m, v in r.items()
-                      if isinstance(v, float) and m not in group_keys})
-    for m in metrics:
-      values = [r[m] for r in members if m in r and not math.isnan(r[m])]
-      mean = sum(values) / len(values) if values else float("nan")
-      std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-             if len(values) > 1 else float("nan"))
-      row[f"{m}_mean"], row[f"{m}_std"] = mean, std
-    rows.append(row)
-  return rows
-
-
-def markdown(rows: list[dict], group_keys: list[str], columns) -> str:
-  """The table: mean ± std over seeds; a paired delta with a 95% interval reads
-  ``mean [low, high]`` (``*``: the interval excludes 0; see ``pico_jax.stats``)."""
-  from pico_jax.stats import format_interval
-  columns = [c for c in columns if any(f"{c}_mean" in r for r in rows)]
-  header = group_keys + ["seeds"] + columns
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for r in rows:
-    cells = [str(r[k]) for k in group_keys] + [str(r["seeds"])]
-    for c in columns:
-      mean, std = r.get(f"{c}_mean", float("nan")), r.get(f"{c}_std", float("nan"))
-      digits = 0 if c == "best_step" else 4
-      if math.isnan(mean):
-        cells.append("–")
-        continue
-      if f"{c}_ci_low" in r:
-        cells.append(format_interval(mean, r[f"{c}_ci_low"], r[f"{c}_ci_high"], digits))
-        continue
-      cells.append(f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}"))
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
-
-
-def _write_csv(path: str, rows: list[dict]):
-  fields = []
-  for r in rows:
-    fields += [k for k in r if k not in fields]
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-
-
-def _train_run(base, names, settings, seed, run_dir) -> dict | None:
-  """Trains (or resumes) one run of the grid; its result row, or None when preempted.
-
-  An interrupted run resumes from its checkpoint with its ``metrics.jsonl`` kept (the
-  loop drops the records after the checkpoint), so early stopping replays exactly the
-  evaluations that led to that checkpoint.
-  """
+def main():
   from pico_jax import config as config_lib
-  from pico_jax.train.loop import train_and_evaluate
-  from pico_jax.train.reporting import read_metrics
-  config = base.copy_and_resolve_references()
-  for key, value in settings.items():
-    config_lib.set_value(config, key, value)
-  config.seed = int(seed)
-  logging.getLogger("pico_jax").warning("run %s", os.path.basename(run_dir))
-  start = time.time()
-  test = train_and_evaluate(config, run_dir)
-  if test is None:
-    return None
-  records = read_metrics(run_dir)
-  test_step = [r["step"] for r in records if r["split"] == "test"][-1]
-  return {"point": " ".join(names) or "base", "seed": int(seed),
-          **{k: float(v) for k, v in test.items()},
-          "best_step": float(test_step), "steps_trained": float(max(r["step"] for r in records)),
-          "wall_seconds": time.time() - start, "settings": settings}
-
-
-def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
-             columns=DEFAULT_COLUMNS, train: bool = True,
-             baseline: str = "") -> list[dict] | None:
-  """Trains every (grid point, seed) not yet done; returns every run's result row, or
-  None when a run was preempted (SIGTERM): its state is saved, no table is written, and
-  the same call resumes the grid.
-
-  With ``train=False`` nothing is trained: the tables cover the finished runs only.
-  """
-  from pico_jax.data import load_dataset
-  from pico_jax.train.periodic import PreemptionWatch
-  from pico_jax.workdir import RESULT_FILE
-  log = logging.getLogger("pico_jax")
-  os.makedirs(workdir, exist_ok=True)
-  if epochs:
-    # The train split size fixes the epoch length (the data do not depend on the seed
-    # of a store; for synthetic data every seed has the same split sizes).
-    train_rows = len(next(iter(load_dataset(base).splits["train"].values())))
-    steps_per_epoch = train_rows // base.train.batch_size
-    base.train.steps = epochs * steps_per_epoch
-    base.train.eval_every = steps_per_epoch
-    base.train.log_every = min(base.train.log_every, steps_per_epoch)
-  points = list(grid_points(grid, variants))
-  group_keys = ["point"]
-  rows = []
-  with PreemptionWatch() as watch:  # a SIGTERM between two runs also stops the grid.
-    for names, settings in points:
-      for seed in seeds:
-        name = "_".join(names + [f"seed={seed}"]) if names else f"seed={seed}"
-        result_path = os.path.join(workdir, name, RESULT_FILE)
-        if os.path.exists(result_path):
-          with open(result_path) as f:
-            result = json.load(f)
-        elif not train:
-          continue
-        else:
-          result = None if watch.requested(0) else _train_run(
-              base, names, settings, seed, os.path.join(workdir, name))
-          if result is None:
-            log.warning("preempted (SIGTERM) at run %s; rerun the same command to resume "
-                        "the grid", name)
-            return None
-          with open(result_path + ".tmp", "w") as f:
-            json.dump(result, f, indent=2)
-          os.replace(result_path + ".tmp", result_path)  # never a half-written result.
-        rows.append(result)
-  if not rows:
-    raise ValueError(f"{workdir}: no finished run to tabulate")
-  from pico_jax import stats
-  rows = stats.add_oracle_gaps([dict(r) for r in rows])
-  if baseline:
-    rows = add_deltas(rows, baseline)
-  summary = stats.add_intervals(summarize(rows, group_keys), rows)
-  _write_csv(os.path.join(workdir, "runs.csv"),
-             [{k: v for k, v in r.items() if k != "settings"} for r in rows])
-  _write_csv(os.path.join(workdir, "results.csv"), summary)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(markdown(summary, group_keys, columns))
-  return rows
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", force=True)
-  logging.getLogger("pico_jax").setLevel(logging.INFO)
-  from pico_jax import config as config_lib
+  from pico_jax import experiments
   base = config_lib.validate(_CONFIG.value)
-  grid = [parse_axis(spec) for spec in _GRID.value]
-  variants = [parse_variant(spec) for spec in _VARIANT.value]
-  rows = run_grid(base, _WORKDIR.value, grid, variants, [int(s) for s in _SEEDS.value],
-                  _EPOCHS.value, _COLUMNS.value or DEFAULT_COLUMNS, not _REPORT_ONLY.value,
-                  _BASELINE.value)
+  grid = [experiments.parse_axis(spec) for spec in _GRID.value]
+  variants = [experiments.parse_variant(spec) for spec in _VARIANT.value]
+  rows = experiments.run_grid(base, _WORKDIR.value, grid, variants,
+                              [int(s) for s in _SEEDS.value], _EPOCHS.value,
+                              _COLUMNS.value or experiments.DEFAULT_COLUMNS,
+                              not _REPORT_ONLY.value, _BASELINE.value)
   if rows is None:
     return  # preempted: exit status 0, the rerun resumes.
   with open(os.path.join(_WORKDIR.value, "results.md")) as f:
@@ -270,20 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # Flags are defined only when run as a script, so tests can import several CLIs.
-  _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Base config.",
-                                            lock_config=True)
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Experiment directory.", required=True)
-  _GRID = flags.DEFINE_multi_string("grid", [], "KEY=V1,V2,...: one axis of the grid.")
-  _VARIANT = flags.DEFINE_multi_string("variant", [], "NAME:KEY=V;KEY=V: a named setting.")
-  _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds (config.seed) of every grid point.")
-  _EPOCHS = flags.DEFINE_integer("epochs", 0, "> 0: train.steps = epochs of the train "
-                                 "split, evaluated once per epoch.")
-  _COLUMNS = flags.DEFINE_list("columns", [], "Metrics of the markdown table (default: "
-                               "the task AUCs, oracle AUCs and tau summaries present).")
-  _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Tabulate the finished runs "
-                                  "without training the others.")
-  _BASELINE = flags.DEFINE_string("baseline", "", "A variant name: adds delta_<metric> "
-                                  "columns, each run minus that variant's run of the same "
-                                  "seed and grid point.")
-  app.run(main)
+  cli.run(main)

@@ -10,15 +10,20 @@ manifest and ``serve.py``, which loads and runs it with jax and numpy only.
 ``loss.pos_weight`` (``pico_jax/calibration.py``).
 """
 
-import logging
+from absl import flags
 
-from absl import app, flags
+from pico_jax import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's work directory.", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Artifact directory (default: "
+                              "WORKDIR/export/step_<STEP>).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "best | latest | a step number.")
+_PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "Lowering platforms.")
+_CORRECT = flags.DEFINE_bool("correct_pos_weight", False, "Serve probabilities corrected "
+                             "for the run's loss.pos_weight.")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", force=True)
+def main():
   from pico_jax import export
   from pico_jax.models import serving_params
   from pico_jax.train.restore import restore
@@ -38,12 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # Flags are defined only when run as a script, so tests can import several CLIs.
-  _WORKDIR = flags.DEFINE_string("workdir", None, "The run's work directory.", required=True)
-  _OUTPUT = flags.DEFINE_string("output", None, "Artifact directory (default: "
-                                 "WORKDIR/export/step_<STEP>).")
-  _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "best | latest | a step number.")
-  _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "Lowering platforms.")
-  _CORRECT = flags.DEFINE_bool("correct_pos_weight", False, "Serve probabilities corrected "
-                               "for the run's loss.pos_weight.")
-  app.run(main)
+  cli.run(main)

@@ -1,233 +1,58 @@
 """Score raw log files with a trained run: one output row per input row.
 
-  python launch/predict.py --workdir RUN --checkpoint best --input raw.csv [more.csv] \
-      --format aliexpress --output preds.csv
-  python launch/predict.py --workdir RUN --artifact EXPORTED_DIR --input raw.csv \
-      --output preds.csv
+  python launch/predict.py --workdir=RUN --checkpoint=best --input=raw.csv[,more.csv] \
+      --format=aliexpress --output=preds.csv
+  python launch/predict.py --workdir=RUN --artifact=EXPORTED_DIR --input=raw.csv \
+      --output=preds.csv
 
-Raw rows are parsed and encoded by the preprocessing code (``Format.parse_block`` and
-``encode.Encoder``) with the vocabularies and dense transform saved in the run's
-training store, so a row scores exactly as it would from a store. Values the store
-never kept (unseen, rare or missing) map to their field's id 0; how many rows did, per
-field, is printed. The model is the run's checkpoint (``--checkpoint``, scored in
-batches over every local device) or an exported serving artifact (``--artifact``, see
-``pico_jax/export.py``).
-
-Output: a CSV with the format's id column (search_id for aliexpress, the sample id
-for aliccp_raw, quoted; none for the others), p_ctr, p_cvr and p_ctcvr (float32, in
-the shortest decimals that read back to the same value), in input order. The
-label columns are optional in the inputs of the numeric CSV formats; when the inputs
-have them, the metrics of ``pico_jax.metrics.task_metrics`` are printed as JSON. A bad
-row stops the run with its file, line and column, and nothing is left at --output.
+Raw rows are encoded with the vocabularies and dense transform of the run's training
+store and scored by the run's checkpoint (``--checkpoint``) or an exported serving
+artifact (``--artifact``); see ``pico_jax.predict`` for the output and the checks.
 """
 
-from __future__ import annotations
-
-import argparse
 import json
-import os
-import sys
-import tempfile
-import time
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
+from absl import flags
 
-from pico_jax import batch as B
-from pico_jax.data import blocks, formats, readers
-from pico_jax.data.encode import Encoder
-from pico_jax.data.errors import DataError
+from pico_jax import cli
 
-OUTPUTS = ("p_ctr", "p_cvr", "p_ctcvr")
-
-
-def checkpoint_scorer(workdir: str, which: str):
-  """(score(columns) -> predictions, store path) of the run's checkpoint ``which``.
-
-  ``score`` takes the model inputs of N rows (numpy, batch keys) and returns float32
-  [N] arrays, computed as ``launch/evaluate.py`` computes them: the run rebuilt by
-  ``restore`` (its compiled ``eval_step``, its mesh over every local device), fixed-size
-  padded batches from ``pipeline.eval_batches``. One process.
-  """
-  import jax
-  from pico_jax.data import pipeline
-  from pico_jax.train.restore import restore
-  trainer = restore(workdir, which)
-
-  def score(columns):
-    features = B.features(columns)
-    host = pipeline.eval_batches(features,
-                                 global_batch_size=trainer.config.train.eval_batch_size)
-    out = [jax.device_get(trainer.eval_step(trainer.state.params, batch))
-           for batch in trainer.place(host)]
-    n = pipeline.num_rows(features)
-    return {k: np.concatenate([np.asarray(o[k]) for o in out])[:n] for k in OUTPUTS}
-  return score, trainer.config.data.path
+_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's work directory.",
+                               required=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "best | latest | a step number "
+                                  "(default latest).")
+_ARTIFACT = flags.DEFINE_string("artifact", None, "An exported serving artifact directory "
+                                "(launch/export.py) instead of a checkpoint.")
+_INPUT = flags.DEFINE_list("input", None, "Raw files to score.", required=True)
+_FORMAT = flags.DEFINE_string("format", None, "The inputs' format (default: the training "
+                              "store's; must match).")
+_OUTPUT = flags.DEFINE_string("output", None, "CSV of predictions to write.", required=True)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 4096, "Rows per model call with "
+                                   "--artifact (checkpoints use the run's eval batch size).")
+_CHUNK_ROWS = flags.DEFINE_integer("chunk_rows", 65_536, "Lines parsed at a time.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "A progress bar on stderr.")
 
 
-def artifact_scorer(artifact: str, batch_size: int):
-  """(score, store path) of an exported serving artifact; every call runs fixed-size
-  batches (the last padded with row 0), so the artifact compiles once."""
-  from pico_jax import export
-  predict = export.load(artifact)
-  names = [i["name"] for i in predict.manifest["inputs"]]
-  config = predict.manifest.get("config") or {}
-  path = config.get("data", {}).get("path")
-  if not path:
-    raise ValueError(f"{artifact}: the manifest names no training store "
-                     "(config.data.path); it holds the vocabularies")
-
-  def score(columns):
-    n = len(next(iter(columns.values())))
-    out = {k: [] for k in OUTPUTS}
-    for start in range(0, n, batch_size):
-      rows = np.arange(start, start + batch_size)
-      rows = np.where(rows < n, rows, 0)
-      got = predict({k: columns[k][rows] for k in names})
-      for k in OUTPUTS:
-        out[k].append(got[k][:min(batch_size, n - start)])
-    return {k: np.concatenate(v) for k, v in out.items()}
-  return score, path
-
-
-def _id_column(ids: np.ndarray) -> pa.Array:
-  """The rows' id column for the output: int64 as is, bytes decoded (written quoted)."""
-  if ids.dtype.kind == "S":
-    return pa.array([readers.decode(i) for i in ids.tolist()], pa.string())
-  return pa.array(ids)
-
-
-def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
-                  chunk_rows: int = 65_536, progress: bool = False, log=print) -> dict:
-  """Scores every row of ``inputs`` into the CSV ``output``.
-
-  Returns a summary: ``rows``, ``id0`` (per field: rows whose id is 0), ``metrics``
-  (when every input has labels; else None), ``rows_per_s``.
-  Raises DataError (bad rows: file, line, column); ``output`` is then not written.
-  """
-  encoder, fmt, meta = Encoder.from_store(store_path)
-  if fmt_name and fmt_name != fmt.name:
-    raise ValueError(f"--format {fmt_name}: the run's store was built from format "
-                     f"{fmt.name}")
-  layouts = [fmt.inspect(p, readers.first_line(p), labels_optional=True) for p in inputs]
-  fields = encoder.sparse_names + encoder.multi_names
-  id0 = dict.fromkeys(fields, 0)
-  labeled = all(layout.labels for layout in layouts)
-  kept = {k: [] for k in (*OUTPUTS, B.CLICK, B.CONVERSION, B.GROUP)}
-  start, rows = time.perf_counter(), 0
-  out_dir = os.path.dirname(os.path.abspath(output))
-  bar = blocks.Progress(sum(os.path.getsize(p) for p in inputs), "predict", "B", progress)
-  names = ((fmt.id_name,) if fmt.id_name else ()) + OUTPUTS
-  with tempfile.NamedTemporaryFile("wb", dir=out_dir, delete=False,
-                                   prefix=f".{os.path.basename(output)}.tmp-") as f:
-    try:
-      f.write((",".join(names) + "\n").encode())
-      for path, layout in zip(inputs, layouts):
-        read = 0
-        for block, data in readers.stream_blocks(path, chunk_rows, layout.header):
-          if block is None:  # progress by bytes read: the ETA needs no line count.
-            bar.update(0, data - read)
-            read = data
-            continue
-          chunk = fmt.parse_block(path, data, block.first_line, layout, block.num_lines)
-          cols, _ = encoder.encode(chunk)
-          for j, name in enumerate(encoder.sparse_names):
-            id0[name] += int(np.sum(cols[B.SPARSE][:, j] == 0))
-          for g, name in enumerate(encoder.multi_names):  # values, not rows, here.
-            id0[name] += int(np.sum(cols[B.MULTI_MASK][:, g] & (cols[B.MULTI][:, g] == 0)))
-          preds = score(cols)
-          # Shortest decimals that read back to the same float32 (pyarrow's writer,
-          # a tenth of the time of formatting the rows in Python).
-          columns = [pa.array(np.asarray(preds[k], np.float32)) for k in OUTPUTS]
-          if fmt.id_name:
-            columns.insert(0, _id_column(chunk.ids))
-          pacsv.write_csv(pa.table(columns, names=names), f,
-                          pacsv.WriteOptions(include_header=False))
-          if labeled:  # kept only for the metrics: unlabeled input streams through.
-            for k in OUTPUTS:
-              kept[k].append(preds[k])
-            kept[B.CLICK].append(chunk.click)
-            kept[B.CONVERSION].append(chunk.conversion)
-            if chunk.group is not None:
-              kept[B.GROUP].append(chunk.group)
-          rows += len(chunk)
-          bar.update(len(chunk), 0)
-      f.close()
-      os.replace(f.name, output)
-    except BaseException:
-      f.close()
-      os.remove(f.name)
-      raise
-    finally:
-      bar.close()
-  elapsed = time.perf_counter() - start
-  metrics = None
-  if labeled and rows:
-    metrics = _metrics({k: np.concatenate(v) for k, v in kept.items() if v},
-                       meta.get("task_relation"), log)
-  return {"rows": rows, "id0": id0, "metrics": metrics,
-          "rows_per_s": rows / max(elapsed, 1e-9)}
-
-
-def _metrics(kept, task_relation, log) -> dict:
-  """``task_metrics`` of the scored rows. A row with conversion but no click is
-  excluded (and counted) where the conversion is post-click: CVR is scored on clicked
-  rows only."""
-  from pico_jax import metrics
-  info = {"task_relation": task_relation}
-  bad = (kept[B.CONVERSION] == 1) & (kept[B.CLICK] == 0)
-  if bad.any() and task_relation != "independent":
-    log(f"metrics: {int(bad.sum())} rows with conversion = 1 and click = 0 excluded")
-    kept = {k: v[~bad] for k, v in kept.items()}
-  preds = {k: kept[k] for k in OUTPUTS}
-  return metrics.task_metrics(preds, kept, info)
-
-
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--workdir", required=True, help="the trained run's work directory")
-  model = p.add_mutually_exclusive_group()
-  model.add_argument("--checkpoint", default=None, help="best | latest | a step number "
-                     "(default latest)")
-  model.add_argument("--artifact", default=None, help="an exported serving artifact "
-                     "directory (launch/export.py) instead of a checkpoint")
-  p.add_argument("--input", required=True, nargs="+", help="raw files to score")
-  p.add_argument("--format", default=None, choices=sorted(formats.FORMATS),
-                 help="the inputs' format (default: the training store's; must match)")
-  p.add_argument("--output", required=True, help="CSV of predictions to write")
-  p.add_argument("--batch-size", type=int, default=4096,
-                 help="rows per model call with --artifact (checkpoints use the run's "
-                      "eval batch size)")
-  p.add_argument("--chunk-rows", type=int, default=65_536, help="lines parsed at a time")
-  p.add_argument("--no-progress", action="store_true", help="no progress bar")
-  return p.parse_args(argv)
-
-
-def main(argv=None):
-  args = parse_args(argv)
-  try:
-    if args.artifact:
-      score, store_path = artifact_scorer(args.artifact, args.batch_size)
-    else:
-      score, store_path = checkpoint_scorer(args.workdir, args.checkpoint or "latest")
-    summary = predict_files(score, store_path, args.input, args.output,
-                            fmt_name=args.format, chunk_rows=args.chunk_rows,
-                            progress=not args.no_progress)
-  except (DataError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+def main():
+  from pico_jax import predict
+  if _ARTIFACT.value and _CHECKPOINT.value:
+    raise cli.FlagError("--artifact and --checkpoint: give one of them")
+  if _ARTIFACT.value:
+    score, store_path = predict.artifact_scorer(_ARTIFACT.value, _BATCH_SIZE.value)
+  else:
+    score, store_path = predict.checkpoint_scorer(_WORKDIR.value,
+                                                  _CHECKPOINT.value or "latest")
+  summary = predict.predict_files(score, store_path, _INPUT.value, _OUTPUT.value,
+                                  fmt_name=_FORMAT.value, chunk_rows=_CHUNK_ROWS.value,
+                                  progress=_PROGRESS.value)
   print(f"{summary['rows']:,} rows scored ({summary['rows_per_s']:,.0f} rows/s) "
-        f"-> {args.output}")
+        f"-> {_OUTPUT.value}")
   zeros = {k: v for k, v in summary["id0"].items() if v}
   print("ids mapped to id 0 (unseen, rare or missing) per field (rows for single-valued "
         "fields, values for multi-valued ones): "
         + (json.dumps(zeros) if zeros else "none"))
   if summary["metrics"] is not None:
     print(json.dumps(summary["metrics"], indent=2, sort_keys=True))
-  return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

@@ -11,10 +11,11 @@ same command with the same ``--workdir`` resumes from the latest checkpoint.
 """
 
 import logging
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from pico_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.",
                                           lock_config=True)
@@ -35,17 +36,10 @@ _LOCAL_DEVICES = flags.DEFINE_list(
     "local_device_ids", None, "Devices this process uses, e.g. 0 for one process per GPU.")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", force=True)
-  logging.getLogger("pico_jax").setLevel(logging.INFO)
-  from pico_jax.config import ConfigError, validate
-  try:
-    validate(_CONFIG.value)
-  except ConfigError as e:
-    raise app.UsageError(str(e)) from None
+def main():
   from pico_jax import parallel
+  from pico_jax.config import validate
+  validate(_CONFIG.value)
   # Before anything touches a device: the device list depends on it.
   parallel.initialize_distributed(
       _DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
@@ -54,16 +48,11 @@ def main(argv):
   # Logs from process 0 only; the others report warnings and errors.
   logging.getLogger("pico_jax").setLevel(
       logging.INFO if parallel.is_main_process() else logging.WARNING)
-  from pico_jax.train.checkpoint import CheckpointMismatchError, CheckpointRestoreError
   from pico_jax.train.loop import train_and_evaluate
-  try:
-    # None when preempted: the state is saved and the exit status is 0, so a scheduler
-    # that reruns the command resumes the run.
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (CheckpointMismatchError, CheckpointRestoreError) as e:
-    # The message says which checkpoint, what and what to do; a traceback adds nothing.
-    sys.exit(f"error: {type(e).__name__}: {e}")
+  # None when preempted: the state is saved and the exit status is 0, so a scheduler
+  # that reruns the command resumes the run.
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,6 +1,6 @@
 """Where each loss term pushes the model: per-term gradient norms by module.
 
-Used by ``launch/probe_interference.py`` to measure whether the contrastive term or
+``probe`` (``launch/probe_interference.py``) uses them to measure whether the contrastive term or
 the task losses dominate the gradient that reaches the CVR tower (RESULTS.md
 section 3). Adam scales each parameter's step by the running RMS of the *total*
 gradient, so the share of a term in that total at a module is what decides how much
@@ -8,6 +8,10 @@ of the module's update follows that term.
 """
 
 from __future__ import annotations
+
+import functools
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -57,3 +61,38 @@ def term_gradients(model, params, batch, objective: dict) -> dict[str, jax.Array
     out["cos_contrast_ctcvr_cvr_tower"] = (
         jnp.dot(a, b) / jnp.maximum(jnp.linalg.norm(a) * jnp.linalg.norm(b), 1e-30))
   return out
+
+
+def probe(config, workdir: str, every: int, num_batches: int) -> list[dict]:
+  """Trains (if needed) and returns one dict of mean gradient measures per checkpoint."""
+  import numpy as np
+  from pico_jax.data import pipeline
+  from pico_jax.train.loop import train_and_evaluate
+  from pico_jax.train.restore import restore
+  from pico_jax.train.step import objective_kwargs
+  from pico_jax.workdir import checkpoint_dir
+
+  config.checkpoint.enabled = True
+  config.checkpoint.every_steps = every
+  config.checkpoint.keep = config.train.steps // every + 1
+  steps = list(range(every, config.train.steps + 1, every))
+  if not os.path.exists(os.path.join(checkpoint_dir(workdir), str(steps[-1]))):
+    train_and_evaluate(config, workdir)
+  rows = []
+  for step in steps:
+    trainer = restore(workdir, str(step))
+    measure = jax.jit(functools.partial(term_gradients, trainer.model,
+                                        objective=objective_kwargs(trainer.config,
+                                                                   trainer.mesh)))
+    batches = pipeline.eval_batches(trainer.dataset.splits["train"],
+                                    global_batch_size=trainer.config.train.batch_size)
+    values = [measure(trainer.state.params, b) for b, _ in zip(batches, range(num_batches))]
+    trainer.close()
+    row = {"step": step, **{k: float(np.mean([v[k] for v in values])) for k in values[0]}}
+    if "grad_loss_contrast_cvr_tower" in row:
+      row["ratio_contrast_ctcvr_cvr_tower"] = (row["grad_loss_contrast_cvr_tower"]
+                                               / row["grad_loss_ctcvr_cvr_tower"])
+    rows.append(row)
+  with open(os.path.join(workdir, "probe.json"), "w") as f:
+    json.dump(rows, f, indent=2)
+  return rows

@@ -7,6 +7,8 @@
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
@@ -25,6 +27,15 @@ import pytest  # noqa: E402
 
 from configs import default as default_config  # noqa: E402
 from pico_jax import config as config_lib  # noqa: E402
+
+
+def run_script(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+  """``python launch/<name>.py ARGS`` in a child process (CPU, one device); its result,
+  stdout and stderr as text. Tests call the package's functions, and the scripts only
+  this way: a script is flag parsing and one call."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch", f"{name}.py"), *args],
+                        env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def small_config(**overrides):

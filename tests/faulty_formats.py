@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from pico_jax.data import numeric_csv
+from pico_jax.ingest import numeric_csv
 
 
 class DyingAliexpress(numeric_csv.CsvFormat):

@@ -1,38 +1,29 @@
-"""launch/experiment.py (grid, aggregation, resume) and launch/plot.py."""
+"""pico_jax.experiments (grid, aggregation, resume) and pico_jax.plots."""
 
 import csv
-import importlib.util
 import json
 import math
 import os
 
 import pytest
 
-from conftest import ROOT, small_config
+from conftest import small_config
 from pico_jax import config as config_lib
+from pico_jax import experiments
+from pico_jax import plots
 
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "launch", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-experiment = _load("experiment")
-plot = _load("plot")
 
 
 def test_parse_grid_and_variants():
-  assert experiment.parse_axis("model.backbone=mmoe,ple") == ("model.backbone", ["mmoe", "ple"])
-  assert experiment.parse_axis("contrast.weight=0.1,1") == ("contrast.weight", [0.1, 1])
-  assert experiment.parse_variant("sup:contrast.mode=personalized;contrast.tau_min=0.1") == (
+  assert experiments.parse_axis("model.backbone=mmoe,ple") == ("model.backbone", ["mmoe", "ple"])
+  assert experiments.parse_axis("contrast.weight=0.1,1") == ("contrast.weight", [0.1, 1])
+  assert experiments.parse_variant("sup:contrast.mode=personalized;contrast.tau_min=0.1") == (
       "sup", {"contrast.mode": "personalized", "contrast.tau_min": 0.1})
   with pytest.raises(ValueError, match="--grid='model.backbone': expected KEY=V1,V2"):
-    experiment.parse_axis("model.backbone")
+    experiments.parse_axis("model.backbone")
   with pytest.raises(ValueError, match="'contrast.mode' is not KEY=V"):
-    experiment.parse_variant("x:contrast.mode")
-  points = list(experiment.grid_points([("model.backbone", ["mmoe", "ple"])],
+    experiments.parse_variant("x:contrast.mode")
+  points = list(experiments.grid_points([("model.backbone", ["mmoe", "ple"])],
                                        [("a", {"contrast.mode": "none"}),
                                         ("b", {"contrast.mode": "fixed"})]))
   assert [names for names, _ in points] == [["backbone=mmoe", "a"], ["backbone=mmoe", "b"],
@@ -51,31 +42,31 @@ def test_paired_deltas_against_a_baseline_variant():
           {"point": "backbone=mmoe pico", "seed": 0, "ctr_auc": 0.71},
           {"point": "backbone=mmoe pico", "seed": 1, "ctr_auc": 0.83},
           {"point": "backbone=ple pico", "seed": 0, "ctr_auc": 0.9}]  # no ple baseline
-  out = experiment.add_deltas(runs, "none")
+  out = experiments.add_deltas(runs, "none")
   assert [r.get("delta_ctr_auc") for r in out] == pytest.approx([0, 0, 0.01, 0.03, None])
-  rows = experiment.summarize(out, ["point"])
+  rows = experiments.summarize(out, ["point"])
   assert rows[1]["delta_ctr_auc_mean"] == pytest.approx(0.02)
   # Paired deltas print as "mean [95% interval]" (t over the 2 seeds: 0.02 +- 12.71 * 0.01).
   from pico_jax import stats
-  table = experiment.markdown(stats.add_intervals(rows, out), ["point"], ["delta_ctr_auc"])
+  table = experiments.markdown(stats.add_intervals(rows, out), ["point"], ["delta_ctr_auc"])
   assert "| backbone=mmoe pico | 2 | +0.0200 [-0.1071, +0.1471] |" in table
   with pytest.raises(ValueError, match="--baseline='nope'"):
-    experiment.add_deltas(runs, "nope")
+    experiments.add_deltas(runs, "nope")
 
 
 def test_summarize_mean_and_sample_std():
   runs = [{"point": "a", "seed": 0, "auc": 0.7}, {"point": "a", "seed": 1, "auc": 0.8},
           {"point": "a", "seed": 2, "auc": 0.9, "x": float("nan")},
           {"point": "b", "seed": 0, "auc": 0.5}]
-  rows = experiment.summarize(runs, ["point"])
+  rows = experiments.summarize(runs, ["point"])
   a, b = rows
   assert a["seeds"] == 3 and a["auc_mean"] == pytest.approx(0.8)
   assert a["auc_std"] == pytest.approx(0.1)  # ddof=1
   assert math.isnan(a["x_mean"]) and math.isnan(b["auc_std"])
-  table = experiment.markdown(rows, ["point"], ["auc", "missing"])
+  table = experiments.markdown(rows, ["point"], ["auc", "missing"])
   assert "| a | 3 | 0.8000 ± 0.1000 |" in table and "missing" not in table
   assert "| b | 1 | 0.5000 |" in table
-  assert "| a | 3 | – |" in experiment.markdown(rows, ["point"], ["x"])
+  assert "| a | 3 | – |" in experiments.markdown(rows, ["point"], ["x"])
 
 
 def test_grid_runs_tabulates_resumes_and_plots(tmp_path, monkeypatch):
@@ -83,7 +74,7 @@ def test_grid_runs_tabulates_resumes_and_plots(tmp_path, monkeypatch):
                          "train.batch_size": 256})
   workdir = str(tmp_path)
   variants = [("pico", {"contrast.mode": "personalized"})]
-  (row,) = experiment.run_grid(base, workdir, [], variants, [0], epochs=2)
+  (row,) = experiments.run_grid(base, workdir, [], variants, [0], epochs=2)
   assert (row["point"], row["seed"]) == ("pico", 0)
   assert row["steps_trained"] == 50 and row["best_step"] in (25, 50)  # 6400 rows / 256
   with open(os.path.join(workdir, "results.csv")) as f:
@@ -99,16 +90,16 @@ def test_grid_runs_tabulates_resumes_and_plots(tmp_path, monkeypatch):
   # A second invocation reuses finished runs instead of training again.
   import pico_jax.train.loop as loop
   monkeypatch.setattr(loop, "train_and_evaluate", lambda *a: pytest.fail("retrained"))
-  (again,) = experiment.run_grid(base, workdir, [], variants, [0], epochs=2)
+  (again,) = experiments.run_grid(base, workdir, [], variants, [0], epochs=2)
   assert again["ctr_auc"] == row["ctr_auc"]
   # Report-only tabulates the finished runs and trains none of the others.
   more = variants + [("none", {"contrast.mode": "none"})]
-  (only,) = experiment.run_grid(base, workdir, [], more, [0, 1], epochs=2, train=False)
+  (only,) = experiments.run_grid(base, workdir, [], more, [0, 1], epochs=2, train=False)
   assert only["ctr_auc"] == row["ctr_auc"]
   with pytest.raises(ValueError, match="no finished run"):
-    experiment.run_grid(base, str(tmp_path / "empty"), [], more, [0], train=False)
+    experiments.run_grid(base, str(tmp_path / "empty"), [], more, [0], train=False)
 
-  written = plot.plot_run(os.path.join(workdir, "pico_seed=0"))
+  written = plots.plot_run(os.path.join(workdir, "pico_seed=0"))
   assert sorted(os.path.basename(p) for p in written) == [
       "eval_metrics.png", "reliability.png", "tau_distribution.png", "tau_segments.png",
       "training_curves.png"]
@@ -124,6 +115,6 @@ def test_plot_without_tau_or_segments(tmp_path):
     f.writelines(json.dumps(r) + "\n" for r in records)
   with open(tmp_path / "train_metrics.jsonl", "w") as f:
     f.write(json.dumps({"step": 5, "split": "train", "loss": 1.0}) + "\n")
-  written = plot.plot_run(str(tmp_path), str(tmp_path / "out"))
+  written = plots.plot_run(str(tmp_path), str(tmp_path / "out"))
   assert sorted(os.path.basename(p) for p in written) == ["eval_metrics.png",
                                                           "training_curves.png"]

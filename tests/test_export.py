@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, small_config
+from conftest import run_script, small_config
 from pico_jax import batch as B
 from pico_jax import export
 from pico_jax.models import serving_params
@@ -42,10 +42,8 @@ def trained(tmp_path_factory):
   config = small_config(**{"checkpoint.enabled": True, "checkpoint.every_steps": 10})
   train_and_evaluate(config, workdir)
   artifact = os.path.join(workdir, "artifact")
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "export.py"),
-                         f"--workdir={workdir}", f"--output={artifact}",
-                         "--platforms=cpu,cuda"], capture_output=True, text=True, env=env)
+  proc = run_script("export", f"--workdir={workdir}", f"--output={artifact}",
+                    "--platforms=cpu,cuda")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "contrast-head params dropped" in proc.stdout
   from pico_jax.train.restore import restore
@@ -103,14 +101,11 @@ def test_loaded_artifact_checks_its_inputs(trained):
 
 
 def test_evaluate_cli_agrees_with_the_training_loop(trained, tmp_path):
-  """launch/evaluate.py on the last checkpoint gives the loop's final test metrics."""
-  import importlib.util
+  """restore.evaluate (launch/evaluate.py) on the last checkpoint gives the loop's final
+  test metrics."""
+  from pico_jax.train.restore import evaluate
   workdir, _, _ = trained
-  spec = importlib.util.spec_from_file_location(
-      "evaluate_cli", os.path.join(ROOT, "launch", "evaluate.py"))
-  cli = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(cli)
-  result = cli.evaluate(workdir, "test", "best")
+  result = evaluate(workdir, "test", "best")
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
   (loop_test,) = [r for r in records if r["split"] == "test"]
@@ -118,13 +113,13 @@ def test_evaluate_cli_agrees_with_the_training_loop(trained, tmp_path):
   for key, value in loop_test.items():
     if key not in ("step", "split"):
       assert result[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
-  assert cli.evaluate(workdir, "val", "10")["step"] == 10
+  assert evaluate(workdir, "val", "10")["step"] == 10
   with pytest.raises(ValueError, match=r"--checkpoint=15: no such checkpoint.*\[10, 20\]"):
-    cli.evaluate(workdir, "test", "15")
+    evaluate(workdir, "test", "15")
   with pytest.raises(ValueError, match="--checkpoint='last'"):
-    cli.evaluate(workdir, "test", "last")
+    evaluate(workdir, "test", "last")
   with pytest.raises(FileNotFoundError, match="no checkpoints"):
-    cli.evaluate(str(tmp_path), "test", "latest")
+    evaluate(str(tmp_path), "test", "latest")
 
 
 def test_export_can_serve_pos_weight_corrected_probabilities(trained, tmp_path):

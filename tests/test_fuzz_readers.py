@@ -13,7 +13,8 @@ import os
 import numpy as np
 
 from pico_jax import batch as B
-from pico_jax.data import formats, preprocess, readers, store
+from pico_jax.ingest import formats, preprocess, readers
+from pico_jax.data import store
 from pico_jax.data.errors import DataError
 from shared_data import ALICCP, ALIEXPRESS, CENSUS, needs_data
 

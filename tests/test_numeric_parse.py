@@ -1,4 +1,4 @@
-"""The compiled numeric CSV parser (``pico_jax.data.numeric_parse``) against its
+"""The compiled numeric CSV parser (``pico_jax.ingest.numeric_parse``) against its
 reference, ``np.loadtxt``: whenever it returns arrays they are those of ``np.loadtxt``
 bit for bit (random spellings of floats, fast-path and hard, and of integer ids); for
 any token outside its grammar it returns None, never other values or an exception; it
@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from pico_jax.data import formats, numeric_parse, readers
+from pico_jax.ingest import formats, numeric_parse, readers
 from shared_data import ALICCP, ALIEXPRESS, needs_data
 
 MAX_EXACT_INT = 2 ** 53
@@ -325,7 +325,7 @@ def test_line_endings_and_buffers(tmp_path):
 
 BOUNDS_SCRIPT = """
 import numpy as np
-from pico_jax.data import kernels, numeric_parse
+from pico_jax.ingest import compiled, numeric_parse
 rng = np.random.default_rng(7)
 alphabet = np.frombuffer(b"0123456789.-+eE,\\r\\n x", np.uint8)
 ends = [b"1", b"1.", b"1e", b"1e-", b"-", b".", b"1\\r", b"1,", b"1,2\\r\\n", b"12345"]
@@ -337,10 +337,10 @@ for data in cases:
     for ints, floats in (((0,), (1,)), ((), (0, 1)), ((0, 1), ())):
       got = numeric_parse.parse_columns(data, n, ints, floats, 2, 1 + len(data) % 3)
       parsed += got is not None
-  kernels.count_newlines(data)
+  compiled.count_newlines(data)
 values = rng.integers(-5, 5, 1000)
-kernels.factorize_int64(values, rng.random(1000) < 0.5)
-kernels.factorize_int64(values * (1 << 40), rng.random(1000) < 0.5)
+compiled.factorize_int64(values, rng.random(1000) < 0.5)
+compiled.factorize_int64(values * (1 << 40), rng.random(1000) < 0.5)
 print("ok", parsed)
 """
 

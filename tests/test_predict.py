@@ -1,29 +1,22 @@
-"""launch/predict.py: raw rows scored with the run's vocabularies agree with
-launch/evaluate.py on the same rows (checkpoint and exported artifact), labels are
+"""pico_jax.predict (launch/predict.py): raw rows scored with the run's vocabularies agree with
+pico_jax.train.restore.evaluate on the same rows (checkpoint and exported artifact), labels are
 optional, and bad rows fail with file/line/column, leaving nothing at --output."""
 
 import csv
 import gzip
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, small_config
-from pico_jax.data import preprocess
+from conftest import run_script, small_config
+from pico_jax import predict
+from pico_jax.ingest import preprocess
+from pico_jax.train.restore import evaluate
 from shared_data import ALIEXPRESS, needs_data
 
 TRAIN = os.path.join(ALIEXPRESS, "fuxictr-tiny_mtl", "train.csv")
 TEST = os.path.join(ALIEXPRESS, "fuxictr-tiny_mtl", "test.csv")
-
-
-def _load_cli(name):
-  spec = importlib.util.spec_from_file_location(f"{name}_cli",
-                                                os.path.join(ROOT, "launch", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +46,9 @@ def run(tmp_path_factory):
 def test_encoder_from_store_reproduces_the_store(tmp_path, fmt, inputs, options):
   """Raw test rows encoded by the store's saved encoder are the store's test split,
   array for array (the test file is the test split, in file order)."""
-  from pico_jax.data import readers, store
-  from pico_jax.data.encode import Encoder
+  from pico_jax.ingest import readers
+  from pico_jax.data import store
+  from pico_jax.ingest.encode import Encoder
   from shared_data import ALICCP
   inputs = [p if os.path.isabs(p) else os.path.join(ALICCP, p) for p in inputs]
   preprocess.build_store(fmt, inputs, str(tmp_path / "s"),
@@ -78,13 +72,14 @@ def _read(path):
 
 
 @needs_data
-def test_scores_agree_with_evaluate(run, capsys):
+def test_scores_agree_with_evaluate(run):
   workdir, tmp = run
-  predict, evaluate = _load_cli("predict"), _load_cli("evaluate")
   out = str(tmp / "preds.csv")
-  assert predict.main(["--workdir", workdir, "--checkpoint", "latest", "--input", TEST,
-                       "--format", "aliexpress", "--output", out, "--no-progress"]) == 0
-  printed = capsys.readouterr().out
+  done = run_script("predict", f"--workdir={workdir}", "--checkpoint=latest",
+                    f"--input={TEST}", "--format=aliexpress", f"--output={out}",
+                    "--noprogress")
+  assert done.returncode == 0, done.stderr
+  printed = done.stdout
   assert "100 rows scored" in printed and "mapped to id 0" in printed
   header, rows = _read(out)
   assert header == ["search_id", "p_ctr", "p_cvr", "p_ctcvr"]
@@ -102,7 +97,7 @@ def test_scores_agree_with_evaluate(run, capsys):
   summary = predict.predict_files(
       predict.checkpoint_scorer(workdir, "latest")[0], store_dir, [TEST],
       str(tmp / "again.csv"), log=lambda m: None)
-  metrics = evaluate.evaluate(workdir, "test", "latest")
+  metrics = evaluate(workdir, "test", "latest")
   for key, value in summary["metrics"].items():  # NaN where a task has one class.
     np.testing.assert_allclose(value, metrics[key], rtol=0, atol=1e-6, err_msg=key)
   # min_count=2 leaves rare test values unseen: they are counted, per field.
@@ -129,17 +124,15 @@ def test_scores_agree_with_evaluate(run, capsys):
   export.export_model(trainer.model, trainer.state.params, trainer.schema, artifact,
                       platforms=("cpu",), step=trainer.resumed_step, config=trainer.config)
   out2 = str(tmp / "artifact_preds.csv")
-  assert predict.main(["--workdir", workdir, "--artifact", artifact, "--input", TEST,
-                       "--output", out2, "--batch-size", "32", "--no-progress"]) == 0
+  predict.predict_files(predict.artifact_scorer(artifact, 32)[0], store_dir, [TEST], out2)
   _, rows2 = _read(out2)
   np.testing.assert_allclose(rows2[:, 1:].astype(np.float64),
                              rows[:, 1:].astype(np.float64), rtol=0, atol=1e-6)
 
 
 @needs_data
-def test_bad_rows_name_file_line_column(run, tmp_path, capsys):
+def test_bad_rows_name_file_line_column(run, tmp_path):
   workdir, _ = run
-  predict = _load_cli("predict")
   lines = open(TEST).read().splitlines()
   tokens = lines[7].split(",")
   tokens[20] = "oops"
@@ -147,11 +140,13 @@ def test_bad_rows_name_file_line_column(run, tmp_path, capsys):
   bad = tmp_path / "bad.csv"
   bad.write_text("\n".join(lines) + "\n")
   out = tmp_path / "preds.csv"
-  assert predict.main(["--workdir", workdir, "--input", str(bad), "--output", str(out),
-                       "--no-progress"]) == 1
-  assert "bad.csv:8: column 21 ('numerical_4'): non-numeric value 'oops'" in (
-      capsys.readouterr().err)
+  done = run_script("predict", f"--workdir={workdir}", f"--input={bad}",
+                    f"--output={out}", "--noprogress")
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines()[-1] == (  # one line, no traceback.
+      f"error: {bad}:8: column 21 ('numerical_4'): non-numeric value 'oops'")
   assert sorted(os.listdir(tmp_path)) == ["bad.csv"]  # no output, no temporary file.
-  assert predict.main(["--workdir", workdir, "--input", TEST, "--output", str(out),
-                       "--format", "census", "--no-progress"]) == 1
-  assert "store was built from format aliexpress" in capsys.readouterr().err
+  score, store_dir = predict.checkpoint_scorer(workdir, "latest")
+  with pytest.raises(ValueError, match="--format census: the run's store was built from "
+                     "format aliexpress"):
+    predict.predict_files(score, store_dir, [TEST], str(out), fmt_name="census")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from pico_jax import batch as B
-from pico_jax.data import blocks, formats, preprocess, store
+from pico_jax.ingest import blocks, formats, preprocess
+from pico_jax.data import store
 from pico_jax.data.errors import DataError
 
 from shared_data import ALICCP, ALIEXPRESS, CENSUS, needs_data
@@ -598,7 +599,7 @@ def test_a_dead_worker_process_fails_the_run_and_leaves_nothing(tmp_path):
   before = sorted(os.listdir(out))
   script = f"""
 import os
-from pico_jax.data import blocks, formats, preprocess
+from pico_jax.ingest import blocks, formats, preprocess
 import faulty_formats
 blocks.MIN_BYTES_PER_WORKER = 1
 formats.FORMATS["dying"] = lambda **kw: faulty_formats.DyingAliexpress(200, os.getpid(), **kw)
@@ -621,7 +622,7 @@ def test_a_worker_death_seen_at_a_submit_is_worker_died_too(tmp_path):
   submit (not a result) finds the pool broken: that is reported as WorkerDied too."""
   script = """
 import time
-from pico_jax.data import blocks
+from pico_jax.ingest import blocks
 import faulty_formats
 try:
   with blocks.Runner(2, threads=False) as runner:
@@ -645,33 +646,33 @@ def test_an_input_written_during_the_run_fails_it(tmp_path, monkeypatch):
                "being read")
 
 
-def test_command_line(tmp_path, capsys):
-  import importlib.util
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location(
-      "preprocess_cli", os.path.join(root, "launch", "preprocess.py"))
-  cli = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(cli)
+def test_command_line(tmp_path):
+  """launch/preprocess.py: the flags reach the build; bad input is one line, status 1."""
+  from conftest import run_script
   good = write(tmp_path, "ae.csv", good_ae(tmp_path, n=40))
-  assert cli.main(["--format", "aliexpress", "--input", good, "--output",
-                   str(tmp_path / "s"), "--hash", "categorical_1=4"]) == 0
-  assert "40 rows" in capsys.readouterr().out
+  done = run_script("preprocess", "--format=aliexpress", f"--input={good}",
+                    f"--output={tmp_path / 's'}", "--hash=categorical_1=4",
+                    "--spill_memory_mb=3", "--noprogress")
+  assert done.returncode == 0, done.stderr
+  assert "40 rows" in done.stdout
   assert store.load_store(str(tmp_path / "s")).schema.sparse[0].vocab_size == 5
-  args, options = cli.parse_args(["--format", "aliexpress", "--input", good, "--output",
-                                  "x", "--spill-memory-mb", "3"])
-  assert options.spill_memory == 3 << 20
-  assert cli.parse_args(["--format", "aliexpress", "--input", good, "--output",
-                         "x"])[1].spill_memory == preprocess.Options().spill_memory
   bad = write(tmp_path, "bad.csv", good_ae(tmp_path)[:3] + ["1,2"])
-  assert cli.main(["--format", "aliexpress", "--input", bad, "--output",
-                   str(tmp_path / "t")]) == 1
-  assert "bad.csv:4: column 3: expected 82 columns, found 2" in capsys.readouterr().err
+  done = run_script("preprocess", "--format=aliexpress", f"--input={bad}",
+                    f"--output={tmp_path / 't'}", "--noprogress")
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines() == [
+      f"error: {bad}:4: column 3: expected 82 columns, found 2"]
+  done = run_script("preprocess", "--format=aliexpress", f"--input={good}",
+                    f"--output={tmp_path / 'u'}", "--hash=categorical_1")
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines() == [
+      "error: --hash 'categorical_1': expected FIELD=BUCKETS"]
 
 
 def test_blocks_cut_at_line_boundaries(tmp_path, monkeypatch):
   """Scanned blocks (read by offset) and streamed blocks hold every line once, in
   order, whatever the read size, the block size, the header and the last newline."""
-  from pico_jax.data import readers
+  from pico_jax.ingest import readers
   rng = np.random.default_rng(0)
   path = tmp_path / "f.txt"
   for _ in range(300):
@@ -694,7 +695,7 @@ def test_blocks_cut_at_line_boundaries(tmp_path, monkeypatch):
 
 def test_hash_file_is_the_blake3_of_the_bytes(tmp_path, monkeypatch):
   """The digest meta.json records is what ``b3sum`` prints, whatever the read windows."""
-  from pico_jax.data import readers
+  from pico_jax.ingest import readers
   empty = tmp_path / "empty"
   empty.write_bytes(b"")
   # The BLAKE3 specification's digest of the empty input.

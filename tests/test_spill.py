@@ -4,8 +4,8 @@ import os
 
 import numpy as np
 
-from pico_jax.data import readers, spill
-from pico_jax.data.encode import Factorized
+from pico_jax.ingest import readers, spill
+from pico_jax.ingest.encode import Factorized
 
 
 def test_spill_files_map_every_kind_of_array_back(tmp_path):

@@ -16,10 +16,11 @@ from conftest import ROOT, small_config
 from shared_data import CENSUS
 from configs import census as census_recipe
 from pico_jax import batch as B
-from pico_jax.data import load_dataset, preprocess, store
+from pico_jax.ingest import preprocess
+from pico_jax.data import load_dataset, store
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema, SparseField
-from pico_jax.data.vocab import Counter, Vocab, build_vocab, stable_hash
+from pico_jax.ingest.vocab import Counter, Vocab, build_vocab, stable_hash
 
 SCHEMA = Schema(sparse=(SparseField("a", 5), SparseField("b", 9)),
                 multi=(SparseField("m", 7, 3),), dense=("x", "y", "z"), extras=(B.GROUP,))

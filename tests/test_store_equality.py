@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 
-from pico_jax.data import blocks, preprocess, spill
+from pico_jax.ingest import blocks, preprocess, spill
 from shared_data import ALICCP, ALIEXPRESS, CENSUS, needs_data
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "stores.json")

@@ -1,9 +1,9 @@
-"""Datasets: schema, readers, the columnar store, the synthetic generator and the input
-pipeline."""
+"""What training reads: the ``Dataset`` (``dataset``), its ``schema``, the columnar store
+(``store``), the synthetic generators (``synthetic``) and the Grain input ``pipeline``."""
 
 from __future__ import annotations
 
-from pico_jax.data.synthetic import Dataset
+from pico_jax.data.dataset import Dataset
 
 
 def load_dataset(config) -> Dataset:

@@ -30,7 +30,7 @@ import numpy as np
 from pico_jax import batch as B
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema
-from pico_jax.data.synthetic import Dataset
+from pico_jax.data.dataset import Dataset
 
 STORE_VERSION = 1
 META = "meta.json"

@@ -24,23 +24,11 @@ user and item latents (dense).
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from pico_jax import batch as B
+from pico_jax.data.dataset import Dataset
 from pico_jax.data.schema import Schema, SparseField
-
-
-@dataclasses.dataclass
-class Dataset:
-  """Columns per split, keyed by batch key (see ``pico_jax.batch``)."""
-  schema: Schema
-  splits: dict[str, dict[str, np.ndarray]]
-  info: dict  # dataset-specific facts, e.g. {"rho": [...]} for synthetic data.
-
-  def num_rows(self, split: str) -> int:
-    return len(self.splits[split][B.CLICK])
 
 
 def _standardise(x):

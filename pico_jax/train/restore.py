@@ -94,3 +94,23 @@ def restore(workdir: str, which: str = "latest", *, mesh=None) -> Trainer:
   finally:
     ckpt.close()
 
+
+
+def evaluate(workdir: str, split: str = "test", checkpoint: str = "latest",
+             correct_pos_weight: bool = False) -> dict:
+  """The metrics of ``split`` for the chosen checkpoint, with ``step``/``split`` keys.
+
+  The run is rebuilt from its saved config by ``restore``, so the evaluation is
+  compiled as in training (same shardings, same eval step). ``correct_pos_weight``
+  scores the probabilities corrected for the run's ``loss.pos_weight``
+  (``pico_jax.calibration``).
+  """
+  trainer = restore(workdir, checkpoint)
+  result, predictions = trainer.evaluate(split)
+  if correct_pos_weight:
+    from pico_jax import calibration, metrics
+    predictions = calibration.correct_predictions(predictions, trainer.config.loss)
+    result = metrics.task_metrics(predictions, trainer.dataset.splits[split],
+                                  trainer.dataset.info)
+  return {"step": trainer.resumed_step, "split": split, "checkpoint": checkpoint,
+          "pos_weight_corrected": correct_pos_weight, **result}

@@ -21,7 +21,7 @@ from pico_jax import parallel
 from pico_jax.data import load_dataset, pipeline
 from pico_jax.data.device_prefetch import DevicePrefetcher
 from pico_jax.data.schema import Schema
-from pico_jax.data.synthetic import Dataset
+from pico_jax.data.dataset import Dataset
 from pico_jax.models import build_model
 from pico_jax.train import checkpoint as ckpt_lib
 from pico_jax.train.optimizer import make_optimizer

@@ -1,4 +1,4 @@
-"""The compiled preprocessing kernels (``pico_jax.data.kernels``) are bit-identical to
+"""The compiled preprocessing kernels (``pico_jax.ingest.compiled``) are bit-identical to
 the numpy expressions they replace (what keeps stores byte-identical to the numpy
 code): standardization, the dense moments of the training rows, and the scatter of
 rows into the split columns, memory maps included."""
@@ -6,7 +6,7 @@ rows into the split columns, memory maps included."""
 import numpy as np
 import pytest
 
-from pico_jax.data import kernels
+from pico_jax.ingest import compiled
 
 
 def wide_range(rng, n, d):
@@ -27,7 +27,7 @@ def reference_moments(x, rows):
 
 
 def assert_moments(x, rows):
-  count, mean, m2 = kernels.moments(x, rows)
+  count, mean, m2 = compiled.moments(x, rows)
   want = reference_moments(x, rows)
   assert count == want[0]
   assert mean.dtype == m2.dtype == np.float64
@@ -45,13 +45,13 @@ def test_standardize_matches_numpy_bit_for_bit():
     std = np.where(x.std(0) > 0, x.std(0), 1.0)  # as the preprocessor's moments give.
     for m, s in [(mean, std), (mean.astype(np.float32), std.astype(np.float32))]:
       want = ((x - m) / s).astype(np.float32)
-      got = kernels.standardize(x, m, s)
+      got = compiled.standardize(x, m, s)
       assert got.dtype == np.float32 and got.shape == x.shape
       assert got.tobytes() == want.tobytes(), (n, d)
     if d > 1:
       for view in (x[:, ::2], np.asfortranarray(x)):
         m, s = mean[:view.shape[1]], std[:view.shape[1]]
-        assert kernels.standardize(view, m, s).tobytes() == (
+        assert compiled.standardize(view, m, s).tobytes() == (
             ((view - m) / s).astype(np.float32).tobytes())
 
 
@@ -65,8 +65,8 @@ def test_standardize_rounds_to_float32_as_astype():
     m, s = np.array([mean]), np.array([std])
     with np.errstate(over="ignore"):
       want = ((x - m) / s).astype(np.float32)
-    assert kernels.standardize(x, m, s).tobytes() == want.tobytes(), (mean, std)
-  assert np.isinf(kernels.standardize(x, np.zeros(1), np.ones(1))[3, 0])
+    assert compiled.standardize(x, m, s).tobytes() == want.tobytes(), (mean, std)
+  assert np.isinf(compiled.standardize(x, np.zeros(1), np.ones(1))[3, 0])
   # x / std within an ulp of a float32 tie t (a float32 plus half its ulp), where
   # rounding twice is most fragile: a kernel multiplying by 1 / std rounds some of
   # them to the other float32.
@@ -79,7 +79,7 @@ def test_standardize_rounds_to_float32_as_astype():
   mean = np.zeros(len(std))
   want = ((x - mean) / std).astype(np.float32)
   assert np.sum(want != (x * (1 / std)).astype(np.float32)) > 100  # the fragile cases.
-  assert kernels.standardize(x, mean, std).tobytes() == want.tobytes()
+  assert compiled.standardize(x, mean, std).tobytes() == want.tobytes()
 
 
 def test_standardize_by_a_zero_std_is_numpy_inf_and_nan():
@@ -87,7 +87,7 @@ def test_standardize_by_a_zero_std_is_numpy_inf_and_nan():
   x = np.array([[1.0], [0.0]])
   with np.errstate(divide="ignore", invalid="ignore"):
     want = ((x - 0.0) / np.zeros(1)).astype(np.float32)
-  assert kernels.standardize(x, np.zeros(1), np.zeros(1)).tobytes() == want.tobytes()
+  assert compiled.standardize(x, np.zeros(1), np.zeros(1)).tobytes() == want.tobytes()
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 9, 130, 1000, 70_000])
@@ -133,9 +133,9 @@ def test_moments_of_a_single_column_match_numpy():
 def test_moments_none_without_selected_rows():
   """No selected row (or no row at all): None, not NaN."""
   rng = np.random.default_rng(5)
-  assert kernels.moments(rng.standard_normal((10, 3)), np.zeros(10, bool)) is None
-  assert kernels.moments(np.zeros((0, 3)), np.zeros(0, bool)) is None
-  assert kernels.moments(rng.standard_normal((10, 3)), np.arange(10) == 9) is not None
+  assert compiled.moments(rng.standard_normal((10, 3)), np.zeros(10, bool)) is None
+  assert compiled.moments(np.zeros((0, 3)), np.zeros(0, bool)) is None
+  assert compiled.moments(rng.standard_normal((10, 3)), np.arange(10) == 9) is not None
 
 
 def scatter_case(rng, tail, dtype, n=300):
@@ -187,13 +187,13 @@ def test_scatter_rows_matches_numpy(tail, dtype):
   for init in (fill, lambda shape, dt: ~fill(shape, dt) if dt == np.bool_
                else fill(shape, dt)):
     outs = tuple(init((size,) + tail, dtype) for size in sizes)
-    kernels.scatter_rows(src, split, where, outs)
+    compiled.scatter_rows(src, split, where, outs)
     for got, want in zip(outs, expected(src, split, where, sizes, init)):
       assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
   # A strided source is read as its values.
   wide = np.repeat(src[:, None], 2, axis=1)[:, 0]
   outs = tuple(fill((size,) + tail, dtype) for size in sizes)
-  kernels.scatter_rows(wide, split, where, outs)
+  compiled.scatter_rows(wide, split, where, outs)
   for got, want in zip(outs, expected(src, split, where, sizes, fill)):
     assert got.tobytes() == want.tobytes()
 
@@ -212,12 +212,12 @@ def test_scatter_rows_reaches_memory_mapped_files(tmp_path, tail, dtype):
     out[...] = fill(out.shape, dtype)
     outs.append(out)
   half = len(src) // 2  # two blocks: one through each kind of map.
-  kernels.scatter_rows(src[:half], split[:half], where[:half], tuple(outs))
+  compiled.scatter_rows(src[:half], split[:half], where[:half], tuple(outs))
   for out in outs:
     out.flush()
   del outs, out
   outs = tuple(np.load(path, mmap_mode="r+") for path in paths)
-  kernels.scatter_rows(src[half:], split[half:], where[half:], outs)
+  compiled.scatter_rows(src[half:], split[half:], where[half:], outs)
   for out in outs:
     out.flush()
   del outs
@@ -230,17 +230,17 @@ def test_scatter_rows_reaches_memory_mapped_files(tmp_path, tail, dtype):
 def test_scatter_rows_of_an_empty_block_or_split():
   """A block without rows, or a split without rows, is a no-op, not an error."""
   outs = (np.zeros((3, 2), np.int32), np.zeros((0, 2), np.int32), np.zeros((1, 2), np.int32))
-  kernels.scatter_rows(np.zeros((0, 2), np.int32), np.zeros(0, np.int8),
+  compiled.scatter_rows(np.zeros((0, 2), np.int32), np.zeros(0, np.int8),
                        np.zeros(0, np.int64), outs)
-  kernels.scatter_rows(np.ones((2, 2), np.int32), np.array([0, 2], np.int8),
+  compiled.scatter_rows(np.ones((2, 2), np.int32), np.array([0, 2], np.int8),
                        np.array([1, 0]), outs)
   assert outs[0].tolist() == [[0, 0], [1, 1], [0, 0]] and outs[2].tolist() == [[1, 1]]
 
 
 def assert_factorize(values, rows):
-  """``kernels.factorize_int64`` is ``np.unique(values, return_inverse=True)`` and the
+  """``compiled.factorize_int64`` is ``np.unique(values, return_inverse=True)`` and the
   ``np.bincount`` of the selected rows' inverse."""
-  keys, inverse, counts = kernels.factorize_int64(values, rows)
+  keys, inverse, counts = compiled.factorize_int64(values, rows)
   want_keys, want_inverse = np.unique(values, return_inverse=True)
   assert keys.dtype == np.int64 and inverse.dtype == np.int32
   assert np.array_equal(keys, want_keys) and np.array_equal(inverse, want_inverse)
@@ -268,8 +268,8 @@ def test_count_newlines_is_bytes_count():
   cases = [b"", b"abc", b"\r\r", b"\n", b"a\nb\r\n", rng.integers(0, 256, 100_003,
                                                                  dtype=np.uint8).tobytes()]
   for data in cases:
-    assert kernels.count_newlines(data) == data.count(b"\n")
-    assert kernels.count_newlines(memoryview(data)[1:]) == data[1:].count(b"\n")
+    assert compiled.count_newlines(data) == data.count(b"\n")
+    assert compiled.count_newlines(memoryview(data)[1:]) == data[1:].count(b"\n")
 
 
 @pytest.mark.parametrize("low,span,n", [(-50, 100, 1000), (10 ** 12, 100, 5000),
@@ -298,11 +298,11 @@ def test_merge_counts_matches_sorting_the_pieces():
     allk, allc = np.concatenate(keys), np.concatenate(counts)
     want_keys, inverse = np.unique(allk, return_inverse=True)
     want_counts = np.bincount(inverse, weights=allc, minlength=len(want_keys))
-    got_keys, got_counts = kernels.merge_counts(keys, counts)
+    got_keys, got_counts = compiled.merge_counts(keys, counts)
     assert got_keys.dtype == np.int64 and got_counts.dtype == np.int64
     np.testing.assert_array_equal(got_keys, want_keys, err_msg=str(trial))
     np.testing.assert_array_equal(got_counts, want_counts.astype(np.int64))
-  empty_keys, empty_counts = kernels.merge_counts([], [])
+  empty_keys, empty_counts = compiled.merge_counts([], [])
   assert len(empty_keys) == 0 and len(empty_counts) == 0
 
 
@@ -316,9 +316,9 @@ def test_standardize_rows_equals_standardize_then_scatter():
     where[split == s] = rng.permutation(int(np.sum(split == s)))
   sizes = [int(np.sum(split == s)) for s in range(3)]
   want = tuple(np.full((n, 7), 7.0, np.float32) for n in sizes)
-  kernels.scatter_rows(kernels.standardize(x, mean, std), split, where, want)
+  compiled.scatter_rows(compiled.standardize(x, mean, std), split, where, want)
   got = tuple(np.full((n, 7), 7.0, np.float32) for n in sizes)
-  kernels.standardize_rows(x, mean, std, split, where, got)
+  compiled.standardize_rows(x, mean, std, split, where, got)
   for g, w in zip(got, want):
     assert g.tobytes() == w.tobytes()
 
@@ -335,7 +335,7 @@ def test_split_positions_match_sorting_each_split_by_rank():
       members = np.flatnonzero(split_of == s)
       rank_of[members] = rng.permutation(n)[:len(members)]
     keep = rng.random(n) < 0.8
-    position, rows = kernels.split_positions(split_of, rank_of, keep)
+    position, rows = compiled.split_positions(split_of, rank_of, keep)
     for s in range(3):
       members = np.flatnonzero((split_of == s) & keep)
       members = members[np.argsort(rank_of[members])]

@@ -5,7 +5,7 @@ Id 0 means unseen, rare (count below ``min_count``) or missing; kept values get 
 A hashed field maps every value to ``1 + hash(value) % buckets`` instead: no table, a
 fixed size, and collisions (its ``min_count`` is not applied). Raw values are int64 or
 bytes arrays; every operation here is whole-array numpy, but for the merge of int64
-counts (``kernels.merge_counts``, compiled).
+counts (``compiled.merge_counts``, compiled).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import hashlib
 
 import numpy as np
 
-from pico_jax.data import kernels
+from pico_jax.ingest import compiled
 
 
 class Counter:
@@ -43,7 +43,7 @@ class Counter:
 
   def _merge(self) -> None:
     if all(k.dtype == np.int64 for k in self._keys):  # ids: a compiled merge of sorted runs.
-      keys, counts = kernels.merge_counts(self._keys, self._counts)
+      keys, counts = compiled.merge_counts(self._keys, self._counts)
     else:
       keys = np.concatenate(self._keys)
       counts = np.concatenate(self._counts)

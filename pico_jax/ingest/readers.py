@@ -25,7 +25,7 @@ import zlib
 
 import numpy as np
 
-from pico_jax.data import kernels
+from pico_jax.ingest import compiled
 from pico_jax.data.errors import DataError
 
 _READ_BYTES = 1 << 22  # scan granularity: 4 MiB.
@@ -195,7 +195,7 @@ class _BlockCutter:
     """The blocks that end inside ``piece`` (bytes, or a view with ``keep_data``
     False) of ``count`` newlines (counted here when None)."""
     if count is None:
-      count = kernels.count_newlines(piece)
+      count = compiled.count_newlines(piece)
     if count < (self.skip or self.block_rows - self.filled):  # no block ends here.
       if not self.skip:
         self.filled += count
@@ -251,7 +251,7 @@ def scan_file(path: str, block_rows: int, header: bool) -> FileInfo:
 
   Every byte is looked at once, by a newline count (the newlines are located,
   vectorised, only in the pieces where a block ends); the file is not parsed here. A
-  plain file's pieces are counted on one thread per CPU (``kernels.count_newlines``
+  plain file's pieces are counted on one thread per CPU (``compiled.count_newlines``
   releases the GIL), a gzip stream's in order as it unpacks. Its BLAKE3 digest is
   ``hash_file``'s, which preprocessing runs beside the passes.
   """
@@ -267,7 +267,7 @@ def scan_file(path: str, block_rows: int, header: bool) -> FileInfo:
   elif stat.st_size:
     windows = [(o, min(_READ_BYTES, stat.st_size - o))
                for o in range(0, stat.st_size, _READ_BYTES)]
-    count = lambda window: kernels.count_newlines(_map(path, *window))
+    count = lambda window: compiled.count_newlines(_map(path, *window))
     with concurrent.futures.ThreadPoolExecutor(min(len(windows),
                                                    os.cpu_count() or 1)) as pool:
       for window, newlines in zip(windows, pool.map(count, windows)):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pico_jax.data import readers
+from pico_jax.ingest import readers
 from pico_jax.data.errors import DataError
-from pico_jax.data.readers import Chunk, Layout
+from pico_jax.ingest.readers import Chunk, Layout
 
 # --------------------------------------------------------------------------- census
 

@@ -30,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from pico_jax.data import kernels, numeric_parse, readers
+from pico_jax.ingest import compiled, numeric_parse, readers
 from pico_jax.data.errors import DataError
-from pico_jax.data.readers import Chunk, Layout
+from pico_jax.ingest.readers import Chunk, Layout
 
 MAX_EXACT_INT = numeric_parse.MAX_EXACT_INT  # float64 ids beyond it lost precision.
 _ARROW_BLOCK = 1 << 20  # bytes per internal pyarrow block: stays in cache.
@@ -106,7 +106,7 @@ def _row_major(table: pa.Table, columns: tuple[int, ...], n: int) -> np.ndarray:
 
 def _line_count(data) -> int:
   """Lines of a block (bytes or a view): its newlines, and a last line without one."""
-  return kernels.count_newlines(data) + (0 if not len(data) or data[-1:] == b"\n" else 1)
+  return compiled.count_newlines(data) + (0 if not len(data) or data[-1:] == b"\n" else 1)
 
 
 class CsvFormat(readers.Format):

@@ -15,9 +15,10 @@ from typing import Callable
 import numpy as np
 
 from pico_jax import batch as B
-from pico_jax.data import formats, kernels, store
-from pico_jax.data.readers import Chunk, Format
-from pico_jax.data.vocab import Vocab
+from pico_jax.ingest import compiled, formats
+from pico_jax.data import store
+from pico_jax.ingest.readers import Chunk, Format
+from pico_jax.ingest.vocab import Vocab
 
 
 def positions_in_rows(rows: np.ndarray) -> np.ndarray:
@@ -39,10 +40,10 @@ class Factorized:
 def factorize(values: np.ndarray, rows: np.ndarray) -> tuple[Factorized, np.ndarray]:
   """``values`` (int64 or bytes [n]) as its sorted distinct keys and an int32 inverse,
   and how often each key occurs in the ``rows`` (bool [n]): int64 [K]. An int64
-  column goes through ``kernels.factorize_int64`` (compiled), other columns (bytes)
+  column goes through ``compiled.factorize_int64`` (compiled), other columns (bytes)
   through ``np.unique``."""
   if values.dtype == np.int64:
-    keys, inverse, counts = kernels.factorize_int64(values, rows)
+    keys, inverse, counts = compiled.factorize_int64(values, rows)
     return Factorized(keys, inverse), counts
   keys, inverse = np.unique(values, return_inverse=True)
   inverse = inverse.astype(np.int32).reshape(-1)
@@ -115,7 +116,7 @@ class Encoder:
         truncated[name] = int(np.sum(np.bincount(lrows, minlength=n) > L))
       cols[B.MULTI], cols[B.MULTI_MASK] = multi, mask
     if self.has_dense and dense:
-      cols[B.DENSE] = kernels.standardize(chunk.dense, self.mean, self.std)
+      cols[B.DENSE] = compiled.standardize(chunk.dense, self.mean, self.std)
     if self.has_group:
       cols[B.GROUP] = chunk.group.astype(np.int32)
     return cols, truncated
@@ -129,9 +130,9 @@ class Encoder:
     the rows truncated per multi-valued field."""
     cols, truncated = self.encode(chunk, dense=False)
     for key, values in cols.items():
-      kernels.scatter_rows(values, split, where, outs(key))
+      compiled.scatter_rows(values, split, where, outs(key))
     if self.has_dense:
-      kernels.standardize_rows(chunk.dense, self.mean, self.std, split, where,
+      compiled.standardize_rows(chunk.dense, self.mean, self.std, split, where,
                                outs(B.DENSE))
     return truncated
 

@@ -3,7 +3,7 @@ several and allocates between them.
 
 Each kernel gives exactly the result of the numpy expression it replaces (named in
 its docstring: the same IEEE operations in the same order for the floating-point
-ones), so stores are bit-identical to those of the numpy code; ``tests/test_kernels.py``
+ones), so stores are bit-identical to those of the numpy code; ``tests/test_compiled.py``
 checks each against that expression. All release the GIL, so the preprocessor's
 worker threads run them side by side.
 """

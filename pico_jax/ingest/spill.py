@@ -17,8 +17,8 @@ import threading
 
 import numpy as np
 
-from pico_jax.data import readers
-from pico_jax.data.encode import Factorized
+from pico_jax.ingest import readers
+from pico_jax.ingest.encode import Factorized
 
 
 def _held_bytes(chunk: readers.Chunk) -> int:

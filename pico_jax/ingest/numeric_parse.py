@@ -35,7 +35,7 @@ import numba
 import numpy as np
 from numba import types
 
-from pico_jax.data import kernels
+from pico_jax.ingest import compiled
 
 MAX_EXACT_INT = 1 << 53  # ids at or beyond it are rejected: float64 loses them.
 _POW10 = np.array([10.0 ** k for k in range(23)])  # exact doubles.
@@ -170,7 +170,7 @@ def _pieces(buf, n: int, threads: int) -> list[tuple[int, int, int, int]] | None
   empty."""
   cuts = _line_ends(buf, np.arange(1, threads, dtype=np.int64) * len(buf) // threads)
   bounds = [0] + [int(c) for c in cuts] + [len(buf)]
-  rows = [kernels.count_newlines(buf[a:b]) for a, b in zip(bounds[:-2], bounds[1:-1])]
+  rows = [compiled.count_newlines(buf[a:b]) for a, b in zip(bounds[:-2], bounds[1:-1])]
   rows.append(n - sum(rows))
   if min(rows) < 1 or any(b <= a for a, b in zip(bounds, bounds[1:])):
     return None

@@ -32,10 +32,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import tqdm
 
-from pico_jax.data import kernels, readers
-from pico_jax.data.encode import Encoder, factorize
+from pico_jax.ingest import compiled, readers
+from pico_jax.ingest.encode import Encoder, factorize
 from pico_jax.data.errors import DataError
-from pico_jax.data.spill import FILES, Spill
+from pico_jax.ingest.spill import FILES, Spill
 
 _INT32 = np.iinfo(np.int32)
 
@@ -119,7 +119,7 @@ def count_block(task: CountTask, spill: Spill = FILES) -> BlockStats:
     factors, counts = factorize(values, train)
     uniques.append((factors.keys[counts > 0], counts[counts > 0]))
     chunk.sparse[j] = factors
-  moments = None if chunk.dense is None else kernels.moments(chunk.dense, train)
+  moments = None if chunk.dense is None else compiled.moments(chunk.dense, train)
   max_mult = {}
   for name, (lrows, values, _) in chunk.lists.items():
     max_mult[name] = int(np.bincount(lrows).max()) if len(lrows) else 0
@@ -253,7 +253,7 @@ class Runner:
       return concurrent.futures.ThreadPoolExecutor(self.workers)
     context = multiprocessing.get_context("forkserver")
     # The fork server imports the parser once; each worker is a fork of it.
-    context.set_forkserver_preload(["pico_jax.data.blocks"])
+    context.set_forkserver_preload(["pico_jax.ingest.blocks"])
     return concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
 
   def map(self, fn: Callable, tasks: Iterable, num_tasks: int) -> Iterable[Any]:
@@ -275,7 +275,7 @@ class Runner:
       raise WorkerDied(
           "a preprocessing worker process died without a result (killed, e.g. by the "
           "OOM killer: each holds about two blocks; try fewer --workers, a smaller "
-          "--chunk-rows, or threads instead of --processes). The pool's report: "
+          "--chunk_rows, or threads instead of --processes). The pool's report: "
           f"{e}") from e
 
 

@@ -12,8 +12,8 @@
 
 from __future__ import annotations
 
-from pico_jax.data import numeric_csv, text_formats
-from pico_jax.data.readers import Format
+from pico_jax.ingest import numeric_csv, text_formats
+from pico_jax.ingest.readers import Format
 
 FORMATS = {
     "census": text_formats.CensusFormat,

@@ -43,13 +43,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pico_jax import batch as B
-from pico_jax.data import blocks, formats, kernels, readers, store
-from pico_jax.data.encode import Encoder
+from pico_jax.ingest import blocks, compiled, formats, readers
+from pico_jax.data import store
+from pico_jax.ingest.encode import Encoder
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema, SparseField
-from pico_jax.data.spill import Spill
-from pico_jax.data.splits import SPLIT_ID, assign, parse_inputs
-from pico_jax.data.vocab import Counter, build_vocab
+from pico_jax.ingest.spill import Spill
+from pico_jax.ingest.splits import SPLIT_ID, assign, parse_inputs
+from pico_jax.ingest.vocab import Counter, build_vocab
 
 PREPROCESS_VERSION = 1
 POLICIES = ("error", "drop", "keep")
@@ -330,7 +331,7 @@ def _write_pass(writer, encoder, counts, kept_split, position, runner, spill,
 def _positions(keep, split_of, rank_of, inputs) -> tuple[np.ndarray, dict[str, int]]:
   """Where every kept row goes: its index in its split (int64 [N]; rows not kept are
   left unset), and the rows of every split. Raises DataError for an empty split."""
-  position, rows = kernels.split_positions(split_of, rank_of, keep)
+  position, rows = compiled.split_positions(split_of, rank_of, keep)
   split_rows = {split: int(rows[sid]) for split, sid in SPLIT_ID.items()}
   for split, n in split_rows.items():
     if not n:

@@ -106,8 +106,9 @@ def contrastive_per_instance(z_ctr, z_cvr, tau, *, symmetric: bool = True,
 
   ``sharded=False`` keeps the Pallas form off the data mesh (shard-local negatives).
   """
-  implementation = contrast.resolve(implementation, chunk_size)
   dtype = jnp.result_type(z_ctr, z_cvr)
+  implementation = contrast.resolve(implementation, chunk_size, contrast.Shape(
+      *z_ctr.shape, dtype.name, symmetric, sharded))
   if normalize:
     z_ctr, z_cvr = _normalize(z_ctr), _normalize(z_cvr)
   if implementation == "pallas" and dtype == jnp.bfloat16:

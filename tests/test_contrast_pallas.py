@@ -1,5 +1,7 @@
 """The Pallas contrast kernel (interpret mode) against float64, and its self-check."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,7 @@ import pytest
 
 from conftest import small_config
 from pico_jax import losses, parallel
-from pico_jax.contrast import implementations, pallas_lse, pallas_pair, self_check
+from pico_jax.contrast import forms, implementations, pallas_lse, pallas_pair, self_check
 from pico_jax.train.trainer import build
 from test_losses import reference_contrastive
 
@@ -138,9 +140,10 @@ def fake_accelerator(monkeypatch):
 
 
 def test_self_check_mismatch_falls_back(fake_accelerator, monkeypatch):
-  real = pallas_lse.anchor_logsumexp
-  monkeypatch.setattr(pallas_lse, "anchor_logsumexp",
-                      lambda a, c, t, interpret=False: real(a, c, t, interpret=True) + 1e-2)
+  real = forms.TRITON.anchor_logsumexp
+  monkeypatch.setattr(forms, "TRITON", dataclasses.replace(
+      forms.TRITON,
+      anchor_logsumexp=lambda a, c, t, interpret=False: real(a, c, t, interpret=True) + 1e-2))
   with pytest.warns(RuntimeWarning, match="self-check on gpu.*anchor_logsumexp: mismatch in value"):
     assert implementations.resolve("auto") == "xla"
   assert implementations.resolve("pallas", chunk_size=16) == "chunked"  # cached: no rerun

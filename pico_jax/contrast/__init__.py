@@ -1,12 +1,13 @@
 """PICO's in-batch contrast: XLA, chunked and fused Pallas implementations.
 
 ``pico_jax.losses.pico_contrastive_loss`` is the entry point; this package holds the
-implementations (``implementations``), the Pallas kernels (``pallas_lse``: one
-direction; ``pallas_pair``: both directions with a fused backward) and the accelerator
-self-check that guards them (``self_check``).
+implementations (``implementations``), the Pallas kernels in two forms (``forms``: the
+Triton form of ``pallas_lse``, one direction, and ``pallas_pair``, both directions with
+a fused backward, for GPUs; the Mosaic form of ``pallas_tpu`` for TPUs) and the checks
+that guard them on an accelerator (``self_check``).
 """
 
-from pico_jax.contrast.implementations import (IMPLEMENTATIONS, per_instance_terms,
+from pico_jax.contrast.implementations import (IMPLEMENTATIONS, Shape, per_instance_terms,
                                                resolve)
 
-__all__ = ["IMPLEMENTATIONS", "per_instance_terms", "resolve"]
+__all__ = ["IMPLEMENTATIONS", "Shape", "per_instance_terms", "resolve"]

@@ -10,26 +10,31 @@ normalised (or deliberately unnormalised) representations a = z_ctr, b = z_cvr:
   logsumexp and whose columns the second. Fastest at small B on CPU; B^2 memory.
 - ``chunked``: a streaming logsumexp over candidate chunks of ``chunk_size``, each
   chunk rematerialised in the backward pass: [B, chunk] memory.
-- ``pallas``: the fused kernels of ``pico_jax.contrast.pallas_lse`` (tiles of anchors x
-  candidates, online logsumexp, recomputing backward; ``pallas_pair`` fuses the
-  backward of both directions on one device): O(B d) memory. Interpret mode on
-  CPU. Under a mesh whose ``data`` axis splits the batch, it runs per device as local
+- ``pallas``: the fused kernels (tiles of anchors x candidates, online logsumexp,
+  recomputing backward; the pair kernel fuses the backward of both directions on one
+  device): O(B d) memory. The Triton form (``pallas_lse``, ``pallas_pair``) on GPU
+  and in interpret mode on CPU, the Mosaic form (``pallas_tpu``) on TPU
+  (``forms``). Under a mesh whose ``data`` axis splits the batch, it runs per device as local
   anchors against the all-gathered candidates (``jax.shard_map``), so each device
   does 1/n of the work and the numbers equal the single-device ones.
 
 ``resolve`` turns ``"auto"`` into one of these; on an accelerator "pallas" is used
-only after the one-time self-check of ``pico_jax.contrast.self_check`` passed.
+only after the one-time self-check of ``pico_jax.contrast.self_check`` passed and,
+given the training's ``Shape``, after the contrast lowered (and compiled) at it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from pico_jax.contrast import pallas_lse, pallas_pair, self_check
+from pico_jax.contrast import forms, pallas_lse, self_check
 
 IMPLEMENTATIONS = ("auto", "xla", "chunked", "pallas")
 DATA_AXIS = "data"
@@ -92,12 +97,13 @@ def _pallas_local(a, b, tau, a_candidates=None, b_candidates=None, *, symmetric,
   Without candidates (one device) the candidates are the anchors' own rows, and the
   symmetric loss takes the fused pair kernel (6 matrix products instead of 10).
   """
+  form = forms.for_platform(pallas_lse.platform())
   inv_tau = 1.0 / tau.astype(jnp.float32)
   positive = jnp.sum(a.astype(jnp.float32) * b.astype(jnp.float32), axis=-1) * inv_tau
   if symmetric and a_candidates is None:
-    row, col = pallas_pair.pair_logsumexp(a, b, inv_tau, interpret=interpret)
+    row, col = form.pair_logsumexp(a, b, inv_tau, interpret=interpret)
     return (row + col) / 2 - positive
-  lse = functools.partial(pallas_lse.anchor_logsumexp, interpret=interpret)
+  lse = functools.partial(form.anchor_logsumexp, interpret=interpret)
   row = lse(a, b if b_candidates is None else b_candidates, inv_tau) - positive
   if not symmetric:
     return row
@@ -136,16 +142,57 @@ def pallas_terms(a, b, tau, *, symmetric: bool, sharded: bool = True):
                        check_vma=False)(a, b, tau)
 
 
-def resolve(implementation: str, chunk_size: int = 0) -> str:
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """One call of the contrast as the training makes it, for ``resolve``'s check.
+
+  batch: the rows of one call (the global batch; a group's rows with shard-local
+  negatives). dim: the projection's features. dtype: the projections' ("float32" or
+  "bfloat16"). symmetric, sharded: as ``per_instance_terms`` takes them.
+  """
+  batch: int
+  dim: int
+  dtype: str = "float32"
+  symmetric: bool = True
+  sharded: bool = True
+
+  def describe(self) -> str:
+    return (f"batch {self.batch}, dim {self.dim}, {self.dtype}, "
+            f"{'symmetric' if self.symmetric else 'one direction'}")
+
+
+def lower_at(shape: Shape, mesh=None) -> jax.stages.Lowered:
+  """Value and gradient of the Pallas terms at ``shape``, lowered ahead of time for the
+  kernel's platform: under ``mesh`` (a ``jax.sharding.Mesh``: each device's share, as
+  the train step runs it) or else the trace-time abstract mesh in effect."""
+  rows = jax.ShapeDtypeStruct((shape.batch, shape.dim), shape.dtype)
+  tau = jax.ShapeDtypeStruct((shape.batch,), jnp.float32)
+
+  def loss(a, b, t):
+    with contextlib.ExitStack() as stack:
+      if mesh is not None:
+        stack.enter_context(jax.sharding.use_abstract_mesh(mesh.abstract_mesh))
+      return jnp.sum(per_instance_terms(a, b, t, symmetric=shape.symmetric,
+                                        implementation="pallas", sharded=shape.sharded))
+
+  # The mesh's devices, so that a data-split mesh compiles as it does in the step.
+  shardings = {} if mesh is None else dict(in_shardings=NamedSharding(mesh, P()))
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), **shardings)
+  return grad.trace(rows, rows, tau).lower(lowering_platforms=(pallas_lse.platform(),))
+
+
+def resolve(implementation: str, chunk_size: int = 0, shape: Shape | None = None,
+            mesh=None) -> str:
   """The implementation that runs: "xla", "chunked" or "pallas".
 
   "auto" is "xla" on CPU and "pallas" on GPU/TPU; with ``chunk_size`` > 0 (which
   selected the streaming form before ``implementation`` existed) it is "chunked" on
   CPU, so existing configs compute exactly what they did, and "pallas" (also bounded
-  in memory) on accelerators. "pallas", asked for or picked, must pass
-  the process's one-time self-check on an accelerator; otherwise it falls back, with a
-  warning naming the error, to the memory-bounded "chunked" if ``chunk_size`` > 0, else
-  to "xla".
+  in memory) on accelerators. "pallas", asked for or picked, must pass the process's
+  one-time self-check on an accelerator and, given ``shape``, lower at that shape
+  (under ``mesh``, see ``lower_at``) and compile there (with a mesh, or outside a
+  data-split trace); otherwise it falls back, with one warning naming the error, to
+  the memory-bounded "chunked" if ``chunk_size`` > 0, else to "xla".
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r}: expected one of "
@@ -155,7 +202,17 @@ def resolve(implementation: str, chunk_size: int = 0) -> str:
     implementation = ("chunked" if chunk_size else "xla") if on_cpu else "pallas"
   if implementation == "pallas" and not on_cpu:
     fallback = "chunked" if chunk_size else "xla"
-    return "pallas" if self_check.kernel_works(fallback) else fallback
+    if not self_check.kernel_works(fallback):
+      return fallback
+    if shape is not None:
+      # The mesh in effect is part of the shape (it sets each device's share); the
+      # train step's trace runs under the abstract mesh of the mesh it passes here.
+      context = mesh.abstract_mesh if mesh is not None else jax.sharding.get_abstract_mesh()
+      compile_it = (pallas_lse.platform() == jax.default_backend()
+                    and (mesh is not None or _data_mesh() is None))
+      if not self_check.shape_works((shape, context), shape.describe(),
+                                    lambda: lower_at(shape, mesh), compile_it, fallback):
+        return fallback
   return implementation
 
 

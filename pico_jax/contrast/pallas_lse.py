@@ -1,4 +1,6 @@
-"""A fused Pallas kernel for the InfoNCE logsumexp with per-anchor temperatures.
+"""A fused Pallas kernel for the InfoNCE logsumexp with per-anchor temperatures: the
+Triton form, which GPUs run (and CPUs in interpret mode); TPUs run the Mosaic form of
+``pico_jax.contrast.pallas_tpu``, whose docstring says why the two differ.
 
 ``anchor_logsumexp(anchors, candidates, inv_tau)`` returns, for every anchor i,
 
@@ -138,14 +140,17 @@ def _candidate_grad_kernel(c_ref, a_ref, t_ref, lse_ref, g_ref, dc_ref, *, block
 
 
 def platform() -> str:
-  """The platform the kernels are compiled for (the default backend)."""
-  return jax.default_backend()
+  """The platform the kernels are compiled for: the trace-time abstract mesh's device
+  (``jax.sharding.use_abstract_mesh``, as the train step sets; also how a CPU host
+  lowers for a TPU), else the default backend."""
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  return device.platform if device is not None else jax.default_backend()
 
 
 def _compiler_params():
   """Triton on GPU: jax's default GPU lowering for ``pallas_call`` is Mosaic GPU, which
-  lowers no ``dot_general`` in this (thread-per-element) style. TPU and interpret mode
-  take Pallas's defaults."""
+  lowers no ``dot_general`` in this (thread-per-element) style. Interpret mode takes
+  Pallas's defaults."""
   return pl_triton.CompilerParams() if platform() == "gpu" else None
 
 

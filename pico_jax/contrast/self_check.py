@@ -1,13 +1,20 @@
-"""The one-time, per-process check that the Pallas contrast kernel works on this device.
+"""The per-process checks that the Pallas contrast kernel works on this device.
 
 On an accelerator the kernel is compiled by Pallas (Triton on GPU, Mosaic on TPU) for
 the first time in the user's process; a compiler or driver change could break it or
-make it wrong. ``kernel_works`` compiles value-and-gradient of both kernels
-(``anchor_logsumexp``, ``pair_logsumexp``) on small ragged inputs, runs them, and
-compares them with the plain XLA logsumexp. Any exception or
-mismatch makes it return False after a warning that names the error, and the caller
-(``implementations.resolve``) uses "xla" (or "chunked" when a chunk size is set): a
-user never gets a crash or wrong numbers from the kernel. The verdict is cached per backend for the life of the process.
+make it wrong. ``kernel_works`` compiles value-and-gradient of both kernels of the
+platform's form (``forms.for_platform``: ``anchor_logsumexp``, ``pair_logsumexp``) on
+small ragged inputs, runs them, and compares them with the plain XLA logsumexp.
+
+Small inputs cannot show what only the training's shape shows (a block the backend
+rejects at that feature dimension, a kernel that does not fit in memory), so
+``shape_works`` lowers value-and-gradient of the contrast at the configured shape,
+ahead of time, and compiles it when the platform is this process's backend.
+
+Any exception or mismatch makes a check return False after one warning that names the
+error, and the caller (``implementations.resolve``) uses "xla" (or "chunked" when a
+chunk size is set): a user never gets a crash or wrong numbers from the kernel. The
+verdicts are cached (per backend; per backend and shape) for the life of the process.
 """
 
 from __future__ import annotations
@@ -19,12 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pico_jax.contrast import pallas_lse, pallas_pair
+from pico_jax.contrast import forms, pallas_lse
 
 log = logging.getLogger("pico_jax")
 
 # Per-backend verdicts: backend name -> None (works) or the error's description.
 _VERDICTS: dict[str, str | None] = {}
+# Per-shape verdicts: (backend name, shape key) -> None (lowers) or the description.
+_SHAPE_VERDICTS: dict[tuple, str | None] = {}
 # Float32 products run at IEEE precision in both forms; the differences are summation
 # order. Loose enough for that, tight enough for any real bug (a wrong mask or tile).
 _RTOL, _ATOL = 2e-4, 2e-5
@@ -52,18 +61,28 @@ def _xla_lse(anchors, candidates, inv_tau):
                           * inv_tau[:, None], axis=1)
 
 
+def _describe(e: Exception) -> str:
+  return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def _warn(message: str) -> None:
+  warnings.warn(message, RuntimeWarning, stacklevel=3)
+  log.warning(message)
+
+
 def _compare(interpret: bool) -> str | None:
   """None if both kernels agree with XLA on value and all three gradients, else why not."""
+  form = forms.for_platform(pallas_lse.platform())
   a, b, c, inv_tau, g, h = _inputs()
   single = lambda lse: lambda x, y, t: jnp.sum(g * lse(x, y, t))
   pair = lambda lse_pair: lambda x, y, t: sum(
       jnp.sum(w * v) for w, v in zip((g, h), lse_pair(x, y, t)))
   cases = [
       ("anchor_logsumexp", (a, c, inv_tau),
-       single(lambda x, y, t: pallas_lse.anchor_logsumexp(x, y, t, interpret=interpret)),
+       single(lambda x, y, t: form.anchor_logsumexp(x, y, t, interpret=interpret)),
        single(_xla_lse)),
       ("pair_logsumexp", (a, b, inv_tau),
-       pair(lambda x, y, t: pallas_pair.pair_logsumexp(x, y, t, interpret=interpret)),
+       pair(lambda x, y, t: form.pair_logsumexp(x, y, t, interpret=interpret)),
        pair(lambda x, y, t: (_xla_lse(x, y, t), _xla_lse(y, x, t)))),
   ]
   for kernel_name, args, kernel, xla in cases:
@@ -74,7 +93,7 @@ def _compare(interpret: bool) -> str | None:
       # traced (where the check may run): nothing of this joins the caller's trace.
       got = run(kernel)
     except Exception as e:  # noqa: BLE001  (any compile or run failure: do not use it)
-      return f"{kernel_name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+      return f"{kernel_name}: {_describe(e)}"
     names = ("value", "d first", "d second", "d inv_tau")
     for name, x, y in zip(names, jax.tree.leaves(got), jax.tree.leaves(run(xla))):
       if not np.allclose(x, y, rtol=_RTOL, atol=_ATOL):
@@ -94,8 +113,32 @@ def kernel_works(fallback: str = "xla") -> bool:
   if name not in _VERDICTS:
     _VERDICTS[name] = _compare(interpret=interpret_mode())
     if _VERDICTS[name] is not None:
-      message = (f"the Pallas contrast kernel failed its self-check on {name} "
-                 f"({_VERDICTS[name]}); using implementation={fallback!r} instead")
-      warnings.warn(message, RuntimeWarning, stacklevel=2)
-      log.warning(message)
+      _warn(f"the Pallas contrast kernel failed its self-check on {name} "
+            f"({_VERDICTS[name]}); using implementation={fallback!r} instead")
   return _VERDICTS[name] is None
+
+
+def shape_works(key, describe: str, lower, compile_it: bool, fallback: str = "xla") -> bool:
+  """Whether the kernel lowers (and, with ``compile_it``, compiles) at one shape.
+
+  Args:
+    key: hashable, the shape's identity (cached with the backend's name).
+    describe: the shape in words, for the warning.
+    lower: () -> ``jax.stages.Lowered``, the contrast's value and gradient lowered
+      ahead of time at that shape (nothing joins a surrounding trace).
+    compile_it: compile the lowering too (on this process's accelerator).
+    fallback: the implementation the caller uses instead (for the warning).
+  """
+  name = pallas_lse.platform()
+  if (name, key) not in _SHAPE_VERDICTS:
+    try:
+      lowered = lower()
+      if compile_it:
+        lowered.compile()
+      _SHAPE_VERDICTS[name, key] = None
+    except Exception as e:  # noqa: BLE001  (any lowering or compile failure: do not use it)
+      _SHAPE_VERDICTS[name, key] = _describe(e)
+      _warn(f"the Pallas contrast kernel cannot take the configured shape on {name} "
+            f"({describe}: {_SHAPE_VERDICTS[name, key]}); using "
+            f"implementation={fallback!r} instead")
+  return _SHAPE_VERDICTS[name, key] is None

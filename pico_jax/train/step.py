@@ -23,17 +23,22 @@ def objective_kwargs(config, mesh) -> dict:
   """The ``pico_objective`` settings of ``config`` (on ``mesh`` for local negatives).
 
   The contrast's implementation is resolved here, before any tracing: on an
-  accelerator this runs the Pallas kernel's one-time self-check (and warns if it falls
-  back) when the steps are built, not inside the first step's trace.
+  accelerator this runs the Pallas kernel's one-time self-check and its check at the
+  configured batch and projection (and warns if it falls back) when the steps are
+  built, not inside the first step's trace.
   """
   c = config.contrast
+  groups = mesh.shape[DATA] if c.negatives == "local" else 1
+  # The projections are float32 (heads.Projection); local negatives: one group a call.
+  shape = contrast.Shape(config.train.batch_size // groups, c.proj_dim,
+                         symmetric=c.symmetric, sharded=groups == 1)
   return dict(
       ctr_weight=config.loss.ctr_weight, ctcvr_weight=config.loss.ctcvr_weight,
       cvr_weight=config.loss.cvr_weight, cvr_rows=config.loss.cvr_rows,
       contrast_weight=c.weight, symmetric=c.symmetric,
       normalize=c.normalize, chunk_size=c.chunk_size,
-      implementation=contrast.resolve(c.implementation, c.chunk_size),
-      negative_groups=mesh.shape[DATA] if c.negatives == "local" else 1,
+      implementation=contrast.resolve(c.implementation, c.chunk_size, shape, mesh),
+      negative_groups=groups,
       relatedness_supervision_weight=c.relatedness_supervision_weight,
       tau_gradient=c.tau_gradient, tau_prior_weight=c.tau_prior_weight,
       tau_prior=c.tau_prior,

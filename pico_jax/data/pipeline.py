@@ -41,11 +41,6 @@ def num_rows(columns: Mapping[str, np.ndarray]) -> int:
   return next(iter(sizes.values()))
 
 
-def steps_per_epoch(rows: int, global_batch_size: int) -> int:
-  """Full global batches in one epoch of ``rows`` rows (the remainder is dropped)."""
-  return rows // global_batch_size
-
-
 def gather(columns: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
   """One batch: every column indexed by ``rows`` (int64 [b]), plus ``mask`` of ones."""
   out = {key: np.asarray(col[rows]) for key, col in columns.items()}

@@ -28,9 +28,6 @@ class Counter:
     self._pending = 0
     self._merged = 0
 
-  def add(self, values: np.ndarray) -> None:
-    self.add_counts(*np.unique(values, return_counts=True))
-
   def add_counts(self, keys: np.ndarray, counts: np.ndarray) -> None:
     """Adds sorted distinct ``keys`` seen ``counts`` times (``np.unique`` of a block)."""
     if len(keys) == 0:
@@ -93,8 +90,8 @@ class Vocab:
       return self.buckets + 1
     return 1 + (0 if self.keys is None else len(self.keys))
 
-  def lookup(self, values: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """Ids of ``values`` (any shape): int32, 0 where unseen/rare or not ``valid``."""
+  def lookup(self, values: np.ndarray) -> np.ndarray:
+    """Ids of ``values`` (any shape): int32, 0 where unseen or rare."""
     values = np.asarray(values)
     if self.buckets:
       ids = (1 + stable_hash(values.reshape(-1)) % np.uint64(self.buckets)).astype(np.int32)
@@ -104,8 +101,6 @@ class Vocab:
     else:
       pos = np.minimum(np.searchsorted(self.keys, values), len(self.keys) - 1)
       ids = np.where(self.keys[pos] == values, pos + 1, 0).astype(np.int32)
-    if valid is not None:
-      ids = np.where(valid, ids, 0).astype(np.int32)
     return ids
 
 

@@ -64,10 +64,6 @@ def serving_function(model, pos_weight_loss=None):
   return serve
 
 
-def _path_name(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
 def num_params(params) -> int:
   return int(sum(np.size(x) for x in jax.tree.leaves(params)))
 
@@ -91,7 +87,7 @@ def export_model(model, params, schema: Schema, output_dir: str, *,
   """
   host = jax.tree.map(np.asarray, jax.device_get(serving_params(params)))
   leaves, treedef = jax.tree_util.tree_flatten_with_path(host)
-  names = [_path_name(path) for path, _ in leaves]
+  names = [jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in leaves]
   arrays = [np.asarray(x) for _, x in leaves]
   if correct_pos_weight and config is None:
     raise ValueError("export: correct_pos_weight needs the config (its loss.pos_weight)")

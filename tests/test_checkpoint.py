@@ -15,7 +15,7 @@ from conftest import small_config
 from pico_jax import config as config_lib
 from pico_jax.data import pipeline
 from pico_jax.train import checkpoint as ckpt_lib
-from pico_jax.workdir import BestCriterion
+from test_faults import saved_state
 
 
 def _iterator():
@@ -35,7 +35,7 @@ def _config(**model):
 
 
 def _checkpointer(tmp_path, mode="max", **kwargs):
-  kwargs = {"keep": 2, "keep_best": 1, "best": BestCriterion("val", "ctr_auc", mode), **kwargs}
+  kwargs = {"keep": 2, "keep_best": 1, "best": ckpt_lib.BestCriterion("val", "ctr_auc", mode), **kwargs}
   return ckpt_lib.Checkpointer(str(tmp_path), **kwargs)
 
 
@@ -64,7 +64,7 @@ def test_saving_an_existing_step_is_an_error_unless_overwritten(tmp_path):
   ckpt.save(5, _state(6), it, _config(), overwrite=True)
   ckpt.wait()
   ckpt.close()
-  state = ckpt_lib.load_state_arrays(str(tmp_path), 5)
+  state = saved_state(str(tmp_path), 5)
   np.testing.assert_array_equal(state["params"]["table"], np.full((8, 4), 6.0))
 
 

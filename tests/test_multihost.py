@@ -14,7 +14,7 @@ import pytest
 
 from pico_jax import parallel
 from pico_jax.train import checkpoint as ckpt_lib
-from test_faults import launch_env, train_command, write_config
+from test_faults import launch_env, saved_state, train_command, write_config
 
 STEPS = 12
 OVERRIDES = {"model.backbone": "shared_bottom", "train.steps": STEPS, "train.log_every": 1,
@@ -71,7 +71,7 @@ def test_two_processes_train_like_one(two_process_run):
   # Logs and metrics come from process 0 only.
   assert f"eval test step {STEPS}" in logs[0] and "eval test step" not in logs[1]
 
-  expected, got = ckpt_lib.load_state_arrays(single), ckpt_lib.load_state_arrays(multi)
+  expected, got = saved_state(single), saved_state(multi)
   assert int(got["step"]) == STEPS
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                got, expected)
@@ -103,8 +103,8 @@ def test_sigterm_stops_both_processes_at_one_step_and_the_rerun_is_identical(
 
   logs = _finish(_launch(config, workdir, tmp / "jax_cache"))
   assert f"resumed from the checkpoint of step {step}" in logs[0]
-  expected = ckpt_lib.load_state_arrays(uninterrupted)
-  jax.tree.map(np.testing.assert_array_equal, ckpt_lib.load_state_arrays(workdir), expected)
+  expected = saved_state(uninterrupted)
+  jax.tree.map(np.testing.assert_array_equal, saved_state(workdir), expected)
   assert _records(workdir) == _records(uninterrupted)
 
 

@@ -17,32 +17,37 @@ A changed process count is refused at start: the data position is saved per proc
 A changed device count or mesh shape with the same process count restores (orbax
 reshards the arrays onto the new mesh; the global batch, and so the data order, does
 not depend on the mesh).
+
+Which checkpoints are kept, and which is best, is decided here too. The best checkpoint
+is defined once, by ``best_criterion``: retention and ``--checkpoint best``
+(``launch/evaluate.py``, ``launch/export.py``) rank by it, and unless
+``config.checkpoint.best_metric`` says otherwise it is the early-stopping metric, so the
+best checkpoint holds the params the run's final test scored.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
+import math
 import os
 import re
+import sys
 
 import grain
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
 
 from pico_jax import workdir as workdir_lib
+from pico_jax.train import checkpoint_compat as compat
+from pico_jax.train.early_stopping import metric_mode
 
 log = logging.getLogger("pico_jax")
 
-# Config sections that may differ between a checkpoint and the run resuming it.
-_RESUMABLE_SECTIONS = ("train", "checkpoint", "mesh")
-_RESUMABLE_KEYS = ("data.prefetch", "data.num_threads", "data.eval_split")
-# Keys that fix which rows the saved data-iterator position points at: a resume with
-# any of them changed would silently train on a different data order.
-_DATA_ORDER_KEYS = ("seed", "train.batch_size", "data.name", "data.path")
 _PROCESS_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json$")
 
 
@@ -58,37 +63,88 @@ class CheckpointExistsError(FileExistsError):
   """A save at a step that already has a checkpoint (without ``overwrite=True``)."""
 
 
-def flatten_config(tree: dict, prefix: str = "") -> dict:
-  """A nested config dict as ``{"dotted.key": value}``."""
-  out = {}
-  if isinstance(tree, dict):
-    for k, v in tree.items():
-      out.update(flatten_config(v, f"{prefix}{k}."))
+@dataclasses.dataclass(frozen=True)
+class BestCriterion:
+  """The evaluation that ranks checkpoints: ``metric`` of ``split``, ``mode`` max|min."""
+  split: str
+  metric: str
+  mode: str
+
+  @property
+  def key(self) -> str:
+    """The name of the ranked value among a checkpoint's metrics: ``split/metric``."""
+    return f"{self.split}/{self.metric}"
+
+  def score(self, metrics: dict | None) -> float:
+    """Higher is better; a checkpoint without the metric, or with NaN, ranks last."""
+    value = (metrics or {}).get(self.key, math.nan)
+    if value is None or math.isnan(value):
+      return -math.inf
+    return value if self.mode == "max" else -value
+
+
+def best_criterion(config) -> BestCriterion:
+  """What "best" means for ``config``.
+
+  ``config.checkpoint.best_metric`` ("<split>/<metric>") when set; else the early-stopping
+  metric (``config.train.early_stopping_metric``) of ``config.data.eval_split``, so the
+  best checkpoint is the one early stopping scores on test; else that split's
+  ``mean_auc``. Losses (names ending in ``loss``) are minimised, the rest maximised.
+  """
+  if config.checkpoint.best_metric:
+    split, _, metric = config.checkpoint.best_metric.partition("/")
   else:
-    out[prefix[:-1]] = tree
-  return out
+    split, metric = config.data.eval_split, config.train.early_stopping_metric or "mean_auc"
+  return BestCriterion(split, metric, metric_mode(metric))
 
 
-def config_differences(saved: dict, current: dict) -> list[str]:
-  """``key: saved -> current`` for every config key whose value differs, sorted."""
-  # Through JSON, as the saved one was: tuples become lists on both sides.
-  a, b = (flatten_config(json.loads(json.dumps(c))) for c in (saved, current))
-  return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+def checkpoint_manager(workdir: str, *, read_only: bool = False, keep: int = 1,
+                       keep_best: int = 0,
+                       best: BestCriterion | None = None):
+  """The ``orbax.checkpoint.CheckpointManager`` of ``workdir/checkpoints`` (the only
+  place one is constructed).
+
+  Args:
+    read_only: for evaluation and export: nothing is created, saved or deleted.
+    keep: how many of the latest checkpoints to keep.
+    keep_best: how many of the best checkpoints (by ``best``) to keep besides them.
+    best: ranks checkpoints by the ``metrics`` given to ``save``; orbax also writes
+      them beside each step, so a restarted run still knows which one is best.
+  """
+  handlers = dict(state=ocp.StandardCheckpointHandler(),
+                  data=grain.checkpoint.CheckpointHandler(),
+                  config=ocp.JsonCheckpointHandler(),
+                  best=ocp.StandardCheckpointHandler())
+  directory = workdir_lib.checkpoint_dir(workdir)
+  if read_only:
+    if not os.path.isdir(directory):
+      raise FileNotFoundError(f"{directory}: no checkpoints (was the run trained with "
+                              "config.checkpoint.enabled=True?)")
+    return ocp.CheckpointManager(directory, item_handlers=handlers,
+                                 options=ocp.CheckpointManagerOptions(
+                                     read_only=True, create=False, save_interval_steps=0))
+  keep_policies = [policies.preservation_policy.LatestN(n=keep)]
+  score = None
+  if best is not None and keep_best:
+    score = best.score
+    keep_policies.append(policies.preservation_policy.BestN(
+        get_metric_fn=score, reverse=False, n=keep_best,
+        keep_checkpoints_without_metrics=False))
+  return ocp.CheckpointManager(
+      directory, item_handlers=handlers,
+      options=ocp.CheckpointManagerOptions(
+          create=True, enable_async_checkpointing=True, cleanup_tmp_directories=True,
+          best_fn=score, best_mode="max",
+          preservation_policy=policies.AnyPreservationPolicy(keep_policies)))
 
 
-def _key_name(entry) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
-
-
-def _leaves_by_path(tree) -> dict:
-  """Leaves keyed ``opt_state/0/mu/embedding/table``: the same for a live state and
-  the saved metadata tree (where dataclasses and named tuples became dicts)."""
-  return {"/".join(_key_name(e) for e in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+def best_step(steps, metrics_of, best: BestCriterion) -> int | None:
+  """The step of ``steps`` (kept checkpoints) whose evaluation ``metrics_of(step)``
+  (``{"<split>/<metric>": value}``, as saved with the checkpoint) ranks best by
+  ``best``; None when none of them was evaluated on it."""
+  scored = [(best.score(metrics_of(s)), s) for s in steps]
+  scored = [(v, s) for v, s in scored if v > -math.inf]
+  return max(scored)[1] if scored else None
 
 
 class Checkpointer:
@@ -100,25 +156,25 @@ class Checkpointer:
     workdir: the run's directory.
     keep: how many of the latest checkpoints to keep.
     keep_best: how many of the best checkpoints (by ``best``) to keep besides them.
-    best: what ranks checkpoints (``pico_jax.workdir.best_criterion``).
+    best: what ranks checkpoints (``best_criterion``).
     read_only: for evaluation and export.
   """
 
   def __init__(self, workdir: str, *, keep: int = 1, keep_best: int = 0,
-               best: workdir_lib.BestCriterion | None = None, read_only: bool = False):
+               best: BestCriterion | None = None, read_only: bool = False):
     self.directory = workdir_lib.checkpoint_dir(workdir)
     self.best = best
     if not read_only:
       self._warn_half_written()
-    self.manager = workdir_lib.checkpoint_manager(workdir, read_only=read_only, keep=keep,
-                                                  keep_best=keep_best, best=best)
+    self.manager = checkpoint_manager(workdir, read_only=read_only, keep=keep,
+                                      keep_best=keep_best, best=best)
 
   @classmethod
   def from_config(cls, workdir: str, config: ml_collections.ConfigDict) -> "Checkpointer":
     """The checkpointer of ``config.checkpoint``, ranking by ``best_criterion(config)``."""
     c = config.checkpoint
     return cls(workdir, keep=c.keep, keep_best=c.keep_best,
-               best=workdir_lib.best_criterion(config))
+               best=best_criterion(config))
 
   def _warn_half_written(self):
     if not os.path.isdir(self.directory):
@@ -136,7 +192,7 @@ class Checkpointer:
 
   def best_step(self) -> int | None:
     """The kept step whose saved evaluation ranks best by ``best``, or None."""
-    return workdir_lib.best_step(self.all_steps(), self.manager.metrics, self.best)
+    return best_step(self.all_steps(), self.manager.metrics, self.best)
 
   def save(self, step: int, state, data_iterator, config: ml_collections.ConfigDict, *,
            metrics: dict[str, float] | None = None, best_params=None,
@@ -174,7 +230,7 @@ class Checkpointer:
   @contextlib.contextmanager
   def _reading(self, step: int, item: str):
     """Turns any failure to read ``item`` of ``step`` into one CheckpointRestoreError."""
-    with workdir_lib.quiet_orbax():
+    with quiet_orbax():
       try:
         yield
       except (CheckpointMismatchError, CheckpointRestoreError):
@@ -204,22 +260,10 @@ class Checkpointer:
     """Raises ``CheckpointMismatchError`` naming every param whose saved shape or dtype
     differs from ``abstract_state`` and the config keys that differ."""
     with self._reading(step, "state"):
-      have = _leaves_by_path(self.manager.item_metadata(step).state)
-    want = _leaves_by_path(abstract_state)
-    problems = []
-    for key, leaf in want.items():
-      if key not in have:
-        problems.append(f"{key}: not in the checkpoint")
-      elif tuple(have[key].shape) != tuple(leaf.shape):
-        problems.append(f"{key}: saved shape {tuple(have[key].shape)}, this config "
-                        f"needs {tuple(leaf.shape)}")
-      elif np.dtype(have[key].dtype) != np.dtype(leaf.dtype):
-        problems.append(f"{key}: saved dtype {have[key].dtype}, this config needs "
-                        f"{leaf.dtype}")
-    problems += [f"{k}: in the checkpoint, not in this model" for k in sorted(set(have) - set(want))]
+      saved = self.manager.item_metadata(step).state
+    problems = compat.state_problems(saved, abstract_state)
     if problems:
-      diffs = [d for d in config_differences(self.saved_config(step), config.to_dict())
-               if not _resumable(d)]
+      diffs = compat.model_differences(self.saved_config(step), config.to_dict())
       raise CheckpointMismatchError(
           f"checkpoint {os.path.join(self.directory, str(step))} does not fit this "
           f"config:\n  " + "\n  ".join(problems[:20])
@@ -231,15 +275,14 @@ class Checkpointer:
   def check_same_run(self, step: int, config: ml_collections.ConfigDict):
     """Raises ``CheckpointMismatchError`` if a key that fixes the data order differs from
     the checkpoint's; logs every other changed key (except runtime-only ones)."""
-    diffs = config_differences(self.saved_config(step), config.to_dict())
-    order = [d for d in diffs if _key(d) in _DATA_ORDER_KEYS
-             or _key(d).startswith("data.synthetic.")]
+    saved = self.saved_config(step)
+    order = compat.data_order_differences(saved, config.to_dict())
     if order:
       raise CheckpointMismatchError(
           f"checkpoint {os.path.join(self.directory, str(step))} was written with a "
           f"different data order: {'; '.join(order)}. Its data-iterator position would "
           "point at other rows. Use a new --workdir, or the checkpoint's values.")
-    changed = [d for d in diffs if not _resumable(d)]
+    changed = compat.model_differences(saved, config.to_dict())
     if changed:
       log.warning("resuming checkpoint %d with a changed config: %s", step,
                   "; ".join(changed))
@@ -283,14 +326,6 @@ class Checkpointer:
     self.manager.close()
 
 
-def _key(diff: str) -> str:
-  return diff.split(":")[0]
-
-
-def _resumable(diff: str) -> bool:
-  return diff.split(".")[0] in _RESUMABLE_SECTIONS or _key(diff) in _RESUMABLE_KEYS
-
-
 def _listdir(path: str) -> list[str]:
   return os.listdir(path) if os.path.isdir(path) else []
 
@@ -306,26 +341,43 @@ def _cause(e: BaseException) -> str:
   return f"{prefix}{type(e).__name__}: {text[:400]}"
 
 
-def load_state_arrays(workdir: str, step: int | None = None) -> dict:
-  """The saved train state of ``step`` (default: the latest) as host numpy arrays.
-
-  For inspection and comparison (notebooks, tests): a nested dict ``{"params": ...,
-  "opt_state": ..., "step": ..., "rng": ...}`` read onto one device whatever mesh saved
-  it, then copied to the host.
-  """
-  ckpt = Checkpointer(workdir, read_only=True)
-  try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          ckpt.manager.item_metadata(step).state)
-    return jax.tree.map(np.asarray, ckpt.restore_state(step, target))
-  finally:
-    ckpt.close()
-
-
 def abstract_like(state):
   """ShapeDtypeStructs (with shardings) of a live state, the restore target."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+  """Keeps the noise of a failed checkpoint read out of the output; the caller raises
+  one error that says what failed.
+
+  A read that fails on one damaged array closes orbax's asyncio loop while TensorStore
+  still completes the reads of the others; each completion then reports
+  ``RuntimeError: Event loop is closed`` through ``sys.unraisablehook`` (thousands of
+  tracebacks for a real model), and orbax logs each failure. Both are silenced here;
+  the hook filter stays installed, since those completions arrive after the read.
+  """
+  _drop_closed_loop_reports()
+  loggers = [logging.getLogger(n) for n in ("absl", "orbax", "asyncio")]
+  levels = [l.level for l in loggers]
+  for l in loggers:
+    l.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    for l, level in zip(loggers, levels):
+      l.setLevel(level)
+
+
+def _drop_closed_loop_reports():
+  if getattr(sys.unraisablehook, "_drops_closed_loop", False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(report):
+    if not (isinstance(report.exc_value, RuntimeError)
+            and str(report.exc_value) == "Event loop is closed"):
+      previous(report)
+
+  hook._drops_closed_loop = True
+  sys.unraisablehook = hook

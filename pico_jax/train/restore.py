@@ -7,7 +7,7 @@ directory.
 
 Which checkpoint (``which``):
   ``latest``  the newest step.
-  ``best``    the kept step that ranks best by ``pico_jax.workdir.best_criterion`` (the
+  ``best``    the kept step that ranks best by ``pico_jax.train.checkpoint.best_criterion`` (the
               early-stopping metric when early stopping is on).
   ``STEP``    that step (an integer).
 """
@@ -20,9 +20,9 @@ import ml_collections
 
 from pico_jax import config as config_lib
 from pico_jax import parallel
-from pico_jax.train.checkpoint import Checkpointer, flatten_config
+from pico_jax.train.checkpoint import Checkpointer, best_criterion
+from pico_jax.train.checkpoint_compat import flatten_config
 from pico_jax.train.trainer import Trainer, build
-from pico_jax.workdir import best_criterion
 
 log = logging.getLogger("pico_jax")
 

@@ -1,0 +1,88 @@
+"""Whether a checkpoint fits the run resuming it: the same params (shapes, dtypes) and
+the same data order; which config keys may change across a resume.
+
+Pure functions over the saved and current configs and state trees; the
+``Checkpointer`` (``pico_jax/train/checkpoint.py``) raises what they find.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+
+# Config sections that may differ between a checkpoint and the run resuming it.
+_RESUMABLE_SECTIONS = ("train", "checkpoint", "mesh")
+_RESUMABLE_KEYS = ("data.prefetch", "data.num_threads", "data.eval_split")
+# Keys that fix which rows the saved data-iterator position points at: a resume with
+# any of them changed would silently train on a different data order.
+_DATA_ORDER_KEYS = ("seed", "train.batch_size", "data.name", "data.path")
+
+
+def flatten_config(tree: dict, prefix: str = "") -> dict:
+  """A nested config dict as ``{"dotted.key": value}``."""
+  out = {}
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      out.update(flatten_config(v, f"{prefix}{k}."))
+  else:
+    out[prefix[:-1]] = tree
+  return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+  """``key: saved -> current`` for every config key whose value differs, sorted."""
+  # Through JSON, as the saved one was: tuples become lists on both sides.
+  a, b = (flatten_config(json.loads(json.dumps(c))) for c in (saved, current))
+  return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def path_name(path) -> str:
+  """A pytree key path as ``opt_state/0/mu/embedding/table``: the same for a live state
+  and for orbax's metadata tree of it (where dataclasses and named tuples are dicts)."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def leaves_by_path(tree) -> dict:
+  """``{path_name: leaf}`` of ``tree``."""
+  return {path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def state_problems(saved_metadata, abstract_state) -> list[str]:
+  """One line per leaf of ``abstract_state`` that the saved state (orbax's metadata
+  tree) lacks or holds with another shape or dtype, and per saved leaf the state
+  lacks."""
+  have, want = leaves_by_path(saved_metadata), leaves_by_path(abstract_state)
+  problems = []
+  for key, leaf in want.items():
+    if key not in have:
+      problems.append(f"{key}: not in the checkpoint")
+    elif tuple(have[key].shape) != tuple(leaf.shape):
+      problems.append(f"{key}: saved shape {tuple(have[key].shape)}, this config "
+                      f"needs {tuple(leaf.shape)}")
+    elif np.dtype(have[key].dtype) != np.dtype(leaf.dtype):
+      problems.append(f"{key}: saved dtype {have[key].dtype}, this config needs "
+                      f"{leaf.dtype}")
+  return problems + [f"{k}: in the checkpoint, not in this model"
+                     for k in sorted(set(have) - set(want))]
+
+
+def model_differences(saved: dict, current: dict) -> list[str]:
+  """The config differences that change the model (the resumable ones left out)."""
+  return [d for d in config_differences(saved, current) if not _resumable(d)]
+
+
+def data_order_differences(saved: dict, current: dict) -> list[str]:
+  """The config differences that move the saved data position onto other rows."""
+  return [d for d in config_differences(saved, current)
+          if _key(d) in _DATA_ORDER_KEYS or _key(d).startswith("data.synthetic.")]
+
+
+def _key(diff: str) -> str:
+  return diff.split(":")[0]
+
+
+def _resumable(diff: str) -> bool:
+  return diff.split(".")[0] in _RESUMABLE_SECTIONS or _key(diff) in _RESUMABLE_KEYS

@@ -176,6 +176,28 @@ def test_interpret_mode_matches_float64(kernel, n_anchor, n_candidate, dim, dtyp
                                atol=tol * np.max(np.abs(y)), err_msg=name)
 
 
+def test_interpret_mode_masks_padding_when_every_logit_is_very_negative():
+  # Logits near -100 (anchors opposite the candidates, inv_tau 20): lse is near -100,
+  # so an unmasked padded candidate (S = 0) would weigh exp(100), inf in float32.
+  rng = np.random.default_rng(5)
+  u = _unit(rng, 1, 16, jnp.float32)
+  a = -5 * u + 0.01 * rng.normal(size=(20, 16)).astype(np.float32)
+  c = u + 0.01 * rng.normal(size=(130, 16)).astype(np.float32)
+  inv_tau = np.full(20, 20.0, np.float32)
+  g = rng.normal(size=20)
+  run = lambda x, y, t: jnp.sum(g * pallas_tpu.anchor_logsumexp(
+      x, y, t, 128, 128, pltpu.InterpretParams()))
+  got = jax.value_and_grad(run, argnums=(0, 1, 2))(a, c, inv_tau)
+  with jax.enable_x64(True):
+    exact = [np.float64(x) for x in (a, c, inv_tau)]
+    assert np.max(_xla_lse64(*exact)) < -90
+    want = jax.value_and_grad(lambda x, y, t: jnp.sum(g * _xla_lse64(x, y, t)),
+                              argnums=(0, 1, 2))(*exact)
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y), rtol=1e-4,
+                               atol=1e-4 * np.max(np.abs(np.asarray(y))))
+
+
 # ------------------------------------------------------------ the real shape decides
 
 

@@ -234,7 +234,8 @@ def _grad_kernel(*refs, own_term, other_term, n_other, precision):
     t, lse, g = (_lanes(r[...], s.shape[1]) for r in own_vectors)
     p = jnp.exp(s * t - lse)
     if n_other % s.shape[1]:
-      # A padded other row is zeros: S = 0 there and P = exp(-lse) is not 0.
+      # A padded other row is zeros: S = 0 and P = exp(-lse) there, which overflows
+      # when every real logit is very negative (and inf x 0 rows is NaN).
       p = jnp.where(_real_columns(s.shape, j, n_other), p, 0.0)
     weight = g * t * p
     acc_t_ref[...] += jnp.sum(p * s, axis=1, keepdims=True)

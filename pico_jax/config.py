@@ -1,60 +1,262 @@
-"""Config checks that ml_collections cannot do by itself, and dotted-key access.
+"""Every config key's rule, the checks that relate keys, and dotted-key access.
 
-Unknown keys and wrong types are rejected by the locked ``ConfigDict`` and absl's
-``config_flags`` when overrides are parsed; ``validate`` checks values (choices, ranges
-and consistency) and names the offending key. It runs once, at the entry points
-(``launch/*.py`` and ``pico_jax.train.trainer.build``); the modules below them trust a
-validated config.
+The locked ``ConfigDict`` and absl's ``config_flags`` reject unknown override keys and
+values that do not parse as the key's type; ``validate`` checks everything else and
+names the offending key in one ``ConfigError``:
 
-To add a check, add the dotted key to the table that fits (``CHOICES``, ``POSITIVE``,
-``NON_NEGATIVE``); only checks that relate several keys are written out in
-``validate``.
+* ``RULES`` gives every leaf key of ``configs/default.py`` one rule from the small
+  vocabulary below (``choices``, ``integer``, ``number``, ``ints``, ``numbers``,
+  ``BOOL``, ``TEXT``): type and range. A key of the config without a rule is an error,
+  so **adding a config key is two one-line changes: the key in configs/default.py and
+  its rule in RULES** (tests/test_config.py fails until both exist). A list of choices
+  is a tuple constant of the module that owns the key's meaning, imported here.
+* ``validate`` then runs the cross-key checks, written out below (tau ordering, a
+  store path, the synthetic splits' sizes, ...).
+* ``validate_against`` checks what needs the data or the devices (the eval split
+  exists and has rows, the mesh divides the devices, the batch divides the mesh); it
+  runs in ``pico_jax.train.trainer.build`` once the dataset is loaded, before any step.
+
+``validate`` runs once, at the entry points (``launch/*.py`` and ``trainer.build``); the
+modules below them trust a validated config.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import ml_collections
 from ml_collections.config_flags import config_path
 
 from pico_jax.contrast import IMPLEMENTATIONS as CONTRAST_IMPLEMENTATIONS
-from pico_jax.losses import TAU_GRADIENTS
+from pico_jax.data import SOURCES, SYNTHETIC_KINDS
+from pico_jax.data.positive_control import RELATEDNESS
+from pico_jax.losses import CVR_ROWS, TAU_GRADIENTS
+from pico_jax.models.embeddings import POOLINGS
 from pico_jax.models.heads import DETACH_SIDES, RELATEDNESS_INPUTS
-from pico_jax.models.pico import BACKBONES, CONTRAST_MODES, CONTRAST_REPRESENTATIONS
-from pico_jax.train.optimizer import SCHEDULES, learning_rate_schedule
-
-CHOICES = {
-    "data.name": ("synthetic", "store"),
-    "model.backbone": BACKBONES,
-    "model.pooling": ("sum", "mean"),
-    "model.compute_dtype": ("float32", "bfloat16"),
-    "contrast.mode": CONTRAST_MODES,
-    "contrast.relatedness_input": RELATEDNESS_INPUTS,
-    "contrast.negatives": ("global", "local"),
-    "contrast.implementation": CONTRAST_IMPLEMENTATIONS,
-    "contrast.tau_gradient": TAU_GRADIENTS,
-    "contrast.representation": CONTRAST_REPRESENTATIONS,
-    "contrast.detach": DETACH_SIDES,
-    "loss.cvr_rows": ("clicked", "all"),
-    "optimizer.name": ("adam", "adamw", "adagrad", "sgd"),
-    "optimizer.embedding_optimizer": ("dense", "lazy_adam", "lazy_adagrad"),
-    "optimizer.schedule": SCHEDULES,
-}
-POSITIVE = ("train.batch_size", "train.steps", "train.log_every", "train.eval_every",
-            "train.eval_batch_size", "model.embed_dim", "model.vocab_pad_multiple",
-            "contrast.proj_dim", "contrast.tau_min", "contrast.tau_prior",
-            "optimizer.learning_rate", "checkpoint.every_steps", "checkpoint.keep",
-            "train.patience", "loss.pos_weight.ctr", "loss.pos_weight.ctcvr",
-            "loss.pos_weight.cvr")
-NON_NEGATIVE = ("contrast.weight", "contrast.chunk_size", "loss.ctr_weight",
-                "loss.ctcvr_weight", "loss.cvr_weight", "model.dropout",
-                "contrast.relatedness_supervision_weight", "contrast.tau_prior_weight",
-                "optimizer.weight_decay", "optimizer.grad_clip_norm", "checkpoint.keep_best",
-                "data.device_prefetch", "loss.calibrator_weight", "optimizer.warmup_steps",
-                "optimizer.decay_steps")
+from pico_jax.models.pico import (BACKBONES, COMPUTE_DTYPES, CONTRAST_MODES,
+                                  CONTRAST_REPRESENTATIONS)
+from pico_jax.models.transfer import TRANSFERS
+from pico_jax.parallel import DATA, MODEL
+from pico_jax.train.optimizer import OPTIMIZERS, SCHEDULES, learning_rate_schedule
+from pico_jax.train.sparse_optimizer import EMBEDDING_OPTIMIZERS
+from pico_jax.train.step import NEGATIVES
 
 
 class ConfigError(ValueError):
   """A config value is invalid; the message names the key."""
+
+
+# --- The rule vocabulary. --------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """A check of one value: ``ok(value)``; ``expected`` completes "expected ..."."""
+  ok: Callable[[Any], bool]
+  expected: str
+  values: tuple | None = None  # the choices of a ``choices`` rule.
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def choices(values) -> Rule:
+  """One of ``values`` (a tuple constant of the module that owns the key)."""
+  values = tuple(values)
+  return Rule(lambda v: isinstance(v, str) and v in values, f"one of {list(values)}",
+              values)
+
+
+def integer(low: int | None = None, *, or_: int | None = None) -> Rule:
+  """An int >= ``low`` (or exactly ``or_``, a sentinel such as -1)."""
+  text = "an integer" + (f" >= {low}" if low is not None else "")
+  if or_ is not None:
+    text += f", or {or_}"
+  return Rule(lambda v: _is_int(v) and (low is None or v >= low or v == or_), text)
+
+
+def number(low: float | None = None, high: float | None = None, *,
+           low_open: bool = False, high_open: bool = False) -> Rule:
+  """A finite int or float within [low, high] (``*_open``: the bound excluded)."""
+  def ok(v):
+    return (_is_number(v)
+            and (low is None or (v > low if low_open else v >= low))
+            and (high is None or (v < high if high_open else v <= high)))
+  if low is not None and high is not None:
+    text = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+  elif low is not None:
+    text = f"a number {'>' if low_open else '>='} {low}"
+  elif high is not None:
+    text = f"a number {'<' if high_open else '<='} {high}"
+  else:
+    text = "a finite number"
+  return Rule(ok, text)
+
+
+def ints(*, non_empty: bool = False) -> Rule:
+  """A tuple of ints >= 1 (layer widths); ``non_empty``: at least one."""
+  return Rule(lambda v: (isinstance(v, (tuple, list)) and (len(v) > 0 or not non_empty)
+                         and all(_is_int(x) and x >= 1 for x in v)),
+              f"a {'non-empty ' if non_empty else ''}tuple of integers >= 1, e.g. (64, 32)")
+
+
+def numbers(low: float, high: float) -> Rule:
+  """A non-empty tuple of numbers in [low, high]."""
+  return Rule(lambda v: (isinstance(v, (tuple, list)) and len(v) > 0
+                         and all(_is_number(x) and low <= x <= high for x in v)),
+              f"a non-empty tuple of numbers in [{low}, {high}]")
+
+
+def _is_axis_rules(v) -> bool:
+  axis = lambda a: a is None or a in (DATA, MODEL) or (
+      isinstance(a, (tuple, list)) and all(x in (DATA, MODEL) for x in a))
+  return isinstance(v, (tuple, list)) and all(
+      isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[0], str) and axis(r[1])
+      for r in v)
+
+
+BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
+TEXT = Rule(lambda v: isinstance(v, str), "a string")
+POSITIVE_INT, NON_NEGATIVE_INT = integer(1), integer(0)
+POSITIVE, NON_NEGATIVE, ANY_NUMBER = number(0, low_open=True), number(0), number()
+FRACTION = number(0, 1, high_open=True)  # [0, 1)
+MESH_AXIS = integer(1, or_=-1)  # -1: the devices the other axis leaves.
+AXIS_RULES = Rule(_is_axis_rules, f"a tuple of (logical axis, None | {DATA!r} | {MODEL!r} | "
+                  "a tuple of them) pairs")
+
+# --- One rule per leaf key of configs/default.py. --------------------------------------
+
+RULES: dict[str, Rule] = {
+    "seed": NON_NEGATIVE_INT,
+    "data.name": choices(SOURCES),
+    "data.path": TEXT,
+    "data.eval_split": TEXT,  # a split of the dataset: validate / validate_against.
+    "data.prefetch": NON_NEGATIVE_INT,
+    "data.device_prefetch": NON_NEGATIVE_INT,
+    "data.num_threads": NON_NEGATIVE_INT,
+    "data.synthetic.num_rows": POSITIVE_INT,
+    "data.synthetic.num_users": POSITIVE_INT,
+    "data.synthetic.num_items": POSITIVE_INT,
+    "data.synthetic.num_categories": POSITIVE_INT,
+    "data.synthetic.rho": numbers(0, 1),
+    "data.synthetic.latent_dim": POSITIVE_INT,
+    "data.synthetic.signal": ANY_NUMBER,
+    "data.synthetic.ctr_bias": ANY_NUMBER,
+    "data.synthetic.cvr_bias": ANY_NUMBER,
+    "data.synthetic.history_len": POSITIVE_INT,
+    "data.synthetic.dense_noise": NON_NEGATIVE,
+    "data.synthetic.val_fraction": FRACTION,
+    "data.synthetic.test_fraction": FRACTION,
+    "data.synthetic.kind": choices(SYNTHETIC_KINDS),
+    "data.synthetic.seed": integer(0, or_=-1),  # -1: follow config.seed.
+    "data.synthetic.positive_control.relatedness": choices(RELATEDNESS),
+    "data.synthetic.positive_control.conversions_per_click": number(0, 1, low_open=True,
+                                                                    high_open=True),
+    "data.synthetic.positive_control.nuisance_scale": NON_NEGATIVE,
+    "data.synthetic.positive_control.num_rows": POSITIVE_INT,
+    "data.synthetic.positive_control.num_users": POSITIVE_INT,
+    "data.synthetic.positive_control.num_items": POSITIVE_INT,
+    "data.synthetic.positive_control.num_categories": POSITIVE_INT,
+    "data.synthetic.positive_control.latent_dim": POSITIVE_INT,
+    "data.synthetic.positive_control.signal": ANY_NUMBER,
+    "data.synthetic.positive_control.ctr_bias": ANY_NUMBER,
+    "data.synthetic.positive_control.val_fraction": FRACTION,
+    "data.synthetic.positive_control.test_fraction": FRACTION,
+    "model.embed_dim": POSITIVE_INT,
+    "model.dense_dim": POSITIVE_INT,
+    "model.pooling": choices(POOLINGS),
+    "model.vocab_pad_multiple": POSITIVE_INT,
+    "model.backbone": choices(BACKBONES),
+    "model.shared_bottom.hidden": ints(),
+    "model.mmoe.num_experts": POSITIVE_INT,
+    "model.mmoe.expert_hidden": ints(non_empty=True),
+    "model.ple.num_levels": POSITIVE_INT,
+    "model.ple.num_shared_experts": POSITIVE_INT,
+    "model.ple.num_task_experts": POSITIVE_INT,
+    "model.ple.expert_hidden": ints(non_empty=True),
+    "model.aitm.bottom_hidden": ints(non_empty=True),
+    "model.tower_hidden": ints(),
+    "model.layer_norm": BOOL,
+    "model.dropout": FRACTION,
+    "model.compute_dtype": choices(COMPUTE_DTYPES),
+    "model.transfer": choices(TRANSFERS),
+    "model.oracle_feature": BOOL,  # cross-key check: _check_data.
+    "contrast.mode": choices(CONTRAST_MODES),
+    "contrast.weight": NON_NEGATIVE,
+    "contrast.proj_dim": POSITIVE_INT,
+    "contrast.proj_hidden": ints(),
+    "contrast.tau_min": POSITIVE,
+    "contrast.tau_max": POSITIVE,
+    "contrast.tau_init": POSITIVE,
+    "contrast.relatedness_hidden": ints(),
+    "contrast.relatedness_input": choices(RELATEDNESS_INPUTS),
+    "contrast.relatedness_stop_gradient": BOOL,
+    "contrast.symmetric": BOOL,
+    "contrast.normalize": BOOL,
+    "contrast.negatives": choices(NEGATIVES),
+    "contrast.implementation": choices(CONTRAST_IMPLEMENTATIONS),
+    "contrast.chunk_size": NON_NEGATIVE_INT,
+    "contrast.relatedness_supervision_weight": NON_NEGATIVE,
+    "contrast.tau_gradient": choices(TAU_GRADIENTS),
+    "contrast.tau_prior_weight": NON_NEGATIVE,
+    "contrast.tau_prior": POSITIVE,
+    "contrast.representation": choices(CONTRAST_REPRESENTATIONS),
+    "contrast.detach": choices(DETACH_SIDES),
+    "loss.ctr_weight": NON_NEGATIVE,
+    "loss.ctcvr_weight": NON_NEGATIVE,
+    "loss.cvr_weight": NON_NEGATIVE,
+    "loss.cvr_rows": choices(CVR_ROWS),
+    "loss.pos_weight.ctr": POSITIVE,
+    "loss.pos_weight.ctcvr": POSITIVE,
+    "loss.pos_weight.cvr": POSITIVE,
+    "loss.calibrator_weight": NON_NEGATIVE,
+    "optimizer.name": choices(OPTIMIZERS),
+    "optimizer.learning_rate": POSITIVE,
+    "optimizer.b1": FRACTION,
+    "optimizer.b2": FRACTION,
+    "optimizer.eps": POSITIVE,
+    "optimizer.weight_decay": NON_NEGATIVE,
+    "optimizer.grad_clip_norm": NON_NEGATIVE,  # 0: off.
+    "optimizer.embedding_optimizer": choices(EMBEDDING_OPTIMIZERS),
+    "optimizer.schedule": choices(SCHEDULES),
+    "optimizer.warmup_steps": NON_NEGATIVE_INT,
+    "optimizer.decay_steps": NON_NEGATIVE_INT,  # 0: train.steps.
+    "train.batch_size": POSITIVE_INT,
+    "train.steps": POSITIVE_INT,
+    "train.log_every": POSITIVE_INT,
+    "train.eval_every": POSITIVE_INT,
+    "train.eval_batch_size": POSITIVE_INT,
+    "train.early_stopping_metric": TEXT,  # '' (off) or a metric name.
+    "train.patience": POSITIVE_INT,
+    "checkpoint.enabled": BOOL,
+    "checkpoint.every_steps": POSITIVE_INT,
+    "checkpoint.keep": POSITIVE_INT,
+    "checkpoint.best_metric": TEXT,  # '' or '<split>/<metric>': validate.
+    "checkpoint.keep_best": NON_NEGATIVE_INT,
+    "mesh.data": MESH_AXIS,
+    "mesh.model": MESH_AXIS,
+    "mesh.fsdp": BOOL,
+    "axis_rules": AXIS_RULES,
+}
+
+# The choices of every key that has them, as the owning modules define them.
+CHOICES = {key: rule.values for key, rule in RULES.items() if rule.values is not None}
+
+
+def leaves(config, prefix: str = "") -> Iterator[tuple[str, Any]]:
+  """(dotted key, value) of every leaf of ``config``, in its order."""
+  for key, value in config.items():
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      yield from leaves(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
 
 
 def get(config, key: str):
@@ -77,19 +279,37 @@ def set_value(config, key: str, value):
   config_path.set_value(key, config, value)
 
 
+def _show(value) -> str:
+  return repr(tuple(value) if isinstance(value, list) else value)
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Raises ``ConfigError`` naming the first invalid key; returns ``config`` otherwise."""
-  for key, choices in CHOICES.items():
-    if get(config, key) not in choices:
-      raise ConfigError(f"config.{key}={get(config, key)!r}: expected one of {list(choices)}")
-  for key in POSITIVE:
-    if not get(config, key) > 0:
-      raise ConfigError(f"config.{key}={get(config, key)!r}: must be > 0")
-  for key in NON_NEGATIVE:
-    if not get(config, key) >= 0:
-      raise ConfigError(f"config.{key}={get(config, key)!r}: must be >= 0")
-  c = config.contrast
-  if not 0 < c.tau_min < c.tau_max:
+  """Raises ``ConfigError`` naming the first invalid key; returns ``config`` otherwise.
+
+  Every leaf must have a rule in ``RULES`` and satisfy it; then the cross-key checks.
+  """
+  for key, value in leaves(config):
+    rule = RULES.get(key)
+    if rule is None:
+      raise ConfigError(f"config.{key}: unknown key (every key needs a rule in "
+                        "pico_jax/config.py RULES)")
+    if not rule.ok(value):
+      raise ConfigError(f"config.{key}={_show(value)}: expected {rule.expected}")
+  _check_contrast(config.contrast)
+  _check_optimizer(config)
+  _check_data(config)
+  m = config.mesh
+  if m.data == -1 and m.model == -1:
+    raise ConfigError("config.mesh.data=-1 and config.mesh.model=-1: at most one may be -1")
+  best = config.checkpoint.best_metric
+  if best and (best.count("/") != 1 or not all(best.split("/"))):
+    raise ConfigError(f"config.checkpoint.best_metric={best!r}: expected "
+                      "'<split>/<metric>', e.g. 'val/ctr_auc', or '' for the default")
+  return config
+
+
+def _check_contrast(c):
+  if not c.tau_min < c.tau_max:
     raise ConfigError(f"config.contrast.tau_min={c.tau_min} and tau_max={c.tau_max}: "
                       "need 0 < tau_min < tau_max")
   # A learned tau starts at tau_init through an inverse sigmoid: strictly inside.
@@ -102,25 +322,95 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       and not (c.relatedness_supervision_weight or c.tau_prior_weight)):
     raise ConfigError("config.contrast.tau_gradient='supervision': tau would never be "
                       "trained; set relatedness_supervision_weight or tau_prior_weight")
-  if config.data.name == "store" and not config.data.path:
-    raise ConfigError("config.data.path: required when config.data.name='store'")
+
+
+def _check_optimizer(config):
   o = config.optimizer
   if o.embedding_optimizer != "dense" and o.name == "adamw" and o.weight_decay:
     raise ConfigError(f"config.optimizer.embedding_optimizer={o.embedding_optimizer!r} has "
                       f"no weight decay; config.optimizer.name='adamw' with weight_decay="
                       f"{o.weight_decay} would decay the other params only")
   try:  # the schedule checks its own settings (warmup below decay) and names the key.
-    learning_rate_schedule(config.optimizer, config.train.steps)
+    learning_rate_schedule(o, config.train.steps)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  if config.model.dropout >= 1:
-    raise ConfigError(f"config.model.dropout={config.model.dropout}: must be < 1")
-  hidden = config.model.aitm.bottom_hidden
-  if config.model.backbone == "aitm" and (not hidden or min(hidden) < 1):
-    raise ConfigError(f"config.model.aitm.bottom_hidden={tuple(hidden)}: needs at least one "
-                      "layer, every width >= 1")
+
+
+def synthetic_split_rows(config) -> dict[str, int]:
+  """The rows of each split the synthetic generator of ``config`` makes (as it cuts
+  them: ``int(fraction * num_rows)`` for val and test, the rest for train)."""
+  s = config.data.synthetic
+  kind = s.get("kind", "default")
+  g = s if kind == "default" else s[kind]  # another kind's settings: its own section.
+  val, test = int(g.val_fraction * g.num_rows), int(g.test_fraction * g.num_rows)
+  return {"train": g.num_rows - val - test, "val": val, "test": test}
+
+
+def _check_data(config):
+  if config.data.name == "store" and not config.data.path:
+    raise ConfigError("config.data.path: required when config.data.name='store'")
+  if config.model.oracle_feature and (config.data.name != "synthetic"
+                                      or config.data.synthetic.kind != "positive_control"):
+    raise ConfigError("config.model.oracle_feature=True: only the positive-control data "
+                      "(data.name='synthetic', data.synthetic.kind='positive_control') "
+                      "provide the oracle input")
+  if config.data.name == "synthetic":
+    s = config.data.synthetic
+    kind = s.get("kind", "default")
+    g, section = (s, "data.synthetic") if kind == "default" else (s[kind],
+                                                                 f"data.synthetic.{kind}")
+    if not g.val_fraction + g.test_fraction < 1:
+      raise ConfigError(f"config.{section}.val_fraction={g.val_fraction} + test_fraction="
+                        f"{g.test_fraction}: must be < 1 (the rest is train)")
+    _check_splits(config, synthetic_split_rows(config), f"config.{section}")
+
+
+def _check_splits(config, split_rows: Mapping[str, int], source: str):
+  """The eval split (and best_metric's) exist with rows; train fills a batch."""
+  split = config.data.eval_split
+  if split not in split_rows:
+    raise ConfigError(f"config.data.eval_split={split!r}: {source} has splits "
+                      f"{sorted(split_rows)}")
+  if split_rows[split] < 1:
+    raise ConfigError(f"config.data.eval_split={split!r}: that split of {source} has no "
+                      "rows")
   best = config.checkpoint.best_metric
-  if best and (best.count("/") != 1 or not all(best.split("/"))):
-    raise ConfigError(f"config.checkpoint.best_metric={best!r}: expected "
-                      "'<split>/<metric>', e.g. 'val/ctr_auc', or '' for the default")
-  return config
+  if best and best.partition("/")[0] not in split_rows:
+    raise ConfigError(f"config.checkpoint.best_metric={best!r}: {source} has splits "
+                      f"{sorted(split_rows)}")
+  train = split_rows.get("train", 0)
+  if train < config.train.batch_size:
+    raise ConfigError(f"config.train.batch_size={config.train.batch_size}: more than the "
+                      f"{train} rows of the train split of {source}")
+
+
+def validate_against(config, split_rows: Mapping[str, int] | None = None,
+                     device_count: int | None = None):
+  """The checks that need the data or the devices; ``ConfigError`` names the key.
+
+  Args:
+    config: a config that passed ``validate``.
+    split_rows: the dataset's splits and their row counts (None: no dataset).
+    device_count: the devices ``config.mesh`` spans (None: the mesh is given
+      explicitly, not built from the config).
+  """
+  if split_rows is not None:
+    where = (f"the store {config.data.path}" if config.data.name == "store"
+             else "the dataset")
+    _check_splits(config, split_rows, where)
+  if device_count is None:
+    return
+  m, n = config.mesh, device_count
+  for axis, size in ((DATA, m.data), (MODEL, m.model)):
+    if size != -1 and n % size:
+      raise ConfigError(f"config.mesh.{axis}={size}: does not divide the {n} devices")
+  data = n // m.model if m.data == -1 else m.data
+  model = n // data if m.model == -1 else m.model
+  if data * model != n:
+    raise ConfigError(f"config.mesh.data={m.data} x config.mesh.model={m.model}: "
+                      f"{data * model} devices, but there are {n}")
+  for key in ("batch_size", "eval_batch_size"):
+    size = config.train[key]
+    if size % data:
+      raise ConfigError(f"config.train.{key}={size}: not divisible by the mesh's data "
+                        f"axis ({data} devices)")

@@ -168,6 +168,7 @@ def local_contrastive_per_instance(z_ctr, z_cvr, tau, *, num_groups: int, **kwar
 
 
 TAU_GRADIENTS = ("contrast", "supervision")
+CVR_ROWS = ("clicked", "all")  # the rows of the CVR loss: clicked (entire space) | all.
 
 
 def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pico_jax.data.dataset import Dataset
 
+SOURCES = ("synthetic", "store")  # config.data.name
+
 
 def load_dataset(config) -> Dataset:
   """The dataset named by ``config.data``, with splits ``train``, ``val``, ``test``.

@@ -28,6 +28,8 @@ from pico_jax.data.schema import Schema
 from pico_jax.models.layers import EMBED, VOCAB, Dtype, dense
 from pico_jax.parallel import DATA
 
+POOLINGS = ("sum", "mean")  # of a multi-valued field's embeddings.
+
 
 def table_layout(schema: Schema, pad_multiple: int) -> tuple[np.ndarray, int]:
   """Row offsets of the fields (sparse then multi), int64 [F + G], and padded row count."""
@@ -169,8 +171,8 @@ class FeatureEmbedding(nn.Module):
         "table",
         nn.with_logical_partitioning(nn.initializers.normal(self.init_scale), (VOCAB, EMBED)),
         (rows, self.embed_dim), jnp.float32)
-    if self.pooling not in ("sum", "mean"):
-      raise ValueError(f"unknown pooling {self.pooling!r}; expected 'sum' or 'mean'")
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
     partitioning = _table_partitioning()
     source = table
     if gathered is not None:

@@ -14,6 +14,7 @@ from pico_jax.models.heads import TAU_MODES, ContrastHead, Tower
 
 CONTRAST_MODES = ("none",) + TAU_MODES
 BACKBONES = ("shared_bottom", "mmoe", "ple", "aitm")
+COMPUTE_DTYPES = ("float32", "bfloat16")  # of the activations; params stay float32.
 # What the contrast head projects: the towers' last hidden layers (PICO), or the
 # backbone's per-task outputs, the towers' inputs (the towers then get no contrast
 # gradient; only the backbone does).

@@ -8,6 +8,7 @@ import optax
 from pico_jax.train import sparse_optimizer
 
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear")
+OPTIMIZERS = ("adam", "adamw", "adagrad", "sgd")
 
 
 def learning_rate_schedule(opt, total_steps: int | None = None) -> optax.Schedule:

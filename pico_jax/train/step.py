@@ -18,6 +18,9 @@ from pico_jax.train import sparse_optimizer
 from pico_jax.train.optimizer import learning_rate_schedule
 from pico_jax.train.state import TrainState
 
+# In-batch negatives: global (the whole global batch) | local (each data shard its own).
+NEGATIVES = ("global", "local")
+
 
 def objective_kwargs(config, mesh) -> dict:
   """The ``pico_objective`` settings of ``config`` (on ``mesh`` for local negatives).

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import ROOT, small_config
@@ -15,6 +17,7 @@ from pico_jax import batch as B
 from pico_jax.data import load_dataset, pipeline
 from pico_jax.train import checkpoint as ckpt_lib
 from pico_jax.train import loop
+from pico_jax.train import step as step_lib
 from pico_jax.train import trainer as trainer_lib
 from pico_jax.train.optimizer import learning_rate_schedule
 
@@ -140,22 +143,77 @@ def _poisoned_loader(first_bad_batch: int, config):
   return load
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
-    tmp_path, monkeypatch):
-  config = small_config(**{**TINY, "train.steps": 12, "train.log_every": 5,
-                           "train.eval_every": 100, "checkpoint.every_steps": 4,
-                           "mesh.data": -1})
-  # Batch index 5 is step 6: steps 1-5 are finite, the checkpoint of step 4 is good.
-  monkeypatch.setattr(trainer_lib, "load_dataset", _poisoned_loader(5, config))
+_DIVERGE = {**TINY, "train.steps": 12, "train.log_every": 5, "train.eval_every": 100,
+            "checkpoint.every_steps": 4, "mesh.data": -1}
+_SENTINEL = 7777.0  # a dense value marking the rows of the poisoned batches.
+
+
+def _poisoned_loader(first_bad_batch: int, value: float):
+  """load_dataset, with ``value`` as the dense features of the rows of training batches
+  from ``first_bad_batch`` on (epoch 0 order)."""
+  def load(cfg):
+    dataset = load_dataset(cfg)
+    train = dataset.splits["train"]
+    order = pipeline.epoch_permutation(len(train[B.CLICK]), cfg.seed, 0)
+    bad = order[first_bad_batch * cfg.train.batch_size:]
+    train[B.DENSE] = train[B.DENSE].copy()
+    train[B.DENSE][bad] = value
+    return dataset
+  return load
+
+
+def _nan_gradients(monkeypatch):
+  """NaN gradients under a finite loss in the batches marked with _SENTINEL: the loss
+  gains 0 * sqrt(x - x), whose value is 0 and whose gradient is 0 * inf."""
+  objective = step_lib.pico_objective
+
+  def poisoned(outputs, batch, **kwargs):
+    loss, metrics = objective(outputs, batch, **kwargs)
+    x = outputs["p_ctr"][0]
+    term = jax.lax.cond(jnp.any(batch[B.DENSE] == _SENTINEL),
+                        lambda v: 0.0 * jnp.sqrt(v - v), lambda v: 0.0 * v, x)
+    return loss + term, metrics
+  monkeypatch.setattr(step_lib, "pico_objective", poisoned)
+  monkeypatch.setattr(trainer_lib, "load_dataset", _poisoned_loader(5, _SENTINEL))
+
+
+def _inf_optimizer_state(monkeypatch):
+  """An optimizer whose state (only: loss, gradients and params stay finite) holds an
+  inf after its 6th update."""
+  def poison():
+    def update(updates, state, params=None):
+      count = state["count"] + 1
+      return updates, {"count": count, "x": jnp.where(count >= 6, jnp.inf, 0.0)}
+    return optax.GradientTransformation(
+        lambda _: {"count": jnp.zeros((), jnp.int32), "x": jnp.zeros(())}, update)
+  make = trainer_lib.make_optimizer
+  monkeypatch.setattr(trainer_lib, "make_optimizer",
+                      lambda *args: optax.chain(make(*args), poison()))
+
+
+@pytest.mark.parametrize("fault", ["nan_loss", "nan_gradients", "inf_optimizer_state"])
+def test_divergence_stops_with_a_clear_error_and_never_reaches_a_checkpoint(
+    tmp_path, monkeypatch, fault):
+  """Batch index 5 is step 6: steps 1-5 are finite, the checkpoint of step 4 is the
+  last one; the state of step 6 (due at 8) is never saved."""
+  if fault == "nan_loss":
+    monkeypatch.setattr(trainer_lib, "load_dataset", _poisoned_loader(5, np.nan))
+  elif fault == "nan_gradients":
+    _nan_gradients(monkeypatch)
+  else:
+    _inf_optimizer_state(monkeypatch)
   with pytest.raises(FloatingPointError) as e:
-    loop.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(small_config(**_DIVERGE), str(tmp_path))
   message = str(e.value)
-  assert "at step 6" in message and "step 4" in message and "learning_rate" in message
+  assert "diverged at step 6" in message and "(step 4," in message, message
+  assert "learning_rate" in message
+  if fault == "inf_optimizer_state":
+    assert "loss=" in message and "non-finite opt_state/1/x" in message, message
   ckpt = ckpt_lib.Checkpointer(str(tmp_path), read_only=True)
   assert ckpt.all_steps() == [4]
+  ckpt.close()
   state = saved_state(str(tmp_path))
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state))
-  ckpt.close()
 
 
 def test_resuming_a_different_model_names_the_mismatch(tmp_path):

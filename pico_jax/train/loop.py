@@ -14,7 +14,6 @@ import os
 from typing import Iterable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -23,6 +22,7 @@ from pico_jax.train import checkpoint as checkpoint_lib
 from pico_jax.train import reporting
 from pico_jax.train.early_stopping import EarlyStopping
 from pico_jax.train.periodic import Every, PreemptionWatch
+from pico_jax.train.state import nonfinite_leaves
 from pico_jax.train.trainer import Trainer, build
 
 log = logging.getLogger("pico_jax")
@@ -67,11 +67,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       for action in actions:
         action(run.step)
     return None if run.preempted else run.test()
-
-
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def _format(metrics: dict, keys) -> str:
@@ -153,23 +148,31 @@ class Run:
     self.pending.append((self.step, metrics))
 
   def check_finite(self, step: int):
-    """Fetches the pending metrics; raises FloatingPointError if a loss or a param is not
-    finite. Runs at every logging step and before every save."""
+    """Fetches the pending metrics; raises FloatingPointError at the first step whose
+    ``finite`` flag (computed in the step over its loss terms, gradient norm, params and
+    optimizer state) is false. Runs at every logging step and before every save, so a
+    non-finite state is never saved."""
     host, self.pending = jax.device_get(self.pending), []
+    bad = next((s for s, m in host if not m.pop("finite")), None)
     self.window += host
-    bad = next(((s, float(m["loss"])) for s, m in host if not np.isfinite(m["loss"])), None)
-    if bad is None and bool(_all_finite(self.trainer.state.params)):
+    if bad is None:
       return
-    where = (f"loss {bad[1]} at step {bad[0]}" if bad is not None
-             else f"non-finite parameters after step {step}")
+    metrics = dict(host)[bad]
+    values = ", ".join(f"{k}={float(metrics[k]):.4g}" for k in ("loss", "grad_norm")
+                       if k in metrics)
+    leaves = nonfinite_leaves({"params": self.trainer.state.params,
+                               "opt_state": self.trainer.state.opt_state})
+    where = (f"non-finite {', '.join(leaves[:3])}" + (f" and {len(leaves) - 3} more leaves"
+                                                       if len(leaves) > 3 else "")
+             if leaves else "non-finite metrics")
     ckpt = self.trainer.checkpointer
     last = ckpt.latest_step() if ckpt else None
-    kept = (f"the last good checkpoint (step {last}) in {ckpt.directory} is intact"
-            if last is not None else "no checkpoint was written")
+    kept = (f"the latest checkpoint (step {last}, checked finite before it was saved) in "
+            f"{ckpt.directory} is kept" if last is not None else "no checkpoint was written")
     raise FloatingPointError(
-        f"training diverged: {where}; stopped without saving it, {kept}. Lower "
-        "config.optimizer.learning_rate, set config.optimizer.grad_clip_norm, or check "
-        "the input data for NaN/inf.")
+        f"training diverged at step {bad} ({values}; {where} after step {step}); stopped "
+        f"without saving it, {kept}. Lower config.optimizer.learning_rate, set "
+        "config.optimizer.grad_clip_norm, or check the input data for NaN/inf.")
 
   def log_train(self, step: int):
     self.check_finite(step)

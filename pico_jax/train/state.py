@@ -23,6 +23,26 @@ class TrainState:
   rng: jax.Array  # uint32 [2] base PRNG key; step t uses fold_in(rng, t).
 
 
+def all_finite(tree) -> jax.Array:
+  """Whether every float in ``tree`` is finite: one bool scalar, reduced on the devices
+  (inside a jitted step it fuses with the computation of the leaves)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  if not leaves:
+    return jnp.asarray(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def nonfinite_leaves(tree) -> list[str]:
+  """The path names (``opt_state/0/nu/...``) of the leaves of ``tree`` holding a NaN or
+  an inf: for the error that names them, so computed only when a check has failed."""
+  flags = jax.jit(lambda t: jax.tree.map(
+      lambda x: jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact)
+      else jnp.asarray(True), t))(tree)
+  return [jax.tree_util.keystr(path, simple=True, separator="/")
+          for path, ok in jax.tree_util.tree_flatten_with_path(jax.device_get(flags))[0]
+          if not ok]
+
+
 def example_features(schema: Schema, batch_size: int = 2) -> dict[str, np.ndarray]:
   """Zero-valued model inputs of the right shapes and dtypes, for ``init``."""
   out = {}

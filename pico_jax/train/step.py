@@ -16,7 +16,7 @@ from pico_jax.losses import pico_objective
 from pico_jax.parallel import DATA, batch_sharding, replicated
 from pico_jax.train import sparse_optimizer
 from pico_jax.train.optimizer import learning_rate_schedule
-from pico_jax.train.state import TrainState
+from pico_jax.train.state import TrainState, all_finite
 
 # In-batch negatives: global (the whole global batch) | local (each data shard its own).
 NEGATIVES = ("global", "local")
@@ -56,6 +56,9 @@ def train_step(state: TrainState, batch, *, model, tx, objective: dict,
 
   With ``learning_rate`` (the optimizer's schedule) the metrics hold
   ``learning_rate``, the rate this step's update used (the schedule at ``state.step``).
+  ``metrics["finite"]`` (a bool) says whether the metrics (loss, grad_norm), the new
+  params and the new optimizer state are all finite: the loop never saves a state
+  after a step where it is false.
   """
   rng = jax.random.fold_in(state.rng, state.step)
   features = B.features(batch)
@@ -75,6 +78,7 @@ def train_step(state: TrainState, batch, *, model, tx, objective: dict,
     metrics["grad_norm"] = optax.tree.norm(grads)
   if learning_rate is not None:
     metrics["learning_rate"] = jnp.asarray(learning_rate(state.step), jnp.float32)
+  metrics["finite"] = all_finite((metrics, params, opt_state))
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

@@ -28,6 +28,16 @@ def get_config() -> ml_collections.ConfigDict:
       num_rows=500_000, num_users=1_000, num_items=500, num_categories=32,
       rho=(0.0, 0.33, 0.67, 1.0), latent_dim=4, signal=1.5, ctr_bias=-1.5, cvr_bias=-1.0,
       history_len=4, dense_noise=0.2, val_fraction=0.1, test_fraction=0.1))
+  # kind: default (the generator above) | positive_control (pico_jax/data/positive_control.py,
+  # the test bed where transfer is known to help or not; its settings below, which the
+  # default kind ignores). seed: the generator's seed, separate from config.seed (model
+  # init and data order); -1 follows config.seed, as the data always did.
+  c.data.synthetic.kind = "default"
+  c.data.synthetic.seed = -1
+  c.data.synthetic.positive_control = ml_collections.ConfigDict(dict(
+      relatedness="one", conversions_per_click=0.02, nuisance_scale=0.5, num_rows=100_000,
+      num_users=300, num_items=200, num_categories=16, latent_dim=4, signal=1.5,
+      ctr_bias=-1.5, val_fraction=0.1, test_fraction=0.1))
 
   c.model = ml_collections.ConfigDict()
   c.model.embed_dim = 16
@@ -46,6 +56,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.layer_norm = False
   c.model.dropout = 0.0
   c.model.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
+  # Explicit transfer into the CVR tower (pico_jax/models/transfer.py): none |
+  # ctr_logit | ctr_representation, a stop-gradient CTR signal behind a learned gate
+  # that starts at 0 (so training starts as none).
+  c.model.transfer = "none"
+  # The test bed's upper bound only: the CVR tower also reads the true shared factor
+  # (batch key oracle_shared, positive_control data). Never on outside that test bed.
+  c.model.oracle_feature = False
 
   c.contrast = ml_collections.ConfigDict()
   c.contrast.mode = "personalized"  # none | fixed | global | personalized

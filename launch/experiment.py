@@ -20,19 +20,20 @@ that run where it stopped (early stopping replays its ``metrics.jsonl``) and fin
 the grid. ``--report_only`` tabulates the finished runs without training. Results:
 ``DIR/results.csv`` (every metric, mean and std over seeds), ``DIR/results.md`` (the
 main metrics as mean ± std; ``--baseline`` deltas as mean [paired 95% t interval over
-seeds], ``pico_jax/stats.py``) and ``DIR/runs.csv`` (every run). The grid itself is
-``pico_jax.experiments.run_grid``.
+seeds], ``pico_jax/stats.py``) and ``DIR/runs.csv`` (every run). With ``--baseline``,
+the deltas of ``--test_metrics`` get paired t p-values, Holm-adjusted over the
+``--family`` of variants, and the minimum detectable effect at 80% power;
+``--primary='POINT :: METRIC'`` is printed first. ``--select`` adds variants chosen per
+condition on the eval split. The grid itself is ``pico_jax.experiments.run_grid``.
 """
 
 import os
 
 from absl import flags
-from ml_collections import config_flags
 
 from pico_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Base config.",
-                                          lock_config=True)
+_CONFIG = cli.define_config("configs/default.py", "Base config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Experiment directory.", required=True)
 _GRID = flags.DEFINE_multi_string("grid", [], "KEY=V1,V2,...: one axis of the grid.")
 _VARIANT = flags.DEFINE_multi_string("variant", [], "NAME:KEY=V;KEY=V: a named setting.")
@@ -46,6 +47,16 @@ _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Tabulate the finished ru
 _BASELINE = flags.DEFINE_string("baseline", "", "A variant name: adds delta_<metric> "
                                 "columns, each run minus that variant's run of the same "
                                 "seed and grid point.")
+_SELECT = flags.DEFINE_multi_string("select", [], "NAME=V1,V2,...:METRIC: a variant NAME "
+                                    "per grid condition, the member variant with the best "
+                                    "mean eval-split METRIC (selection never sees test).")
+_TEST_METRICS = flags.DEFINE_list("test_metrics", ["cvr_eauc"], "Metrics whose --baseline "
+                                  "deltas get paired t p-values, Holm-adjusted over the "
+                                  "family, and minimum detectable effects.")
+_FAMILY = flags.DEFINE_list("family", [], "Variants in the Holm family (default: all).")
+_PRIMARY = flags.DEFINE_string("primary", "", "'POINT :: METRIC': the declared primary "
+                               "comparison (POINT against its --baseline peer), printed "
+                               "first.")
 
 
 def main():
@@ -54,10 +65,14 @@ def main():
   base = config_lib.validate(_CONFIG.value)
   grid = [experiments.parse_axis(spec) for spec in _GRID.value]
   variants = [experiments.parse_variant(spec) for spec in _VARIANT.value]
+  selects = [experiments.parse_select(spec) for spec in _SELECT.value]
+  if _PRIMARY.value:
+    experiments.parse_primary(_PRIMARY.value)  # a bad spec fails before any training.
   rows = experiments.run_grid(base, _WORKDIR.value, grid, variants,
                               [int(s) for s in _SEEDS.value], _EPOCHS.value,
                               _COLUMNS.value or experiments.DEFAULT_COLUMNS,
-                              not _REPORT_ONLY.value, _BASELINE.value)
+                              not _REPORT_ONLY.value, _BASELINE.value, selects,
+                              _TEST_METRICS.value, _FAMILY.value or None, _PRIMARY.value)
   if rows is None:
     return  # preempted: exit status 0, the rerun resumes.
   with open(os.path.join(_WORKDIR.value, "results.md")) as f:

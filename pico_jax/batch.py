@@ -21,6 +21,10 @@ Optional extras (evaluation and analysis only, never model inputs):
   ``group``       int32   [B]        grouping key for GAUC (user id, search id).
   ``p_ctr_true``  float32 [B]        synthetic ground-truth click probability.
   ``p_cvr_true``  float32 [B]        synthetic ground-truth conversion-given-click prob.
+  ``r_true``      float32 [B]        positive-control ground-truth relatedness r(x).
+Oracle input (positive-control data only; read by the model only when
+``config.model.oracle_feature`` is set, the test bed's upper bound, never a default):
+  ``oracle_shared`` float32 [B]      the true standardised shared factor <a_u, b_i>.
 
 Only the keys a dataset has are present: a dataset without multi-valued fields has no
 ``multi``/``multi_mask``, one without dense features has no ``dense``.
@@ -37,12 +41,16 @@ SEGMENT = "segment"
 GROUP = "group"
 P_CTR_TRUE = "p_ctr_true"
 P_CVR_TRUE = "p_cvr_true"
+R_TRUE = "r_true"
+ORACLE_SHARED = "oracle_shared"
 
 FEATURE_KEYS = (SPARSE, MULTI, MULTI_MASK, DENSE)
 LABEL_KEYS = (CLICK, CONVERSION)
-EXTRA_KEYS = (SEGMENT, GROUP, P_CTR_TRUE, P_CVR_TRUE)
+EXTRA_KEYS = (SEGMENT, GROUP, P_CTR_TRUE, P_CVR_TRUE, R_TRUE)
+ORACLE_KEYS = (ORACLE_SHARED,)
 
 
 def features(batch):
-  """The model inputs of ``batch`` (labels and extras removed)."""
-  return {k: v for k, v in batch.items() if k in FEATURE_KEYS}
+  """The model inputs of ``batch`` (labels and extras removed; an oracle input is kept,
+  and the model ignores it unless ``config.model.oracle_feature`` is set)."""
+  return {k: v for k, v in batch.items() if k in FEATURE_KEYS + ORACLE_KEYS}

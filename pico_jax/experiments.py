@@ -35,9 +35,10 @@ import os
 import time
 
 
-DEFAULT_COLUMNS = ("ctr_auc", "cvr_auc", "cvr_auc_all_rows", "ctcvr_auc", "oracle_ctr_auc",
-                   "oracle_cvr_auc", "oracle_ctcvr_auc", "ctcvr_logloss", "ctr_pcoc",
-                   "cvr_pcoc", "ctcvr_pcoc", "tau_mean", "tau_rho_spearman", "best_step")
+DEFAULT_COLUMNS = ("ctr_auc", "cvr_auc", "cvr_auc_all_rows", "ctcvr_auc", "cvr_eauc",
+                   "ctcvr_eauc", "oracle_ctr_auc", "oracle_cvr_auc", "oracle_ctcvr_auc",
+                   "ctcvr_logloss", "ctr_pcoc", "cvr_pcoc", "ctcvr_pcoc", "tau_mean",
+                   "tau_rho_spearman", "tau_r_spearman", "best_step")
 
 
 def _literal(text: str):
@@ -83,7 +84,8 @@ def grid_points(grid: list[tuple[str, list]], variants: list[tuple[str, dict]]):
     yield names, settings
 
 
-DELTA_METRICS = ("ctr_auc", "cvr_auc", "cvr_auc_all_rows", "ctcvr_auc", "mean_auc")
+DELTA_METRICS = ("ctr_auc", "cvr_auc", "cvr_auc_all_rows", "ctcvr_auc", "mean_auc",
+                 "ctr_eauc", "cvr_eauc", "ctcvr_eauc", "mean_eauc")
 
 
 def add_deltas(runs: list[dict], baseline: str) -> list[dict]:
@@ -107,6 +109,101 @@ def add_deltas(runs: list[dict], baseline: str) -> list[dict]:
       if m in r and m in base:
         r[f"delta_{m}"] = r[m] - base[m]
   return runs
+
+
+def _condition(point: str) -> str:
+  """A point's grid coordinates without its variant (the last name part)."""
+  return " ".join(point.split(" ")[:-1])
+
+
+def _with_variant(condition: str, variant: str) -> str:
+  return f"{condition} {variant}" if condition else variant
+
+
+def parse_select(spec: str) -> tuple[str, list[str], str]:
+  """``NAME=V1,V2,...:METRIC`` -> (NAME, [V1, V2, ...], METRIC)."""
+  head, sep, metric = spec.rpartition(":")
+  name, eq, members = head.partition("=")
+  if not (sep and eq and name and members and metric):
+    raise ValueError(f"--select={spec!r}: expected NAME=VARIANT1,VARIANT2,...:METRIC")
+  return name, members.split(","), metric
+
+
+def select_best(runs: list[dict], name: str, members: list[str], metric: str) -> list[dict]:
+  """Adds a variant ``name`` at every grid condition: a copy of the runs of whichever of
+  ``members`` has the highest mean ``val_<metric>`` over seeds there (the eval split at
+  each run's tested step: a selection that never sees test). Each copy records the
+  member as ``selected``. Returns ``runs`` with the copies appended."""
+  by_condition = {}
+  for r in runs:
+    condition, variant = _condition(r["point"]), r["point"].split(" ")[-1]
+    if variant in members:
+      by_condition.setdefault(condition, {}).setdefault(variant, []).append(r)
+  added = []
+  for condition, by_member in by_condition.items():
+    def score(variant):
+      values = [r.get(f"val_{metric}", math.nan) for r in by_member[variant]]
+      values = [v for v in values if not math.isnan(v)]
+      return sum(values) / len(values) if values else -math.inf
+    best = max(sorted(by_member), key=score)
+    added += [{**r, "point": _with_variant(condition, name), "selected": best}
+              for r in by_member[best]]
+  return runs + added
+
+
+def add_tests(summary: list[dict], runs: list[dict], metrics, family=None) -> list[dict]:
+  """Paired t tests of the deltas (``add_deltas``), Holm-adjusted over the family.
+
+  For each summary row whose variant is in ``family`` (default: every row with deltas)
+  and each metric m of ``metrics``: ``delta_<m>_p`` (two-sided paired t p-value over
+  seeds), ``delta_<m>_mde`` (the smallest effect detected with 80% power at the
+  observed paired SD, ``stats.min_detectable_effect``) and ``delta_<m>_p_holm`` (Holm
+  over every (row, metric) of the family with a p-value).
+  """
+  from pico_jax import stats
+  cells = []
+  for row in summary:
+    if family is not None and row["point"].split(" ")[-1] not in family:
+      continue
+    members = [r for r in runs if r["point"] == row["point"]]
+    for m in metrics:
+      deltas = [r[f"delta_{m}"] for r in members if f"delta_{m}" in r]
+      if len(deltas) < 2:
+        continue
+      row[f"delta_{m}_p"] = stats.paired_t_pvalue(deltas)
+      row[f"delta_{m}_mde"] = stats.min_detectable_effect(deltas)
+      cells.append((row, m))
+  for (row, m), adjusted in zip(cells, stats.holm([row[f"delta_{m}_p"] for row, m in cells])):
+    row[f"delta_{m}_p_holm"] = adjusted
+  return summary
+
+
+def parse_primary(spec: str) -> tuple[str, str]:
+  """``POINT :: METRIC`` -> (POINT, METRIC): the declared primary comparison, the point
+  against its ``--baseline`` peer on test ``METRIC``."""
+  point, sep, metric = spec.partition("::")
+  if not sep or not point.strip() or not metric.strip():
+    raise ValueError(f"--primary={spec!r}: expected 'POINT :: METRIC', e.g. "
+                     "'relatedness=one pico :: cvr_eauc'")
+  return point.strip(), metric.strip()
+
+
+def primary_text(summary: list[dict], spec: str, baseline: str) -> str:
+  """The declared primary comparison as one paragraph (printed before every table)."""
+  point, metric = parse_primary(spec)
+  rows = [r for r in summary if r["point"] == point]
+  head = (f"Primary comparison (declared): {point} minus "
+          f"{_with_variant(_condition(point), baseline)}, test {metric}")
+  if not rows or f"delta_{metric}_mean" not in rows[0]:
+    return head + ": no paired runs yet.\n"
+  r = rows[0]
+  from pico_jax.stats import format_interval
+  value = format_interval(r[f"delta_{metric}_mean"], r.get(f"delta_{metric}_ci_low", math.nan),
+                          r.get(f"delta_{metric}_ci_high", math.nan))
+  return (f"{head}: {value} over {r['seeds']} seeds; paired t p = "
+          f"{r.get(f'delta_{metric}_p', math.nan):.3g}, Holm p = "
+          f"{r.get(f'delta_{metric}_p_holm', math.nan):.3g}; minimum detectable effect "
+          f"(80% power) {r.get(f'delta_{metric}_mde', math.nan):.4f}.\n")
 
 
 def summarize(runs: list[dict], group_keys: list[str]) -> list[dict]:
@@ -133,12 +230,15 @@ def markdown(rows: list[dict], group_keys: list[str], columns) -> str:
   """The table: mean ± std over seeds; a paired delta with a 95% interval reads
   ``mean [low, high]`` (``*``: the interval excludes 0; see ``pico_jax.stats``)."""
   from pico_jax.stats import format_interval
-  columns = [c for c in columns if any(f"{c}_mean" in r for r in rows)]
+  columns = [c for c in columns if any(f"{c}_mean" in r or c in r for r in rows)]
   header = group_keys + ["seeds"] + columns
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in rows:
     cells = [str(r[k]) for k in group_keys] + [str(r["seeds"])]
     for c in columns:
+      if f"{c}_mean" not in r and c in r:  # a per-point figure: a p-value, an MDE.
+        cells.append(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]))
+        continue
       mean, std = r.get(f"{c}_mean", float("nan")), r.get(f"{c}_std", float("nan"))
       digits = 0 if c == "best_step" else 4
       if math.isnan(mean):
@@ -183,20 +283,32 @@ def _train_run(base, names, settings, seed, run_dir) -> dict | None:
     return None
   records = read_metrics(run_dir)
   test_step = [r["step"] for r in records if r["split"] == "test"][-1]
+  # The eval split's metrics at the step tested (the best one under early stopping):
+  # what a selection among grid points may look at (``select_best``), never test.
+  chosen = [r for r in records if r["split"] == config.data.eval_split
+            and r["step"] == test_step]
+  chosen = {f"val_{k}": float(v) for k, v in (chosen[-1] if chosen else {}).items()
+            if k in DELTA_METRICS}
   return {"point": " ".join(names) or "base", "seed": int(seed),
-          **{k: float(v) for k, v in test.items()},
+          **{k: float(v) for k, v in test.items()}, **chosen,
           "best_step": float(test_step), "steps_trained": float(max(r["step"] for r in records)),
           "wall_seconds": time.time() - start, "settings": settings}
 
 
 def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
              columns=DEFAULT_COLUMNS, train: bool = True,
-             baseline: str = "") -> list[dict] | None:
+             baseline: str = "", selects=(), test_metrics=("cvr_eauc",), family=None,
+             primary: str = "") -> list[dict] | None:
   """Trains every (grid point, seed) not yet done; returns every run's result row, or
   None when a run was preempted (SIGTERM): its state is saved, no table is written, and
   the same call resumes the grid.
 
   With ``train=False`` nothing is trained: the tables cover the finished runs only.
+  ``selects``: ``parse_select`` specs, variants chosen per condition on the eval split
+  (``select_best``). With a ``baseline``, the deltas of ``test_metrics`` get paired t
+  p-values, minimum detectable effects and Holm-adjusted p-values over ``family`` (the
+  variants tested; default all) (``add_tests``); ``primary`` (``parse_primary``) is
+  written first in ``results.md``.
   """
   from pico_jax.data import load_dataset
   from pico_jax.train.periodic import PreemptionWatch
@@ -239,12 +351,22 @@ def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
     raise ValueError(f"{workdir}: no finished run to tabulate")
   from pico_jax import stats
   rows = stats.add_oracle_gaps([dict(r) for r in rows])
+  for name, members, metric in selects:
+    rows = select_best(rows, name, members, metric)
   if baseline:
     rows = add_deltas(rows, baseline)
   summary = stats.add_intervals(summarize(rows, group_keys), rows)
+  for row in summary:  # which member a selected variant took at this condition.
+    chosen = {r["selected"] for r in rows if r["point"] == row["point"] and "selected" in r}
+    if chosen:
+      row["selected"] = ",".join(sorted(chosen))
+  if baseline:
+    summary = add_tests(summary, rows, test_metrics, family)
   _write_csv(os.path.join(workdir, "runs.csv"),
              [{k: v for k, v in r.items() if k != "settings"} for r in rows])
   _write_csv(os.path.join(workdir, "results.csv"), summary)
   with open(os.path.join(workdir, "results.md"), "w") as f:
+    if primary:
+      f.write(primary_text(summary, primary, baseline) + "\n")
     f.write(markdown(summary, group_keys, columns))
   return rows

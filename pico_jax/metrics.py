@@ -64,14 +64,42 @@ def auc(labels, scores, weights=None) -> float:
     NaN when either class has zero weight.
   """
   labels, scores, weights = _check_inputs("auc", labels, scores, weights)
-  order = np.argsort(scores, kind="stable")
-  s, y, w = scores[order], labels[order], weights[order]
-  if not len(s):
+  return _mann_whitney(scores, weights * labels, weights * (1 - labels))
+
+
+def expected_auc(p_true, scores, weights=None) -> float:
+  """The AUC expected under the true probabilities: each row is a positive with weight
+  w p and a negative with weight w (1 - p), tied scores count 1/2 (exact, O(N log N)).
+
+  It is E[positive-negative pairs ranked right] / E[pairs] over the label draw: the
+  realised AUC without the noise of which rows happened to convert, so effects far
+  below the realised AUC's sampling error are visible on synthetic data.
+
+  Args:
+    p_true: [N] true probabilities in [0, 1]. scores: [N] finite floats.
+    weights: optional [N] >= 0 row weights.
+  Returns:
+    The expected AUC; NaN when the positive or negative weight is zero.
+  """
+  p = _as_1d(p_true)
+  if ((p < 0) | (p > 1) | ~np.isfinite(p)).any():
+    raise ValueError(f"expected_auc: p_true must lie in [0, 1]; row "
+                     f"{int(np.argmax((p < 0) | (p > 1) | ~np.isfinite(p)))} does not")
+  # The labels are checked as all-ones: p_true takes their place.
+  _, scores, weights = _check_inputs("expected_auc", np.ones_like(p), scores, weights)
+  return _mann_whitney(scores, weights * p, weights * (1 - p))
+
+
+def _mann_whitney(scores, pos_weight, neg_weight) -> float:
+  """sum over (positive, negative) weight pairs of [s_pos > s_neg] + [tie] / 2, over the
+  total pair weight: one sort, ties grouped."""
+  if not len(scores):
     return float("nan")
-  # Sum positive and negative weight per distinct score.
+  order = np.argsort(scores, kind="stable")
+  s = scores[order]
   starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-  pos = np.add.reduceat(w * y, starts)
-  neg = np.add.reduceat(w * (1 - y), starts)
+  pos = np.add.reduceat(pos_weight[order], starts)
+  neg = np.add.reduceat(neg_weight[order], starts)
   total_pos, total_neg = pos.sum(), neg.sum()
   if total_pos <= 0 or total_neg <= 0:
     return float("nan")
@@ -256,7 +284,7 @@ def task_metrics(predictions, columns, info: dict | None = None) -> dict[str, fl
       ``tau``) for every row of the split, in row order.
     columns: the split's columns: ``click``, ``conversion`` [N]; used when present:
       ``group`` (GAUC), ``segment`` (tau per segment), ``p_ctr_true`` /
-      ``p_cvr_true`` (oracle AUCs of synthetic data).
+      ``p_cvr_true`` (oracle and expected AUCs of synthetic data), ``r_true``.
     info: the dataset's info dict: ``task_relation`` ("independent" adds
       ``cvr_auc_all_rows``), ``rho`` per segment (adds ``tau_rho_spearman``).
   Returns:
@@ -265,7 +293,9 @@ def task_metrics(predictions, columns, info: dict | None = None) -> dict[str, fl
     independent tasks),
     ``mean_auc`` (the mean of the two task AUCs, the early-stopping default),
     ``{ctr,cvr,ctcvr}_gauc`` with ``_gauc_groups`` and ``_gauc_skipped_groups``,
-    ``oracle_*_auc``, ``tau_mean``, ``tau_segment_<s>``, row counts, ``click_rate``
+    ``oracle_*_auc`` and the expected AUCs ``{ctr,cvr,ctcvr,mean}_eauc`` (synthetic data:
+    ``expected_auc`` against the true probabilities), ``tau_mean``,
+    ``tau_r_spearman`` (per-row tau against the true relatedness ``r_true``), ``tau_segment_<s>``, row counts, ``click_rate``
     and ``conversions_per_click`` (the split's realised rates).
   Raises:
     ValueError: a row with conversion 1 and click 0 in a dataset whose conversion is
@@ -324,6 +354,11 @@ def task_metrics(predictions, columns, info: dict | None = None) -> dict[str, fl
     out["oracle_ctr_auc"] = auc(click, true_ctr)
     out["oracle_cvr_auc"] = auc(conv[clicked], true_cvr[clicked])
     out["oracle_ctcvr_auc"] = auc(click * conv, true_ctr * true_cvr)
+    # Expected AUCs against the true probabilities (CVR on clicked rows, as cvr_auc).
+    out["ctr_eauc"] = expected_auc(true_ctr, p_ctr)
+    out["cvr_eauc"] = expected_auc(true_cvr[clicked], p_cvr[clicked])
+    out["ctcvr_eauc"] = expected_auc(true_ctr * true_cvr, p_ctcvr)
+    out["mean_eauc"] = (out["ctr_eauc"] + out["cvr_eauc"]) / 2
   if "tau" in predictions:
     tau = np.asarray(predictions["tau"], np.float64)
     out["tau_mean"] = float(tau.mean())
@@ -337,4 +372,6 @@ def task_metrics(predictions, columns, info: dict | None = None) -> dict[str, fl
       rho = info.get("rho")
       if rho is not None and len(segments) > 1:
         out["tau_rho_spearman"] = spearman(means, [rho[int(s)] for s in segments])
+    if B.R_TRUE in columns:  # per instance: tau should fall as the true r rises.
+      out["tau_r_spearman"] = spearman(tau, columns[B.R_TRUE])
   return out

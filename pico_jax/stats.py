@@ -76,3 +76,92 @@ def format_interval(mean: float, low: float, high: float, digits: int = 4) -> st
     return text
   significant = low > 0 or high < 0
   return f"{text} [{low:+.{digits}f}, {high:+.{digits}f}]" + ("*" if significant else "")
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+  """The continued fraction of the regularised incomplete beta (modified Lentz)."""
+  tiny, c, d = 1e-300, 1.0, 1 - (a + b) * x / (a + 1)
+  d = 1 / (d if abs(d) > tiny else tiny)
+  h = d
+  for m in range(1, 300):
+    for numer in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                  -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+      d = 1 + numer * d
+      d = 1 / (d if abs(d) > tiny else tiny)
+      c = 1 + numer / c
+      c = c if abs(c) > tiny else tiny
+      h *= d * c
+    if abs(d * c - 1) < 1e-15:
+      break
+  return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+  """The regularised incomplete beta I_x(a, b), x in [0, 1]."""
+  if x <= 0 or x >= 1:
+    return 0.0 if x <= 0 else 1.0
+  log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x)
+               + b * math.log1p(-x))
+  if x < (a + 1) / (a + b + 2):
+    return math.exp(log_front) * _betacf(a, b, x) / a
+  return 1 - math.exp(log_front) * _betacf(b, a, 1 - x) / b
+
+
+def t_sf(t: float, df: float) -> float:
+  """P(T > t) for Student's t with ``df`` degrees of freedom."""
+  tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
+  return tail if t >= 0 else 1 - tail
+
+
+def t_quantile(q: float, df: float) -> float:
+  """The ``q`` quantile of Student's t (bisection on ``t_sf``; q in (0, 1))."""
+  low, high = -1e3, 1e3
+  for _ in range(200):
+    mid = (low + high) / 2
+    if 1 - t_sf(mid, df) < q:
+      low = mid
+    else:
+      high = mid
+  return (low + high) / 2
+
+
+def paired_t_pvalue(deltas) -> float:
+  """Two-sided p of the paired t test that mean(deltas) = 0 (NaN values dropped; NaN
+  with fewer than two values; 0 or 1 when every delta is equal)."""
+  values = [float(d) for d in deltas if not math.isnan(float(d))]
+  n = len(values)
+  if n < 2:
+    return math.nan
+  mean = sum(values) / n
+  sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+  if sd == 0:
+    return 1.0 if mean == 0 else 0.0
+  return min(1.0, 2 * t_sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
+
+
+def min_detectable_effect(deltas, power: float = 0.8) -> float:
+  """The smallest true mean difference a two-sided 5% paired t test of this many seeds
+  detects with probability ``power``, at the observed paired SD:
+  (t_{0.975, n-1} + t_{power, n-1}) sd / sqrt(n). NaN with fewer than two values."""
+  values = [float(d) for d in deltas if not math.isnan(float(d))]
+  n = len(values)
+  if n < 2:
+    return math.nan
+  mean = sum(values) / n
+  sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+  return (t_critical_95(n - 1) + t_quantile(power, n - 1)) * sd / math.sqrt(n)
+
+
+def holm(pvalues) -> list[float]:
+  """Holm's step-down adjustment of a family of p-values (family-wise error control):
+  the i-th smallest of m becomes max_{j <= i} min(1, (m - j + 1) p_(j)). NaN values are
+  not members of the family and stay NaN; the order of the input is kept."""
+  p = [float(v) for v in pvalues]
+  members = sorted((v, i) for i, v in enumerate(p) if not math.isnan(v))
+  m = len(members)
+  out = [math.nan] * len(p)
+  running = 0.0
+  for rank, (v, i) in enumerate(members):
+    running = max(running, min(1.0, (m - rank) * v))
+    out[i] = running
+  return out

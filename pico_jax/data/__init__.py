@@ -1,25 +1,46 @@
 """What training reads: the ``Dataset`` (``dataset``), its ``schema``, the columnar store
-(``store``), the synthetic generators (``synthetic``) and the Grain input ``pipeline``."""
+(``store``), the synthetic generators (``synthetic``, ``positive_control``) and the
+Grain input ``pipeline``."""
 
 from __future__ import annotations
 
 from pico_jax.data.dataset import Dataset
 
 SOURCES = ("synthetic", "store")  # config.data.name
+SYNTHETIC_KINDS = ("default", "positive_control")  # config.data.synthetic.kind
+
+
+def data_seed(config) -> int:
+  """The synthetic generator's seed: ``config.data.synthetic.seed``, or ``config.seed``
+  when it is -1 (the default, so a run's data follow its seed as they always have)."""
+  seed = int(config.data.synthetic.seed)
+  return int(config.seed) if seed == -1 else seed
 
 
 def load_dataset(config) -> Dataset:
   """The dataset named by ``config.data``, with splits ``train``, ``val``, ``test``.
 
-  ``config.data.name``: "synthetic" generates the embedded dataset from the config seed;
-  "store" maps the columnar store at ``config.data.path`` (built by
-  ``launch/preprocess.py``), whose columns are read-only memory maps.
+  ``config.data.name``: "synthetic" generates data from ``data_seed(config)``, of kind
+  ``config.data.synthetic.kind``: "default" (``synthetic.generate`` with the other keys
+  of ``config.data.synthetic``) or "positive_control" (``positive_control.generate``
+  with ``config.data.synthetic.positive_control``); "store" maps the columnar store at
+  ``config.data.path`` (built by ``launch/preprocess.py``), whose columns are read-only
+  memory maps.
   """
   if config.data.name == "synthetic":
-    from pico_jax.data import synthetic
     s = config.data.synthetic
-    return synthetic.generate(seed=config.seed, **{k: (tuple(v) if isinstance(v, (list, tuple))
-                                                         else v) for k, v in s.items()})
+    as_args = lambda d: {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+                         for k, v in d.items()}
+    if s.kind == "positive_control":
+      from pico_jax.data import positive_control
+      return positive_control.generate(seed=data_seed(config),
+                                       **as_args(s.positive_control))
+    if s.kind != "default":
+      raise ValueError(f"config.data.synthetic.kind={s.kind!r}: expected one of "
+                       f"{list(SYNTHETIC_KINDS)}")
+    from pico_jax.data import synthetic
+    return synthetic.generate(seed=data_seed(config), **as_args(
+        {k: v for k, v in s.items() if k not in ("kind", "seed", "positive_control")}))
   if config.data.name == "store":
     from pico_jax.data import store
     return store.load_store(config.data.path)

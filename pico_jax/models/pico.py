@@ -11,6 +11,7 @@ from pico_jax.models import backbones
 from pico_jax.models.aitm import AITM
 from pico_jax.models.embeddings import FeatureEmbedding
 from pico_jax.models.heads import TAU_MODES, ContrastHead, Tower
+from pico_jax.models.transfer import TRANSFERS, InputTransfer, LogitTransfer, with_oracle
 
 CONTRAST_MODES = ("none",) + TAU_MODES
 BACKBONES = ("shared_bottom", "mmoe", "ple", "aitm")
@@ -39,13 +40,26 @@ class PicoModel(nn.Module):
   cvr_tower: nn.Module
   contrast: nn.Module | None = None
   contrast_representation: str = "towers"
+  transfer: str = "none"  # one of transfer.TRANSFERS
+  oracle_feature: bool = False
 
   def __call__(self, features, *, train: bool = False, with_contrast: bool = True,
                embedding_rows=None):
     e = self.embedding(features, embedding_rows)
     ctr_in, cvr_in = self.backbone(e, train=train)[:2]
     ctr_logit, h_ctr = self.ctr_tower(ctr_in, train=train)
-    cvr_logit, h_cvr = self.cvr_tower(cvr_in, train=train)
+    # The contrast and the transfer see the backbone's CVR output, before these inputs.
+    cvr_tower_in = cvr_in
+    if self.oracle_feature:
+      cvr_tower_in = with_oracle(cvr_tower_in, features, initializing=self.is_initializing())
+    if self.transfer == "ctr_representation":
+      cvr_tower_in = InputTransfer(dtype=cvr_in.dtype, name="transfer")(cvr_tower_in, h_ctr)
+    cvr_logit, h_cvr = self.cvr_tower(cvr_tower_in, train=train)
+    if self.transfer == "ctr_logit":
+      cvr_logit = LogitTransfer(dtype=h_cvr.dtype, name="transfer")(cvr_logit, h_cvr,
+                                                                    ctr_logit)
+    elif self.transfer not in TRANSFERS:
+      raise ValueError(f"transfer={self.transfer!r}; expected one of {TRANSFERS}")
     p_ctr, p_cvr = nn.sigmoid(ctr_logit), nn.sigmoid(cvr_logit)
     out = dict(ctr_logit=ctr_logit, cvr_logit=cvr_logit, p_ctr=p_ctr, p_cvr=p_cvr,
                p_ctcvr=p_ctr * p_cvr)
@@ -91,6 +105,8 @@ def build_model(config: ml_collections.ConfigDict, schema: Schema) -> PicoModel:
       cvr_tower=Tower(tuple(m.tower_hidden), **common),
       contrast=contrast,
       contrast_representation=c.representation,
+      transfer=m.transfer,
+      oracle_feature=m.oracle_feature,
   )
 
 

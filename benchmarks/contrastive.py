@@ -77,7 +77,8 @@ def main():
       memory = common.compiled_memory(compiled)
       record = {"benchmark": "contrastive", "batch": batch, "dim": args.dim, "dtype": dtype,
                 "implementation": implementation,
-                "implementation_used": contrast.resolve(implementation, chunk),
+                "implementation_used": contrast.resolve(
+                    implementation, chunk, contrast.Shape(batch, args.dim, dtype)),
                 "chunk_size": chunk, **memory}
       skip = None
       if memory.get("compiled_temp_bytes", 0) > args.max_temp_gib * 2 ** 30:

@@ -13,8 +13,8 @@ normalised (or deliberately unnormalised) representations a = z_ctr, b = z_cvr:
 - ``pallas``: the fused kernels (tiles of anchors x candidates, online logsumexp,
   recomputing backward; the pair kernel fuses the backward of both directions on one
   device): O(B d) memory. The Triton form (``pallas_lse``, ``pallas_pair``) on GPU
-  and in interpret mode on CPU, the Mosaic form (``pallas_tpu``) on TPU
-  (``forms``). Under a mesh whose ``data`` axis splits the batch, it runs per device as local
+  and in interpret mode on CPU, the Mosaic form (``pallas_tpu``) on TPU (``forms``).
+  Under a mesh whose ``data`` axis splits the batch, it runs per device as local
   anchors against the all-gathered candidates (``jax.shard_map``), so each device
   does 1/n of the work and the numbers equal the single-device ones.
 

@@ -63,8 +63,11 @@ def main():
   from pico_jax import config as config_lib
   from pico_jax import experiments
   base = config_lib.validate(_CONFIG.value)
-  grid = [experiments.parse_axis(spec) for spec in _GRID.value]
-  variants = [experiments.parse_variant(spec) for spec in _VARIANT.value]
+  try:  # the parsers of --grid and --variant name the flag; a bad one is a flag error.
+    grid = [experiments.parse_axis(spec) for spec in _GRID.value]
+    variants = [experiments.parse_variant(spec) for spec in _VARIANT.value]
+  except ValueError as e:
+    raise cli.FlagError(str(e)) from None
   selects = [experiments.parse_select(spec) for spec in _SELECT.value]
   if _PRIMARY.value:
     experiments.parse_primary(_PRIMARY.value)  # a bad spec fails before any training.

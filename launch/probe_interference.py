@@ -13,12 +13,10 @@ cosine between them there. Writes ``DIR/probe.json``.
 """
 
 from absl import flags
-from ml_collections import config_flags
 
 from pico_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Run config.",
-                                          lock_config=True)
+_CONFIG = cli.define_config("configs/default.py", "Run config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 _EVERY = flags.DEFINE_integer("every", 100, "Checkpoint (and probe) every N steps.")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 8, "Training batches per probe.")

@@ -13,12 +13,10 @@ same command with the same ``--workdir`` resumes from the latest checkpoint.
 import logging
 
 from absl import flags
-from ml_collections import config_flags
 
 from pico_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.",
-                                          lock_config=True)
+_CONFIG = cli.define_config("configs/default.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/default", "Output directory.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],

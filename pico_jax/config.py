@@ -49,6 +49,11 @@ class ConfigError(ValueError):
   """A config value is invalid; the message names the key."""
 
 
+class UnknownKeyError(ConfigError, KeyError):
+  """A dotted key that is not in the config (a ``KeyError`` too, for lookups)."""
+  __str__ = BaseException.__str__  # not KeyError's repr of the message.
+
+
 # --- The rule vocabulary. --------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -260,11 +265,12 @@ def leaves(config, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def get(config, key: str):
-  """The value at dotted ``key`` (``"model.mmoe.num_experts"``); KeyError names it."""
+  """The value at dotted ``key`` (``"model.mmoe.num_experts"``); ``UnknownKeyError``
+  (a ``ConfigError`` and a ``KeyError``) names a key the config does not have."""
   try:
     return config_path.get_value(key, config)
   except (KeyError, AttributeError, IndexError):
-    raise KeyError(f"config key {key!r} is not in the config") from None
+    raise UnknownKeyError(f"config key {key!r} is not in the config") from None
 
 
 def set_value(config, key: str, value):
@@ -297,7 +303,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise ConfigError(f"config.{key}={_show(value)}: expected {rule.expected}")
   _check_contrast(config.contrast)
   _check_optimizer(config)
-  _check_data(config)
   m = config.mesh
   if m.data == -1 and m.model == -1:
     raise ConfigError("config.mesh.data=-1 and config.mesh.model=-1: at most one may be -1")
@@ -305,6 +310,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if best and (best.count("/") != 1 or not all(best.split("/"))):
     raise ConfigError(f"config.checkpoint.best_metric={best!r}: expected "
                       "'<split>/<metric>', e.g. 'val/ctr_auc', or '' for the default")
+  _check_data(config)
   return config
 
 

@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from pico_jax import calibration
+from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema
 from pico_jax.models import serving_params
 from pico_jax.train.state import example_features
@@ -142,8 +143,25 @@ def _json_default(x):
 
 
 def load(artifact_dir: str):
-  """``predict(features) -> {p_ctr, p_cvr, p_ctcvr}`` of an artifact (via its serve.py)."""
-  return runpy.run_path(os.path.join(artifact_dir, LOADER_FILE))["load"](artifact_dir)
+  """``predict(features) -> {p_ctr, p_cvr, p_ctcvr}`` of an artifact (via its serve.py).
+
+  Raises DataError naming the file when a file of the artifact is missing or damaged.
+  """
+  loader = os.path.join(artifact_dir, LOADER_FILE)
+  try:
+    namespace = runpy.run_path(loader)
+  except Exception as e:  # noqa: BLE001 -- serve.py is missing or damaged.
+    raise DataError(f"cannot run the artifact's loader: {_cause(e)}", path=loader) from e
+  try:
+    return namespace["load"](artifact_dir)
+  except Exception as e:
+    if getattr(e, "path", None) is None:  # serve.ArtifactError names the file.
+      raise
+    raise DataError(e.reason, path=e.path) from e
+
+
+def _cause(error: BaseException) -> str:
+  return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
 
 
 # The artifact's loader, written beside it as serve.py. It must import nothing but the
@@ -167,16 +185,51 @@ import jax
 import numpy as np
 
 
-def load(artifact_dir):
-  """Loads the artifact in ``artifact_dir``; returns ``predict(features) -> dict``."""
-  with open(os.path.join(artifact_dir, "manifest.json")) as f:
+class ArtifactError(ValueError):
+  """A file of the artifact is missing or damaged; ``path`` names it."""
+
+  def __init__(self, path, reason):
+    self.path, self.reason = path, reason
+    super().__init__(f"{path}: {reason}")
+
+
+def _read(path, read):
+  try:
+    return read(path)
+  except Exception as e:
+    cause = " ".join(str(e).split())[:200]
+    raise ArtifactError(path, f"cannot be read ({type(e).__name__}: {cause}); "
+                        "export the run again") from e
+
+
+def _manifest(path):
+  with open(path) as f:
     manifest = json.load(f)
   if manifest.get("format") != "pico_jax.serving/1":
-    raise ValueError(f"{artifact_dir}/manifest.json: unknown format {manifest.get('format')!r}")
-  with open(os.path.join(artifact_dir, manifest["artifact"]), "rb") as f:
-    exported = jax.export.deserialize(bytearray(f.read()))
-  with np.load(os.path.join(artifact_dir, manifest["params_file"])) as z:
-    params = [jax.device_put(z[p["key"]]) for p in manifest["params"]]
+    raise ValueError(f"unknown format {manifest.get('format')!r}")
+  missing = [k for k in ("artifact", "params_file", "params", "inputs") if k not in manifest]
+  if missing:
+    raise ValueError(f"no {missing}")
+  return manifest
+
+
+def _exported(path):
+  with open(path, "rb") as f:
+    return jax.export.deserialize(bytearray(f.read()))
+
+
+def load(artifact_dir):
+  """Loads the artifact in ``artifact_dir``; returns ``predict(features) -> dict``.
+
+  A missing or damaged file raises ArtifactError naming it.
+  """
+  manifest = _read(os.path.join(artifact_dir, "manifest.json"), _manifest)
+  exported = _read(os.path.join(artifact_dir, manifest["artifact"]), _exported)
+
+  def read_params(path):
+    with np.load(path) as z:
+      return [jax.device_put(z[p["key"]]) for p in manifest["params"]]
+  params = _read(os.path.join(artifact_dir, manifest["params_file"]), read_params)
   inputs = manifest["inputs"]
 
   def predict(features):

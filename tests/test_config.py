@@ -1,14 +1,13 @@
 """Config loading: overrides, unknown keys, wrong types and invalid values fail at start."""
 
 import os
-import subprocess
-import sys
-
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
 from conftest import ROOT
+from conftest import small_config
+from pico_jax import config as config_lib
 from pico_jax.config import ConfigError, validate
 
 DEFAULT = os.path.join(ROOT, "configs", "default.py")
@@ -53,13 +52,123 @@ def test_invalid_values_name_the_key(key, value, match):
     validate(parse(f"--config.{key}={value}"))
 
 
-def test_cli_rejects_unknown_key_before_training(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "launch", "train.py"), f"--workdir={tmp_path}",
-       "--config.model.backbon=mmoe"], capture_output=True, text=True, timeout=120, cwd=ROOT)
-  assert proc.returncode != 0
-  assert "backbon" in proc.stderr
-  assert not os.listdir(tmp_path)
+def test_every_key_of_the_default_config_has_a_rule():
+  """A key added to configs/default.py without its rule in config.RULES fails here."""
+  from configs import default
+  keys = [key for key, _ in config_lib.leaves(default.get_config())]
+  assert [k for k in keys if k not in config_lib.RULES] == []
+  assert validate(default.get_config())  # every default value passes its rule.
+
+
+def test_a_key_without_a_rule_is_rejected():
+  c = small_config()
+  c.unlock()
+  c.train.foo = 1
+  with pytest.raises(ConfigError, match=r"config\.train\.foo: unknown key"):
+    validate(c)
+
+
+def test_choices_are_the_owning_modules_lists():
+  from pico_jax.data import SOURCES
+  from pico_jax.losses import CVR_ROWS
+  from pico_jax.models.embeddings import POOLINGS
+  from pico_jax.models.pico import COMPUTE_DTYPES
+  from pico_jax.train.optimizer import OPTIMIZERS
+  from pico_jax.train.sparse_optimizer import EMBEDDING_OPTIMIZERS
+  from pico_jax.train.step import NEGATIVES
+  owned = {"data.name": SOURCES, "model.pooling": POOLINGS, "loss.cvr_rows": CVR_ROWS,
+           "model.compute_dtype": COMPUTE_DTYPES, "contrast.negatives": NEGATIVES,
+           "optimizer.name": OPTIMIZERS, "optimizer.embedding_optimizer": EMBEDDING_OPTIMIZERS}
+  for key, values in owned.items():
+    assert config_lib.CHOICES[key] is values, key
+
+
+# Every repro of issue 19, a bad value of every rule kind and every cross-key check:
+# (overrides of conftest.small_config, what the one-line message must say).
+BAD = [
+    # issue 19's repros
+    ({"model.tower_hidden": ("abc",)}, r"config\.model\.tower_hidden=\('abc',\): expected a tuple "
+     r"of integers >= 1"),
+    ({"model.mmoe.num_experts": 0}, r"config\.model\.mmoe\.num_experts=0: expected an integer >= 1"),
+    ({"data.eval_split": "dev"}, r"config\.data\.eval_split='dev': config\.data\.synthetic has "
+     r"splits \['test', 'train', 'val'\]"),
+    ({"model.backbone": "ple", "model.ple.num_shared_experts": 0},
+     r"config\.model\.ple\.num_shared_experts=0: expected an integer >= 1"),
+    ({"data.synthetic.num_users": 0}, r"config\.data\.synthetic\.num_users=0"),
+    ({"optimizer.b1": 1.5}, r"config\.optimizer\.b1=1\.5: expected a number in \[0, 1\)"),
+    ({"optimizer.b2": 1.0}, r"config\.optimizer\.b2=1\.0: expected a number in \[0, 1\)"),
+    ({"model.ple.num_levels": 0}, r"config\.model\.ple\.num_levels=0"),
+    # one bad value per rule kind
+    ({"model.pooling": "max"}, r"config\.model\.pooling='max': expected one of \['sum', 'mean'\]"),
+    ({"checkpoint.keep_best": -1}, r"config\.checkpoint\.keep_best=-1: expected an integer >= 0"),
+    ({"optimizer.learning_rate": 0.0}, r"config\.optimizer\.learning_rate=0\.0: expected a "
+     r"number > 0"),
+    ({"loss.ctr_weight": -0.5}, r"config\.loss\.ctr_weight=-0\.5: expected a number >= 0"),
+    ({"data.synthetic.signal": float("nan")}, r"config\.data\.synthetic\.signal=nan: expected a "
+     r"finite number"),
+    ({"model.dropout": 1.0}, r"config\.model\.dropout=1\.0"),
+    ({"model.tower_hidden": (8, 0)}, r"config\.model\.tower_hidden=\(8, 0\)"),
+    ({"model.mmoe.expert_hidden": ()}, r"config\.model\.mmoe\.expert_hidden=\(\): expected a "
+     r"non-empty tuple"),
+    ({"data.synthetic.rho": (0.5, 1.5)}, r"config\.data\.synthetic\.rho=\(0\.5, 1\.5\): expected "
+     r"a non-empty tuple of numbers in \[0, 1\]"),
+    ({"mesh.data": 0}, r"config\.mesh\.data=0: expected an integer >= 1, or -1"),
+    ({"axis_rules": (("vocab", "rows"),)}, r"config\.axis_rules=.*: expected a tuple of \(logical "
+     r"axis"),
+    ({"seed": -1}, r"config\.seed=-1"),
+    # cross-key checks
+    ({"data.synthetic.val_fraction": 0.5, "data.synthetic.test_fraction": 0.5},
+     r"val_fraction=0\.5 \+ test_fraction=0\.5: must be < 1"),
+    ({"data.synthetic.val_fraction": 0.0}, r"config\.data\.eval_split='val': that split of "
+     r"config\.data\.synthetic has no rows"),
+    ({"train.batch_size": 10_000}, r"config\.train\.batch_size=10000: more than the 6400 rows"),
+    ({"mesh.data": -1, "mesh.model": -1}, r"at most one may be -1"),
+    ({"checkpoint.best_metric": "dev/mean_auc"}, r"config\.checkpoint\.best_metric='dev/mean_auc'"),
+    ({"checkpoint.best_metric": "mean_auc"}, r"expected '<split>/<metric>'"),
+    ({"contrast.tau_min": 2.0}, r"config\.contrast\.tau_min"),
+]
+
+
+@pytest.mark.parametrize("overrides,match", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_values_give_one_error_naming_the_key(overrides, match):
+  with pytest.raises(ConfigError, match=match) as error:
+    validate(small_config(**overrides))
+  assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("rule,bad", [
+    ("train.steps", 1.5), ("train.steps", True), ("model.layer_norm", 1),
+    ("data.path", 3), ("optimizer.b1", "0.9"), ("model.tower_hidden", 32),
+])
+def test_rules_check_the_type(rule, bad):
+  """Values that bypass the flags' parsing (a grid's values, a set_value) are typed too."""
+  assert not config_lib.RULES[rule].ok(bad)
+
+
+@pytest.mark.parametrize("overrides,splits,devices,match", [
+    ({"mesh.model": 2}, None, 1, r"config\.mesh\.model=2: does not divide the 1 devices"),
+    ({"mesh.model": 3}, None, 8, r"config\.mesh\.model=3: does not divide the 8 devices"),
+    ({"mesh.data": 2, "mesh.model": 2}, None, 8, r"4 devices, but there are 8"),
+    ({"train.batch_size": 60}, None, 8, r"config\.train\.batch_size=60: not divisible by the "
+     r"mesh's data axis \(8 devices\)"),
+    ({"mesh.model": 2, "train.eval_batch_size": 510}, None, 8, r"eval_batch_size=510"),
+    ({"data.name": "store", "data.path": "/s", "data.eval_split": "dev"},
+     {"train": 100, "val": 10}, None, r"config\.data\.eval_split='dev': the store /s has "
+     r"splits \['train', 'val'\]"),
+    ({}, {"train": 100, "val": 0, "test": 5}, None, r"'val': that split .* has no rows"),
+])
+def test_checks_against_the_data_and_devices(overrides, splits, devices, match):
+  config = validate(small_config(**overrides)) if "data.path" not in overrides else (
+      small_config(**overrides))
+  with pytest.raises(ConfigError, match=match):
+    config_lib.validate_against(config, splits, devices)
+  config_lib.validate_against(small_config(), {"train": 6400, "val": 800}, 8)
+
+
+def test_build_checks_the_mesh_before_anything_trains():
+  from pico_jax.train.trainer import build
+  with pytest.raises(ConfigError, match=r"config\.mesh\.model=3: does not divide the 8"):
+    build(small_config(**{"mesh.model": 3}))
 
 
 RECIPES = ("census", "aliexpress", "aliccp")

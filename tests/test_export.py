@@ -114,9 +114,11 @@ def test_evaluate_cli_agrees_with_the_training_loop(trained, tmp_path):
     if key not in ("step", "split"):
       assert result[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
   assert evaluate(workdir, "val", "10")["step"] == 10
-  with pytest.raises(ValueError, match=r"--checkpoint=15: no such checkpoint.*\[10, 20\]"):
+  from pico_jax.train.checkpoint import CheckpointRestoreError
+  with pytest.raises(CheckpointRestoreError,
+                     match=r"--checkpoint=15: no such checkpoint.*\[10, 20\]"):
     evaluate(workdir, "test", "15")
-  with pytest.raises(ValueError, match="--checkpoint='last'"):
+  with pytest.raises(CheckpointRestoreError, match="--checkpoint='last'"):
     evaluate(workdir, "test", "last")
   with pytest.raises(FileNotFoundError, match="no checkpoints"):
     evaluate(str(tmp_path), "test", "latest")

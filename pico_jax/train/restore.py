@@ -20,7 +20,7 @@ import ml_collections
 
 from pico_jax import config as config_lib
 from pico_jax import parallel
-from pico_jax.train.checkpoint import Checkpointer, best_criterion
+from pico_jax.train.checkpoint import Checkpointer, CheckpointRestoreError, best_criterion
 from pico_jax.train.checkpoint_compat import flatten_config
 from pico_jax.train.trainer import Trainer, build
 
@@ -54,17 +54,17 @@ def resolve_step(ckpt: Checkpointer, which: str) -> int:
   if which == "best":
     step = ckpt.best_step()
     if step is None:
-      raise ValueError(f"{ckpt.directory}: no kept checkpoint {steps} was saved with an "
-                       f"evaluation of {ckpt.best.key!r}")
+      raise CheckpointRestoreError(f"{ckpt.directory}: no kept checkpoint {steps} was "
+                                   f"saved with an evaluation of {ckpt.best.key!r}")
     return step
   try:
     step = int(which)
   except ValueError:
-    raise ValueError(f"--checkpoint={which!r}: expected 'best', 'latest' or a step "
-                     "number") from None
+    raise CheckpointRestoreError(f"--checkpoint={which!r}: expected 'best', 'latest' or "
+                                 "a step number") from None
   if step not in steps:
-    raise ValueError(f"--checkpoint={step}: no such checkpoint in {ckpt.directory} "
-                     f"(kept: {steps})")
+    raise CheckpointRestoreError(f"--checkpoint={step}: no such checkpoint in "
+                                 f"{ckpt.directory} (kept: {steps})")
   return step
 
 

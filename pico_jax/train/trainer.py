@@ -147,6 +147,10 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None, *,
   if schema is None:
     dataset = dataset if dataset is not None else load_dataset(config)
     schema = dataset.schema
+  # What needs the data and the devices, before anything is built or trained.
+  config_lib.validate_against(
+      config, dataset and {split: dataset.num_rows(split) for split in dataset.splits},
+      None if mesh is not None else jax.device_count())
   mesh = mesh if mesh is not None else parallel.mesh_from_config(config)
   model = build_model(config, schema)
   tx = make_optimizer(config.optimizer, config.train.steps)

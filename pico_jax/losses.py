@@ -167,7 +167,68 @@ def local_contrastive_per_instance(z_ctr, z_cvr, tau, *, num_groups: int, **kwar
   return per_group.reshape(-1)
 
 
-TAU_GRADIENTS = ("contrast", "supervision")
+# What trains a learned temperature besides the optional supervision and prior:
+# "contrast" (the InfoNCE itself), "supervision" (only those two terms) or
+# "gradient_agreement" (a regression onto the agreement of the two task gradients, see
+# ``task_gradient_cosine``). Under the last two, tau enters the InfoNCE through
+# stop_gradient.
+TAU_GRADIENTS = ("contrast", "supervision", "gradient_agreement")
+GRADIENT_AGREEMENT = "gradient_agreement"
+
+
+def task_gradient_cosine(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
+                         cvr_weight: float, cvr_rows: str = "clicked",
+                         pos_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)):
+  """Per instance, the cosine of the CTR and CVR task gradients at its instance vector.
+
+  g_ctr_i = d(w_ctr l_ctr_i) / d e_i through the CTR logit; g_cvr_i = d(w_ctcvr
+  l_ctcvr_i + w_cvr l_cvr_i) / d e_i through the CVR logit (the CTR logit of l_ctcvr held
+  fixed). A loss reaches e_i only through row i's logits, so g = (d l_i / d logit_i)
+  (d logit_i / d e_i) and
+
+    cos_i = sign(a_i b_i) cos(d ctr_logit_i / d e_i, d cvr_logit_i / d e_i)
+
+  with a_i, b_i the two losses' derivatives in their logits; 0 where either gradient is
+  0 (a padding row; an unclicked row when only the clicked-only CVR loss is on).
+
+  Args:
+    outputs: the model's outputs with ``ctr_logit``, ``cvr_logit`` [B] and
+      ``ctr_logit_grad``, ``cvr_logit_grad`` float [B, d_e]
+      (``pico_jax.models.task_gradients.apply_model``).
+    batch: ``click``, ``conversion``, ``mask`` [B].
+    ctr_weight, ctcvr_weight, cvr_weight, cvr_rows, pos_weights: as in ``pico_objective``.
+
+  Returns:
+    float32 [B] in [-1, 1], under stop_gradient.
+  """
+  mask = batch["mask"]
+  click, conversion = batch["click"], batch["conversion"]
+  pw_ctr, pw_ctcvr, pw_cvr = pos_weights
+  ctr_logit = jax.lax.stop_gradient(outputs["ctr_logit"])
+  cvr_logit = jax.lax.stop_gradient(outputs["cvr_logit"])
+
+  def ctr_side(a):
+    return ctr_weight * bce_with_logits(a, click, mask, pos_weight=pw_ctr)
+
+  def cvr_side(b):
+    return (ctcvr_weight * ctcvr_loss(ctr_logit, b, click, conversion, mask,
+                                      pos_weight=pw_ctcvr)
+            + cvr_weight * cvr_loss(b, click, conversion, mask,
+                                    clicked_only=cvr_rows == "clicked", pos_weight=pw_cvr))
+
+  # Each loss is a mean of per-row terms: its gradient in row i's logit is that row's
+  # derivative times a positive constant, which leaves the sign, all that is used.
+  sign = jnp.sign(jax.grad(ctr_side)(ctr_logit)) * jnp.sign(jax.grad(cvr_side)(cvr_logit))
+  j_ctr, j_cvr = (_normalize(jax.lax.stop_gradient(outputs[k]), eps=1e-30)
+                  for k in ("ctr_logit_grad", "cvr_logit_grad"))
+  return sign * jnp.clip(jnp.sum(j_ctr * j_cvr, axis=-1), -1.0, 1.0)
+
+
+def agreement_target(cosine):
+  """The target of sigmoid(r), tau's place in [tau_min, tau_max], for a gradient cosine:
+  1 - max(cos, 0). Full agreement (1) asks for tau_min, the strongest contrast; none or
+  conflict (<= 0) asks for tau_max, the weakest. float [B] -> float32 [B] in [0, 1]."""
+  return 1.0 - jnp.maximum(cosine.astype(jnp.float32), 0.0)
 CVR_ROWS = ("clicked", "all")  # the rows of the CVR loss: clicked (entire space) | all.
 
 
@@ -196,9 +257,12 @@ def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
     chunk_size, implementation: how the contrast is computed (``pico_contrastive_loss``).
     relatedness_supervision_weight: w_sup of the label-agreement loss
       L_relatedness = BCE(sigmoid(-r), [click == conversion]) on the relatedness logit.
-    tau_gradient: "contrast" (tau is also trained by L_cl, which drives it to tau_min)
-      or "supervision" (tau enters L_cl through stop_gradient: only L_relatedness and
-      L_tau_prior train it).
+    tau_gradient: "contrast" (tau is also trained by L_cl, which drives it to tau_min),
+      "supervision" (tau enters L_cl through stop_gradient: only L_relatedness and
+      L_tau_prior train it) or "gradient_agreement" (tau enters L_cl through
+      stop_gradient and L_tau_agreement, a soft-label BCE of sigmoid(r_i) against
+      ``agreement_target(task_gradient_cosine)``, trains it with weight 1; the outputs
+      must hold the logit gradients of ``task_gradients.apply_model``).
     tau_prior_weight, tau_prior: w_prior of L_tau_prior = ((mean_i tau_i - tau_prior)
       / tau_prior)^2, a pull of the batch-mean tau (not of each tau_i) to tau_prior, so
       the spread of tau over instances stays free.
@@ -230,8 +294,8 @@ def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
     # dL_cl/dtau_i > 0 whenever the positive pair outscores the softmax average of its
     # candidates, so L_cl alone pushes every tau to tau_min; "supervision" removes that
     # push and leaves tau to the terms that carry a relatedness signal.
-    tau = (jax.lax.stop_gradient(outputs["tau"]) if tau_gradient == "supervision"
-           else outputs["tau"])
+    tau = (outputs["tau"] if tau_gradient == "contrast"
+           else jax.lax.stop_gradient(outputs["tau"]))
     if negative_groups > 1:
       per_instance = local_contrastive_per_instance(
           outputs["z_ctr"], outputs["z_cvr"], tau, num_groups=negative_groups, **kwargs)
@@ -244,6 +308,18 @@ def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
     if tau_prior_weight:
       terms["loss_tau_prior"] = jnp.square((terms["tau_mean"] - tau_prior) / tau_prior)
       total = total + tau_prior_weight * terms["loss_tau_prior"]
+    if tau_gradient == GRADIENT_AGREEMENT:
+      if "ctr_logit_grad" not in outputs:
+        raise ValueError("tau_gradient='gradient_agreement' needs the outputs of "
+                         "pico_jax.models.task_gradients.apply_model(..., "
+                         "logit_gradients=True)")
+      cosine = task_gradient_cosine(outputs, batch, ctr_weight=ctr_weight,
+                                    ctcvr_weight=ctcvr_weight, cvr_weight=cvr_weight,
+                                    cvr_rows=cvr_rows, pos_weights=pos_weights)
+      terms["task_gradient_cosine"] = _weighted_mean(cosine, mask)
+      terms["loss_tau_agreement"] = bce_with_logits(outputs["relatedness_logit"],
+                                                    agreement_target(cosine), mask)
+      total = total + terms["loss_tau_agreement"]
     if relatedness_supervision_weight:
       # Lower tau = more related: sigmoid(-r) is the predicted probability that the two
       # tasks agree on this instance (y == c).

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from pico_jax.data.schema import Schema
-from pico_jax.models import backbones
+from pico_jax.models import backbones, task_gradients
 from pico_jax.models.aitm import AITM
 from pico_jax.models.embeddings import FeatureEmbedding
 from pico_jax.models.heads import TAU_MODES, ContrastHead, Tower
@@ -46,6 +46,9 @@ class PicoModel(nn.Module):
   def __call__(self, features, *, train: bool = False, with_contrast: bool = True,
                embedding_rows=None):
     e = self.embedding(features, embedding_rows)
+    # A no-op unless a perturbation is passed: task_gradients.apply_model reads each
+    # task logit's gradient at e through it (the gradient-agreement temperature).
+    e = self.perturb(task_gradients.EMBEDDING, e)
     ctr_in, cvr_in = self.backbone(e, train=train)[:2]
     ctr_logit, h_ctr = self.ctr_tower(ctr_in, train=train)
     # The contrast and the transfer see the backbone's CVR output, before these inputs.

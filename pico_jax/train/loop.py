@@ -69,6 +69,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return None if run.preempted else run.test()
 
 
+def inactive_temperature_notice(result: dict, contrast: ml_collections.ConfigDict,
+                                tolerance: float = 0.01) -> str | None:
+  """The notice to log when a learned temperature sits at its floor, else None.
+
+  PICO is on (``contrast.mode`` global or personalized) and the mean tau of every
+  segment (``tau_segment_<s>`` of ``result``; ``tau_mean`` without segments) lies within
+  ``tolerance * (tau_max - tau_min)`` of ``tau_min``: the contrast then acts as
+  ``fixed`` at tau_min.
+  """
+  if contrast.mode not in ("global", "personalized"):
+    return None
+  taus = [v for k, v in sorted(result.items()) if k.startswith("tau_segment_")]
+  taus = taus or [result[k] for k in ("tau_mean",) if k in result]
+  floor = contrast.tau_min + tolerance * (contrast.tau_max - contrast.tau_min)
+  if not taus or max(taus) > floor:
+    return None
+  return (f"the personalised temperature is inactive: tau is at tau_min="
+          f"{contrast.tau_min:g} for every segment (highest segment mean {max(taus):.4f}); "
+          "the InfoNCE alone drives it there (docs/method.md, section 4). Train it with "
+          "contrast.tau_gradient=gradient_agreement, or say what it amounts to: "
+          f"contrast.mode=fixed with contrast.tau_init={contrast.tau_min:g}")
+
+
 def _format(metrics: dict, keys) -> str:
   return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
 
@@ -99,6 +122,7 @@ class Run:
     self.saved_step = trainer.resumed_step
     self.evaluation = None  # (step, metrics) of the latest evaluation.
     self.preempted = False
+    self.tau_notice_given = False  # inactive_temperature_notice: logged once a run.
     n_params = sum(x.size for x in jax.tree.leaves(trainer.state.params))
     log.info("%s backbone, contrast=%s, %d params, %d devices, mesh %s, %d train rows",
              c.model.backbone, c.contrast.mode, n_params, jax.device_count(),
@@ -210,6 +234,10 @@ class Run:
       log.info("mean tau per segment (rho = true relatedness): %s", ", ".join(
           f"seg {k.rsplit('_', 1)[1]}: tau={result[k]:.3f} rho={rho[int(k.rsplit('_', 1)[1])]:.2f}"
           for k in taus))
+    notice = inactive_temperature_notice(result, self.config.contrast)
+    if notice and not self.tau_notice_given:
+      log.warning(notice)
+      self.tau_notice_given = True
     return result
 
   def save(self, step: int):

@@ -12,7 +12,8 @@ import optax
 
 from pico_jax import batch as B
 from pico_jax import contrast
-from pico_jax.losses import pico_objective
+from pico_jax.losses import GRADIENT_AGREEMENT, pico_objective
+from pico_jax.models import task_gradients
 from pico_jax.parallel import DATA, batch_sharding, replicated
 from pico_jax.train import sparse_optimizer
 from pico_jax.train.optimizer import learning_rate_schedule
@@ -63,9 +64,14 @@ def train_step(state: TrainState, batch, *, model, tx, objective: dict,
   rng = jax.random.fold_in(state.rng, state.step)
   features = B.features(batch)
 
+  # The gradient-agreement temperature reads each task logit's gradient at e.
+  logit_gradients = (objective.get("tau_gradient") == GRADIENT_AGREEMENT
+                     and model.contrast is not None)
+
   def loss_fn(params, embedding_rows=None):
-    outputs = model.apply({"params": params}, features, train=True, rngs={"dropout": rng},
-                          embedding_rows=embedding_rows)
+    outputs = task_gradients.apply_model(
+        model, {"params": params}, features, logit_gradients=logit_gradients, train=True,
+        rngs={"dropout": rng}, embedding_rows=embedding_rows)
     return pico_objective(outputs, batch, **objective)
 
   if isinstance(tx, sparse_optimizer.LazyEmbeddingOptimizer):

@@ -90,7 +90,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Temperature remedies (RESULTS.md section 3). tau_gradient: contrast (tau is also
   # trained by the InfoNCE, which drives it to tau_min) | supervision (stop_gradient of
   # tau inside the InfoNCE: only the supervision and the prior below train it; needs one
-  # of them). tau_prior_weight > 0 pulls the batch-mean tau to tau_prior. Both stay off
+  # of them) | gradient_agreement (stop_gradient of tau inside the InfoNCE; the
+  # relatedness network is regressed onto the agreement of the CTR and CVR task
+  # gradients at each instance, docs/method.md section 4.1). tau_prior_weight > 0 pulls
+  # the batch-mean tau to tau_prior. The remedies stay off
   # by default: neither orders tau by relatedness at every scarcity level of the map
   # (supervision does only when conversions are common; the prior orders it backwards).
   c.contrast.tau_gradient = "contrast"

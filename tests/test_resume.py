@@ -64,12 +64,14 @@ def _resume(workdir, mesh=None):
     ckpt.close()
 
 
-def test_unreadable_iterator_state_stops_naming_the_step(two_checkpoints):
+def test_a_changed_iterator_state_stops_naming_the_step(two_checkpoints):
   workdir, latest = two_checkpoints
   with open(os.path.join(latest, "data", "process_0-of-1.json"), "w") as f:
     f.write("{not json")
-  with pytest.raises(ckpt_lib.CheckpointRestoreError,
-                     match=r"checkpoint 2 in .*cannot read its 'data' item: .*JSONDecodeError"):
+  with pytest.raises(ckpt_lib.CheckpointIntegrityError,
+                     match=r"checkpoint 2 in .* is damaged: its 'data' item: file "
+                           r"'process_0-of-1.json' does not match the checksum .* remove "
+                           r".*checkpoints/2 to resume from step 1"):
     _resume(workdir)
 
 

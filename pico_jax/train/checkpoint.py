@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import re
-import sys
 
 import grain
 import jax
@@ -44,6 +43,8 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from pico_jax import workdir as workdir_lib
 from pico_jax.train import checkpoint_compat as compat
+from pico_jax.train import checkpoint_failures as failures
+from pico_jax.train import checkpoint_integrity as integrity
 from pico_jax.train.early_stopping import metric_mode
 
 log = logging.getLogger("pico_jax")
@@ -57,6 +58,11 @@ class CheckpointMismatchError(ValueError):
 
 class CheckpointRestoreError(RuntimeError):
   """A complete checkpoint cannot be resumed; the message names the step, item and cause."""
+
+
+class CheckpointIntegrityError(CheckpointRestoreError):
+  """What a checkpoint holds is not what was saved (a checksum differs) or is not finite;
+  the message names the step, the item and the leaf, and the earlier checkpoints."""
 
 
 class CheckpointExistsError(FileExistsError):
@@ -114,7 +120,8 @@ def checkpoint_manager(workdir: str, *, read_only: bool = False, keep: int = 1,
   handlers = dict(state=ocp.StandardCheckpointHandler(),
                   data=grain.checkpoint.CheckpointHandler(),
                   config=ocp.JsonCheckpointHandler(),
-                  best=ocp.StandardCheckpointHandler())
+                  best=ocp.StandardCheckpointHandler(),
+                  integrity=ocp.JsonCheckpointHandler())
   directory = workdir_lib.checkpoint_dir(workdir)
   if read_only:
     if not os.path.isdir(directory):
@@ -164,6 +171,7 @@ class Checkpointer:
                best: BestCriterion | None = None, read_only: bool = False):
     self.directory = workdir_lib.checkpoint_dir(workdir)
     self.best = best
+    self._unverified = set()  # steps without checksums already warned about.
     if not read_only:
       self._warn_half_written()
     self.manager = checkpoint_manager(workdir, read_only=read_only, keep=keep,
@@ -214,23 +222,76 @@ class Checkpointer:
       self.wait()
       self.manager.delete(step)
       log.warning("overwriting checkpoint %d in %s", step, self.directory)
-    items = dict(state=ocp.args.StandardSave(state),
-                 data=grain.checkpoint.CheckpointSave(data_iterator),
-                 config=ocp.args.JsonSave(config.to_dict()))
-    if best_params is not None:
-      items["best"] = ocp.args.StandardSave(best_params)
+    arrays = {"state": state} if best_params is None else {"state": state,
+                                                           "best": best_params}
+    items = {k: ocp.args.StandardSave(v) for k, v in arrays.items()}
+    items.update(data=grain.checkpoint.CheckpointSave(data_iterator),
+                 config=ocp.args.JsonSave(config.to_dict()),
+                 integrity=ocp.args.JsonSave(integrity.record(arrays, data_iterator,
+                                                              config.to_dict())))
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
     self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
   def saved_config(self, step: int) -> dict:
+    """The config ``step`` was saved with (checked against its recorded checksum)."""
     with self._reading(step, "config"):
-      return self.manager.restore(step, args=ocp.args.Composite(
+      config = self.manager.restore(step, args=ocp.args.Composite(
           config=ocp.args.JsonRestore())).config
+    recorded = self._recorded(step)
+    if recorded is not None and integrity.config_crc(config) != recorded["config"]:
+      self._damaged(step, "config", "it does not match the checksum recorded when it was "
+                    "saved")
+    return config
+
+  def _recorded(self, step: int) -> dict | None:
+    """The ``integrity`` item of ``step``; None (with a warning) for a checkpoint saved
+    before checksums were recorded."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), integrity.ITEM)):
+      if step not in self._unverified:
+        self._unverified.add(step)
+        log.warning("checkpoint %d in %s has no checksums (saved by an older version): "
+                    "its arrays are checked finite but not verified", step, self.directory)
+      return None
+    with self._reading(step, integrity.ITEM):
+      return self.manager.restore(step, args=ocp.args.Composite(
+          integrity=ocp.args.JsonRestore())).integrity
+
+  def _verify(self, step: int, item: str, tree):
+    recorded = self._recorded(step)
+    problems = integrity.array_problems(recorded or {"items": {}}, item, tree)
+    if problems:
+      self._damaged(step, item, "; ".join(problems[:3]) + (
+          f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""))
+    return tree
+
+  def earlier_steps(self, step: int) -> list[int]:
+    """The complete checkpoints before ``step`` (each item's files and its checksums
+    present; the checksums themselves are checked when one is restored)."""
+    def complete(s):
+      d = os.path.join(self.directory, str(s))
+      return all(os.path.exists(os.path.join(d, *p)) for p in (
+          ("state", "_METADATA"), ("data",), ("config",), (integrity.ITEM,)))
+    return [s for s in self.all_steps() if s < step and complete(s)]
+
+  def what_to_do(self, step: int) -> str:
+    """Which checkpoint a resume can use instead of the damaged ``step``."""
+    path = os.path.join(self.directory, str(step))
+    earlier = self.earlier_steps(step)
+    if not earlier:
+      return (f"no earlier complete checkpoint is kept in {self.directory}: restore {path} "
+              "from a copy, or start a new --workdir")
+    return (f"remove {path} to resume from step {earlier[-1]} (earlier complete "
+            f"checkpoints: {', '.join(map(str, earlier))})")
+
+  def _damaged(self, step: int, item: str, what: str):
+    raise CheckpointIntegrityError(
+        f"checkpoint {step} in {self.directory} is damaged: its {item!r} item: {what}. "
+        f"Do not resume it: {self.what_to_do(step)}.")
 
   @contextlib.contextmanager
   def _reading(self, step: int, item: str):
     """Turns any failure to read ``item`` of ``step`` into one CheckpointRestoreError."""
-    with quiet_orbax():
+    with failures.quiet_orbax():
       try:
         yield
       except (CheckpointMismatchError, CheckpointRestoreError):
@@ -238,10 +299,8 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         raise CheckpointRestoreError(
             f"checkpoint {step} in {self.directory}: cannot read its {item!r} item: "
-            f"{_cause(e)}. The checkpoint is complete but "
-            "damaged or unreadable; fix its files (permissions, storage) or remove "
-            f"{os.path.join(self.directory, str(step))} to resume from the one before "
-            f"(kept: {self.all_steps()}).") from None
+            f"{failures.cause(e)}. The checkpoint is complete but damaged or unreadable: fix "
+            f"its files (permissions, storage), or {self.what_to_do(step)}.") from None
 
   def check_process_count(self, step: int):
     """Raises CheckpointRestoreError when ``step``'s data position was saved by another
@@ -288,16 +347,19 @@ class Checkpointer:
                   "; ".join(changed))
 
   def restore_state(self, step: int, abstract_state):
-    """The state of ``step``, restored into ``abstract_state``'s shapes and shardings."""
+    """The state of ``step``, restored into ``abstract_state``'s shapes and shardings,
+    verified against its checksums and checked finite (else CheckpointIntegrityError)."""
     with self._reading(step, "state"):
-      return self.manager.restore(step, args=ocp.args.Composite(
+      state = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state))).state
+    return self._verify(step, "state", state)
 
   def restore_best(self, step: int, abstract_params):
     """The early-stopping best params saved with ``step`` (its ``best`` item)."""
     with self._reading(step, "best"):
-      return self.manager.restore(step, args=ocp.args.Composite(
+      best = self.manager.restore(step, args=ocp.args.Composite(
           best=ocp.args.StandardRestore(abstract_params))).best
+    return self._verify(step, "best", best)
 
   def restore_latest(self, abstract_state, data_iterator, config: ml_collections.ConfigDict):
     """(state, step) of the latest complete checkpoint, the iterator set to its
@@ -314,6 +376,13 @@ class Checkpointer:
     self.check_compatible(step, abstract_state, config)
     self.check_same_run(step, config)
     state = self.restore_state(step, abstract_state)
+    recorded = self._recorded(step)
+    if recorded is not None:
+      with self._reading(step, "data"):
+        problem = integrity.data_problem(recorded, os.path.join(self.directory, str(step),
+                                                                "data"))
+      if problem:
+        self._damaged(step, "data", problem)
     with self._reading(step, "data"):
       self.manager.restore(step, args=ocp.args.Composite(
           data=grain.checkpoint.CheckpointRestore(data_iterator)))
@@ -330,54 +399,6 @@ def _listdir(path: str) -> list[str]:
   return os.listdir(path) if os.path.isdir(path) else []
 
 
-def _cause(e: BaseException) -> str:
-  """The first line of ``e``'s message, naming the damaged array when TensorStore says
-  which (its spec, a page of JSON, is left out)."""
-  text = str(e).strip()
-  text = text.splitlines()[0] if text else "(no message)"
-  text = text.split(" [tensorstore_spec=")[0]
-  array = re.search(r'Error (?:reading|opening) "([^"]+?)/\.zarray"', text)
-  prefix = f"array {array.group(1).replace('.', '/')!r} is damaged: " if array else ""
-  return f"{prefix}{type(e).__name__}: {text[:400]}"
-
-
 def abstract_like(state):
   """ShapeDtypeStructs (with shardings) of a live state, the restore target."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-
-
-@contextlib.contextmanager
-def quiet_orbax():
-  """Keeps the noise of a failed checkpoint read out of the output; the caller raises
-  one error that says what failed.
-
-  A read that fails on one damaged array closes orbax's asyncio loop while TensorStore
-  still completes the reads of the others; each completion then reports
-  ``RuntimeError: Event loop is closed`` through ``sys.unraisablehook`` (thousands of
-  tracebacks for a real model), and orbax logs each failure. Both are silenced here;
-  the hook filter stays installed, since those completions arrive after the read.
-  """
-  _drop_closed_loop_reports()
-  loggers = [logging.getLogger(n) for n in ("absl", "orbax", "asyncio")]
-  levels = [l.level for l in loggers]
-  for l in loggers:
-    l.setLevel(logging.CRITICAL)
-  try:
-    yield
-  finally:
-    for l, level in zip(loggers, levels):
-      l.setLevel(level)
-
-
-def _drop_closed_loop_reports():
-  if getattr(sys.unraisablehook, "_drops_closed_loop", False):
-    return
-  previous = sys.unraisablehook
-
-  def hook(report):
-    if not (isinstance(report.exc_value, RuntimeError)
-            and str(report.exc_value) == "Event loop is closed"):
-      previous(report)
-
-  hook._drops_closed_loop = True
-  sys.unraisablehook = hook

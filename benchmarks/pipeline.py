@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from pico_jax import batch as B  # noqa: E402
 from pico_jax.data import pipeline, store  # noqa: E402
+from pico_jax.ingest import store_writer  # noqa: E402
 from pico_jax.data.schema import Schema, SparseField  # noqa: E402
 
 W2_VOCAB = (8, 16, 32, 64, 128, 256, 512, 1024, 4096, 8192, 16384, 32768, 65536, 100000,
@@ -52,7 +53,7 @@ def write_w2_store(path: str, rows: int, seed: int = 0, block: int = 262_144):
   """A W2-shaped store with ``rows`` train rows (val/test: 1% each), in blocks."""
   rng = np.random.default_rng(seed)
   sizes = {"train": rows, "val": max(rows // 100, 1), "test": max(rows // 100, 1)}
-  with store.StoreWriter(path, w2_schema(), sizes, overwrite=True) as writer:
+  with store_writer.StoreWriter(path, w2_schema(), sizes, overwrite=True) as writer:
     for split, n in sizes.items():
       cols = writer.columns[split]
       for start in range(0, n, block):

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from pico_jax import batch as B
-from pico_jax.ingest import blocks, formats, readers
+from pico_jax.ingest import blocks, formats, reading, readers
 from pico_jax.ingest.encode import Encoder
 from pico_jax.data.errors import DataError
 
@@ -107,7 +107,7 @@ def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
   if fmt_name and fmt_name != fmt.name:
     raise ValueError(f"--format {fmt_name}: the run's store was built from format "
                      f"{fmt.name}")
-  layouts = [fmt.inspect(p, readers.first_line(p), labels_optional=True) for p in inputs]
+  layouts = [fmt.inspect(p, reading.first_line(p), labels_optional=True) for p in inputs]
   fields = encoder.sparse_names + encoder.multi_names
   id0 = dict.fromkeys(fields, 0)
   labeled = all(layout.labels for layout in layouts)
@@ -122,7 +122,7 @@ def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
       f.write((",".join(names) + "\n").encode())
       for path, layout in zip(inputs, layouts):
         read = 0
-        for block, data in readers.stream_blocks(path, chunk_rows, layout.header):
+        for block, data in reading.stream_blocks(path, chunk_rows, layout.header):
           if block is None:  # progress by bytes read: the ETA needs no line count.
             bar.update(0, data - read)
             read = data

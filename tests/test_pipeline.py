@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT
 from pico_jax import batch as B
 from pico_jax.data import pipeline, store
+from pico_jax.ingest import store_writer
 from pico_jax.data.schema import Schema, SparseField
 
 N = 96  # rows of the train split; 8 global batches of 12.
@@ -27,7 +28,7 @@ def store_path(tmp_path_factory):
   schema = Schema(sparse=(SparseField("a", 11),), multi=(SparseField("m", 11, 2),),
                   dense=("x",), extras=(B.GROUP,))
   rows = {"train": N, "val": 29, "test": 5}
-  with store.StoreWriter(path, schema, rows) as writer:
+  with store_writer.StoreWriter(path, schema, rows) as writer:
     for split, n in rows.items():
       cols = writer.columns[split]
       cols[B.GROUP][:] = np.arange(n)

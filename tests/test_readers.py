@@ -13,6 +13,7 @@ import pytest
 from pico_jax import batch as B
 from pico_jax.ingest import blocks, formats, preprocess
 from pico_jax.data import store
+from pico_jax.ingest import store_writer
 from pico_jax.data.errors import DataError
 
 from shared_data import ALICCP, ALIEXPRESS, CENSUS, needs_data
@@ -504,7 +505,7 @@ def test_an_interrupt_while_the_store_is_allocated_leaves_nothing(tmp_path, monk
   import _thread
   import threading
   good = write(tmp_path, "good.csv", good_ae(tmp_path))
-  zeroed_map, vocabularies = store._zeroed_map, preprocess._vocabularies
+  zeroed_map, vocabularies = store_writer._zeroed_map, preprocess._vocabularies
   slow = threading.Event()
 
   def slow_zeroed_map(*args):
@@ -518,7 +519,7 @@ def test_an_interrupt_while_the_store_is_allocated_leaves_nothing(tmp_path, monk
     threading.Timer(0.2, _thread.interrupt_main).start()
     return result
 
-  monkeypatch.setattr(store, "_zeroed_map", slow_zeroed_map)
+  monkeypatch.setattr(store_writer, "_zeroed_map", slow_zeroed_map)
   monkeypatch.setattr(preprocess, "_vocabularies", interrupt_after)
   with pytest.raises(KeyboardInterrupt):
     preprocess.build_store("aliexpress", [good], str(tmp_path / "out"))
@@ -672,44 +673,44 @@ def test_command_line(tmp_path):
 def test_blocks_cut_at_line_boundaries(tmp_path, monkeypatch):
   """Scanned blocks (read by offset) and streamed blocks hold every line once, in
   order, whatever the read size, the block size, the header and the last newline."""
-  from pico_jax.ingest import readers
+  from pico_jax.ingest import reading
   rng = np.random.default_rng(0)
   path = tmp_path / "f.txt"
   for _ in range(300):
     lines = [b"x" * int(rng.integers(1, 6)) for _ in range(int(rng.integers(1, 30)))]
     text = b"\n".join(lines) + (b"\n" if rng.random() < 0.5 else b"")
     path.write_bytes(text)
-    monkeypatch.setattr(readers, "_READ_BYTES", int(rng.integers(1, 20)))
+    monkeypatch.setattr(reading, "_READ_BYTES", int(rng.integers(1, 20)))
     rows, header = int(rng.integers(1, 8)), bool(rng.random() < 0.5)
-    info = readers.scan_file(str(path), rows, header)
-    data = [readers.read_block(b) for b in info.blocks]
-    assert b"".join(data) == b"".join(readers.split_lines(text)[int(header):])
-    assert [len(readers.split_lines(d)) for d in data] == [b.num_lines for b in info.blocks]
+    info = reading.scan_file(str(path), rows, header)
+    data = [reading.read_block(b) for b in info.blocks]
+    assert b"".join(data) == b"".join(reading.split_lines(text)[int(header):])
+    assert [len(reading.split_lines(d)) for d in data] == [b.num_lines for b in info.blocks]
     assert [b.first_line for b in info.blocks] == [
         1 + int(header) + k * rows for k in range(len(info.blocks))]
-    assert info.num_lines == len(readers.split_lines(text))
-    streamed = [(b, d) for b, d in readers.stream_blocks(str(path), rows, header) if b]
+    assert info.num_lines == len(reading.split_lines(text))
+    streamed = [(b, d) for b, d in reading.stream_blocks(str(path), rows, header) if b]
     assert streamed == list(zip(info.blocks, data))
 
 
 
 def test_hash_file_is_the_blake3_of_the_bytes(tmp_path, monkeypatch):
   """The digest meta.json records is what ``b3sum`` prints, whatever the read windows."""
-  from pico_jax.ingest import readers
+  from pico_jax.ingest import reading
   empty = tmp_path / "empty"
   empty.write_bytes(b"")
   # The BLAKE3 specification's digest of the empty input.
-  assert readers.hash_file(str(empty)) == (
+  assert reading.hash_file(str(empty)) == (
       "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262")
   path = tmp_path / "f"
   data = np.random.default_rng(0).integers(0, 256, 10_000, np.uint8).tobytes()
   path.write_bytes(data)
-  whole = readers.hash_file(str(path))
-  monkeypatch.setattr(readers, "_READ_BYTES", 999)  # 11 windows, the last one short.
-  assert readers.hash_file(str(path)) == whole
-  assert readers.hash_file(str(path), threads=3) == whole
+  whole = reading.hash_file(str(path))
+  monkeypatch.setattr(reading, "_READ_BYTES", 999)  # 11 windows, the last one short.
+  assert reading.hash_file(str(path)) == whole
+  assert reading.hash_file(str(path), threads=3) == whole
   path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-  assert readers.hash_file(str(path)) != whole
+  assert reading.hash_file(str(path)) != whole
 
 
 def test_parse_threads_go_to_the_last_blocks():

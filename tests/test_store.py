@@ -16,7 +16,7 @@ from conftest import ROOT, small_config
 from shared_data import CENSUS
 from configs import census as census_recipe
 from pico_jax import batch as B
-from pico_jax.ingest import preprocess
+from pico_jax.ingest import preprocess, store_writer
 from pico_jax.data import load_dataset, store
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema, SparseField
@@ -43,7 +43,7 @@ def write_store(path, rows=None, seed=0):
   rng = np.random.default_rng(seed)
   rows = rows or {"train": 50, "val": 7, "test": 0}
   data = {s: random_columns(rng, n) for s, n in rows.items()}
-  with store.StoreWriter(str(path), SCHEMA, rows) as writer:
+  with store_writer.StoreWriter(str(path), SCHEMA, rows) as writer:
     for split, cols in data.items():
       for key, values in cols.items():
         writer.columns[split][key][:] = values
@@ -72,7 +72,7 @@ def test_round_trip_memory_mapped(tmp_path):
 
 def test_an_exception_leaves_nothing(tmp_path):
   with pytest.raises(RuntimeError):
-    with store.StoreWriter(str(tmp_path / "s"), SCHEMA, {"train": 4, "val": 1, "test": 1}):
+    with store_writer.StoreWriter(str(tmp_path / "s"), SCHEMA, {"train": 4, "val": 1, "test": 1}):
       raise RuntimeError("interrupted")
   assert os.listdir(tmp_path) == []
 
@@ -87,10 +87,10 @@ def test_a_failed_allocation_leaves_nothing(tmp_path, monkeypatch):
     if len(made) == 3:
       raise OSError(28, "No space left on device")
     return real(path, dtype, shape)
-  real = store._zeroed_map
-  monkeypatch.setattr(store, "_zeroed_map", zeroed_map)
+  real = store_writer._zeroed_map
+  monkeypatch.setattr(store_writer, "_zeroed_map", zeroed_map)
   with pytest.raises(OSError, match="No space left"):
-    store.StoreWriter(str(tmp_path / "s"), SCHEMA, {"train": 4, "val": 1, "test": 1})
+    store_writer.StoreWriter(str(tmp_path / "s"), SCHEMA, {"train": 4, "val": 1, "test": 1})
   assert len(made) >= 3 and os.listdir(tmp_path) == []
 
 
@@ -108,13 +108,13 @@ def test_file_system_is_the_longest_mount_above_the_path(tmp_path):
   escapes in mount points decoded); None where mountinfo cannot be read."""
   info = tmp_path / "mountinfo"
   info.write_text(MOUNTINFO)
-  kind = lambda path: store.file_system(path, str(info))
+  kind = lambda path: store_writer.file_system(path, str(info))
   assert kind("/home/user/store") == "ext4"
   assert kind("/mnt/shared data/run/store") == "nfs4"
   assert kind("/mnt/shared data/local/store") == "xfs"
   assert kind("/mnt/shared datax") == "ext4"  # a prefix of a name is not a parent.
   assert kind("/buckets/logs/s") == "fuse.gcsfuse"
-  assert store.file_system("/x", str(tmp_path / "absent")) is None
+  assert store_writer.file_system("/x", str(tmp_path / "absent")) is None
 
 
 @pytest.mark.parametrize("kind,flushed", [("ext4", False), ("tmpfs", False),
@@ -126,10 +126,10 @@ def test_columns_are_flushed_unless_the_file_system_is_local(tmp_path, monkeypat
   meta.json names the store: another host would read zeros where the rows sit only
   in this host's page cache."""
   calls = []
-  monkeypatch.setattr(store, "file_system", lambda path, *a: kind)
+  monkeypatch.setattr(store_writer, "file_system", lambda path, *a: kind)
   monkeypatch.setattr(np.memmap, "flush", lambda self: calls.append(self.filename))
   rows = {"train": 4, "val": 1, "test": 1}
-  with store.StoreWriter(str(tmp_path / "s"), SCHEMA, rows) as writer:
+  with store_writer.StoreWriter(str(tmp_path / "s"), SCHEMA, rows) as writer:
     writer.commit({})
   assert (len(calls) == 3 * len(store.column_specs(SCHEMA))) == flushed
   assert flushed or not calls
@@ -138,9 +138,9 @@ def test_columns_are_flushed_unless_the_file_system_is_local(tmp_path, monkeypat
 def test_existing_store_is_replaced_only_when_asked(tmp_path):
   write_store(tmp_path / "s")
   with pytest.raises(FileExistsError):
-    store.StoreWriter(str(tmp_path / "s"), SCHEMA, {"train": 1})
+    store_writer.StoreWriter(str(tmp_path / "s"), SCHEMA, {"train": 1})
   data = write_store(tmp_path / "s2", {"train": 3, "val": 2, "test": 2}, seed=1)
-  with store.StoreWriter(str(tmp_path / "s"), SCHEMA, {"train": 3, "val": 2, "test": 2},
+  with store_writer.StoreWriter(str(tmp_path / "s"), SCHEMA, {"train": 3, "val": 2, "test": 2},
                          overwrite=True) as writer:
     for split, cols in data.items():
       for key, values in cols.items():
@@ -301,11 +301,11 @@ def test_commit_takes_the_final_schema_of_the_same_columns(tmp_path):
   rows = {"train": 2, "val": 1, "test": 1}
   bigger = dataclasses.replace(SCHEMA, sparse=tuple(
       dataclasses.replace(f, vocab_size=f.vocab_size + 7) for f in SCHEMA.sparse))
-  with store.StoreWriter(str(tmp_path / "s"), SCHEMA, rows) as writer:
+  with store_writer.StoreWriter(str(tmp_path / "s"), SCHEMA, rows) as writer:
     writer.commit({}, schema=bigger)
   assert store.load_store(str(tmp_path / "s")).schema == bigger
   other = dataclasses.replace(SCHEMA, dense=SCHEMA.dense + ("another",))
   with pytest.raises(ValueError, match="other columns"):
-    with store.StoreWriter(str(tmp_path / "t"), SCHEMA, rows) as writer:
+    with store_writer.StoreWriter(str(tmp_path / "t"), SCHEMA, rows) as writer:
       writer.commit({}, schema=other)
   assert sorted(os.listdir(tmp_path)) == ["s"]

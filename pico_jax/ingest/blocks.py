@@ -1,172 +1,35 @@
-"""The per-block work of preprocessing, run in order on worker threads (or processes).
+"""How the blocks of a build are spread over workers: threads or processes, in order.
 
-A block (``readers.Block``) is parsed once: ``count_block`` parses and checks it,
-returns its training statistics and spills the parsed rows (the ids factorized per
-block, the dense values raw: ``spill.Spill`` holds them in memory up to a budget, in
-files beyond it); after the vocabularies are built, ``write_block`` takes the spilled
-block back, encodes it and writes it into the store's memory-mapped columns. Workers are
-threads of the preprocessing process by default (the parse, the hashing, file I/O and
-the large array operations release the GIL, and a thread costs nothing to start); as
-processes, only offsets, per-row split ids and small statistics travel between them:
-a worker reads its block from the file (a gzip stream is unpacked once by the parent)
-and writes its rows into the store itself.
-
-``Runner`` hands the tasks to the workers at most two per worker ahead, so memory
-stays bounded by a few blocks, and yields the results in block order, so the first
-bad row of the input (in file order) is the one reported.
+``Runner`` runs the passes' per-block tasks (``passes.count_block``,
+``passes.write_block``) on worker threads of this process (the default: the parse, the
+hashing, file I/O and the large array operations release the GIL, and a thread costs
+nothing to start) or on worker processes, handing them out at most two per worker
+ahead, so memory stays bounded by a few blocks, and yielding the results in block
+order. ``thread_budget``, ``effective_workers`` and ``parse_threads`` decide how many
+threads a run keeps busy; ``Progress`` is the rows/s bar.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
-import functools
 import multiprocessing
 import os
-import pickle
 import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import tqdm
-
-from pico_jax.ingest import compiled, readers
-from pico_jax.ingest.encode import Encoder, factorize
-from pico_jax.data.errors import DataError
-from pico_jax.ingest.spill import FILES, Spill
-
-_INT32 = np.iinfo(np.int32)
-
-
-@dataclasses.dataclass(frozen=True)
-class CountTask:
-  """Pass 1 of one block. ``split``: int8 [n] split id (0 train, 1 val, 2 test) of its
-  rows; ``data``: the block's bytes when the parent read them (gzip), else None;
-  ``threads``: the threads its parse may use (``parse_threads``)."""
-  fmt: readers.Format
-  block: readers.Block
-  layout: readers.Layout
-  data: bytes | None
-  split: np.ndarray
-  policy: str
-  spill: str
-  threads: int = 1
-
-
-@dataclasses.dataclass
-class BlockStats:
-  """What pass 1 learns from a block.
-
-  Attributes:
-    rows: n.
-    dropped: bool [n], rows dropped by policy "drop" (conversion without click).
-    uniques: per feature field (sparse names, then list names): (sorted distinct
-      training values, int64 counts).
-    moments: (count, mean float64 [D], sum of squared deviations float64 [D]) of the
-      training rows' dense values, or None when there are none.
-    max_mult: per key:value field, the most values one row has.
-  """
-  rows: int
-  dropped: np.ndarray
-  uniques: list[tuple[np.ndarray, np.ndarray]]
-  moments: tuple[int, np.ndarray, np.ndarray] | None
-  max_mult: dict[str, int]
-
-
-def parse(fmt, block: readers.Block, layout, data: bytes | None,
-          threads: int = 1) -> readers.Chunk:
-  """The block's rows (its bytes read from the file unless given)."""
-  if data is None:
-    data = readers.read_block(block)
-  return fmt.parse_block(block.path, data, block.first_line, layout, block.num_lines,
-                         threads)
 
 
 def parse_threads(block: int, num_blocks: int, threads: int) -> int:
   """Threads for the parse of block number ``block`` of ``num_blocks``, ``threads``
   (``thread_budget``) being at work: one, but the last ``num_blocks % threads`` blocks
-  share all the threads, rounded up. On 2 threads, the fifth of 5 blocks is parsed on
-  both (one core idled for 0.04 of 0.37 s on the 2 vCPU VM); on 16, each of 5 blocks
-  is parsed on 4 (20 threads on 16 CPUs, for a moment)."""
+  share all the threads, rounded up, so that no core idles through the last round
+  (BENCHMARKS.md). On 2 threads, the fifth of 5 blocks is parsed on both; on 16, each
+  of 5 blocks is parsed on 4 (20 threads on 16 CPUs, for a moment)."""
   last = num_blocks % threads
   return -(-threads // last) if last and block >= num_blocks - last else 1
-
-
-def count_block(task: CountTask, spill: Spill = FILES) -> BlockStats:
-  """Parses, checks and spills a block (to ``task.spill``'s file unless ``spill`` holds
-  it); its training statistics. Raises DataError."""
-  fmt, path = task.fmt, task.block.path
-  chunk = parse(fmt, task.block, task.layout, task.data, task.threads)
-  bad = (chunk.conversion == 1) & (chunk.click == 0)
-  if task.policy == "error" and bad.any():
-    i = int(np.flatnonzero(bad)[0])
-    col, name = fmt.conversion_column
-    raise DataError("conversion without click (conversion = 1, click = 0) breaks the "
-                    "entire-space rule; use policy 'drop' to skip such rows",
-                    path=path, line=int(chunk.lines[i]), column=col, column_name=name)
-  dropped = bad if task.policy == "drop" else np.zeros(len(chunk), bool)
-  if chunk.group is not None:
-    out = np.flatnonzero((chunk.group < _INT32.min) | (chunk.group > _INT32.max))
-    if len(out):
-      raise DataError(f"group key {int(chunk.group[out[0]])} does not fit int32",
-                      path=path, line=int(chunk.lines[out[0]]), column_name=fmt.group_name)
-  train = (task.split == 0) & ~dropped
-  uniques = []
-  for j, values in enumerate(chunk.sparse):
-    # Spilled factorized: pass 2 then looks up each distinct value once, in order.
-    factors, counts = factorize(values, train)
-    uniques.append((factors.keys[counts > 0], counts[counts > 0]))
-    chunk.sparse[j] = factors
-  moments = None if chunk.dense is None else compiled.moments(chunk.dense, train)
-  max_mult = {}
-  for name, (lrows, values, _) in chunk.lists.items():
-    max_mult[name] = int(np.bincount(lrows).max()) if len(lrows) else 0
-    uniques.append(np.unique(values[train[lrows]], return_counts=True))
-  spill.put(task.spill, chunk)
-  return BlockStats(len(chunk), dropped, uniques, moments, max_mult)
-
-
-@dataclasses.dataclass(frozen=True)
-class WriteTask:
-  """Pass 2 of one block: ``where`` int64 [n] is each row's index in its split,
-  ``split`` int8 [n] its split id (-1: dropped); ``encoder`` the Encoder or the path
-  of its pickle (read once per worker)."""
-  spill: str
-  encoder: Encoder | str
-  store_dir: str
-  split: np.ndarray
-  where: np.ndarray
-
-
-@functools.lru_cache(maxsize=4)
-def _load_encoder(path: str) -> Encoder:
-  with open(path, "rb") as f:
-    return pickle.load(f)
-
-
-_COLUMNS: dict[str, np.ndarray] = {}  # this worker's writable maps of the store.
-
-
-def _column(store_dir: str, split: str, key: str) -> np.ndarray:
-  path = os.path.join(store_dir, split, f"{key}.npy")
-  if path not in _COLUMNS:
-    _COLUMNS[path] = np.load(path, mmap_mode="r+")
-  return _COLUMNS[path]
-
-
-def write_block(task: WriteTask, splits=("train", "val", "test"), columns=None,
-                spill: Spill = FILES):
-  """Encodes a spilled block (taken from ``spill``) into the store; per multi-valued
-  field, the rows truncated. ``columns`` (split -> key -> array) defaults to maps of
-  the files."""
-  chunk = spill.take(task.spill)
-  encoder = (_load_encoder(task.encoder) if isinstance(task.encoder, str)
-             else task.encoder)
-  return encoder.write(chunk, task.split, task.where, lambda key: tuple(
-      columns[split][key] if columns is not None
-      else _column(task.store_dir, split, key) for split in splits))
 
 
 # A worker process costs about a second to start (spawn, imports): below this much
@@ -253,7 +116,7 @@ class Runner:
       return concurrent.futures.ThreadPoolExecutor(self.workers)
     context = multiprocessing.get_context("forkserver")
     # The fork server imports the parser once; each worker is a fork of it.
-    context.set_forkserver_preload(["pico_jax.ingest.blocks"])
+    context.set_forkserver_preload(["pico_jax.ingest.passes"])
     return concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context)
 
   def map(self, fn: Callable, tasks: Iterable, num_tasks: int) -> Iterable[Any]:

@@ -31,9 +31,9 @@ def count_newlines(data) -> int:
 @numba.njit(nogil=True, cache=True, error_model="numpy")  # x / 0 is inf, as in numpy.
 def _standardize_rows(x, mean, std, split, where, out0, out1, out2):
   # The split's output is chosen as in ``_scatter_rows``, spelled out: the two
-  # sharing an inlined helper made the whole preprocessor 10% slower (0.415-0.430
-  # against 0.367-0.381 s on the 2 vCPU VM).
+  # sharing an inlined helper made the whole preprocessor slower (BENCHMARKS.md).
   n, d = x.shape
+  bad_row, bad_k = -1, 0
   for i in range(n):
     s = split[i]
     if s == 0:
@@ -46,17 +46,25 @@ def _standardize_rows(x, mean, std, split, where, out0, out1, out2):
       continue
     w = where[i]
     for k in range(d):
-      out[w, k] = (x[i, k] - mean[k]) / std[k]
+      v = np.float32((x[i, k] - mean[k]) / std[k])
+      out[w, k] = v
+      if bad_row < 0 and not np.isfinite(v):  # beyond float32's 3.4e38.
+        bad_row, bad_k = i, k
+  return bad_row, bad_k
 
 
 def standardize_rows(x: np.ndarray, mean: np.ndarray, std: np.ndarray, split: np.ndarray,
-                     where: np.ndarray, outs: tuple[np.ndarray, np.ndarray, np.ndarray]):
+                     where: np.ndarray, outs: tuple[np.ndarray, np.ndarray, np.ndarray]
+                     ) -> tuple[int, int] | None:
   """``scatter_rows(standardize(x, mean, std), split, where, outs)`` in one pass, without
   the float32 [n, D] block in between: row i of ``x`` lands, standardized, at row
   ``where[i]`` of ``outs[split[i]]`` (float32 [N_s, D], memory maps included; rows
-  with another ``split`` are skipped)."""
-  _standardize_rows(np.ascontiguousarray(x), mean.astype(np.float64),
-                    std.astype(np.float64), split, where, *(np.asarray(o) for o in outs))
+  with another ``split`` are skipped). Returns None, or the (row, column) of ``x``
+  of the first value whose float32 result is not finite."""
+  row, k = _standardize_rows(np.ascontiguousarray(x), mean.astype(np.float64),
+                             std.astype(np.float64), split, where,
+                             *(np.asarray(o) for o in outs))
+  return None if row < 0 else (int(row), int(k))
 
 
 def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

@@ -57,6 +57,20 @@ def _lookup(vocab: Vocab, values) -> np.ndarray:
   return vocab.lookup(values)
 
 
+class Unstorable(ValueError):
+  """A dense value whose stored (transformed, float32) form is not finite: at ``row``
+  of the chunk, dense column ``column``; ``value`` the raw one."""
+
+  def __init__(self, row: int, column: int, value: float, transformed: bool):
+    self.row, self.column, self.value, self.transformed = row, column, value, transformed
+    super().__init__(self.message())
+
+  def message(self) -> str:
+    how = "standardized" if self.transformed else "as is"
+    return (f"dense value {self.value!r} cannot be stored: {how}, it is beyond "
+            "float32's range (3.4e38)")
+
+
 @dataclasses.dataclass
 class Encoder:
   """Everything that turns raw values into the store's ids and dense values.
@@ -70,6 +84,8 @@ class Encoder:
     vocabs: field name -> ``Vocab``.
     mean, std: float64 [D]: dense = (raw - mean) / std.
     has_dense, has_group: whether the store has the dense and group columns.
+    constant: bool [D], dense columns constant in the training rows (see
+      ``moments``): stored as 0 in every split; None: none is.
   """
   sparse_names: tuple[str, ...]
   single_lists: tuple[str, ...]
@@ -80,6 +96,7 @@ class Encoder:
   std: np.ndarray
   has_dense: bool
   has_group: bool
+  constant: np.ndarray | None = None
 
   def encode(self, chunk: Chunk, dense: bool = True
              ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
@@ -116,7 +133,13 @@ class Encoder:
         truncated[name] = int(np.sum(np.bincount(lrows, minlength=n) > L))
       cols[B.MULTI], cols[B.MULTI_MASK] = multi, mask
     if self.has_dense and dense:
-      cols[B.DENSE] = compiled.standardize(chunk.dense, self.mean, self.std)
+      values = compiled.standardize(chunk.dense, self.mean, self.std)
+      bad = np.argwhere(~np.isfinite(values))
+      if len(bad):
+        self._unstorable(chunk, *bad[0])
+      if self.zeroed().any():
+        values[:, self.zeroed()] = 0
+      cols[B.DENSE] = values
     if self.has_group:
       cols[B.GROUP] = chunk.group.astype(np.int32)
     return cols, truncated
@@ -132,9 +155,26 @@ class Encoder:
     for key, values in cols.items():
       compiled.scatter_rows(values, split, where, outs(key))
     if self.has_dense:
-      compiled.standardize_rows(chunk.dense, self.mean, self.std, split, where,
-                               outs(B.DENSE))
+      dense = outs(B.DENSE)
+      bad = compiled.standardize_rows(chunk.dense, self.mean, self.std, split, where,
+                                      dense)
+      if bad is not None:
+        self._unstorable(chunk, *bad)
+      zeroed = np.flatnonzero(self.zeroed())
+      for s, out in enumerate(dense):
+        if len(zeroed):
+          out[np.ix_(where[split == s], zeroed)] = 0
     return truncated
+
+  def zeroed(self) -> np.ndarray:
+    """bool [D]: the dense columns stored as 0 (constant in the training rows)."""
+    if self.constant is None:
+      return np.zeros(len(self.mean), bool)
+    return np.asarray(self.constant, bool)
+
+  def _unstorable(self, chunk: Chunk, row: int, column: int):
+    transformed = bool(np.any(self.mean != 0) or np.any(self.std != 1))
+    raise Unstorable(int(row), int(column), float(chunk.dense[row, column]), transformed)
 
   @classmethod
   def from_store(cls, path: str) -> tuple["Encoder", Format, dict]:
@@ -168,4 +208,5 @@ class Encoder:
                multi_len=max((f["max_len"] for f in schema["multi"]), default=1),
                vocabs=vocabs, mean=np.asarray(stats["mean"], np.float64),
                std=np.asarray(stats["std"], np.float64), has_dense=bool(schema["dense"]),
-               has_group=B.GROUP in schema["extras"]), fmt, meta
+               has_group=B.GROUP in schema["extras"],
+               constant=np.isin(schema["dense"], meta.get("dense_constant", []))), fmt, meta

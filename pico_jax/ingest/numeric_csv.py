@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from pico_jax.ingest import compiled, numeric_parse, readers
+from pico_jax.ingest import compiled, numeric_parse, reading, readers
 from pico_jax.data.errors import DataError
 from pico_jax.ingest.readers import Chunk, Layout
 
@@ -227,7 +227,7 @@ class CsvFormat(readers.Format):
       data = bytes(data)
       chunk = self._parse_arrow(data, n, first_line_no, layout)
     if chunk is None:
-      chunk = self.parse(path, readers.split_lines(data), first_line_no, layout)
+      chunk = self.parse(path, reading.split_lines(data), first_line_no, layout)
     return chunk
 
   def _parse_compiled(self, data: bytes | memoryview, n: int, first_line_no: int,

@@ -1,17 +1,17 @@
 """Raw files -> columnar store, streaming with bounded memory; every byte parsed once.
 
-  0. scan: line count and block offsets of every file (``readers.scan_file``); every
+  0. scan: line count and block offsets of every file (``reading.scan_file``); every
      row is assigned a split (and its order inside the split, ``splits``) before any
      statistic is taken. The files' BLAKE3 digest is computed on a thread of its own,
      beside this pass and the next ones.
-  1. parse + count: every block is parsed and checked once (``blocks.count_block``,
+  1. parse + count: every block is parsed and checked once (``passes.count_block``,
      on ``workers`` threads, or processes with ``processes``); vocabularies (counts
      of the training rows), dense mean/std (training rows, merged block by block in
      file order) and the multiplicity of key:value fields are accumulated; the parsed
      rows are spilled (ids factorized per block): held in memory up to
      ``Options.spill_memory`` bytes, to a temporary file per block beyond that.
   2. write: every spilled block is encoded (``encode.Encoder``) and scattered into the
-     preallocated memory-mapped columns of its split (``blocks.write_block``).
+     preallocated memory-mapped columns of its split (``passes.write_block``).
 
 Memory: the per-row bookkeeping (split int8, order int64, kept bool, position int64:
 18 bytes a row, 0.7 GB for 40M rows; 8 more while the positions are computed), the
@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import os
-import pickle
 import shutil
 import tempfile
 from typing import Callable, Sequence
@@ -43,12 +41,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pico_jax import batch as B
-from pico_jax.ingest import blocks, compiled, formats, readers
-from pico_jax.data import store
+from pico_jax.ingest import blocks, compiled, formats, passes, reading, readers
 from pico_jax.ingest.encode import Encoder
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema, SparseField
 from pico_jax.ingest.spill import Spill
+from pico_jax.ingest.store_writer import StoreWriter
 from pico_jax.ingest.splits import SPLIT_ID, assign, parse_inputs
 from pico_jax.ingest.vocab import Counter, build_vocab
 
@@ -126,35 +124,6 @@ class Options:
         raise ValueError(f"hash buckets for {name!r}: must be >= 1, got {buckets}")
 
 
-@dataclasses.dataclass
-class _Source:
-  split: str  # train | val | test | all
-  path: str
-  info: readers.FileInfo
-  layout: readers.Layout
-  rows: int
-  offset: int = 0  # index of its first row among all rows of all sources.
-  digest: concurrent.futures.Future | None = None  # hashed beside the other passes.
-
-
-class _Moments:
-  """Mean and population std of dense columns, merged block by block (Chan et al.)."""
-
-  def __init__(self, dim):
-    self.n, self.mean, self.m2 = 0, np.zeros(dim), np.zeros(dim)
-
-  def add(self, nb: int, mb: np.ndarray, m2b: np.ndarray):
-    """Merges a block of ``nb`` rows with mean ``mb`` and squared deviations ``m2b``."""
-    delta, total = mb - self.mean, self.n + nb
-    self.mean = self.mean + delta * nb / total
-    self.m2 = self.m2 + m2b + delta ** 2 * self.n * nb / total
-    self.n = total
-
-  def std(self):
-    std = np.sqrt(self.m2 / max(self.n, 1))
-    return np.where(std > 0, std, 1.0)  # a constant column stays constant (0).
-
-
 def _spill_parent(output: str) -> str:
   """The nearest existing directory above ``output`` (nothing is created for the
   spill, so a failed run leaves no directory behind)."""
@@ -186,7 +155,7 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
       existing one at ``output`` stays as it was) and no temporary file is left.
   """
   options.validate()
-  readers.blake3_module()  # a missing dependency fails now, not after the passes.
+  reading.blake3_module()  # a missing dependency fails now, not after the passes.
   fmt = formats.get_format(format_name, sparse=options.sparse, dense=options.dense)
   output = os.path.abspath(output)
   if os.path.exists(output) and not overwrite:
@@ -204,128 +173,33 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
         threads, sum(s.info.size for s in sources),
         sum(len(s.info.blocks) for s in sources), options.processes)
     with blocks.Runner(workers, threads=not options.processes) as runner:
-      return _build(fmt, sources, inputs, output, options, overwrite, log, progress,
-                    runner, threads, spill_dir)
+      return _build(passes.Build(fmt, sources, inputs, output, options, overwrite, log,
+                                 progress, runner, threads, spill_dir))
   finally:
     hasher.shutdown(wait=True, cancel_futures=True)
     shutil.rmtree(spill_dir, ignore_errors=True)
 
 
-def _scan(fmt, inputs, options, progress, hasher, threads) -> list[_Source]:
+def _scan(fmt, inputs, options, progress, hasher, threads) -> list[passes.Source]:
   """Pass 0: every file's first line checked, then scanned (its hash started on
-  ``hasher``, with one thread per ``readers.WORKERS_PER_HASH_THREAD`` of ``threads``)."""
+  ``hasher``, with one thread per ``reading.WORKERS_PER_HASH_THREAD`` of ``threads``)."""
   pairs = parse_inputs(inputs)
-  layouts = [fmt.inspect(path, readers.first_line(path)) for _, path in pairs]
+  layouts = [fmt.inspect(path, reading.first_line(path)) for _, path in pairs]
   bar = blocks.Progress(sum(os.path.getsize(p) for _, p in pairs), "scan", "B", progress)
   sources, offset, digests = [], 0, {}
-  hash_threads = -(-threads // readers.WORKERS_PER_HASH_THREAD)
+  hash_threads = -(-threads // reading.WORKERS_PER_HASH_THREAD)
   for (split, path), layout in zip(pairs, layouts):
     if path not in digests:
-      digests[path] = hasher.submit(readers.hash_file, path, hash_threads)
-    info = readers.scan_file(path, options.chunk_rows, layout.header)
+      digests[path] = hasher.submit(reading.hash_file, path, hash_threads)
+    info = reading.scan_file(path, options.chunk_rows, layout.header)
     rows = info.num_lines - int(layout.header)
     if rows == 0:
-      raise DataError("no data rows after the header", path=path, line=2)
-    sources.append(_Source(split, path, info, layout, rows, offset, digests[path]))
+      raise readers.no_rows(path)
+    sources.append(passes.Source(split, path, info, layout, rows, offset, digests[path]))
     offset += rows
     bar.update(rows, info.size)
   bar.close()
   return sources
-
-
-def _block_data(source: _Source):
-  """(block, bytes or None) of a source: gzip streams are unpacked here, once."""
-  if source.info.gzip:
-    yield from readers.iter_gzip_blocks(source.info)
-  else:
-    for block in source.info.blocks:
-      yield block, None
-
-
-@dataclasses.dataclass
-class _Counts:
-  """What pass 1 learned: per-row ``keep`` (bool [N]) and the first row of every block
-  (``block_rows``), the training counts of every field, the dense moments and the
-  largest multiplicity of every key:value field."""
-  keep: np.ndarray
-  block_rows: list[int]
-  counters: dict[str, Counter]
-  moments: _Moments
-  max_mult: dict[str, int]
-
-
-def _count_pass(fmt, sources, split_of, policy, runner, threads, spill, spill_dir,
-                progress) -> _Counts:
-  """Pass 1: every block parsed, checked and counted (in file order), and spilled (to
-  ``spill``, or as ``spill_dir/<block number>.pkl``)."""
-  total = len(split_of)
-  counts = _Counts(np.ones(total, bool), [],
-                   {name: Counter() for name in fmt.sparse_names + fmt.list_names},
-                   _Moments(len(fmt.dense_names)), {name: 0 for name in fmt.list_names})
-
-  num_blocks = sum(len(s.info.blocks) for s in sources)
-
-  def tasks():
-    for source in sources:
-      row = source.offset
-      for block, data in _block_data(source):
-        k = len(counts.block_rows)
-        counts.block_rows.append(row)
-        yield blocks.CountTask(fmt, block, source.layout, data,
-                               split_of[row:row + block.num_lines], policy,
-                               _spill_file(spill_dir, k),
-                               blocks.parse_threads(k, num_blocks, threads))
-        row += block.num_lines
-
-  count = blocks.count_block
-  if runner.in_process:
-    count = functools.partial(blocks.count_block, spill=spill)
-  bar = blocks.Progress(total, "parse", "rows", progress)
-  for k, stats in enumerate(runner.map(count, tasks(), num_blocks)):
-    row = counts.block_rows[k]
-    counts.keep[row:row + stats.rows] = ~stats.dropped
-    for counter, uniques in zip(counts.counters.values(), stats.uniques, strict=True):
-      counter.add_counts(*uniques)
-    if stats.moments is not None:
-      counts.moments.add(*stats.moments)
-    for name, m in stats.max_mult.items():
-      counts.max_mult[name] = max(counts.max_mult[name], m)
-    bar.update(stats.rows)
-  bar.close()
-  return counts
-
-
-def _spill_file(spill_dir: str, block: int) -> str:
-  return os.path.join(spill_dir, f"{block:08d}.pkl")
-
-
-def _write_pass(writer, encoder, counts, kept_split, position, runner, spill,
-                spill_dir, progress) -> dict[str, int]:
-  """Pass 2: every spilled block encoded and written into ``writer``'s columns; the
-  rows truncated per multi-valued field."""
-  total = len(position)
-  in_process = runner.in_process or len(counts.block_rows) <= 1
-  shared = encoder
-  if not in_process:  # workers read the encoder (vocabularies) once, from a file.
-    shared = os.path.join(spill_dir, "encoder.pkl")
-    with open(shared, "wb") as f:
-      pickle.dump(encoder, f, protocol=pickle.HIGHEST_PROTOCOL)
-  sizes = np.diff(counts.block_rows + [total])
-  tasks = (blocks.WriteTask(_spill_file(spill_dir, k), shared, writer.tmp,
-                            kept_split[row:row + n], position[row:row + n])
-           for k, (row, n) in enumerate(zip(counts.block_rows, sizes)))
-  write = blocks.write_block
-  if in_process:
-    write = functools.partial(blocks.write_block, columns=writer.columns, spill=spill)
-  truncated = {n: 0 for n in encoder.multi_names}
-  bar = blocks.Progress(total, "write", "rows", progress)
-  for n, block_truncated in zip(sizes, runner.map(write, tasks, len(sizes))):
-    for name, count in block_truncated.items():
-      truncated[name] += count
-    bar.update(int(n))
-  bar.close()
-  runner.close()
-  return truncated
 
 
 def _positions(keep, split_of, rank_of, inputs) -> tuple[np.ndarray, dict[str, int]]:
@@ -357,8 +231,9 @@ def _vocabularies(counters: dict[str, Counter], options: Options, hashed: dict[s
   return vocabs, vocab_meta
 
 
-def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runner,
-           threads, spill_dir):
+def _build(build: passes.Build) -> dict:
+  """Passes 1 and 2 over the scanned sources, then the store committed (its meta)."""
+  fmt, options, sources, runner = build.fmt, build.options, build.sources, build.runner
   policy = options.policy or fmt.default_policy
   split_of, rank_of = assign(sources, options.seed, options.split_fractions,
                              options.val_fraction)
@@ -367,13 +242,12 @@ def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runn
   if unknown:
     raise ValueError(f"hash_buckets names unknown fields {sorted(unknown)}")
   spill = Spill(options.spill_memory if runner.in_process else 0)
-  counts = _count_pass(fmt, sources, split_of, policy, runner, threads, spill, spill_dir,
-                       progress)
-  keep, max_mult, moments = counts.keep, counts.max_mult, counts.moments
-  log(f"pass 1: {len(keep):,} rows parsed and checked")
+  counts = passes.count_pass(build, split_of, policy, spill)
+  keep, max_mult = counts.keep, counts.max_mult
+  build.log(f"pass 1: {len(keep):,} rows parsed and checked")
   dropped = {s: int(np.sum(~keep & (split_of == sid))) for s, sid in SPLIT_ID.items()}
 
-  position, split_rows = _positions(keep, split_of, rank_of, inputs)
+  position, split_rows = _positions(keep, split_of, rank_of, build.inputs)
   del rank_of
   multi_names = tuple(n for n in fmt.list_names
                       if max_mult[n] > 1 or n in options.multi_fields)
@@ -388,26 +262,28 @@ def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runn
       dense=fmt.dense_names, extras=extras)
 
   # The store's columns do not depend on the vocabularies' sizes: they are allocated
-  # (written as zeros, 0.02-0.06 s per 100 MB on the 2 vCPU VM) on a thread while the
-  # vocabularies are merged. Inside the writer's block, so that any exception (an
-  # interrupt included) waits for the allocation, then removes the new store.
-  with store.StoreWriter(output, schema_of(lambda name: 1), split_rows,
-                         overwrite=overwrite, allocate=False) as writer:
+  # (written as zeros, BENCHMARKS.md) on a thread while the vocabularies are merged.
+  # Inside the writer's block, so that any exception (an interrupt included) waits for
+  # the allocation, then removes the new store.
+  with StoreWriter(build.output, schema_of(lambda name: 1), split_rows,
+                   overwrite=build.overwrite, allocate=False) as writer:
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
       allocating = pool.submit(writer.allocate)
-      vocabs, vocab_meta = _vocabularies(counts.counters, options, hashed, threads)
+      vocabs, vocab_meta = _vocabularies(counts.counters, options, hashed, build.threads)
       allocating.result()
     schema = schema_of(lambda name: vocabs[name].vocab_size)
-    mean, std = moments.mean, moments.std()
+    mean, std, constant = counts.moments.result()
     encoder = Encoder(sparse_names, single_lists, multi_names, multi_len, vocabs, mean, std,
-                      has_dense=bool(fmt.dense_names), has_group=bool(extras))
+                      has_dense=bool(fmt.dense_names), has_group=bool(extras),
+                      constant=constant)
     if options.dense_transform == "none":
       encoder.mean, encoder.std = np.zeros_like(mean), np.ones_like(std)
+      encoder.constant = None
 
     # Pass 2: encode and write.
     kept_split = np.where(keep, split_of, -1).astype(np.int8)
-    truncated = _write_pass(writer, encoder, counts, kept_split, position, runner, spill,
-                            spill_dir, progress)
+    truncated = passes.write_pass(build, writer, encoder, counts, kept_split, position,
+                                  spill)
     for name, v in vocabs.items():
       if not v.buckets and v.keys is not None:
         file = f"vocab/{(sparse_names + multi_names).index(name):03d}.npy"
@@ -415,7 +291,7 @@ def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runn
         vocab_meta[name]["file"] = file
     digests = [s.digest.result() for s in sources]  # the hash reads each file last.
     for source in sources:
-      readers.check_unchanged(source.info)
+      reading.check_unchanged(source.info)
     meta = writer.commit({
         "format": fmt.name,
         "preprocess_version": PREPROCESS_VERSION,
@@ -429,9 +305,11 @@ def _build(fmt, sources, inputs, output, options, overwrite, log, progress, runn
         "vocab": vocab_meta,
         "dense_stats": {"mean": encoder.mean.tolist(), "std": encoder.std.tolist(),
                         "transform": options.dense_transform},
+        "dense_constant": [n for n, c in zip(fmt.dense_names, encoder.zeroed()) if c],
         "multi_truncated_rows": truncated,
         "options": {k: (list(v) if isinstance(v, tuple) else v)
                     for k, v in dataclasses.asdict(options).items()},
     }, schema=schema)
-  log(f"wrote {output}: " + ", ".join(f"{s} {n:,}" for s, n in split_rows.items()))
+  build.log(f"wrote {build.output}: "
+            + ", ".join(f"{s} {n:,}" for s, n in split_rows.items()))
   return meta

@@ -52,6 +52,7 @@ class CensusFormat(readers.Format):
   task_relation = "independent"
   tasks = {"click": "income > 50K", "conversion": "marital stat == Never married"}
   conversion_column = (8, "marital stat")
+  columns = CENSUS_COLUMNS  # without DeepCTR's leading index.
 
   def __init__(self, sparse=None, dense=None):
     cols = CENSUS_COLUMNS

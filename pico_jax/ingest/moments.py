@@ -1,0 +1,77 @@
+"""Mean and population std of the dense columns, from the training rows, stably.
+
+Each block gives (count, mean, sum of squared deviations) of its training rows
+(``block_moments``: two passes, the mean first); ``Moments`` merges blocks in file
+order (Chan et al.'s pairwise update). Both are float64 and overflow for no finite
+input: a column whose block holds a magnitude at or above ``_BIG`` (2**480, where
+n squared deviations could pass float64's 2**1024) is accumulated in units of
+``_SCALE`` (2**600, a power of two: the scaled sums round exactly as the unscaled
+ones would have, but for underflow). Columns below it are computed as they always
+were, so stores of ordinary data keep their bits.
+
+A column is constant when its std is at most ``CONSTANT_RTOL`` of its mean's
+magnitude: float64 rounding of the running mean alone leaves a spread of that order
+(a column of 0.1 repeated has std 1.4e-17, not 0), and standardising by it would
+blow rounding noise up to arbitrary values. A constant column gets std 1 and is
+stored as 0 (``encode.Encoder``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pico_jax.ingest import compiled
+
+_BIG = 2.0 ** 480
+_SCALE = 2.0 ** 600
+CONSTANT_RTOL = 2.0 ** -32  # about 2.3e-10 of the mean's magnitude.
+
+
+def block_moments(x: np.ndarray, rows: np.ndarray):
+  """(count, mean float64 [D], squared deviations float64 [D], scaled bool [D]) of
+  the ``rows`` (bool [n]) of ``x`` float64 [n, D] (finite), or None when no row is
+  selected. Where ``scaled``, mean and deviations are of ``x / _SCALE``."""
+  if not rows.any():
+    return None
+  scaled = np.zeros(x.shape[1], bool)
+  if x.size:
+    scaled = np.max(np.abs(x[rows]), axis=0) >= _BIG
+  if scaled.any():
+    x = x * np.where(scaled, 1 / _SCALE, 1.0)  # powers of two: exact.
+  return (*compiled.moments(x, rows), scaled)
+
+
+class Moments:
+  """The merged moments of the training rows of every block, in file order."""
+
+  def __init__(self, dim: int):
+    self.n, self.mean, self.m2 = 0, np.zeros(dim), np.zeros(dim)
+    self.scaled = np.zeros(dim, bool)
+
+  def add(self, nb: int, mb: np.ndarray, m2b: np.ndarray, scaled: np.ndarray):
+    """Merges a block of ``nb`` rows with mean ``mb`` and squared deviations ``m2b``
+    (of ``x / _SCALE`` where ``scaled``)."""
+    if (scaled != self.scaled).any():  # one unit per column: the larger one.
+      to = scaled | self.scaled
+      self.mean, self.m2 = _rescale(self.mean, self.m2, self.scaled, to)
+      mb, m2b = _rescale(mb, m2b, scaled, to)
+      self.scaled = to
+    delta, total = mb - self.mean, self.n + nb
+    self.mean = self.mean + delta * nb / total
+    self.m2 = self.m2 + m2b + delta ** 2 * self.n * nb / total
+    self.n = total
+
+  def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean float64 [D], std float64 [D], constant bool [D]); std is 1 where the
+    column is constant."""
+    unit = np.where(self.scaled, _SCALE, 1.0)
+    std = np.sqrt(self.m2 / max(self.n, 1))
+    constant = std <= CONSTANT_RTOL * np.abs(self.mean)
+    return self.mean * unit, np.where(constant, 1.0, std * unit), constant
+
+
+def _rescale(mean, m2, scaled, to):
+  """(mean, m2) in the units of ``to`` from those of ``scaled``."""
+  up = to & ~scaled
+  return (np.where(up, mean / _SCALE, mean),
+          np.where(up, m2 / _SCALE / _SCALE, m2))

@@ -1,0 +1,142 @@
+"""Every CLI reports a bad command line or a user error as one line ``error: ...``, exit
+status 1, no usage dump and no traceback (``--verbose`` adds it); a damaged export
+artifact names its file."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import run_script, small_config
+from pico_jax import export
+from pico_jax.data.errors import DataError
+
+
+def one_error_line(proc) -> str:
+  """The error line of a failed CLI, after asserting it is the only one, it is last and
+  there is no traceback (libraries' log lines may precede it)."""
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert [line for line in lines if line.startswith("error: ")] == lines[-1:], proc.stderr
+  return lines[-1]
+
+
+# The command line fails before jax is imported: each child takes well under a second.
+@pytest.mark.parametrize("args,message", [
+    (["--config.train.foo=1"], "error: --config.train.foo=1: 'train.foo' is not a key of "
+     "--config"),
+    (["--config=configs/default.py", "--config.trian.steps=5"],
+     "error: --config.trian.steps=5: 'trian.steps' is not a key of --config (did you mean "
+     "\"train\" instead of \"trian\"?)"),
+    (["--config.train.steps=1.5"], "error: flag --config.train.steps=1.5: invalid literal "
+     "for int() with base 10: '1.5'"),
+    (["--bogus=1"], "error: Unknown command line flag 'bogus'"),
+    (["stray"], "error: unexpected arguments: ['stray']"),
+    (["--config=configs/nope.py"], "error: --config=configs/nope.py: [Errno 2] No such file "
+     "or directory: 'configs/nope.py'"),
+    (["--config=configs/census.py:pico=maybe"], "error: --config=configs/census.py:pico=maybe:"
+     " pico='maybe', expected true or false"),
+])
+def test_train_command_line_errors_are_one_line(tmp_path, args, message):
+  workdir = tmp_path / "run"
+  proc = run_script("train", f"--workdir={workdir}", *args)
+  assert one_error_line(proc) == message
+  assert not workdir.exists()
+
+
+def test_help_still_prints_the_flags():
+  proc = run_script("train", "--help")
+  assert "--workdir: Output directory." in proc.stdout and not proc.stderr
+
+
+def test_train_config_error_is_one_line_before_training(tmp_path):
+  workdir = tmp_path / "run"
+  proc = run_script("train", f"--workdir={workdir}", "--config.model.mmoe.num_experts=0")
+  assert one_error_line(proc) == ("error: config.model.mmoe.num_experts=0: expected an "
+                                  "integer >= 1")
+  assert not workdir.exists()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A short checkpointed run (steps 10 and 20 kept)."""
+  from pico_jax.train.loop import train_and_evaluate
+  workdir = str(tmp_path_factory.mktemp("run"))
+  train_and_evaluate(small_config(**{"checkpoint.enabled": True,
+                                     "checkpoint.every_steps": 10}), workdir)
+  return workdir
+
+
+def test_evaluate_and_export_report_a_checkpoint_that_cannot_be_restored(run):
+  proc = run_script("evaluate", f"--workdir={run}", "--checkpoint=15")
+  assert one_error_line(proc) == (f"error: --checkpoint=15: no such checkpoint in "
+                                  f"{run}/checkpoints (kept: [10, 20])")
+  proc = run_script("export", f"--workdir={run}", "--checkpoint=last", "--verbose")
+  assert proc.returncode == 1 and "Traceback" in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: --checkpoint='last': expected 'best', 'latest' or a step number")
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("predict", ["--workdir=W", "--artifact=A", "--checkpoint=best", "--input=x.csv",
+                 "--output=o.csv"], "error: --artifact and --checkpoint: give one of them"),
+    ("experiment", ["--workdir=W", "--grid=model.backbone"],
+     "error: --grid='model.backbone': expected KEY=V1,V2,..."),
+    ("probe_interference", ["--workdir=W", "--config.model.ple.num_levels=0"],
+     "error: config.model.ple.num_levels=0: expected an integer >= 1"),
+    ("plot", ["--workdir=/nonexistent"],
+     "error: [Errno 2] No such file or directory: '/nonexistent/metrics.jsonl'"),
+    ("preprocess", ["--format=census", "--input=/nonexistent.csv", "--output=OUT"],
+     "/nonexistent.csv"),
+])
+def test_every_cli_reports_a_user_error_as_one_line(script, args, message):
+  line = one_error_line(run_script(script, *args))
+  assert line == message if message.startswith("error: ") else message in line
+
+
+@pytest.fixture(scope="module")
+def artifact(run, tmp_path_factory):
+  from pico_jax.train.restore import restore
+  r = restore(run, "latest")
+  out = str(tmp_path_factory.mktemp("artifact"))
+  export.export_model(r.model, r.state.params, r.schema, out, platforms=("cpu",),
+                      step=r.resumed_step, config=r.config)
+  return out
+
+
+def _damaged(artifact, tmp_path, name, damage):
+  copy = tmp_path / "copy"
+  shutil.copytree(artifact, copy)
+  path = copy / name
+  if damage == "delete":
+    path.unlink()
+  elif damage == "truncate":
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+  else:  # flip: every byte of the second half XOR 0xFF.
+    data = bytearray(path.read_bytes())
+    half = len(data) // 2
+    data[half:] = bytes(b ^ 0xFF for b in data[half:])
+    path.write_bytes(bytes(data))
+  return str(copy), str(path)
+
+
+@pytest.mark.parametrize("name,damage", [
+    ("manifest.json", "truncate"), ("serve.py", "delete"), ("serve.py", "truncate"),
+    (None, "truncate"), (None, "flip"), ("params", "truncate"),
+])
+def test_a_damaged_artifact_names_its_file(artifact, tmp_path, name, damage):
+  import json
+  with open(os.path.join(artifact, "manifest.json")) as f:
+    manifest = json.load(f)
+  name = {None: manifest["artifact"], "params": manifest["params_file"]}.get(name, name)
+  copy, path = _damaged(artifact, tmp_path, name, damage)
+  with pytest.raises(DataError) as error:
+    predict = export.load(copy)
+    # A flipped byte the deserializer accepts still fails at the first call, or changes
+    # nothing it reads; never a silent wrong answer from a file it could not parse.
+    features = {i["name"]: np.zeros([2] + i["shape"][1:], i["dtype"])
+                for i in manifest["inputs"]}
+    predict(features)
+  assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)

@@ -210,9 +210,11 @@ def test_resolve_picks_pallas_only_where_the_shape_lowers(tpu_passed_self_check,
   mesh = parallel.make_mesh(devices=jax.devices()[:1])
   with warnings.catch_warnings(record=True) as record:
     warnings.simplefilter("always")
-    # Cross-lowered for TPU here (a TPU process would compile it too).
-    assert implementations.resolve(
-        "auto", shape=implementations.Shape(65536, 128), mesh=mesh) == "pallas"
+    # Cross-lowered for TPU here (a TPU process would compile it too): one device, and
+    # each of 8 devices' anchors against the all-gathered candidates.
+    for on in (mesh, parallel.make_mesh()):
+      assert implementations.resolve(
+          "auto", shape=implementations.Shape(65536, 128), mesh=on) == "pallas"
     wide = implementations.Shape(64, 300)
     for _ in range(2):  # the verdict is cached: one warning
       assert implementations.resolve("pallas", 16, wide, mesh) == "chunked"

@@ -168,3 +168,48 @@ def test_preempted_grid_exits_cleanly_and_resumes_to_the_uninterrupted_result(
     got = [json.loads(line) for line in f]
   with open(os.path.join(str(tmp_path / "ref"), "seed=0", "metrics.jsonl")) as f:
     assert got == [json.loads(line) for line in f]
+
+
+class _Killed(Exception):
+  """Stands for a SIGKILL: the run stops between two steps, after its last save."""
+
+
+def _killed_after(n):
+  batches = trainer_lib.Trainer.batches
+
+  def wrapped(self):
+    for i, batch in enumerate(batches(self)):
+      if i == n:
+        raise _Killed()
+      yield batch
+  return wrapped
+
+
+def _without_throughput(path) -> list[str]:
+  """The lines of train_metrics.jsonl up to the wall-clock rates (the last two keys, the
+  only ones that depend on the machine's speed), as bytes on disk."""
+  with open(path) as f:
+    return [line.split(', "steps_per_sec"')[0] for line in f]
+
+
+def test_train_metrics_after_a_resume_equal_the_uninterrupted_run(tmp_path, monkeypatch):
+  """Logging every 10 steps, saving every 5: a run killed after step 17 resumes from 15,
+  inside the window of steps 11-20; its record of step 20 must still average steps
+  11-20, as the run that never stopped logged it (issue 19: it averaged 16-20)."""
+  from pico_jax.train import loop
+  config = small_config(**{"model.backbone": "shared_bottom", "train.steps": 20,
+                           "train.log_every": 10, "train.eval_every": 100,
+                           "checkpoint.enabled": True, "checkpoint.every_steps": 5,
+                           "mesh.data": -1})
+  reference, workdir = str(tmp_path / "reference"), str(tmp_path / "run")
+  loop.train_and_evaluate(config.copy_and_resolve_references(), reference)
+  batches = trainer_lib.Trainer.batches
+  monkeypatch.setattr(trainer_lib.Trainer, "batches", _killed_after(17))
+  with pytest.raises(_Killed):
+    loop.train_and_evaluate(config.copy_and_resolve_references(), workdir)
+  assert ckpt_lib.Checkpointer(workdir, read_only=True).latest_step() == 15
+  monkeypatch.setattr(trainer_lib.Trainer, "batches", batches)
+  loop.train_and_evaluate(config.copy_and_resolve_references(), workdir)
+  got = _without_throughput(os.path.join(workdir, "train_metrics.jsonl"))
+  assert got == _without_throughput(os.path.join(reference, "train_metrics.jsonl"))
+  assert len(got) == 2 and got[1].startswith('{"step": 20, "split": "train", ')

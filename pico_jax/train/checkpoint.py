@@ -121,7 +121,8 @@ def checkpoint_manager(workdir: str, *, read_only: bool = False, keep: int = 1,
                   data=grain.checkpoint.CheckpointHandler(),
                   config=ocp.JsonCheckpointHandler(),
                   best=ocp.StandardCheckpointHandler(),
-                  integrity=ocp.JsonCheckpointHandler())
+                  integrity=ocp.JsonCheckpointHandler(),
+                  loop=ocp.JsonCheckpointHandler())
   directory = workdir_lib.checkpoint_dir(workdir)
   if read_only:
     if not os.path.isdir(directory):
@@ -204,13 +205,14 @@ class Checkpointer:
 
   def save(self, step: int, state, data_iterator, config: ml_collections.ConfigDict, *,
            metrics: dict[str, float] | None = None, best_params=None,
-           overwrite: bool = False):
+           loop: dict | None = None, overwrite: bool = False):
     """Starts an asynchronous save of ``step``.
 
     Args:
       metrics: the evaluation of this step as ``{"<split>/<metric>": value}``; it ranks
         the checkpoint by ``best`` (None: not evaluated, ranked last).
       best_params: the early-stopping best params, saved as the ``best`` item.
+      loop: the loop's host state as JSON (the logging window's sums), the ``loop`` item.
       overwrite: replace an existing checkpoint of ``step``; otherwise that raises
         ``CheckpointExistsError``.
     """
@@ -227,8 +229,10 @@ class Checkpointer:
     items = {k: ocp.args.StandardSave(v) for k, v in arrays.items()}
     items.update(data=grain.checkpoint.CheckpointSave(data_iterator),
                  config=ocp.args.JsonSave(config.to_dict()),
-                 integrity=ocp.args.JsonSave(integrity.record(arrays, data_iterator,
-                                                              config.to_dict())))
+                 integrity=ocp.args.JsonSave(integrity.record(
+                     arrays, data_iterator, config.to_dict(), loop)))
+    if loop is not None:
+      items["loop"] = ocp.args.JsonSave(loop)
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
     self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
@@ -242,6 +246,19 @@ class Checkpointer:
       self._damaged(step, "config", "it does not match the checksum recorded when it was "
                     "saved")
     return config
+
+  def restore_loop(self, step: int) -> dict | None:
+    """The loop's host state saved with ``step`` (checked), or None if it has none."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), "loop")):
+      return None
+    with self._reading(step, "loop"):
+      loop = self.manager.restore(step, args=ocp.args.Composite(
+          loop=ocp.args.JsonRestore())).loop
+    recorded = self._recorded(step)
+    if recorded is not None and integrity.config_crc(loop) != recorded.get("loop"):
+      self._damaged(step, "loop", "it does not match the checksum recorded when it was "
+                    "saved")
+    return loop
 
   def _recorded(self, step: int) -> dict | None:
     """The ``integrity`` item of ``step``; None (with a warning) for a checkpoint saved

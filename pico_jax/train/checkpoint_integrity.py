@@ -117,15 +117,16 @@ def data_crcs(data_iterator) -> list[str]:
   return [f"{int(c):08x}" for c in np.asarray(all_crcs).ravel()]
 
 
-def record(trees: dict, data_iterator, config: dict) -> dict:
+def record(trees: dict, data_iterator, config: dict, loop: dict | None = None) -> dict:
   """The ``integrity`` item of a save: checksums of each array item in ``trees``
-  (``{"state": ..., "best": ...}``), of the data files and of the config."""
+  (``{"state": ..., "best": ...}``), of the data files, the config and the loop's
+  host state."""
   items = {}
   for name, tree in trees.items():
     summary = summarize(tree)
     items[name] = {k: crc for k, (crc, _) in summary.items()}
   return {"version": VERSION, "items": items, "data": data_crcs(data_iterator),
-          "config": config_crc(config)}
+          "config": config_crc(config), "loop": config_crc(loop or {})}
 
 
 def array_problems(recorded: dict, item: str, tree) -> list[str]:

@@ -118,7 +118,9 @@ class Run:
     self.stopper = self._early_stopping(workdir)
     self.best_params = self._best_params()
     self.pending = []  # (step, device metrics): fetched at log time, no sync per step.
-    self.window = []  # fetched, finite-checked metrics of the current logging window.
+    # The sums of the fetched, finite-checked metrics of the current logging window.
+    self.window = self._saved_window()
+    self.last_metrics = {}  # the host metrics of the latest step fetched.
     self.saved_step = trainer.resumed_step
     self.evaluation = None  # (step, metrics) of the latest evaluation.
     self.preempted = False
@@ -149,6 +151,15 @@ class Run:
         stopper.metric, stopper.patience, reporting.read_metrics(workdir),
         split=self.config.data.eval_split, up_to_step=self.step)
 
+  def _saved_window(self) -> reporting.MetricsWindow:
+    """The logging window's sums saved with the resumed checkpoint (a run resumed inside
+    a window logs the averages of a run that never stopped), else an empty window."""
+    step, ckpt = self.trainer.resumed_step, self.trainer.checkpointer
+    loop = ckpt.restore_loop(step) if step is not None else None
+    if loop is None:
+      return reporting.MetricsWindow()
+    return reporting.MetricsWindow.from_json(loop["window"])
+
   def _best_params(self):
     """The params of the early-stopping best step (one extra copy beside the state), so
     the final test scores them; a resumed run reads them from its checkpoint."""
@@ -178,7 +189,10 @@ class Run:
     non-finite state is never saved."""
     host, self.pending = jax.device_get(self.pending), []
     bad = next((s for s, m in host if not m.pop("finite")), None)
-    self.window += host
+    for _, m in host:
+      self.window.add(m)
+    if host:
+      self.last_metrics = host[-1][1]
     if bad is None:
       return
     metrics = dict(host)[bad]
@@ -200,13 +214,12 @@ class Run:
 
   def log_train(self, step: int):
     self.check_finite(step)
-    window, self.window = self.window, []
-    if not window:
+    window, self.window = self.window, reporting.MetricsWindow()
+    if not window.count:
       return
-    record = self.reporter.train(step, {k: np.mean([m[k] for _, m in window])
-                                        for k in window[-1][1]})
+    record = self.reporter.train(step, window.mean())
     log.info("step %d/%d loss=%.4f %s | %.1f steps/s %.0f examples/s", step,
-             self.config.train.steps, record["loss"], _format(window[-1][1], _TRAIN_KEYS),
+             self.config.train.steps, record["loss"], _format(self.last_metrics, _TRAIN_KEYS),
              record["steps_per_sec"], record["examples_per_sec"])
 
   def evaluate(self, step: int):
@@ -251,7 +264,8 @@ class Run:
       metrics = {f"{split}/{k}": v for k, v in self.evaluation[1].items()}
     trainer = self.trainer
     trainer.checkpointer.save(step, trainer.state, trainer.data, self.config,
-                              metrics=metrics, best_params=self.best_params)
+                              metrics=metrics, best_params=self.best_params,
+                              loop={"window": self.window.to_json()})
     self.saved_step = step
 
   def preempt(self, step: int, watch: PreemptionWatch):

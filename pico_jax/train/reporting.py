@@ -92,6 +92,33 @@ def read_metrics(workdir: str, filename: str = METRICS_FILE) -> list[dict]:
   return list(latest.values())
 
 
+class MetricsWindow:
+  """The running sums of the step metrics of one logging window: float64 sums of the
+  float32 step values and their count.
+
+  Checkpoints save it (``to_json``), so a run resumed inside a window logs the same
+  averages as a run that never stopped.
+  """
+
+  def __init__(self, count: int = 0, sums: dict[str, float] | None = None):
+    self.count, self.sums = count, dict(sums or {})
+
+  def add(self, metrics: dict):
+    for k, v in metrics.items():
+      self.sums[k] = self.sums.get(k, 0.0) + float(v)
+    self.count += 1
+
+  def mean(self) -> dict[str, float]:
+    return {k: v / self.count for k, v in self.sums.items()}
+
+  def to_json(self) -> dict:
+    return {"count": self.count, "sums": self.sums}
+
+  @classmethod
+  def from_json(cls, saved: dict) -> "MetricsWindow":
+    return cls(int(saved["count"]), {k: float(v) for k, v in saved["sums"].items()})
+
+
 class Reporter:
   """The run's reporting sinks. Only process 0 writes; the others do nothing.
 

@@ -2,6 +2,7 @@
 
 import io
 import json
+import logging
 import os
 import struct
 
@@ -91,3 +92,23 @@ def test_training_run_reports(tmp_path, config):
   assert all("examples_per_sec" in r and "loss_contrast" in r for r in train)
   assert os.listdir(tmp_path / "tensorboard")
   assert os.path.exists(tmp_path / "tau_val.npz") and os.path.exists(tmp_path / "tau_test.npz")
+
+
+def test_non_finite_scalars_are_left_out_of_tensorboard_with_one_warning(tmp_path, caplog):
+  rep = reporting.Reporter(str(tmp_path), total_steps=20, batch_size=32,
+                           progress_file=io.StringIO())
+  metrics = {"ctr_auc": float("nan"), "cvr_auc": float("inf"), "ctcvr_auc": 0.5}
+  preds = {"tau": np.array([0.1, np.nan, 0.3], np.float32)}
+  with caplog.at_level(logging.WARNING):
+    for step in (10, 20):
+      rep.eval(step, "val", metrics, preds)
+    rep.close()
+  warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+  assert len(warnings) == 1, [r.getMessage() for r in warnings]
+  assert "val/ctr_auc, val/cvr_auc" in warnings[0].getMessage()
+  events = _events(tmp_path / "tensorboard")
+  assert {(tag, step) for tag, kind, step in events if kind == "simple_value"} == {
+      ("val/ctcvr_auc", 10), ("val/ctcvr_auc", 20)}
+  # The metrics file keeps every value.
+  records = reporting.read_metrics(str(tmp_path))
+  assert [np.isnan(r["ctr_auc"]) for r in records] == [True, True]

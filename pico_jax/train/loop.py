@@ -15,7 +15,6 @@ from typing import Iterable
 
 import jax
 import ml_collections
-import numpy as np
 
 from pico_jax import workdir as workdir_lib
 from pico_jax.train import checkpoint as checkpoint_lib

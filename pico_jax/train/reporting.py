@@ -13,7 +13,9 @@ Everything a run reports lands in its work directory (process 0 only; the layout
                    record of a (split, step).
   tensorboard/     TensorBoard event files (tensorboardX): the same scalars as
                    ``<split>/<metric>``, and histograms of the evaluated tau, overall
-                   and per segment.
+                   and per segment. A NaN or inf scalar (e.g. an AUC of a split with
+                   one class) is left out, with one warning per tag; the JSON-lines
+                   files keep it.
   tau_<split>.npz  the per-row tau of the latest evaluation of a split (``tau``,
                    ``segment`` when the data has segments, ``step``), for
                    ``launch/plot.py``.
@@ -25,6 +27,7 @@ environment variables (e.g. ``TQDM_DISABLE=1``) override that.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -37,6 +40,8 @@ from pico_jax import batch as B
 
 # The file names belong to the work-directory layout (pico_jax/workdir.py).
 from pico_jax.workdir import METRICS_FILE, TENSORBOARD_DIR, TRAIN_METRICS_FILE, tau_file
+
+log = logging.getLogger("pico_jax")
 
 
 class MetricsWriter:
@@ -143,6 +148,7 @@ class Reporter:
     self._tb = None
     self._last_time = time.perf_counter()
     self._last_step = start_step
+    self._skipped = set()  # TensorBoard tags already warned about as non-finite.
     if not self.enabled:
       return
     from tqdm import tqdm
@@ -185,9 +191,7 @@ class Reporter:
     if self._bar is not None:
       self._bar.set_postfix({"loss": f"{record.get('loss', math.nan):.4f}",
                              "ex/s": f"{record['examples_per_sec']:.0f}"}, refresh=False)
-    if self._tb is not None:
-      for k, v in record.items():
-        self._tb.add_scalar(f"train/{k}", v, step)
+    self._scalars("train", record, step)
     return record
 
   def eval(self, step: int, split: str, metrics: dict, predictions=None, columns=None):
@@ -195,9 +199,7 @@ class Reporter:
     if not self.enabled:
       return
     self.metrics.write(step, split, metrics)
-    if self._tb is not None:
-      for k, v in metrics.items():
-        self._tb.add_scalar(f"{split}/{k}", float(v), step)
+    self._scalars(split, metrics, step)
     if predictions is None or "tau" not in predictions:
       return
     tau = np.asarray(predictions["tau"], np.float32)
@@ -206,11 +208,30 @@ class Reporter:
       arrays["segment"] = np.asarray(columns[B.SEGMENT], np.int32)
     np.savez(os.path.join(self.workdir, tau_file(split)), **arrays)
     if self._tb is not None:
-      self._tb.add_histogram(f"{split}/tau", tau, step)
+      finite = np.isfinite(tau)  # TensorBoard's histograms take finite values only.
+      self._tb.add_histogram(f"{split}/tau", tau[finite], step)
       if "segment" in arrays:
         for s in np.unique(arrays["segment"]):
           self._tb.add_histogram(f"{split}/tau_segment_{int(s)}",
-                                 tau[arrays["segment"] == s], step)
+                                 tau[finite & (arrays["segment"] == s)], step)
+
+  def _scalars(self, prefix: str, values: dict, step: int):
+    """Writes the finite ``values`` as ``<prefix>/<key>`` scalars; a NaN or inf is left
+    out (tensorboardX would write it and warn at every call), with one warning for the
+    tags not warned about before."""
+    if self._tb is None:
+      return
+    skipped = []
+    for k, v in values.items():
+      if math.isfinite(float(v)):
+        self._tb.add_scalar(f"{prefix}/{k}", float(v), step)
+      else:
+        skipped.append(f"{prefix}/{k}")
+    new = [tag for tag in skipped if tag not in self._skipped]
+    if new:
+      self._skipped.update(new)
+      log.warning("TensorBoard: left out the non-finite scalars %s (from step %d on; "
+                  "the metrics files keep them)", ", ".join(new), step)
 
   def close(self):
     if self._bar is not None:

@@ -33,7 +33,7 @@ import pyarrow.csv as pacsv
 
 from pico_jax import batch as B
 from pico_jax.ingest import blocks, formats, reading, readers
-from pico_jax.ingest.encode import Encoder
+from pico_jax.ingest.encode import Encoder, Unstorable
 from pico_jax.data.errors import DataError
 
 OUTPUTS = ("p_ctr", "p_cvr", "p_ctcvr")
@@ -121,14 +121,20 @@ def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
     try:
       f.write((",".join(names) + "\n").encode())
       for path, layout in zip(inputs, layouts):
-        read = 0
+        read = file_rows = 0
         for block, data in reading.stream_blocks(path, chunk_rows, layout.header):
           if block is None:  # progress by bytes read: the ETA needs no line count.
             bar.update(0, data - read)
             read = data
             continue
           chunk = fmt.parse_block(path, data, block.first_line, layout, block.num_lines)
-          cols, _ = encoder.encode(chunk)
+          readers.check_rows(fmt, path, chunk)  # preprocessing's checks, the same.
+          try:
+            cols, _ = encoder.encode(chunk)
+          except Unstorable as e:
+            raise DataError(e.message(), path=path, line=int(chunk.lines[e.row]),
+                            column=fmt.column_number(fmt.dense_names[e.column]),
+                            column_name=fmt.dense_names[e.column]) from None
           for j, name in enumerate(encoder.sparse_names):
             id0[name] += int(np.sum(cols[B.SPARSE][:, j] == 0))
           for g, name in enumerate(encoder.multi_names):  # values, not rows, here.
@@ -149,7 +155,10 @@ def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
             if chunk.group is not None:
               kept[B.GROUP].append(chunk.group)
           rows += len(chunk)
+          file_rows += len(chunk)
           bar.update(len(chunk), 0)
+        if not file_rows:  # as preprocessing: a file without data rows is an error.
+          raise readers.no_rows(path)
       f.close()
       os.replace(f.name, output)
     except BaseException:

@@ -150,3 +150,36 @@ def test_bad_rows_name_file_line_column(run, tmp_path):
   with pytest.raises(ValueError, match="--format census: the run's store was built from "
                      "format aliexpress"):
     predict.predict_files(score, store_dir, [TEST], str(out), fmt_name="census")
+
+
+def _zeros(columns):
+  n = len(next(iter(columns.values())))
+  return {k: np.zeros(n, np.float32) for k in predict.OUTPUTS}
+
+
+@needs_data
+@pytest.mark.parametrize("content,message", [
+    ("header", "no data rows after the header"),
+    ("search_id", "group key 2147483648 does not fit int32"),
+])
+def test_predict_rejects_what_preprocess_rejects(tmp_path, content, message):
+  """One validation for both: a header-only file and a search_id (the group key, an
+  int32 column of the store) at 2**31 are errors in preprocess and predict alike."""
+  from pico_jax.data.errors import DataError
+  with open(TEST) as f:
+    header, first = f.readline(), f.readline()
+  bad = tmp_path / "bad.csv"
+  if content == "header":
+    bad.write_text(header)
+  else:
+    bad.write_text(header + str(2 ** 31) + first[first.index(","):])
+  store_dir = str(tmp_path / "store")
+  preprocess.build_store("aliexpress", [TRAIN, TEST], store_dir)
+  with pytest.raises(DataError, match=message) as e:
+    preprocess.build_store("aliexpress", [TRAIN, str(bad)], str(tmp_path / "other"))
+  want = (e.value.path, e.value.line)
+  with pytest.raises(DataError, match=message) as e:
+    predict.predict_files(_zeros, store_dir, [str(bad)], str(tmp_path / "out.csv"),
+                          log=lambda msg: None)
+  assert (e.value.path, e.value.line) == want
+  assert not os.path.exists(tmp_path / "out.csv")

@@ -309,3 +309,20 @@ def test_commit_takes_the_final_schema_of_the_same_columns(tmp_path):
     with store_writer.StoreWriter(str(tmp_path / "t"), SCHEMA, rows) as writer:
       writer.commit({}, schema=other)
   assert sorted(os.listdir(tmp_path)) == ["s"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_the_store_takes_the_umask_s_permissions(tmp_path, umask):
+  """Other users of a shared store can read it when the umask lets them (a
+  ``tempfile.mkdtemp`` directory renamed into place would stay 0o700)."""
+  path = tmp_path / "in.csv"
+  path.write_text("".join(f"{i}," + f"{i % 3}," * 16 + f"{i}," * 63 + "0,0\n"
+                          for i in range(40)))
+  old = os.umask(umask)
+  try:
+    preprocess.build_store("aliexpress", [str(path)], str(tmp_path / "s"))
+  finally:
+    os.umask(old)
+  for sub in ("", "train", "val", "test", "vocab"):
+    mode = os.stat(tmp_path / "s" / sub).st_mode & 0o777
+    assert mode == 0o777 & ~umask, (sub, oct(mode))

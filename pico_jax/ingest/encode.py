@@ -133,12 +133,10 @@ class Encoder:
         truncated[name] = int(np.sum(np.bincount(lrows, minlength=n) > L))
       cols[B.MULTI], cols[B.MULTI_MASK] = multi, mask
     if self.has_dense and dense:
-      values = compiled.standardize(chunk.dense, self.mean, self.std)
+      values = compiled.standardize(chunk.dense, *self._transform())
       bad = np.argwhere(~np.isfinite(values))
       if len(bad):
         self._unstorable(chunk, *bad[0])
-      if self.zeroed().any():
-        values[:, self.zeroed()] = 0
       cols[B.DENSE] = values
     if self.has_group:
       cols[B.GROUP] = chunk.group.astype(np.int32)
@@ -155,16 +153,17 @@ class Encoder:
     for key, values in cols.items():
       compiled.scatter_rows(values, split, where, outs(key))
     if self.has_dense:
-      dense = outs(B.DENSE)
-      bad = compiled.standardize_rows(chunk.dense, self.mean, self.std, split, where,
-                                      dense)
+      bad = compiled.standardize_rows(chunk.dense, *self._transform(), split, where,
+                                      outs(B.DENSE))
       if bad is not None:
         self._unstorable(chunk, *bad)
-      zeroed = np.flatnonzero(self.zeroed())
-      for s, out in enumerate(dense):
-        if len(zeroed):
-          out[np.ix_(where[split == s], zeroed)] = 0
     return truncated
+
+  def _transform(self) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) float64 [D] the dense values are standardized with: a constant
+    column's (0, inf), which stores every finite value as 0."""
+    zeroed = self.zeroed()
+    return np.where(zeroed, 0.0, self.mean), np.where(zeroed, np.inf, self.std)
 
   def zeroed(self) -> np.ndarray:
     """bool [D]: the dense columns stored as 0 (constant in the training rows)."""

@@ -5,9 +5,10 @@ Each block gives (count, mean, sum of squared deviations) of its training rows
 order (Chan et al.'s pairwise update). Both are float64 and overflow for no finite
 input: a column whose block holds a magnitude at or above ``_BIG`` (2**480, where
 n squared deviations could pass float64's 2**1024) is accumulated in units of
-``_SCALE`` (2**600, a power of two: the scaled sums round exactly as the unscaled
-ones would have, but for underflow). Columns below it are computed as they always
-were, so stores of ordinary data keep their bits.
+``_SCALE`` (2**600, a power of two: the scaled sums round as the unscaled ones would
+have, but for underflow), and one whose magnitudes all stay below ``_SMALL``
+(2**-400, whose squares lose digits to underflow) in units of 1 / ``_SCALE``. Other
+columns are computed as they always were, so stores of ordinary data keep their bits.
 
 A column is constant when its std is at most ``CONSTANT_RTOL`` of its mean's
 magnitude: float64 rounding of the running mean alone leaves a spread of that order
@@ -23,22 +24,26 @@ import numpy as np
 from pico_jax.ingest import compiled
 
 _BIG = 2.0 ** 480
+_SMALL = 2.0 ** -400
 _SCALE = 2.0 ** 600
 CONSTANT_RTOL = 2.0 ** -32  # about 2.3e-10 of the mean's magnitude.
 
 
 def block_moments(x: np.ndarray, rows: np.ndarray):
-  """(count, mean float64 [D], squared deviations float64 [D], scaled bool [D]) of
+  """(count, mean float64 [D], squared deviations float64 [D], unit float64 [D]) of
   the ``rows`` (bool [n]) of ``x`` float64 [n, D] (finite), or None when no row is
-  selected. Where ``scaled``, mean and deviations are of ``x / _SCALE``."""
+  selected: mean and deviations are those of ``x / unit`` (a power of two: 1 but for
+  columns of huge or tiny magnitudes)."""
   if not rows.any():
     return None
-  scaled = np.zeros(x.shape[1], bool)
+  unit = np.ones(x.shape[1])
   if x.size:
-    scaled = np.max(np.abs(x[rows]), axis=0) >= _BIG
-  if scaled.any():
-    x = x * np.where(scaled, 1 / _SCALE, 1.0)  # powers of two: exact.
-  return (*compiled.moments(x, rows), scaled)
+    top = np.max(np.abs(x[rows]), axis=0)
+    unit = np.where(top >= _BIG, _SCALE, np.where((top > 0) & (top < _SMALL),
+                                                  1 / _SCALE, 1.0))
+  if (unit != 1).any():
+    x = x / unit  # powers of two: exact.
+  return (*compiled.moments(x, rows), unit)
 
 
 class Moments:
@@ -46,16 +51,16 @@ class Moments:
 
   def __init__(self, dim: int):
     self.n, self.mean, self.m2 = 0, np.zeros(dim), np.zeros(dim)
-    self.scaled = np.zeros(dim, bool)
+    self.unit = np.ones(dim)
 
-  def add(self, nb: int, mb: np.ndarray, m2b: np.ndarray, scaled: np.ndarray):
+  def add(self, nb: int, mb: np.ndarray, m2b: np.ndarray, unit: np.ndarray):
     """Merges a block of ``nb`` rows with mean ``mb`` and squared deviations ``m2b``
-    (of ``x / _SCALE`` where ``scaled``)."""
-    if (scaled != self.scaled).any():  # one unit per column: the larger one.
-      to = scaled | self.scaled
-      self.mean, self.m2 = _rescale(self.mean, self.m2, self.scaled, to)
-      mb, m2b = _rescale(mb, m2b, scaled, to)
-      self.scaled = to
+    (of ``x / unit``)."""
+    if (unit != self.unit).any():  # one unit per column: the larger one.
+      to = np.maximum(unit, self.unit) if self.n else unit
+      self.mean, self.m2 = _rescale(self.mean, self.m2, self.unit / to)
+      mb, m2b = _rescale(mb, m2b, unit / to)
+      self.unit = to
     delta, total = mb - self.mean, self.n + nb
     self.mean = self.mean + delta * nb / total
     self.m2 = self.m2 + m2b + delta ** 2 * self.n * nb / total
@@ -64,14 +69,11 @@ class Moments:
   def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean float64 [D], std float64 [D], constant bool [D]); std is 1 where the
     column is constant."""
-    unit = np.where(self.scaled, _SCALE, 1.0)
     std = np.sqrt(self.m2 / max(self.n, 1))
     constant = std <= CONSTANT_RTOL * np.abs(self.mean)
-    return self.mean * unit, np.where(constant, 1.0, std * unit), constant
+    return self.mean * self.unit, np.where(constant, 1.0, std * self.unit), constant
 
 
-def _rescale(mean, m2, scaled, to):
-  """(mean, m2) in the units of ``to`` from those of ``scaled``."""
-  up = to & ~scaled
-  return (np.where(up, mean / _SCALE, mean),
-          np.where(up, m2 / _SCALE / _SCALE, m2))
+def _rescale(mean, m2, factor):
+  """(mean, m2) multiplied into other units (``factor``: a power of two, 1 mostly)."""
+  return mean * factor, m2 * factor * factor

@@ -149,8 +149,9 @@ class CsvFormat(readers.Format):
     if names != self.columns:
       for j, (got, want) in enumerate(itertools.zip_longest(names, self.columns)):
         if got != want:
+          found = "nothing" if got is None else readers.echo(tokens[j].strip())
           raise DataError(f"header does not match format {self.name}: expected "
-                          f"{want!r}, found {got!r} ({len(names)} columns, expected "
+                          f"{want!r}, found {found} ({len(names)} columns, expected "
                           f"{len(self.columns)})", path=path, line=1, column=j + 1)
     return Layout(header=True)
 
@@ -165,14 +166,14 @@ class CsvFormat(readers.Format):
         try:
           readers.to_float(token)
         except ValueError:
-          raise DataError(f"non-numeric value {readers.decode(token)!r}", path=path,
+          raise DataError(f"non-numeric value {readers.echo(token)}", path=path,
                           line=first_line_no + i, column=j + 1,
                           column_name=names[j]) from None
 
   def _raise_at(self, path, lines, first_line_no, names, rows, cols, what):
     i, j = int(rows[0]), int(cols[0])
     token = lines[i].rstrip(b"\r\n").split(self.delimiter)[j]
-    raise DataError(f"{what}, got {readers.decode(token)!r}", path=path,
+    raise DataError(f"{what}, got {readers.echo(token)}", path=path,
                     line=first_line_no + i, column=j + 1, column_name=names[j])
 
   def parse(self, path, lines, first_line_no, layout):

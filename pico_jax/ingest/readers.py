@@ -82,6 +82,19 @@ def decode(token: bytes) -> str:
   return token.decode("utf-8", "replace")
 
 
+ECHO_CHARS = 80  # the most bytes of a token an error message repeats.
+
+
+def echo(token: bytes) -> str:
+  """A token as an error message shows it: its ``repr``, cut to ``ECHO_CHARS``
+  characters with its length added (a 3 MB token, or a binary file given by mistake,
+  makes a one-line message, not a 3 MB one)."""
+  token = bytes(token)
+  if len(token) <= ECHO_CHARS:
+    return repr(decode(token))
+  return f"{decode(token[:ECHO_CHARS])!r}... ({len(token):,} bytes)"
+
+
 def check_empty(path, line_no, line: bytes):
   if not line.strip():
     raise DataError("empty line", path=path, line=line_no)
@@ -106,9 +119,23 @@ def no_rows(path: str) -> DataError:
   return DataError("no data rows after the header", path=path, line=2)
 
 
+def check_line_end(path, line_no, line: bytes, delimiter: bytes):
+  """Raises DataError at a carriage return that does not end the line (a stray CR:
+  lines end with "\\n" or "\\r\\n"), naming its column."""
+  body = line[:-1] if line.endswith(b"\n") else line
+  body = body[:-1] if body.endswith(b"\r") else body
+  at = body.find(b"\r")
+  if at >= 0:
+    raise DataError("stray carriage return inside the line (lines end with \\n or "
+                    "\\r\\n)", path=path, line=line_no,
+                    column=body[:at].count(delimiter) + 1)
+
+
 def split_checked(path, line_no, line: bytes, delimiter: bytes, num_columns: int):
-  """The tokens of one line; raises on an empty line or a wrong column count."""
+  """The tokens of one line; raises on an empty line, a stray carriage return or a
+  wrong column count."""
   check_empty(path, line_no, line)
+  check_line_end(path, line_no, line, delimiter)
   tokens = line.rstrip(b"\r\n").split(delimiter)
   if len(tokens) != num_columns:
     raise DataError(f"expected {num_columns} columns, found {len(tokens)}", path=path,

@@ -74,7 +74,7 @@ class CensusFormat(readers.Format):
       readers.split_checked(path, 1, first_line, b",", len(CENSUS_COLUMNS))
       raise DataError("header does not match format census: the file has no header and "
                       f"its last column is the income label ({_INCOME_LOW.decode()!r} or "
-                      f"{_INCOME_HIGH.decode()!r}), found {readers.decode(tokens[-1].strip())!r}",
+                      f"{_INCOME_HIGH.decode()!r}), found {readers.echo(tokens[-1].strip())}",
                       path=path, line=1, column=len(CENSUS_COLUMNS), column_name="income")
     return Layout()
 
@@ -93,7 +93,7 @@ class CensusFormat(readers.Format):
     table = {j: column(j) for j in used}
 
     def fail(i, j, what):
-      raise DataError(f"{what}, got {readers.decode(table[j][i])!r}", path=path,
+      raise DataError(f"{what}, got {readers.echo(table[j][i])}", path=path,
                       line=int(line_nos[i]), column=j + 1 + offset,
                       column_name=CENSUS_COLUMNS[j])
 
@@ -168,7 +168,7 @@ class AliccpRawFormat(readers.Format):
     if len(tokens) < 4 or not readers.is_number(tokens[1]) or b":" not in tokens[3]:
       raise DataError("header does not match format aliccp_raw: expected "
                       "'id,click,purchase,field:feat,...' data lines without a header, "
-                      f"found {readers.decode(first_line[:60])!r}", path=path, line=1)
+                      f"found {readers.echo(first_line[:60])}", path=path, line=1)
     return Layout()
 
   def parse(self, path, lines, first_line_no, layout):
@@ -198,7 +198,7 @@ class AliccpRawFormat(readers.Format):
           except ValueError:
             ok = False
           if not ok:
-            raise DataError(f"label must be 0 or 1, got {readers.decode(labels[i, j])!r}",
+            raise DataError(f"label must be 0 or 1, got {readers.echo(labels[i, j])}",
                             path=path, line=int(line_nos[i]), column=j + 2,
                             column_name=("click", "purchase")[j])
 
@@ -211,7 +211,7 @@ class AliccpRawFormat(readers.Format):
 
     def fail(t, what, token=None):
       token = tokens[t] if token is None else token
-      raise DataError(f"{what}, got {readers.decode(token)!r}", path=path,
+      raise DataError(f"{what}, got {readers.echo(token)}", path=path,
                       line=int(line_nos[rows[t]]), column=int(columns[t]))
 
     bad = np.flatnonzero(sep != b":")

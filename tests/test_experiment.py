@@ -5,6 +5,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 
 from conftest import small_config
@@ -118,3 +119,60 @@ def test_plot_without_tau_or_segments(tmp_path):
   written = plots.plot_run(str(tmp_path), str(tmp_path / "out"))
   assert sorted(os.path.basename(p) for p in written) == ["eval_metrics.png",
                                                           "training_curves.png"]
+
+
+def test_holm_against_a_hand_computed_family():
+  from pico_jax import stats
+  # Sorted: 0.005 (x4 = 0.02), 0.01 (x3 = 0.03), 0.03 (x2 = 0.06), 0.04 (x1 = 0.04, but
+  # never below the one before: 0.06); NaN is not a member and stays NaN.
+  adjusted = stats.holm([0.01, 0.04, 0.03, float("nan"), 0.005])
+  assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and adjusted[4] == pytest.approx(0.02)
+  assert math.isnan(adjusted[3])
+  assert stats.holm([0.6, 0.5]) == pytest.approx([1.0, 1.0])  # capped at 1.
+
+
+def test_paired_t_pvalue_and_minimum_detectable_effect():
+  from pico_jax import stats
+  # t = 1.8 / (sd / sqrt 5), sd = 1.9235 -> t = 2.0925, df 4: two-sided p = 0.10454.
+  assert stats.paired_t_pvalue([1, 2, 3, 4, -1]) == pytest.approx(0.10454, abs=1e-5)
+  assert stats.t_quantile(0.975, 9) == pytest.approx(2.262157, abs=1e-5)
+  assert stats.t_quantile(0.8, 9) == pytest.approx(0.883404, abs=1e-5)
+  deltas = [0.01, 0.03, -0.01, 0.02, 0.0, 0.015, 0.005, 0.02, -0.005, 0.01]
+  sd = float(np.std(deltas, ddof=1))
+  assert stats.min_detectable_effect(deltas) == pytest.approx(
+      (2.262157 + 0.883404) * sd / math.sqrt(10), rel=1e-5)
+  assert math.isnan(stats.paired_t_pvalue([0.1])) and stats.paired_t_pvalue([0, 0]) == 1.0
+
+
+def test_selection_on_the_eval_split_tests_and_the_primary_line():
+  runs = []
+  for seed, (base, a, b) in enumerate([(0.70, 0.72, 0.69), (0.71, 0.74, 0.70),
+                                       (0.69, 0.70, 0.70)]):
+    runs += [{"point": "r=1 none", "seed": seed, "cvr_eauc": base, "val_cvr_eauc": base},
+             # a is better on val but b is better on test: the selection must take a.
+             {"point": "r=1 a", "seed": seed, "cvr_eauc": a, "val_cvr_eauc": 0.9},
+             {"point": "r=1 b", "seed": seed, "cvr_eauc": b + 0.2, "val_cvr_eauc": 0.1}]
+  runs = experiments.select_best(runs, "pico", ["a", "b"], "cvr_eauc")
+  picked = [r for r in runs if r["point"] == "r=1 pico"]
+  assert len(picked) == 3 and {r["selected"] for r in picked} == {"a"}
+  runs = experiments.add_deltas(runs, "none")
+  from pico_jax import stats
+  summary = stats.add_intervals(experiments.summarize(runs, ["point"]), runs)
+  summary = experiments.add_tests(summary, runs, ["cvr_eauc"], family=["pico", "b"])
+  by_point = {r["point"]: r for r in summary}
+  pico, b = by_point["r=1 pico"], by_point["r=1 b"]
+  assert "delta_cvr_eauc_p" not in by_point["r=1 a"]  # not in the family.
+  deltas = [0.02, 0.03, 0.01]
+  assert pico["delta_cvr_eauc_p"] == pytest.approx(stats.paired_t_pvalue(deltas))
+  assert pico["delta_cvr_eauc_mde"] == pytest.approx(stats.min_detectable_effect(deltas))
+  assert [pico["delta_cvr_eauc_p_holm"], b["delta_cvr_eauc_p_holm"]] == pytest.approx(
+      stats.holm([pico["delta_cvr_eauc_p"], b["delta_cvr_eauc_p"]]))
+  text = experiments.primary_text(summary, "r=1 pico :: cvr_eauc", "none")
+  assert text.startswith("Primary comparison (declared): r=1 pico minus r=1 none, test "
+                         "cvr_eauc: +0.0200 [")
+  assert f"Holm p = {pico['delta_cvr_eauc_p_holm']:.3g}" in text
+  with pytest.raises(ValueError, match="expected 'POINT :: METRIC'"):
+    experiments.parse_primary("r=1 pico")
+  assert experiments.parse_select("pico=a,b:cvr_eauc") == ("pico", ["a", "b"], "cvr_eauc")
+  with pytest.raises(ValueError, match="--select='pico:cvr_eauc'"):
+    experiments.parse_select("pico:cvr_eauc")

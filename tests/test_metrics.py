@@ -153,3 +153,64 @@ def test_split_metrics_are_not_batch_averages(config):
                        for i in range(0, 800, 256)])
   assert abs(per_batch - out["ctr_auc"]) > 1e-6
   assert jax.device_count() == 8
+
+
+def _expected_auc_brute_force(p, scores, weights):
+  """O(N^2): sum over ordered pairs (i as positive, j as negative, i != j) of
+  w_i p_i w_j (1 - p_j) ([s_i > s_j] + [s_i = s_j] / 2), over the total pair weight."""
+  p, s, w = (np.asarray(a, np.float64) for a in (p, scores, weights))
+  pos, neg = w * p, w * (1 - p)
+  wins = (s[:, None] > s[None, :]) + 0.5 * (s[:, None] == s[None, :])
+  # Each row is split into a positive and a negative part; a row also pairs with itself
+  # (its positive part against its negative part), as the weighted Mann-Whitney does.
+  return float(pos @ wins @ neg / (pos.sum() * neg.sum()))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_expected_auc_matches_brute_force_with_ties_and_weights(seed):
+  rng = np.random.default_rng(seed)
+  n = int(rng.integers(20, 400))
+  p = rng.uniform(0, 1, n) ** 2
+  p[: n // 10] = 0.0  # certain negatives and positives count with weight 0 / 1.
+  p[n // 10: n // 5] = 1.0
+  scores = rng.integers(0, int(rng.integers(2, 12)), n) / 3.0  # many ties.
+  weights = rng.uniform(0, 2, n) * (rng.random(n) < 0.9)
+  assert metrics.expected_auc(p, scores, weights) == pytest.approx(
+      _expected_auc_brute_force(p, scores, weights), abs=1e-12)
+  assert metrics.expected_auc(p, scores) == pytest.approx(
+      _expected_auc_brute_force(p, scores, np.ones(n)), abs=1e-12)
+
+
+def test_expected_auc_with_certain_labels_is_the_auc_and_bad_input_raises():
+  rng = np.random.default_rng(0)
+  labels = (rng.random(500) < 0.3).astype(np.float64)
+  scores = rng.integers(0, 9, 500).astype(np.float64)
+  assert metrics.expected_auc(labels, scores) == pytest.approx(metrics.auc(labels, scores))
+  # Scoring by the true probability beats a noisy view of it.
+  p = rng.uniform(0, 1, 500)
+  assert metrics.expected_auc(p, p) > metrics.expected_auc(p, p + rng.normal(0, 0.3, 500))
+  assert np.isnan(metrics.expected_auc([0.0, 0.0], [0.1, 0.2]))
+  with pytest.raises(ValueError, match="p_true must lie in \\[0, 1\\]; row 1"):
+    metrics.expected_auc([0.5, 1.5], [0.1, 0.2])
+  with pytest.raises(ValueError, match="non-finite scores"):
+    metrics.expected_auc([0.5, 0.5], [0.1, np.inf])
+
+
+def test_task_metrics_report_expected_aucs_on_each_task_rows():
+  rng = np.random.default_rng(1)
+  n = 2_000
+  true_ctr, true_cvr = rng.uniform(0.05, 0.6, n), rng.uniform(0.01, 0.3, n)
+  click = (rng.random(n) < true_ctr).astype(np.float32)
+  conv = click * (rng.random(n) < true_cvr)
+  p_ctr, p_cvr = rng.uniform(0, 1, n), rng.uniform(0, 1, n)
+  r_true = rng.uniform(0, 1, n)
+  columns = {B.CLICK: click, B.CONVERSION: conv, B.P_CTR_TRUE: true_ctr,
+             B.P_CVR_TRUE: true_cvr, B.R_TRUE: r_true}
+  out = metrics.task_metrics({"p_ctr": p_ctr, "p_cvr": p_cvr, "p_ctcvr": p_ctr * p_cvr,
+                              "tau": 1 - r_true}, columns)
+  clicked = click > 0
+  assert out["ctr_eauc"] == metrics.expected_auc(true_ctr, p_ctr)
+  assert out["cvr_eauc"] == metrics.expected_auc(true_cvr[clicked], p_cvr[clicked])
+  assert out["ctcvr_eauc"] == metrics.expected_auc(true_ctr * true_cvr, p_ctr * p_cvr)
+  assert out["mean_eauc"] == pytest.approx((out["ctr_eauc"] + out["cvr_eauc"]) / 2)
+  assert out["tau_r_spearman"] == pytest.approx(-1.0)  # tau falls as r rises, per row.

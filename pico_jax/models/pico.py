@@ -43,6 +43,7 @@ class PicoModel(nn.Module):
   transfer: str = "none"  # one of transfer.TRANSFERS
   oracle_feature: bool = False
 
+  @nn.compact  # the transfer modules are defined inline.
   def __call__(self, features, *, train: bool = False, with_contrast: bool = True,
                embedding_rows=None):
     e = self.embedding(features, embedding_rows)

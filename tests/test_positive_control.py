@@ -1,0 +1,105 @@
+"""The positive-control generator: shapes, seeding, calibrated rates, what r controls."""
+
+import numpy as np
+import pytest
+
+from conftest import small_config
+from pico_jax import batch as B
+from pico_jax import config as config_lib
+from pico_jax.data import load_dataset, positive_control
+
+SMALL = dict(num_rows=40_000, num_users=200, num_items=100)
+
+
+def _all_rows(d):
+  return {k: np.concatenate([d.splits[s][k] for s in ("train", "val", "test")])
+          for k in d.splits["train"]}
+
+
+@pytest.fixture(scope="module")
+def mixed():
+  return positive_control.generate(seed=1, relatedness="mixed", **SMALL)
+
+
+def test_shapes_dtypes_and_inputs_are_ids_only(mixed):
+  train = mixed.splits["train"]
+  n = len(train[B.CLICK])
+  assert n == 32_000 and len(mixed.splits["val"][B.CLICK]) == 4_000
+  assert train[B.SPARSE].shape == (n, 5) and train[B.SPARSE].dtype == np.int32
+  for key in (B.CLICK, B.CONVERSION, B.P_CTR_TRUE, B.P_CVR_TRUE, B.R_TRUE, B.ORACLE_SHARED):
+    assert train[key].shape == (n,) and train[key].dtype == np.float32, key
+  # No dense inputs at all, so no copy of a latent: the shared factor is learned.
+  assert mixed.schema.dense == () and mixed.schema.multi == ()
+  assert B.DENSE not in train and B.MULTI not in train
+  for j, field in enumerate(mixed.schema.sparse):
+    assert 1 <= train[B.SPARSE][:, j].min() and train[B.SPARSE][:, j].max() < field.vocab_size
+  # The oracle column is an extra, never in B.FEATURE_KEYS (the model reads it only with
+  # config.model.oracle_feature).
+  assert B.ORACLE_SHARED in mixed.schema.extras and B.ORACLE_SHARED not in B.FEATURE_KEYS
+
+
+def test_same_seed_same_arrays_other_seed_other_arrays(mixed):
+  again = positive_control.generate(seed=1, relatedness="mixed", **SMALL)
+  other = positive_control.generate(seed=2, relatedness="mixed", **SMALL)
+  for key, col in mixed.splits["train"].items():
+    np.testing.assert_array_equal(col, again.splits["train"][key])
+  assert mixed.info["cvr_bias"] == again.info["cvr_bias"]
+  assert not np.array_equal(mixed.splits["train"][B.CLICK], other.splits["train"][B.CLICK])
+
+
+@pytest.mark.parametrize("relatedness", ["zero", "one", "mixed"])
+@pytest.mark.parametrize("rate", [0.005, 0.02, 0.1])
+def test_conversions_per_click_are_calibrated(relatedness, rate):
+  d = positive_control.generate(seed=0, relatedness=relatedness, conversions_per_click=rate,
+                                **SMALL)
+  cols = _all_rows(d)
+  clicked = cols[B.CLICK] > 0
+  # b_v is bisected so that the expected rate over the clicks is the target exactly;
+  # the realised rate is within 4 binomial standard errors of it.
+  assert cols[B.P_CVR_TRUE][clicked].mean() == pytest.approx(rate, rel=1e-4)
+  realised = cols[B.CONVERSION][clicked].mean()
+  assert abs(realised - rate) < 4 * np.sqrt(rate * (1 - rate) / clicked.sum())
+  assert np.all(cols[B.CONVERSION] <= cols[B.CLICK])
+
+
+def test_r_controls_whether_conversion_follows_the_click_factor():
+  logit = lambda p: np.log(p / (1 - p))
+  corr = {}
+  for relatedness in ("zero", "one", "mixed"):
+    cols = _all_rows(positive_control.generate(seed=0, relatedness=relatedness, **SMALL))
+    corr[relatedness] = np.corrcoef(cols[B.ORACLE_SHARED], logit(cols[B.P_CVR_TRUE]))[0, 1]
+  assert corr["one"] > 0.85 and abs(corr["zero"]) < 0.05
+  assert 0.2 < corr["mixed"] < corr["one"]
+
+
+def test_mixed_r_follows_the_context_and_varies_within_it(mixed):
+  cols = _all_rows(mixed)
+  r, context = cols[B.R_TRUE], cols[B.SEGMENT]
+  means = [r[context == s].mean() for s in range(positive_control.NUM_CONTEXTS)]
+  assert np.all(np.diff(means) > 0)  # ordered by the observed context field.
+  assert np.mean([r[context == s].std() for s in range(positive_control.NUM_CONTEXTS)]) > 0.05
+  assert mixed.info["rho"] == pytest.approx(means, abs=1e-6)
+  # The signal's variance does not depend on r: r shared + sqrt(1 - r^2) indep.
+  assert np.all((r > 0) & (r < 1))
+
+
+def test_bad_settings_are_rejected():
+  with pytest.raises(ValueError, match="relatedness='half'"):
+    positive_control.generate(seed=0, relatedness="half", num_rows=100)
+  with pytest.raises(ValueError, match="conversions_per_click=1.5"):
+    positive_control.generate(seed=0, conversions_per_click=1.5, num_rows=100)
+
+
+def test_data_seed_is_separate_from_the_model_seed():
+  """data.synthetic.seed fixes the data whatever config.seed is; -1 follows config.seed."""
+  def data(**overrides):
+    config = small_config(**{"data.synthetic.kind": "positive_control",
+                             "data.synthetic.positive_control.num_rows": 2_000,
+                             **overrides})
+    return load_dataset(config_lib.validate(config)).splits["train"][B.CLICK]
+  np.testing.assert_array_equal(data(**{"seed": 1, "data.synthetic.seed": 5}),
+                                data(**{"seed": 2, "data.synthetic.seed": 5}))
+  assert not np.array_equal(data(seed=1), data(seed=2))  # -1: the data follow the seed.
+  np.testing.assert_array_equal(data(seed=5), data(**{"seed": 0, "data.synthetic.seed": 5}))
+  with pytest.raises(config_lib.ConfigError, match="data.synthetic.seed"):
+    data(**{"data.synthetic.seed": -2})

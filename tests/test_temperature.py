@@ -66,8 +66,9 @@ def _rest(params):
   return {**{k: v for k, v in params.items() if k != "contrast"}, "contrast": c}
 
 
-def test_logit_gradients_are_each_rows_own(data):
-  model, params, batch, _ = _model(data, **RULE)
+@pytest.mark.parametrize("backbone", ["mmoe", "ple", "aitm", "shared_bottom"])
+def test_logit_gradients_are_each_rows_own(data, backbone):
+  model, params, batch, _ = _model(data, **RULE, **{"model.backbone": backbone})
   features = B.features(batch)
   out = task_gradients.apply_model(model, {"params": params}, features, train=True,
                                    logit_gradients=True)
@@ -189,6 +190,12 @@ def _run(tmp_path, name, **overrides):
   result = loop.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "train_metrics.jsonl")) as f:
     return result, [json.loads(line) for line in f]
+
+
+def test_the_rule_trains_with_the_row_sparse_table_optimizer(tmp_path):
+  result, records = _run(tmp_path, "lazy", **RULE,
+                         **{"optimizer.embedding_optimizer": "lazy_adam"})
+  assert np.isfinite(records[-1]["loss_tau_agreement"]) and result["tau_mean"] > 0.2
 
 
 def test_training_with_the_rule_is_deterministic_and_tau_does_not_collapse(tmp_path,

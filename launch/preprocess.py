@@ -3,6 +3,9 @@
   python launch/preprocess.py --format=census \
       --input=../shared/data/census-income-kdd/census-income.test.gz --output=data/census
   python launch/preprocess.py --format=aliexpress --input=train.csv,test.csv --output=DIR
+  python launch/preprocess.py --format=table --input='logs/*.parquet' --output=DIR \
+      --click=clicked --conversion=bought --sparse=user,item --multi=tags:'|' \
+      --dense=price
   python launch/preprocess.py --format=aliccp_aitm --output=DIR \
       --input=train=ctr_cvr.train,val=ctr_cvr.dev,test=ctr_cvr.test \
       --conversion_without_click=drop
@@ -21,7 +24,7 @@ import time
 from absl import flags
 
 from pico_jax import cli
-from pico_jax.ingest import formats, preprocess
+from pico_jax.ingest import formats, preprocess, table
 
 _FORMAT = flags.DEFINE_enum("format", None, sorted(formats.FORMATS), "The raw format.",
                             required=True)
@@ -51,6 +54,20 @@ _VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.1, "Part of the train file 
 _SPARSE = flags.DEFINE_list("sparse", None, "Categorical columns (replaces the format's "
                             "default).")
 _DENSE = flags.DEFINE_list("dense", None, "Dense columns (replaces the format's default).")
+_CLICK = flags.DEFINE_string("click", None, "--format=table: the click label column.")
+_CONVERSION = flags.DEFINE_string("conversion", None, "--format=table: the conversion "
+                                  "label column.")
+_GROUP = flags.DEFINE_string("group", None, "--format=table: the group key column "
+                             "(GAUC; an integer below 2**31).")
+_ID = flags.DEFINE_string("id", None, "--format=table: the id column written beside "
+                          "predictions.")
+_MULTI = flags.DEFINE_list("multi", [], "--format=table: COLUMN:SEPARATOR,...: "
+                           "multi-valued columns (a list column takes any separator).")
+_TABLE_SCHEMA = flags.DEFINE_string("table_schema", None, "--format=table: a JSON file "
+                                    "of the column roles ({\"click\": ..., "
+                                    "\"conversion\": ..., \"sparse\": [...], \"multi\": "
+                                    "{COLUMN: SEPARATOR}, \"dense\": [...]}) instead of the "
+                                    "role flags.")
 _CHUNK_ROWS = flags.DEFINE_integer("chunk_rows", 65_536, "Lines per block (the unit of "
                                    "parallel work).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars (rows/s, ETA) on stderr.")
@@ -76,6 +93,33 @@ def _hash_buckets(items) -> tuple[tuple[str, int], ...]:
   return tuple(out)
 
 
+def _table_roles() -> table.TableRoles | None:
+  """The column roles of --format=table, from --table_schema or the role flags."""
+  role_flags = (_CLICK.value, _CONVERSION.value, _GROUP.value, _ID.value, _MULTI.value)
+  if _FORMAT.value != "table":
+    if any(role_flags) or _TABLE_SCHEMA.value:
+      raise cli.FlagError("--click, --conversion, --group, --id, --multi and "
+                          "--table_schema declare the columns of --format=table only")
+    return None
+  if _TABLE_SCHEMA.value:
+    if any(role_flags):
+      raise cli.FlagError("--table_schema and the role flags: give one of them")
+    return table.TableRoles.from_file(_TABLE_SCHEMA.value)
+  if not (_CLICK.value and _CONVERSION.value):
+    raise cli.FlagError("--format=table needs --click and --conversion (or "
+                        "--table_schema)")
+  multi = []
+  for item in _MULTI.value:
+    column, sep, separator = item.partition(":")
+    if not sep or not separator:
+      raise cli.FlagError(f"--multi {item!r}: expected COLUMN:SEPARATOR")
+    multi.append((column, separator))
+  return table.TableRoles(click=_CLICK.value, conversion=_CONVERSION.value,
+                          group=_GROUP.value, id=_ID.value,
+                          sparse=tuple(_SPARSE.value or ()), multi=tuple(multi),
+                          dense=tuple(_DENSE.value or ()))
+
+
 def options() -> preprocess.Options:
   """The build options the flags give."""
   try:
@@ -92,7 +136,7 @@ def options() -> preprocess.Options:
       val_fraction=_VAL_FRACTION.value, chunk_rows=_CHUNK_ROWS.value,
       workers=_WORKERS.value, processes=_PROCESSES.value,
       spill_memory=_SPILL_MEMORY_MB.value << 20, sparse=names(_SPARSE.value),
-      dense=names(_DENSE.value))
+      dense=names(_DENSE.value), table=_table_roles())
 
 
 def main():

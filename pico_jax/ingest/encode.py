@@ -186,7 +186,7 @@ class Encoder:
                        "from raw files by launch/preprocess.py: it has no vocabularies")
     options = meta.get("options", {})
     fmt = formats.get_format(meta["format"], sparse=options.get("sparse"),
-                             dense=options.get("dense"))
+                             dense=options.get("dense"), table=options.get("table"))
     schema = meta["schema"]
     names = [f["name"] for f in schema["sparse"]]
     multi = [f["name"] for f in schema["multi"]]

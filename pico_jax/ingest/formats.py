@@ -8,12 +8,15 @@
   aliccp_aitm  AITM CSV: click, purchase, 18 sparse ids (a header is optional).
   aliccp_raw   ``id,click,purchase,field:feat,...`` lines; fields may repeat
                (multi-valued).
+  table        users' own CSV or Parquet tables with declared column roles
+               (``table.TableRoles``).
 """
 
 from __future__ import annotations
 
-from pico_jax.ingest import numeric_csv, text_formats
+from pico_jax.ingest import numeric_csv, table, text_formats
 from pico_jax.ingest.readers import Format
+from pico_jax.ingest.table import TableRoles
 
 FORMATS = {
     "census": text_formats.CensusFormat,
@@ -21,12 +24,20 @@ FORMATS = {
     "aliccp_csv": numeric_csv.aliccp_csv,
     "aliccp_aitm": numeric_csv.aliccp_aitm,
     "aliccp_raw": text_formats.AliccpRawFormat,
+    "table": table.TableFormat,
 }
 
 
-def get_format(name: str, *, sparse=None, dense=None) -> Format:
+def get_format(name: str, *, sparse=None, dense=None, table=None) -> Format:
   """The reader of format ``name``, with optional feature overrides: ``sparse`` /
-  ``dense`` are column names replacing the format's default features."""
+  ``dense`` are column names replacing the format's default features; ``table`` the
+  column roles of format "table" (a ``table.TableRoles`` or its dict)."""
   if name not in FORMATS:
     raise ValueError(f"unknown format {name!r}; expected one of {sorted(FORMATS)}")
+  if name == "table":
+    roles = table if table is None or isinstance(table, TableRoles) else (
+        TableRoles.from_json(table))
+    return FORMATS[name](roles, sparse=sparse, dense=dense)
+  if table is not None:
+    raise ValueError(f"format {name}: column roles are declared for format table only")
   return FORMATS[name](sparse=sparse, dense=dense)

@@ -198,15 +198,6 @@ def write_block(task: WriteTask, splits=("train", "val", "test"), columns=None,
                     column=column, column_name=name) from None
 
 
-def block_data(source: Source):
-  """(block, bytes or None) of a source: gzip streams are unpacked here, once."""
-  if source.info.gzip:
-    yield from reading.iter_gzip_blocks(source.info)
-  else:
-    for block in source.info.blocks:
-      yield block, None
-
-
 @dataclasses.dataclass
 class Counts:
   """What pass 1 learned: per-row ``keep`` (bool [N]) and the first row of every block
@@ -234,7 +225,7 @@ def count_pass(build: Build, split_of: np.ndarray, policy: str, spill: Spill) ->
   def tasks():
     for source in build.sources:
       row = source.offset
-      for block, data in block_data(source):
+      for block, data in fmt.blocks(source.info):
         k = len(counts.block_rows)
         counts.block_rows.append(row)
         counts.block_paths.append(block.path)

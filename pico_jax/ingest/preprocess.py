@@ -48,6 +48,7 @@ from pico_jax.data.schema import Schema, SparseField
 from pico_jax.ingest.spill import Spill
 from pico_jax.ingest.store_writer import StoreWriter
 from pico_jax.ingest.splits import SPLIT_ID, assign, parse_inputs
+from pico_jax.ingest.table import TableRoles
 from pico_jax.ingest.vocab import Counter, build_vocab
 
 PREPROCESS_VERSION = 1
@@ -84,6 +85,7 @@ class Options:
       only: worker processes spill every block to a file); the blocks beyond it are
       spilled to files beside the output. Stores do not depend on it.
     sparse, dense: column names replacing the format's default features.
+    table: the column roles of format "table" (``table.TableRoles``).
   """
   min_count: int = 1
   hash_buckets: tuple[tuple[str, int], ...] = ()
@@ -101,6 +103,7 @@ class Options:
   spill_memory: int = 1 << 30
   sparse: tuple[str, ...] | None = None
   dense: tuple[str, ...] | None = None
+  table: TableRoles | None = None
 
   def validate(self):
     if self.min_count < 1:
@@ -156,7 +159,8 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
   """
   options.validate()
   reading.blake3_module()  # a missing dependency fails now, not after the passes.
-  fmt = formats.get_format(format_name, sparse=options.sparse, dense=options.dense)
+  fmt = formats.get_format(format_name, sparse=options.sparse, dense=options.dense,
+                           table=options.table)
   output = os.path.abspath(output)
   if os.path.exists(output) and not overwrite:
     raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
@@ -184,14 +188,14 @@ def _scan(fmt, inputs, options, progress, hasher, threads) -> list[passes.Source
   """Pass 0: every file's first line checked, then scanned (its hash started on
   ``hasher``, with one thread per ``reading.WORKERS_PER_HASH_THREAD`` of ``threads``)."""
   pairs = parse_inputs(inputs)
-  layouts = [fmt.inspect(path, reading.first_line(path)) for _, path in pairs]
-  bar = blocks.Progress(sum(os.path.getsize(p) for _, p in pairs), "scan", "B", progress)
+  layouts = [fmt.open_input(path) for _, path in pairs]
+  bar = blocks.Progress(sum(fmt.input_bytes(p) for _, p in pairs), "scan", "B", progress)
   sources, offset, digests = [], 0, {}
   hash_threads = -(-threads // reading.WORKERS_PER_HASH_THREAD)
   for (split, path), layout in zip(pairs, layouts):
     if path not in digests:
-      digests[path] = hasher.submit(reading.hash_file, path, hash_threads)
-    info = reading.scan_file(path, options.chunk_rows, layout.header)
+      digests[path] = hasher.submit(fmt.digest, path, hash_threads)
+    info = fmt.scan(path, layout, options.chunk_rows)
     rows = info.num_lines - int(layout.header)
     if rows == 0:
       raise readers.no_rows(path)
@@ -291,7 +295,7 @@ def _build(build: passes.Build) -> dict:
         vocab_meta[name]["file"] = file
     digests = [s.digest.result() for s in sources]  # the hash reads each file last.
     for source in sources:
-      reading.check_unchanged(source.info)
+      fmt.check_unchanged(source.info)
     meta = writer.commit({
         "format": fmt.name,
         "preprocess_version": PREPROCESS_VERSION,

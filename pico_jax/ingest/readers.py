@@ -11,11 +11,13 @@ Ali-CCP CSV and AITM) and ``text_formats`` (Census-Income raw lines, Ali-CCP
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 
 import numpy as np
 
 from pico_jax.data.errors import DataError
+from pico_jax.ingest import reading
 from pico_jax.ingest.reading import split_lines
 
 
@@ -175,6 +177,36 @@ class Format:
     ``read_block``'s; ``num_lines`` of them, when the caller knows). ``threads``: how
     many threads the parse may use (a parser that cannot split a block uses one)."""
     return self.parse(path, split_lines(data), first_line_no, layout)
+
+  # How inputs are found and read. A format of lines reads files by byte blocks
+  # (``reading``); a format of tables (``table``) replaces these.
+
+  def open_input(self, path: str) -> Layout:
+    """The layout of input ``path``, checked before any input is scanned."""
+    return self.inspect(path, reading.first_line(path))
+
+  def scan(self, path: str, layout: Layout, block_rows: int) -> reading.FileInfo:
+    """The input's blocks of ``block_rows`` data rows (``num_lines``: the header
+    included)."""
+    return reading.scan_file(path, block_rows, layout.header)
+
+  def blocks(self, info: reading.FileInfo):
+    """(block, its data or None: workers read it) of a scanned input, in order."""
+    if info.gzip:  # a gzip stream is unpacked here, once.
+      yield from reading.iter_gzip_blocks(info)
+    else:
+      for block in info.blocks:
+        yield block, None
+
+  def input_bytes(self, path: str) -> int:
+    return os.path.getsize(path)
+
+  def digest(self, path: str, threads: int) -> str:
+    """The input's BLAKE3 digest (hex), recorded in the store's meta.json."""
+    return reading.hash_file(path, threads)
+
+  def check_unchanged(self, info: reading.FileInfo) -> None:
+    reading.check_unchanged(info)
 
   def column_number(self, name: str) -> int | None:
     """The 1-based column of feature ``name`` in a labelled file (for messages), or

@@ -1,0 +1,327 @@
+"""Format "table": users' own logs as CSV or Parquet, with the column roles declared.
+
+An input is one file, a glob or a directory of hive-style partitions (``k=v/``
+folders, whose keys become columns), read through ``pyarrow.dataset``. The roles
+(``TableRoles``: click, conversion, an optional group key and id, sparse columns,
+multi-valued columns with their separator, dense columns) come from flags or a small
+JSON file. Everything after the parse is the other formats' code: the passes, the
+vocabularies, the split, the dense standardisation and the store.
+
+Blocks are ``block_rows`` rows of one file, in file order (as a CSV format's blocks
+of lines are, so a table holding a CSV format's rows gives the same store). The parent
+reads them in order (a Parquet row group or a CSV stream cannot be cut by byte
+offset); the workers convert and check them. A problem is reported with the file,
+the row (a CSV file's line; a Parquet file's row and row group) and the column.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from pico_jax.data.errors import DataError
+from pico_jax.ingest import reading, readers
+from pico_jax.ingest.numeric_parse import MAX_EXACT_INT
+from pico_jax.ingest.readers import Chunk, Layout
+
+_PARQUET = (".parquet", ".pq")
+
+
+@dataclasses.dataclass(frozen=True)
+class TableRoles:
+  """What each column of a table is. ``multi``: (column, separator) pairs: a string
+  column of values joined by the separator, or a list column (separator unused)."""
+  click: str
+  conversion: str
+  group: str | None = None
+  id: str | None = None
+  sparse: tuple[str, ...] = ()
+  multi: tuple[tuple[str, str], ...] = ()
+  dense: tuple[str, ...] = ()
+
+  @classmethod
+  def from_json(cls, d: dict) -> "TableRoles":
+    """From a dict (a schema file's, or meta.json's ``options.table``)."""
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown or "click" not in d or "conversion" not in d:
+      raise ValueError(f"table roles {sorted(d)}: expected click, conversion and "
+                       "optionally group, id, sparse, multi, dense")
+    multi = d.get("multi", ())
+    if isinstance(multi, dict):
+      multi = multi.items()
+    return cls(click=d["click"], conversion=d["conversion"], group=d.get("group"),
+               id=d.get("id"), sparse=tuple(d.get("sparse", ())),
+               multi=tuple((str(c), str(s)) for c, s in multi),
+               dense=tuple(d.get("dense", ())))
+
+  @classmethod
+  def from_file(cls, path: str) -> "TableRoles":
+    """From a JSON file: {"click": ..., "conversion": ..., "sparse": [...], "multi":
+    {"tags": "|"}, "dense": [...]}."""
+    try:
+      with open(path) as f:
+        return cls.from_json(json.load(f))
+    except json.JSONDecodeError as e:
+      raise DataError(f"invalid JSON: {e.msg}", path=path, line=e.lineno,
+                      column=e.colno) from None
+    except ValueError as e:
+      raise DataError(str(e), path=path) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Input:
+  """A scanned input: its dataset and, per file, (path, rows, size, mtime_ns)."""
+  dataset: pads.Dataset
+  files: tuple[tuple[str, int, int, int], ...]
+
+
+def _dataset(path: str) -> pads.Dataset:
+  if os.path.isdir(path):
+    files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
+                   if os.path.isfile(f) and not os.path.basename(f).startswith((".", "_")))
+  elif glob.has_magic(path):
+    files = sorted(glob.glob(path))
+  else:
+    files = [path] if os.path.isfile(path) else []
+  if not files:
+    raise DataError("no input files (a file, a glob or a directory of them)", path=path)
+  kind = "parquet" if files[0].endswith(_PARQUET) else "csv"
+  base = path if os.path.isdir(path) else None
+  try:
+    return pads.dataset(files, format=kind, partition_base_dir=base,
+                        partitioning="hive" if base else None)
+  except (pa.ArrowException, OSError) as e:
+    raise DataError(f"unreadable {kind} input: {e}", path=files[0]) from None
+
+
+class TableFormat(readers.Format):
+  """A CSV or Parquet table whose column roles are declared (``TableRoles``)."""
+  name = "table"
+
+  def __init__(self, roles: TableRoles | None, sparse=None, dense=None):
+    if roles is None:
+      raise ValueError("format table: declare the column roles (--click, --conversion, "
+                       "--sparse, --multi, --dense, or --table_schema)")
+    self.roles = roles
+    self.tasks = {"click": roles.click, "conversion": roles.conversion}
+    self.conversion_column = (None, roles.conversion)
+    self.sparse_names = tuple(sparse if sparse is not None else roles.sparse)
+    self.dense_names = tuple(dense if dense is not None else roles.dense)
+    self.list_names = tuple(c for c, _ in roles.multi)
+    self.group_name, self.id_name = roles.group, roles.id
+    features = self.sparse_names + self.list_names + self.dense_names
+    for name in (roles.click, roles.conversion):
+      if name in features:
+        raise DataError("is a label of format table; labels are never features",
+                        column_name=name)
+    if len(set(features)) != len(features):
+      raise DataError(f"a column has two feature roles: {list(features)}")
+    self._inputs: dict[str, _Input] = {}
+
+  def _columns(self, labels: bool = True) -> list[str]:
+    names = [self.roles.click, self.roles.conversion] if labels else []
+    names += [*self.sparse_names, *self.list_names, *self.dense_names]
+    names += [c for c in (self.group_name, self.id_name) if c]
+    return list(dict.fromkeys(names))
+
+  def open_input(self, path: str, labels_optional: bool = False) -> Layout:
+    dataset = _dataset(path)
+    missing = [c for c in self._columns() if c not in dataset.schema.names]
+    labels = True
+    if missing and labels_optional and set(missing) <= {self.roles.click,
+                                                        self.roles.conversion}:
+      labels, missing = False, []
+    if missing:
+      raise DataError(f"no column(s) {missing}; the table has {dataset.schema.names}",
+                      path=path)
+    files = []
+    for fragment in dataset.get_fragments():
+      stat = os.stat(fragment.path)
+      files.append((fragment.path, fragment.count_rows(), stat.st_size,
+                    stat.st_mtime_ns))
+    self._inputs[path] = _Input(dataset, tuple(files))
+    return Layout(header=False, labels=labels)
+
+  def scan(self, path, layout, block_rows):
+    entry = self._inputs[path]
+    blocks = []
+    for file, rows, _, _ in entry.files:
+      for start in range(0, rows, block_rows):
+        # ``offset``: the block's first row in its file; ``length``: its rows.
+        blocks.append(reading.Block(file, start + self._first_row(file), min(
+            block_rows, rows - start), start, 0))
+    return reading.FileInfo(path, sum(f[1] for f in entry.files),
+                            sum(f[2] for f in entry.files), False, tuple(blocks))
+
+  @staticmethod
+  def _first_row(file: str) -> int:
+    """The 1-based number of a file's first row: its line (after the header) in a CSV
+    file, its row in a Parquet file."""
+    return 1 if file.endswith(_PARQUET) else 2
+
+  def blocks(self, info):
+    entry = self._inputs[info.path]
+    by_file = {}
+    for block in info.blocks:
+      by_file.setdefault(block.path, []).append(block)
+    columns = [c for c in self._columns() if c in entry.dataset.schema.names]
+    schema = pa.schema([entry.dataset.schema.field(c) for c in columns])
+    for fragment in entry.dataset.get_fragments():
+      pending, parts, have = list(by_file.get(fragment.path, [])), [], 0
+      for batch in fragment.to_batches(schema=entry.dataset.schema, columns=columns):
+        parts.append(batch)
+        have += batch.num_rows
+        while pending and have >= pending[0].num_lines:
+          table = pa.Table.from_batches(parts, schema)
+          block = pending.pop(0)
+          yield block, table.slice(0, block.num_lines)
+          rest = table.slice(block.num_lines)
+          parts, have = rest.to_batches(), rest.num_rows
+      if pending and have:
+        yield pending.pop(0), pa.Table.from_batches(parts, schema)
+
+  def input_bytes(self, path):
+    return sum(f[2] for f in self._inputs[path].files) if path in self._inputs else 0
+
+  def digest(self, path, threads):
+    """BLAKE3 over the input's files in order (each file's bytes, as read)."""
+    digest = reading.blake3_module().blake3(max_threads=threads)
+    for file, *_ in self._inputs[path].files:
+      with open(file, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 22), b""):
+          digest.update(piece)
+    return digest.hexdigest()
+
+  def check_unchanged(self, info):
+    for file, _, size, mtime_ns in self._inputs[info.path].files:
+      stat = os.stat(file)
+      if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
+        raise DataError("the file changed while it was being read; rerun on a file "
+                        "nothing is writing", path=file)
+
+  def parse_block(self, path, data, first_line_no, layout, num_lines=None, threads=1):
+    """The rows of ``data`` (a pyarrow Table of the block's rows)."""
+    table: pa.Table = data
+    n = table.num_rows
+    lines = np.arange(first_line_no, first_line_no + n, dtype=np.int64)
+    where = _Where(path, lines)
+    labels = layout.labels
+    click = self._label(table, self.roles.click, where) if labels else None
+    conversion = self._label(table, self.roles.conversion, where) if labels else None
+    sparse = [self._ids(table, c, where) for c in self.sparse_names]
+    dense = None
+    if self.dense_names:
+      dense = np.empty((n, len(self.dense_names)))
+      for k, c in enumerate(self.dense_names):
+        dense[:, k] = self._floats(table, c, where)
+    lists = {c: self._list(table, c, sep, where) for c, sep in self.roles.multi}
+    group = self._ids(table, self.group_name, where) if self.group_name else None
+    ids = self._ids(table, self.id_name, where) if self.id_name else None
+    return Chunk(lines=lines, click=click, conversion=conversion, sparse=sparse,
+                 dense=dense, lists=lists, group=group, ids=ids)
+
+  # ------------------------------------------------------------------ columns
+
+  def _values(self, table, name, where):
+    column = table.column(name)
+    nulls = column.is_null()
+    if pc.any(nulls).as_py():
+      where.fail(int(np.flatnonzero(nulls.to_numpy(zero_copy_only=False))[0]), name,
+                 "missing value")
+    return column
+
+  def _floats(self, table, name, where) -> np.ndarray:
+    column = self._values(table, name, where)
+    try:
+      values = column.cast(pa.float64()).to_numpy()
+    except pa.ArrowInvalid:
+      bad = _first_bad(column, lambda x: x.cast(pa.float64()))
+      where.fail(bad, name, f"non-numeric value {readers.echo(_text(column, bad))}")
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+      where.fail(int(bad[0]), name, f"NaN/inf value, got {values[bad[0]]!r}")
+    return values
+
+  def _label(self, table, name, where) -> np.ndarray:
+    values = self._floats(table, name, where)
+    bad = np.flatnonzero((values != 0) & (values != 1))
+    if len(bad):
+      where.fail(int(bad[0]), name, f"label must be 0 or 1, got {values[bad[0]]!r}")
+    return values.astype(np.float32)
+
+  def _ids(self, table, name, where) -> np.ndarray:
+    column = self._values(table, name, where)
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or \
+        pa.types.is_dictionary(kind):
+      return np.array(column.cast(pa.string()).to_pylist(), np.bytes_)
+    if pa.types.is_binary(kind):
+      return np.array(column.to_pylist(), np.bytes_)
+    values = self._floats(table, name, where) if pa.types.is_floating(kind) else None
+    if values is not None:
+      bad = np.flatnonzero((np.floor(values) != values) | (np.abs(values) >= MAX_EXACT_INT))
+      if len(bad):
+        where.fail(int(bad[0]), name, "categorical ids must be integers below 2**53, "
+                   f"got {values[bad[0]]!r}")
+      return values.astype(np.int64)
+    values = column.cast(pa.int64()).to_numpy()
+    bad = np.flatnonzero(np.abs(values) >= MAX_EXACT_INT)
+    if len(bad):
+      where.fail(int(bad[0]), name, f"categorical ids must be below 2**53, got "
+                 f"{int(values[bad[0]])}")
+    return values
+
+  def _list(self, table, name, sep, where):
+    column = self._values(table, name, where)
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+      column = pc.split_pattern(column.cast(pa.string()), sep)
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    rows = np.repeat(np.arange(len(lengths)), lengths).astype(np.int64)
+    flat = pc.list_flatten(column)
+    sub = pa.table({name: flat})
+    values = self._ids(sub, name, _Where(where.path, where.lines[rows]))
+    position = np.arange(len(rows)) - np.searchsorted(rows, rows)
+    return rows, values, position + 1
+
+
+def _text(column, i: int) -> bytes:
+  return str(column[i].as_py()).encode()
+
+
+def _first_bad(column, convert) -> int:
+  """The first row of ``column`` that ``convert`` rejects (a search, on failure only)."""
+  for i in range(len(column)):
+    try:
+      convert(column.slice(i, 1))
+    except pa.ArrowInvalid:
+      return i
+  return 0
+
+
+@dataclasses.dataclass
+class _Where:
+  path: str
+  lines: np.ndarray
+
+  def fail(self, i: int, column: str, what: str):
+    row = int(self.lines[i])
+    if self.path.endswith(_PARQUET):
+      group = _row_group(self.path, row - 1)
+      raise DataError(f"row {row} (row group {group}): {what}", path=self.path,
+                      column_name=column)
+    raise DataError(what, path=self.path, line=row, column_name=column)
+
+
+def _row_group(path: str, row: int) -> int:
+  import pyarrow.parquet as pq
+  sizes = [g.num_rows for g in (pq.ParquetFile(path).metadata.row_group(k)
+                                for k in range(pq.ParquetFile(path).num_row_groups))]
+  return int(np.searchsorted(np.cumsum(sizes), row, side="right"))

@@ -43,23 +43,17 @@ def checkpoint_scorer(workdir: str, which: str):
   """(score(columns) -> predictions, store path) of the run's checkpoint ``which``.
 
   ``score`` takes the model inputs of N rows (numpy, batch keys) and returns float32
-  [N] arrays, computed as ``launch/evaluate.py`` computes them: the run rebuilt by
-  ``restore`` (its compiled ``eval_step``, its mesh over every local device), fixed-size
-  padded batches from ``pipeline.eval_batches``. One process.
+  [N] arrays, computed as ``launch/evaluate.py`` computes them:
+  ``Trainer.predict_columns`` of the run rebuilt by ``restore`` (its compiled
+  ``eval_step``, its mesh over every local device, fixed-size padded batches). One
+  process.
   """
-  import jax
-  from pico_jax.data import pipeline
   from pico_jax.train.restore import restore
   trainer = restore(workdir, which)
 
   def score(columns):
-    features = B.features(columns)
-    host = pipeline.eval_batches(features,
-                                 global_batch_size=trainer.config.train.eval_batch_size)
-    out = [jax.device_get(trainer.eval_step(trainer.state.params, batch))
-           for batch in trainer.place(host)]
-    n = pipeline.num_rows(features)
-    return {k: np.concatenate([np.asarray(o[k]) for o in out])[:n] for k in OUTPUTS}
+    out = trainer.predict_columns(B.features(columns))
+    return {k: out[k] for k in OUTPUTS}
   return score, trainer.config.data.path
 
 

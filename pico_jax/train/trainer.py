@@ -14,7 +14,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from pico_jax import batch as B
 from pico_jax import config as config_lib
 from pico_jax import metrics as metrics_lib
 from pico_jax import parallel
@@ -86,16 +85,22 @@ class Trainer:
     return self.data if isinstance(self.data, DevicePrefetcher) else self.place(self.data)
 
   def predict(self, split: str, params=None) -> dict[str, np.ndarray]:
-    """``eval_step`` over every row of ``split`` (default params: the state's), gathered
-    over processes: dict of float32 [N] in row order."""
-    columns = self.dataset.splits[split]
+    """``predict_columns`` of every row of ``split``: dict of float32 [N] in row order."""
+    return self.predict_columns(self.dataset.splits[split], params)
+
+  def predict_columns(self, columns: dict[str, np.ndarray], params=None
+                      ) -> dict[str, np.ndarray]:
+    """``eval_step`` over every row of ``columns`` (batch keys, [N, ...]: a split, or
+    the encoded rows of raw files) in fixed-size padded batches
+    (``pipeline.eval_batches``), default params the state's, gathered over processes:
+    dict of float32 [N] in row order."""
     params = self.state.params if params is None else params
     host = pipeline.eval_batches(columns, global_batch_size=self.config.train.eval_batch_size,
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count())
     chunks = [self.eval_step(params, batch) for batch in self.place(host)]
     gathered = jax.tree.map(lambda *xs: np.concatenate([_to_host(x) for x in xs]), *chunks)
-    return {k: v[:len(columns[B.CLICK])] for k, v in gathered.items()}
+    return {k: v[:pipeline.num_rows(columns)] for k, v in gathered.items()}
 
   def evaluate(self, split: str, params=None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """(the metrics of ``pico_jax.metrics.task_metrics``, the predictions) of ``split``."""

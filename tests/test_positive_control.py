@@ -103,3 +103,25 @@ def test_data_seed_is_separate_from_the_model_seed():
   np.testing.assert_array_equal(data(seed=5), data(**{"seed": 0, "data.synthetic.seed": 5}))
   with pytest.raises(config_lib.ConfigError, match="data.synthetic.seed"):
     data(**{"data.synthetic.seed": -2})
+
+
+@pytest.mark.parametrize("arm", [{"model.transfer": "ctr_logit"},
+                                 {"model.oracle_feature": True}])
+def test_a_positive_control_run_reports_expected_aucs(tmp_path, caplog, arm):
+  """End to end: the arms train on the positive control, and the expected AUCs reach
+  the metrics file, TensorBoard's scalars (the same records) and the eval log line."""
+  import json
+  import logging
+  from pico_jax.train.loop import train_and_evaluate
+  config = small_config(**{"data.synthetic.kind": "positive_control",
+                           "data.synthetic.positive_control.num_rows": 4_000,
+                           "data.synthetic.positive_control.relatedness": "mixed",
+                           "contrast.mode": "none", "train.early_stopping_metric": "cvr_eauc",
+                           **arm})
+  with caplog.at_level(logging.INFO, logger="pico_jax"):
+    result = train_and_evaluate(config_lib.validate(config), str(tmp_path))
+  for key in ("ctr_eauc", "cvr_eauc", "ctcvr_eauc", "mean_eauc", "oracle_cvr_auc"):
+    assert 0 < result[key] < 1, key
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert all("cvr_eauc" in r for r in records if r["split"] in ("val", "test"))
+  assert any("cvr_eauc=" in m for m in caplog.messages if m.startswith("eval val"))

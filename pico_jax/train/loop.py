@@ -27,7 +27,8 @@ from pico_jax.train.trainer import Trainer, build
 log = logging.getLogger("pico_jax")
 
 _EVAL_KEYS = ("ctr_auc", "oracle_ctr_auc", "cvr_auc", "oracle_cvr_auc", "ctcvr_auc",
-              "oracle_ctcvr_auc", "ctr_logloss", "cvr_logloss", "ctcvr_logloss")
+              "oracle_ctcvr_auc", "ctr_eauc", "cvr_eauc", "ctcvr_eauc", "ctr_logloss",
+              "cvr_logloss", "ctcvr_logloss")
 _TRAIN_KEYS = ("loss_ctr", "loss_ctcvr", "loss_contrast", "tau_mean")
 
 

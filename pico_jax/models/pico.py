@@ -33,6 +33,9 @@ class PicoModel(nn.Module):
   [B, proj_dim], ``tau``, ``relatedness_logit`` [B]. ``with_contrast=False`` is the
   serving path: it neither creates nor reads ``params["contrast"]``. ``embedding_rows``
   is passed to ``FeatureEmbedding`` as ``gathered`` (the lazy optimizer's touched rows).
+  ``transfer`` (``config.model.transfer``) adds a gated stop-gradient CTR signal to the
+  CVR tower and ``oracle_feature`` appends ``features["oracle_shared"]`` to its input
+  (``pico_jax/models/transfer.py``); both serve as trained.
   """
   embedding: nn.Module
   backbone: nn.Module

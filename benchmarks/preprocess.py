@@ -1,6 +1,7 @@
 """Preprocessing and scoring throughput on an AliExpress-format CSV, beside pandas.
 
   python benchmarks/preprocess.py --rows 300000 --repeat 3 [--workers N] [--predict]
+      [--parquet]
 
 1. Writes an AliExpress-format CSV of ``--rows`` rows in the W2 shape
    (``pico_jax.data.w2``: 16 categorical fields with vocabularies of 8 ... 500,000, 63
@@ -18,7 +19,10 @@
 3. ``--parsers``: the candidate parsers alone (parse only): ``np.loadtxt``, pyarrow's
    CSV reader with one and with all threads, pico_jax's compiled parser
    (``numeric_parse``) on one thread and on one thread per CPU, pandas.
-4. ``--predict``: trains the default model for a few steps on the store and times
+4. ``--parquet``: writes the same rows as a Parquet file and times
+   ``preprocess.build_store`` of format "table" on it, the AliExpress columns' roles
+   declared (the same store as the CSV's).
+5. ``--predict``: trains the default model for a few steps on the store and times
    ``pico_jax.predict``'s scoring of the same CSV (parse, encode, model, output).
 
 Prints one JSON object: rows/s of each (best of the repeats), every repeat's wall and
@@ -160,6 +164,23 @@ def _time_predict(store_dir: str, csv: str, args) -> dict:
           "model": f"{config.model.backbone}, embed_dim {config.model.embed_dim}"}
 
 
+def _parquet_run(csv: str, out: str, args):
+  """A Parquet copy of ``csv`` (row groups of 64K rows), and the build of its store
+  through format "table" with the AliExpress columns' roles."""
+  import pyarrow.csv as pacsv
+  import pyarrow.parquet as pq
+  from pico_jax.ingest import numeric_csv
+  from pico_jax.ingest.table import TableRoles
+  parquet = os.path.join(args.workdir, "aliexpress.parquet")
+  pq.write_table(pacsv.read_csv(csv), parquet, row_group_size=65_536)
+  fmt = numeric_csv.aliexpress()
+  roles = TableRoles(click="click", conversion="conversion", group="search_id",
+                     id="search_id", sparse=fmt.sparse_names, dense=fmt.dense_names)
+  return lambda: preprocess.build_store(
+      "table", [parquet], out, overwrite=True,
+      options=preprocess.Options(workers=args.workers, table=roles))
+
+
 def _cpu() -> float:
   """CPU seconds of this process (its threads included) and its finished children."""
   own, children = (resource.getrusage(w) for w in (resource.RUSAGE_SELF,
@@ -184,6 +205,8 @@ def main():
   p.add_argument("--predict", action="store_true", help="also time pico_jax.predict (launch/predict.py)")
   p.add_argument("--parsers", action="store_true",
                  help="also time the candidate CSV parsers alone (parse only)")
+  p.add_argument("--parquet", action="store_true",
+                 help="also time format table on a Parquet copy of the CSV")
   p.add_argument("--workdir", default="/tmp/pico_preprocess_bench")
   p.add_argument("--keep", action="store_true", help="keep the generated files")
   args = p.parse_args()
@@ -212,6 +235,8 @@ def main():
       lambda: preprocess.build_store(
           "aliexpress", [csv], out, overwrite=True,
           options=preprocess.Options(workers=args.workers, spill_memory=0)))
+  if args.parquet:
+    runs[f"table (Parquet) workers={args.workers}"] = _parquet_run(csv, out, args)
   times = {name: [] for name in runs}
   cpus = {name: [] for name in runs}
   for fn in runs.values():  # compiles (numba), warms the page cache: not timed.

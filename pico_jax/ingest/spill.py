@@ -91,8 +91,7 @@ class Spill:
   to the file beyond that (and mapped back, not copied).
 
   Holding a block costs nothing: its arrays already exist. Writing it costs a copy
-  into fresh page-cache pages: pickling blocks to files and reading them back took
-  0.16 + 0.03 of the 0.9 CPU s of a 300,000-row run on the 2 vCPU VM (BENCHMARKS.md).
+  into fresh page-cache pages, a visible part of a run's CPU time (BENCHMARKS.md).
   Worker processes cannot share memory with the parent, so their spill is
   ``Spill(0)``: every block goes to its file. Thread-safe.
   """

@@ -28,6 +28,9 @@
 Prints one JSON object: rows/s of each (best of the repeats), every repeat's wall and
 CPU seconds (workers included) and the ratios to pandas (pandas time / ours: above 1
 is faster than pandas); the figures go in BENCHMARKS.md.
+
+pandas is a benchmark-only dependency (not in requirements.txt); install the version
+BENCHMARKS.md names into the venv first: ``.venv/bin/python -m pip install pandas==3.1.1``.
 """
 
 from __future__ import annotations

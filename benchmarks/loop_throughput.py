@@ -11,8 +11,9 @@ machine's load), one JSON line each:
 - ``loop``: what ``pico_jax.train.loop`` does per step: take the next host batch from
   the Grain iterator (``pipeline.train_iterator``: shuffled whole-batch gathers from
   the columns), ``parallel.shard_batch`` it, run the step;
-- ``loop_prefetch``: the same with ``DevicePrefetcher`` (a background thread keeps the
-  next ``--buffer_size`` global batches on the devices while the step runs).
+- ``loop_prefetch``: the same with device prefetch (``pipeline.train_iterator``'s
+  ``put`` and ``device_prefetch``: Grain's thread prefetch keeps the next
+  ``--buffer_size`` global batches on the devices while the step runs).
 
 ``fraction_of_step`` is the mode's examples/s over the step-only examples/s. The
 columns are W2-shaped (``pico_jax.data.w2``: 16 categorical fields up to 500,000 ids,
@@ -32,7 +33,6 @@ import numpy as np
 
 from pico_jax import parallel
 from pico_jax.data import pipeline, w2
-from pico_jax.data.device_prefetch import DevicePrefetcher
 from pico_jax.train.trainer import build
 from train_throughput import _config as w2_config
 
@@ -59,14 +59,14 @@ class Mode:
       self.batches = itertools.cycle(self.placed)
       self.next = lambda: next(self.batches)
     else:
+      prefetch = {} if name == "loop" else dict(put=put, device_prefetch=buffer_size)
       grain_it = pipeline.train_iterator(columns, global_batch_size=batch,
                                          num_batches=num_batches, seed=0,
-                                         num_threads=num_threads)
+                                         num_threads=num_threads, **prefetch)
       if name == "loop":
         self.next = lambda: put(next(grain_it))
       else:
-        prefetcher = DevicePrefetcher(grain_it, put, buffer_size=buffer_size)
-        self.next = lambda: next(prefetcher)
+        self.next = lambda: next(grain_it)
     self.windows: list[float] = []
 
   def window(self, n: int) -> float:

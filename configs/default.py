@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.eval_split = "val"  # split evaluated during training; test is evaluated at the end.
   c.data.prefetch = 4
   # Global batches placed on the devices ahead of the step by a background thread
-  # (pico_jax/data/device_prefetch.py); 0: each batch is placed when the step needs it.
+  # (Grain's thread prefetch, pipeline.train_iterator); 0: placed when the step needs it.
   c.data.device_prefetch = 0
   c.data.num_threads = 2
   c.data.synthetic = ml_collections.ConfigDict(dict(

@@ -18,7 +18,7 @@ Throughput on W2-shaped data is in BENCHMARKS.md ("Pipeline").
 from __future__ import annotations
 
 import threading
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import grain
 import numpy as np
@@ -89,12 +89,26 @@ class _TrainBatches:
 def train_iterator(columns: Mapping[str, np.ndarray], *, global_batch_size: int,
                    num_batches: int, seed: int, shuffle: bool = True,
                    process_index: int = 0, process_count: int = 1,
-                   prefetch: int = 4, num_threads: int = 2) -> grain.DatasetIterator:
+                   prefetch: int = 4, num_threads: int = 2,
+                   put: Callable[[dict[str, np.ndarray]], Any] | None = None,
+                   device_prefetch: int = 0) -> grain.DatasetIterator:
   """An iterator over ``num_batches`` local training batches.
 
   Epochs follow each other without a gap; the last partial batch of an epoch is
   dropped (every step sees a full global batch). The returned iterator supports
-  ``get_state()`` / ``set_state()``.
+  ``get_state()`` / ``set_state()``, in the same format whatever ``put`` and
+  ``device_prefetch`` are, so a checkpoint resumes with either.
+
+  Device prefetch is Grain's own: ``.map(put)`` places each batch and
+  ``grain.experimental.ThreadPrefetchIterDataset`` runs that map on a background
+  thread, ``device_prefetch`` placed batches ahead of the step (2: double
+  buffering, each costing one batch of device memory), so the host-to-device copies
+  are off the step's critical path. Its ``get_state()`` is the state after the last
+  batch *handed to the caller*, never after the ones read ahead (the thread records
+  the state beside each batch it buffers), so a checkpoint written between steps
+  resumes exactly at the next unseen batch; ``set_state`` stops the thread and drops
+  what was read ahead. An error raised on the thread (by ``put`` or the read)
+  reaches the caller at the batch it concerns.
 
   Args:
     columns: column arrays with a common leading dimension N (batch keys).
@@ -102,7 +116,14 @@ def train_iterator(columns: Mapping[str, np.ndarray], *, global_batch_size: int,
     num_batches: how many batches the iterator yields in total.
     seed: shuffling seed; the order is a pure function of (seed, epoch).
     process_index, process_count: this process's shard of every global batch.
+    prefetch, num_threads: Grain's read-ahead of host batches and its threads.
+    put: host batch -> placed batch (``Trainer.put``), applied to every batch; None
+      yields the host batches.
+    device_prefetch: batches the background thread keeps ready (>= 0; 0: ``put``
+      runs on the caller's thread when the batch is asked for).
   """
+  if device_prefetch < 0:
+    raise ValueError(f"device_prefetch={device_prefetch}: must be >= 0")
   if global_batch_size % process_count:
     raise ValueError(f"global batch {global_batch_size} is not divisible by "
                      f"{process_count} processes")
@@ -112,9 +133,13 @@ def train_iterator(columns: Mapping[str, np.ndarray], *, global_batch_size: int,
   if source.batches_per_epoch == 0:
     raise ValueError(f"global batch size {global_batch_size} exceeds the "
                      f"{source.num_rows} rows of the training split")
-  ds = grain.MapDataset.range(num_batches).map(source)
-  return iter(ds.to_iter_dataset(
-      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))
+  ds = grain.MapDataset.range(num_batches).map(source).to_iter_dataset(
+      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+  if put is not None:
+    ds = ds.map(put)
+  if device_prefetch:
+    ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=device_prefetch)
+  return iter(ds)
 
 
 def eval_batches(columns: Mapping[str, np.ndarray], *, global_batch_size: int,

@@ -18,7 +18,6 @@ from pico_jax import config as config_lib
 from pico_jax import metrics as metrics_lib
 from pico_jax import parallel
 from pico_jax.data import load_dataset, pipeline
-from pico_jax.data.device_prefetch import DevicePrefetcher
 from pico_jax.data.schema import Schema
 from pico_jax.data.dataset import Dataset
 from pico_jax.models import build_model
@@ -44,9 +43,9 @@ class Trainer:
     eval_step: compiled ``(params, device batch) -> predictions`` (float32 [B] each).
     data: this process's training batches, the iterator whose position checkpoints
       save (get/set_state): the Grain iterator of host batches, or with
-      ``config.data.device_prefetch`` a ``DevicePrefetcher`` of device batches over it
-      (its position is that of the batches consumed, not of those read ahead); None
-      without a dataset.
+      ``config.data.device_prefetch`` of device batches placed ahead by Grain's thread
+      prefetch (``pipeline.train_iterator``; its position is that of the batches
+      consumed, not of those read ahead); None without a dataset.
     checkpointer: the run's checkpoints (None without a work directory or when
       ``config.checkpoint.enabled`` is off).
     state: the train state: resumed from the latest checkpoint, else initialised from
@@ -82,7 +81,7 @@ class Trainer:
     itself when it prefetches to the devices (``config.data.device_prefetch``)."""
     if self.data is None:
       raise ValueError("this Trainer was built without a dataset: no training batches")
-    return self.data if isinstance(self.data, DevicePrefetcher) else self.place(self.data)
+    return self.data if self.config.data.device_prefetch else self.place(self.data)
 
   def predict(self, split: str, params=None) -> dict[str, np.ndarray]:
     """``predict_columns`` of every row of ``split``: dict of float32 [N] in row order."""
@@ -120,7 +119,7 @@ class Trainer:
         finally:
           self.checkpointer.close()
     finally:
-      if isinstance(self.data, DevicePrefetcher):
+      if self.data is not None and self.config.data.device_prefetch:
         self.data.close()
 
 
@@ -163,22 +162,21 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None, *,
                                   fsdp=config.mesh.fsdp)
   shardings = jax.tree.map(lambda s: s.sharding, abstract)
   train_step, eval_step = compile_steps(model, tx, config, mesh, shardings)
-  t = config.train
-  data = None
-  if dataset is not None:
-    data = pipeline.train_iterator(
-        dataset.splits["train"], global_batch_size=t.batch_size, num_batches=t.steps,
-        seed=config.seed, process_index=jax.process_index(),
-        process_count=jax.process_count(), prefetch=config.data.prefetch,
-        num_threads=config.data.num_threads)
   checkpointer = (ckpt_lib.Checkpointer.from_config(workdir, config)
                   if workdir is not None and config.checkpoint.enabled else None)
   trainer = Trainer(config=config, dataset=dataset, schema=schema, mesh=mesh, model=model,
                     tx=tx, abstract_state=abstract, shardings=shardings, train_step=train_step,
-                    eval_step=eval_step, data=data, checkpointer=checkpointer)
-  if data is not None and config.data.device_prefetch:
-    trainer.data = data = DevicePrefetcher(data, trainer.put,
-                                           buffer_size=config.data.device_prefetch)
+                    eval_step=eval_step, data=None, checkpointer=checkpointer)
+  t, data = config.train, None
+  if dataset is not None:
+    # With device_prefetch, Grain's thread places the batches ahead (trainer.put).
+    trainer.data = data = pipeline.train_iterator(
+        dataset.splits["train"], global_batch_size=t.batch_size, num_batches=t.steps,
+        seed=config.seed, process_index=jax.process_index(),
+        process_count=jax.process_count(), prefetch=config.data.prefetch,
+        num_threads=config.data.num_threads,
+        put=trainer.put if config.data.device_prefetch else None,
+        device_prefetch=config.data.device_prefetch)
   if not init_state:
     return trainer
   if checkpointer is not None:

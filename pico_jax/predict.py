@@ -59,15 +59,17 @@ def checkpoint_scorer(workdir: str, which: str):
 
 def artifact_scorer(artifact: str, batch_size: int):
   """(score, store path) of an exported serving artifact; every call runs fixed-size
-  batches (the last padded with row 0), so the artifact compiles once."""
+  batches (the last padded with row 0), so the artifact compiles once. Raises
+  DataError naming the manifest when it names no training store."""
   from pico_jax import export
   predict = export.load(artifact)
   names = [i["name"] for i in predict.manifest["inputs"]]
   config = predict.manifest.get("config") or {}
   path = config.get("data", {}).get("path")
   if not path:
-    raise ValueError(f"{artifact}: the manifest names no training store "
-                     "(config.data.path); it holds the vocabularies")
+    raise DataError("names no training store (config.data.path), whose vocabularies "
+                    "encode the raw rows; export the run with its config",
+                    path=os.path.join(artifact, export.MANIFEST_FILE))
 
   def score(columns):
     n = len(next(iter(columns.values())))
@@ -95,12 +97,13 @@ def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
 
   Returns a summary: ``rows``, ``id0`` (per field: rows whose id is 0), ``metrics``
   (when every input has labels; else None), ``rows_per_s``.
-  Raises DataError (bad rows: file, line, column); ``output`` is then not written.
+  Raises DataError (bad rows: file, line, column; ``fmt_name`` not the store's
+  format); ``output`` is then not written.
   """
   encoder, fmt, meta = Encoder.from_store(store_path)
   if fmt_name and fmt_name != fmt.name:
-    raise ValueError(f"--format {fmt_name}: the run's store was built from format "
-                     f"{fmt.name}")
+    raise DataError(f"--format {fmt_name}: the run's store was built from format "
+                    f"{fmt.name} ({store_path}); leave --format out or give {fmt.name}")
   layouts = [fmt.inspect(p, reading.first_line(p), labels_optional=True) for p in inputs]
   fields = encoder.sparse_names + encoder.multi_names
   id0 = dict.fromkeys(fields, 0)

@@ -5,6 +5,7 @@ optional, and bad rows fail with file/line/column, leaving nothing at --output."
 import csv
 import gzip
 import os
+import re
 
 import numpy as np
 import pytest
@@ -146,10 +147,36 @@ def test_bad_rows_name_file_line_column(run, tmp_path):
   assert done.stderr.strip().splitlines()[-1] == (  # one line, no traceback.
       f"error: {bad}:8: column 21 ('numerical_4'): non-numeric value 'oops'")
   assert sorted(os.listdir(tmp_path)) == ["bad.csv"]  # no output, no temporary file.
+
+
+@needs_data
+def test_a_format_or_artifact_that_does_not_match_the_store_is_one_line(run, tmp_path):
+  """--format other than the store's, and an artifact whose manifest names no store:
+  a DataError each, which the CLI prints as one line."""
+  from pico_jax import export
+  from pico_jax.data.errors import DataError
+  from pico_jax.train.restore import restore
+  workdir, _ = run
+  out = tmp_path / "preds.csv"
   score, store_dir = predict.checkpoint_scorer(workdir, "latest")
-  with pytest.raises(ValueError, match="--format census: the run's store was built from "
-                     "format aliexpress"):
+  with pytest.raises(DataError, match=re.escape(
+      f"--format census: the run's store was built from format aliexpress ({store_dir})")):
     predict.predict_files(score, store_dir, [TEST], str(out), fmt_name="census")
+  done = run_script("predict", f"--workdir={workdir}", f"--input={TEST}",
+                    f"--output={out}", "--format=census", "--noprogress")
+  assert done.returncode == 1
+  assert "Traceback" not in done.stderr
+  assert done.stderr.strip().splitlines()[-1] == (
+      f"error: --format census: the run's store was built from format aliexpress "
+      f"({store_dir}); leave --format out or give aliexpress")
+  assert not out.exists()
+  trainer = restore(workdir, "latest")
+  artifact = str(tmp_path / "artifact")
+  export.export_model(trainer.model, trainer.state.params, trainer.schema, artifact,
+                      platforms=("cpu",), config=None)
+  with pytest.raises(DataError, match="names no training store") as e:
+    predict.artifact_scorer(artifact, 32)
+  assert e.value.path == os.path.join(artifact, "manifest.json")
 
 
 def _zeros(columns):

@@ -1,19 +1,17 @@
-"""Readers and preprocessing: the real samples in ../shared/data, the exact Census split
-of docs/data.md (section 4), and one generated file per bad-input case (each error names the
-file, the line and the column, and leaves nothing behind)."""
+"""Readers: the real samples in ../shared/data, the exact Census split of docs/data.md
+(section 4), gzip and split arguments, and how files are cut into blocks and hashed.
+Bad input is in test_bad_input.py; workers and failures mid-build in
+test_preprocess_workers.py."""
 
 import gzip
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from pico_jax import batch as B
-from pico_jax.ingest import blocks, formats, preprocess
+from pico_jax.ingest import preprocess
 from pico_jax.data import store
-from pico_jax.ingest import store_writer
 from pico_jax.data.errors import DataError
 
 from shared_data import ALICCP, ALIEXPRESS, CENSUS, needs_data
@@ -230,7 +228,8 @@ def test_min_count_and_hashing(tmp_path):
   assert hashed.splits["test"][B.SPARSE][:, j].min() >= 1  # hashing has no "unseen".
 
 
-# ------------------------------------------------------------------ bad input cases
+# ---------------------------------------------------- generated AliExpress files
+
 
 AE_HEADER = ",".join(["search_id"] + [f"categorical_{i}" for i in range(1, 17)]
                      + [f"numerical_{i}" for i in range(1, 64)] + ["click", "conversion"])
@@ -251,282 +250,6 @@ def good_ae(tmp_path, n=20):
   return [AE_HEADER] + [ae_row(i, click=i % 2) for i in range(n)]
 
 
-def expect_error(tmp_path, fmt, inputs, pattern, **options):
-  out = tmp_path / "out"
-  with pytest.raises(DataError, match=pattern) as info:
-    preprocess.build_store(fmt, inputs, str(out), options=preprocess.Options(**options))
-  leftovers = [p for p in os.listdir(tmp_path) if p.startswith((".out", "out"))]
-  assert not leftovers, leftovers  # no store, no temporary directory.
-  return info.value
-
-
-def test_missing_file(tmp_path):
-  err = expect_error(tmp_path, "aliexpress", [str(tmp_path / "nope.csv")],
-                     r"nope\.csv: file not found")
-  assert err.path.endswith("nope.csv")
-
-
-def test_empty_file(tmp_path):
-  path = write(tmp_path, "empty.csv", [], end="")
-  expect_error(tmp_path, "aliexpress", [path], r"empty\.csv:1: empty file")
-
-
-def test_header_only_file(tmp_path):
-  path = write(tmp_path, "h.csv", [AE_HEADER])
-  expect_error(tmp_path, "aliexpress", [path], r"h\.csv:2: no data rows")
-
-
-def test_wrong_column_count(tmp_path):
-  lines = good_ae(tmp_path)
-  lines[7] = lines[7].rsplit(",", 1)[0]  # one column short, on line 8.
-  path = write(tmp_path, "short.csv", lines)
-  err = expect_error(tmp_path, "aliexpress", [path],
-                     r"short\.csv:8: column 82: expected 82 columns, found 81")
-  assert (err.line, err.column) == (8, 82)
-
-
-def test_non_numeric_value(tmp_path):
-  lines = good_ae(tmp_path)
-  lines[5] = lines[5].replace("0.5", "abc", 1)  # first numerical column, line 6.
-  path = write(tmp_path, "text.csv", lines)
-  expect_error(tmp_path, "aliexpress", [path],
-               r"text\.csv:6: column 18 \('numerical_1'\): non-numeric value 'abc'")
-
-
-@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
-def test_nan_or_inf_in_dense(tmp_path, bad):
-  lines = good_ae(tmp_path)
-  lines[3] = ae_row(2, numeric=bad)
-  path = write(tmp_path, "nan.csv", lines)
-  expect_error(tmp_path, "aliexpress", [path],
-               rf"nan\.csv:4: column 18 \('numerical_1'\): NaN/inf value, got '{bad}'")
-
-
-@pytest.mark.parametrize("column,label", [(81, "2"), (82, "-1"), (81, "0.5"), (82, "nan")])
-def test_label_outside_0_1(tmp_path, column, label):
-  lines = good_ae(tmp_path)
-  tokens = lines[10].split(",")
-  tokens[column - 1] = label
-  lines[10] = ",".join(tokens)
-  path = write(tmp_path, "label.csv", lines)
-  name = "click" if column == 81 else "conversion"
-  expect_error(tmp_path, "aliexpress", [path],
-               rf"label\.csv:11: column {column} \('{name}'\): label must be 0 or 1")
-
-
-def test_non_integer_categorical(tmp_path):
-  lines = good_ae(tmp_path)
-  tokens = lines[2].split(",")
-  tokens[3] = "1.5"
-  lines[2] = ",".join(tokens)
-  path = write(tmp_path, "cat.csv", lines)
-  expect_error(tmp_path, "aliexpress", [path],
-               r"cat\.csv:3: column 4 \('categorical_3'\): categorical ids must be integers")
-
-
-def test_conversion_without_click_error_and_drop(tmp_path):
-  lines = good_ae(tmp_path, n=40)
-  lines[12] = ae_row(3, click=0, conversion=1)
-  lines[30] = ae_row(4, click=0, conversion=1)
-  path = write(tmp_path, "cvr.csv", lines)
-  expect_error(tmp_path, "aliexpress", [path],
-               r"cvr\.csv:13: column 82 \('conversion'\): conversion without click")
-  meta = preprocess.build_store("aliexpress", [path], str(tmp_path / "dropped"),
-                                options=preprocess.Options(policy="drop"))
-  assert sum(s["dropped_conversion_without_click"] for s in meta["splits"].values()) == 2
-  assert sum(s["rows"] for s in meta["splits"].values()) == 38
-  assert meta["entire_space_policy"] == "drop"
-
-
-def test_header_mismatch(tmp_path):
-  lines = good_ae(tmp_path)
-  lines[0] = lines[0].replace("categorical_3", "cat_3")
-  path = write(tmp_path, "hdr.csv", lines)
-  expect_error(tmp_path, "aliexpress", [path],
-               r"hdr\.csv:1: column 4: header does not match format aliexpress: expected "
-               r"'categorical_3', found 'cat_3'")
-
-
-def test_header_of_another_format(tmp_path):
-  ccp = os.path.join(ALICCP, "torch-rechub-sample", "ali_ccp_train_sample.csv")
-  if not os.path.exists(ccp):
-    pytest.skip("../shared/data absent")
-  expect_error(tmp_path, "aliccp_aitm", [ccp],
-               r"ali_ccp_train_sample\.csv:1: column 15: header does not match")
-
-
-@pytest.mark.parametrize("option,column", [("sparse", "click"), ("dense", "conversion")])
-def test_label_configured_as_feature(tmp_path, option, column):
-  path = write(tmp_path, "ok.csv", good_ae(tmp_path))
-  index = 81 if column == "click" else 82
-  expect_error(tmp_path, "aliexpress", [path],
-               rf"column {index} \('{column}'\): is the {column} label of format "
-               rf"aliexpress; labels are never features \(remove it from --{option}\)",
-               **{option: ("categorical_1", column)})
-
-
-def test_census_label_configured_as_feature(tmp_path):
-  path = write(tmp_path, "c.txt", ["x"])
-  expect_error(tmp_path, "census", [path], r"column 8 \('marital stat'\): is the "
-               r"conversion \(never married\) label", sparse=("education", "marital stat"))
-
-
-def test_empty_line_in_the_middle(tmp_path):
-  lines = good_ae(tmp_path)
-  lines[9] = ""
-  path = write(tmp_path, "gap.csv", lines)
-  expect_error(tmp_path, "aliexpress", [path], r"gap\.csv:10: empty line")
-
-
-def test_error_line_numbers_count_across_blocks(tmp_path):
-  lines = good_ae(tmp_path, n=50)
-  lines[37] = ae_row(1, numeric="oops")
-  path = write(tmp_path, "blocks.csv", lines)
-  expect_error(tmp_path, "aliexpress", [path], r"blocks\.csv:38: column 18", chunk_rows=7)
-
-
-CENSUS_LINE = ("38, Private, 6, 36, 1st 2nd 3rd or 4th grade, 0, Not in universe, "
-               "Married-civilian spouse present, Manufacturing-durable goods, Machine "
-               "operators assmblrs & inspctrs, White, Mexican (Mexicano), Female, Not in "
-               "universe, Not in universe, Full-time schedules, 0, 0, 0, Joint one under 65 "
-               "& one 65+, Not in universe, Not in universe, Spouse of householder, Spouse "
-               "of householder, 1032.38, ?, ?, ?, Not in universe under 1 year old, ?, 4, "
-               "Not in universe, Mexico, Mexico, Mexico, Foreign born- Not a citizen of U S "
-               ", 0, Not in universe, 2, 12, 95, - 50000.")
-
-
-def census_lines(n=30):
-  return [CENSUS_LINE.replace("38,", f"{20 + i},", 1) for i in range(n)]
-
-
-def test_census_bad_income_label(tmp_path):
-  lines = census_lines()
-  lines[4] = lines[4].replace("- 50000.", "50000")
-  path = write(tmp_path, "census.txt", lines)
-  expect_error(tmp_path, "census", [path],
-               r"census\.txt:5: column 42 \('income'\): income label must be")
-
-
-def test_census_non_numeric_continuous(tmp_path):
-  lines = census_lines()
-  lines[6] = lines[6].replace("Private, 6, 36, 1st 2nd 3rd or 4th grade, 0,",
-                              "Private, 6, 36, 1st 2nd 3rd or 4th grade, ?,")
-  path = write(tmp_path, "census.txt", lines)
-  expect_error(tmp_path, "census", [path], r"census\.txt:7: column 6 \('wage per hour'\): "
-               r"non-numeric value in a continuous column, got '\?'")
-
-
-def test_census_wrong_column_count(tmp_path):
-  lines = census_lines()
-  lines[11] = lines[11].replace(" Female,", "")
-  path = write(tmp_path, "census.txt", lines)
-  expect_error(tmp_path, "census", [path],
-               r"census\.txt:12: column 42: expected 42 columns, found 41")
-
-
-def test_census_nan_continuous(tmp_path):
-  lines = census_lines()
-  lines[2] = lines[2].replace(", 2, 12, 95,", ", 2, nan, 95,")
-  path = write(tmp_path, "census.txt", lines)
-  expect_error(tmp_path, "census", [path],
-               r"census\.txt:3: column 40 \('weeks worked in year'\): NaN/inf value")
-
-
-def test_census_header_mismatch(tmp_path):
-  path = write(tmp_path, "census.csv", [AE_HEADER] + census_lines())
-  expect_error(tmp_path, "census", [path], r"census\.csv:1: column 4")
-
-
-RAW = "1,1,0,101:5,205:6,150_14:7,150_14:8,210:9"
-
-
-@pytest.mark.parametrize("line,pattern", [
-    ("2,1,0,101:5,205-6", r"raw\.txt:3: column 5: expected field:feat, got '205-6'"),
-    ("2,1,0,101:5,999:6", r"raw\.txt:3: column 5: unknown field"),
-    ("2,1,0,101:5,205:x", r"raw\.txt:3: column 5: feature ids must be non-negative "
-                          r"integers, got 'x'"),
-    ("2,1,3,101:5,205:6", r"raw\.txt:3: column 3 \('purchase'\): label must be 0 or 1"),
-    ("2,0,1,101:5,205:6", r"raw\.txt:3: column 3 \('purchase'\): conversion without click"),
-    ("2,1", r"raw\.txt:3: column 3: expected 'id,click,purchase,field:feat"),
-])
-def test_aliccp_raw_bad_lines(tmp_path, line, pattern):
-  path = write(tmp_path, "raw.txt", [RAW, RAW, line, RAW])
-  expect_error(tmp_path, "aliccp_raw", [f"train={path}", f"val={path}", f"test={path}"],
-               pattern)
-
-
-def test_aliccp_raw_header_mismatch(tmp_path):
-  path = write(tmp_path, "raw.txt", ["id,click,purchase,features", RAW])
-  expect_error(tmp_path, "aliccp_raw", [path], r"raw\.txt:1: header does not match")
-
-
-def test_failure_keeps_an_existing_store(tmp_path):
-  good = write(tmp_path, "good.csv", good_ae(tmp_path))
-  preprocess.build_store("aliexpress", [good], str(tmp_path / "out"))
-  before = open(tmp_path / "out" / "meta.json").read()
-  bad = write(tmp_path, "bad.csv", good_ae(tmp_path)[:5] + ["1,2,3"])
-  with pytest.raises(DataError, match=r"bad\.csv:6"):
-    preprocess.build_store("aliexpress", [bad], str(tmp_path / "out"), overwrite=True)
-  assert open(tmp_path / "out" / "meta.json").read() == before
-  assert sorted(p for p in os.listdir(tmp_path) if "out" in p) == ["out"]
-  with pytest.raises(FileExistsError):
-    preprocess.build_store("aliexpress", [good], str(tmp_path / "out"))
-
-
-def test_a_failure_while_the_store_is_allocated_leaves_nothing(tmp_path, monkeypatch):
-  """The columns are allocated on a thread while the vocabularies are merged: a failure
-  of the merge still removes the new store's temporary directory and the spill, and
-  keeps the existing store."""
-  good = write(tmp_path, "good.csv", good_ae(tmp_path))
-  preprocess.build_store("aliexpress", [good], str(tmp_path / "out"))
-  before = open(tmp_path / "out" / "meta.json").read()
-
-  def fail(*args):
-    raise MemoryError("no memory for the vocabularies")
-
-  monkeypatch.setattr(preprocess, "_vocabularies", fail)
-  with pytest.raises(MemoryError):
-    preprocess.build_store("aliexpress", [good], str(tmp_path / "out"), overwrite=True)
-  assert open(tmp_path / "out" / "meta.json").read() == before
-  assert sorted(p for p in os.listdir(tmp_path) if "out" in p) == ["out"]
-
-
-def test_without_blake3_preprocessing_stops_before_reading(tmp_path, monkeypatch):
-  good = write(tmp_path, "good.csv", good_ae(tmp_path))
-  monkeypatch.setitem(sys.modules, "blake3", None)  # "import blake3" raises ImportError.
-  with pytest.raises(ImportError, match="blake3 package"):
-    preprocess.build_store("aliexpress", [good], str(tmp_path / "out"))
-  assert sorted(p for p in os.listdir(tmp_path) if "out" in p) == []
-
-
-def test_an_interrupt_while_the_store_is_allocated_leaves_nothing(tmp_path, monkeypatch):
-  """Ctrl-C while the main thread waits for the columns' allocation (the vocabularies
-  merged first): the allocation finishes, then the new store is removed."""
-  import _thread
-  import threading
-  good = write(tmp_path, "good.csv", good_ae(tmp_path))
-  zeroed_map, vocabularies = store_writer._zeroed_map, preprocess._vocabularies
-  slow = threading.Event()
-
-  def slow_zeroed_map(*args):
-    if not slow.is_set():
-      slow.set()
-      threading.Event().wait(1.0)
-    return zeroed_map(*args)
-
-  def interrupt_after(*args):
-    result = vocabularies(*args)
-    threading.Timer(0.2, _thread.interrupt_main).start()
-    return result
-
-  monkeypatch.setattr(store_writer, "_zeroed_map", slow_zeroed_map)
-  monkeypatch.setattr(preprocess, "_vocabularies", interrupt_after)
-  with pytest.raises(KeyboardInterrupt):
-    preprocess.build_store("aliexpress", [good], str(tmp_path / "out"))
-  assert slow.is_set()
-  assert sorted(p for p in os.listdir(tmp_path) if "out" in p) == []
-
-
 def test_gzip_input_and_split_arguments(tmp_path):
   lines = good_ae(tmp_path, n=30)
   path = tmp_path / "ae.csv.gz"
@@ -539,135 +262,6 @@ def test_gzip_input_and_split_arguments(tmp_path):
     preprocess.parse_inputs([f"train={path}", str(path)])
   with pytest.raises(ValueError, match="4 inputs"):
     preprocess.parse_inputs(["a", "b", "c", "d"])
-
-
-def test_parallel_workers_write_the_same_store(tmp_path, monkeypatch):
-  # Worker processes even for this small file (by default one needs 16 MiB of input).
-  monkeypatch.setattr(blocks, "MIN_BYTES_PER_WORKER", 1)
-  lines = good_ae(tmp_path, n=300)
-  path = write(tmp_path, "ae.csv", lines)
-  one = preprocess.build_store("aliexpress", [path], str(tmp_path / "one"),
-                               options=preprocess.Options(chunk_rows=16))
-  two = preprocess.build_store("aliexpress", [path], str(tmp_path / "two"),
-                               options=preprocess.Options(chunk_rows=16, workers=2))
-  assert one["splits"] == two["splits"]
-  a, b = store.load_store(str(tmp_path / "one")), store.load_store(str(tmp_path / "two"))
-  for split in a.splits:
-    for key in a.splits[split]:
-      np.testing.assert_array_equal(a.splits[split][key], b.splits[split][key])
-  lines[250] = ae_row(1, numeric="x")  # an error raised inside a worker keeps its place.
-  bad = write(tmp_path, "bad.csv", lines)
-  with pytest.raises(DataError, match=r"bad\.csv:251: column 18") as info:
-    preprocess.build_store("aliexpress", [bad], str(tmp_path / "three"),
-                           options=preprocess.Options(chunk_rows=16, workers=2))
-  assert (info.value.line, info.value.column) == (251, 18)
-  assert not os.path.exists(tmp_path / "three")
-
-
-def test_parallel_worker_processes_write_the_same_store(tmp_path, monkeypatch):
-  """Workers as processes (``processes=True``) write the store that threads write."""
-  monkeypatch.setattr(blocks, "MIN_BYTES_PER_WORKER", 1)
-  path = write(tmp_path, "ae.csv", good_ae(tmp_path, n=300))
-  options = dict(chunk_rows=16, workers=2)
-  preprocess.build_store("aliexpress", [path], str(tmp_path / "threads"),
-                         options=preprocess.Options(**options))
-  preprocess.build_store("aliexpress", [path], str(tmp_path / "processes"),
-                         options=preprocess.Options(**options, processes=True))
-  a, b = (store.load_store(str(tmp_path / d)) for d in ("threads", "processes"))
-  for split in a.splits:
-    for key in a.splits[split]:
-      np.testing.assert_array_equal(a.splits[split][key], b.splits[split][key])
-
-
-def _run_child(script: str, cwd) -> subprocess.CompletedProcess:
-  """``script`` in a child Python that imports this folder's modules (the misbehaving
-  formats), with a time limit: a hang fails the test instead of stalling the suite."""
-  tests_dir = os.path.dirname(os.path.abspath(__file__))
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      [tests_dir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-  return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                        timeout=180, env=env, cwd=cwd)
-
-
-def test_a_dead_worker_process_fails_the_run_and_leaves_nothing(tmp_path):
-  """A worker process killed mid-run (e.g. by the OOM killer) ends the run with an
-  error that says so, instead of waiting forever for its result; nothing is left at
-  the output, and an existing store there is kept. Run in a child process with a
-  time limit, so that a hang fails the test instead of stalling the suite."""
-  path = write(tmp_path, "ae.csv", good_ae(tmp_path, n=300))
-  out = tmp_path / "out"
-  preprocess.build_store("aliexpress", [path], str(out))
-  before = sorted(os.listdir(out))
-  script = f"""
-import os
-from pico_jax.ingest import blocks, formats, preprocess
-import faulty_formats
-blocks.MIN_BYTES_PER_WORKER = 1
-formats.FORMATS["dying"] = lambda **kw: faulty_formats.DyingAliexpress(200, os.getpid(), **kw)
-try:
-  preprocess.build_store("dying", [{path!r}], {str(out)!r}, overwrite=True,
-                         options=preprocess.Options(chunk_rows=16, workers=2,
-                                                    processes=True))
-except Exception as e:
-  print(type(e).__name__, e)
-"""
-  result = _run_child(script, tmp_path)
-  assert "WorkerDied a preprocessing worker process died" in result.stdout, (
-      result.stdout + result.stderr)
-  assert sorted(os.listdir(out)) == before  # the existing store is untouched,
-  assert sorted(os.listdir(tmp_path)) == ["ae.csv", "out"]  # no spill, no temporary.
-
-
-def test_a_worker_death_seen_at_a_submit_is_worker_died_too(tmp_path):
-  """When a worker dies while the parent is busy with an earlier result, the next
-  submit (not a result) finds the pool broken: that is reported as WorkerDied too."""
-  script = """
-import time
-from pico_jax.ingest import blocks
-import faulty_formats
-try:
-  with blocks.Runner(2, threads=False) as runner:
-    for x in runner.map(faulty_formats.die_on_one, range(20), 20):
-      time.sleep(1.0)  # the parent is slow: the death happens between submits.
-except Exception as e:
-  print(type(e).__name__, e)
-"""
-  result = _run_child(script, tmp_path)
-  assert result.stdout.startswith("WorkerDied a preprocessing worker process died"), (
-      result.stdout + result.stderr)
-
-
-def test_an_input_written_during_the_run_fails_it(tmp_path, monkeypatch):
-  """A file that changes while it is preprocessed (here: a line appended after the
-  scan) fails the run with an error naming it; no store is written."""
-  import faulty_formats
-  monkeypatch.setitem(formats.FORMATS, "growing", faulty_formats.GrowingAliexpress)
-  path = write(tmp_path, "ae.csv", good_ae(tmp_path, n=50))
-  expect_error(tmp_path, "growing", [path], r"ae\.csv: the file changed while it was "
-               "being read")
-
-
-def test_command_line(tmp_path):
-  """launch/preprocess.py: the flags reach the build; bad input is one line, status 1."""
-  from conftest import run_script
-  good = write(tmp_path, "ae.csv", good_ae(tmp_path, n=40))
-  done = run_script("preprocess", "--format=aliexpress", f"--input={good}",
-                    f"--output={tmp_path / 's'}", "--hash=categorical_1=4",
-                    "--spill_memory_mb=3", "--noprogress")
-  assert done.returncode == 0, done.stderr
-  assert "40 rows" in done.stdout
-  assert store.load_store(str(tmp_path / "s")).schema.sparse[0].vocab_size == 5
-  bad = write(tmp_path, "bad.csv", good_ae(tmp_path)[:3] + ["1,2"])
-  done = run_script("preprocess", "--format=aliexpress", f"--input={bad}",
-                    f"--output={tmp_path / 't'}", "--noprogress")
-  assert done.returncode == 1
-  assert done.stderr.strip().splitlines() == [
-      f"error: {bad}:4: column 3: expected 82 columns, found 2"]
-  done = run_script("preprocess", "--format=aliexpress", f"--input={good}",
-                    f"--output={tmp_path / 'u'}", "--hash=categorical_1")
-  assert done.returncode == 1
-  assert done.stderr.strip().splitlines() == [
-      "error: --hash 'categorical_1': expected FIELD=BUCKETS"]
 
 
 def test_blocks_cut_at_line_boundaries(tmp_path, monkeypatch):
@@ -693,7 +287,6 @@ def test_blocks_cut_at_line_boundaries(tmp_path, monkeypatch):
     assert streamed == list(zip(info.blocks, data))
 
 
-
 def test_hash_file_is_the_blake3_of_the_bytes(tmp_path, monkeypatch):
   """The digest meta.json records is what ``b3sum`` prints, whatever the read windows."""
   from pico_jax.ingest import reading
@@ -711,12 +304,3 @@ def test_hash_file_is_the_blake3_of_the_bytes(tmp_path, monkeypatch):
   assert reading.hash_file(str(path), threads=3) == whole
   path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
   assert reading.hash_file(str(path)) != whole
-
-
-def test_parse_threads_go_to_the_last_blocks():
-  # 2 threads, 5 blocks: the fifth is parsed on both; 16 threads, 5 blocks: 4 each.
-  assert [blocks.parse_threads(k, 5, 2) for k in range(5)] == [1, 1, 1, 1, 2]
-  assert [blocks.parse_threads(k, 5, 16) for k in range(5)] == [4] * 5
-  assert [blocks.parse_threads(k, 13, 8) for k in range(13)] == [1] * 8 + [2] * 5
-  assert [blocks.parse_threads(k, 6, 2) for k in range(6)] == [1] * 6
-  assert [blocks.parse_threads(k, 3, 1) for k in range(3)] == [1] * 3

@@ -32,8 +32,9 @@ def parse_threads(block: int, num_blocks: int, threads: int) -> int:
   return -(-threads // last) if last and block >= num_blocks - last else 1
 
 
-# A worker process costs about a second to start (spawn, imports): below this much
-# input per worker process, fewer of them finish sooner. Threads cost nothing to start.
+# A worker process takes a while to start (spawn, imports; BENCHMARKS.md): below this
+# much input per worker process, fewer of them finish sooner. Threads cost nothing to
+# start.
 MIN_BYTES_PER_WORKER = 16 << 20
 
 

@@ -2,7 +2,7 @@
 
 One ``Encoder`` maps a ``readers.Chunk`` to the store's columns. Preprocessing builds
 it from the training statistics and writes its output into the store; scoring
-(``launch/predict.py``) loads the same encoder from a store (``Encoder.from_store``)
+(``pico_jax.predict``) loads the same encoder from a store (``Encoder.from_store``)
 and feeds its output to the model, so raw rows are encoded by one code path.
 """
 

@@ -68,7 +68,7 @@ def _kernel(buf, n, int_slot, float_slot, ints, floats, pow10):
   column (0-based) of a token outside the grammar.
   """
   # Bytes are read at unsigned indices: a signed one costs a negative-index
-  # wraparound check per byte (20% of the parse, measured).
+  # wraparound check per byte, a measurable part of the parse (BENCHMARKS.md).
   ncol = int_slot.shape[0]
   last = ncol - 1
   end = len(buf)

@@ -22,11 +22,12 @@ int32 index per value, float64 dense values: about the size of the input). They 
 beside the output; the store is written into a temporary directory and renamed at
 the end, and both are removed on any error.
 
-Entire space. A row with conversion = 1 and click = 0 breaks ESMM's c = 1 => y = 1. The
-policy is per format (``Format.default_policy``), overridable: "error" (default:
-the first such row is reported with file/line/column), "drop" (rows are skipped and
-counted in meta.json, as the AITM recipe does) or "keep" (census, whose two tasks are
-independent; meta.json records ``task_relation: "independent"``).
+Conversions without a click (ESMM's entire space): a row with conversion = 1 and
+click = 0 breaks ESMM's c = 1 => y = 1. The policy is per format
+(``Format.default_policy``), overridable: "error" (default: the first such row is
+reported with file/line/column), "drop" (rows are skipped and counted in meta.json,
+as the AITM recipe does) or "keep" (census, whose two tasks are independent;
+meta.json records ``task_relation: "independent"``).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
 Every problem raises ``DataError`` naming the file, the 1-based line and the column.
 
 The formats themselves live in ``numeric_csv`` (every column numeric: AliExpress,
-Ali-CCP CSV and AITM) and ``text_formats`` (Census-Income raw lines, Ali-CCP
-``field:feat`` lines); ``formats.get_format`` names them.
+Ali-CCP CSV and AITM), ``text_formats`` (Census-Income raw lines, Ali-CCP
+``field:feat`` lines) and ``table`` (users' CSV or Parquet tables, declared column
+roles); ``formats.get_format`` names them.
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ def needs_flush(path: str) -> bool:
   Rows written through a map reach a network file system's server (NFS, a FUSE
   bucket) only when flushed, and another host would read zeros until then; on a local
   file system every reader already shares the page cache, and the flush is only a
-  wait for the disk (BENCHMARKS.md), which ``np.save`` does not make either. Unknown file systems are flushed."""
+  wait for the disk (BENCHMARKS.md), which ``np.save`` does not make either. Unknown
+  file systems are flushed."""
   return file_system(path) not in LOCAL_FILE_SYSTEMS
 
 

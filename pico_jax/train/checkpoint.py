@@ -32,12 +32,10 @@ import dataclasses
 import logging
 import math
 import os
-import re
 
 import grain
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -45,29 +43,12 @@ from pico_jax import workdir as workdir_lib
 from pico_jax.train import checkpoint_compat as compat
 from pico_jax.train import checkpoint_failures as failures
 from pico_jax.train import checkpoint_integrity as integrity
+from pico_jax.train.checkpoint_failures import (  # noqa: F401 (the errors' public home)
+    CheckpointExistsError, CheckpointIntegrityError, CheckpointMismatchError,
+    CheckpointRestoreError, CheckpointWriteError)
 from pico_jax.train.early_stopping import metric_mode
 
 log = logging.getLogger("pico_jax")
-
-_PROCESS_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json$")
-
-
-class CheckpointMismatchError(ValueError):
-  """A checkpoint does not fit the model of the current config; the message names why."""
-
-
-class CheckpointRestoreError(RuntimeError):
-  """A complete checkpoint cannot be resumed; the message names the step, item and cause."""
-
-
-class CheckpointIntegrityError(CheckpointRestoreError):
-  """What a checkpoint holds is not what was saved (a checksum differs) or is not finite;
-  the message names the step, the item and the leaf, and the earlier checkpoints."""
-
-
-class CheckpointExistsError(FileExistsError):
-  """A save at a step that already has a checkpoint (without ``overwrite=True``)."""
-
 
 @dataclasses.dataclass(frozen=True)
 class BestCriterion:
@@ -174,6 +155,7 @@ class Checkpointer:
     self.best = best
     self._unverified = set()  # steps without checksums already warned about.
     if not read_only:
+      self._check_writable(None, 0)
       self._warn_half_written()
     self.manager = checkpoint_manager(workdir, read_only=read_only, keep=keep,
                                       keep_best=keep_best, best=best)
@@ -226,6 +208,7 @@ class Checkpointer:
       log.warning("overwriting checkpoint %d in %s", step, self.directory)
     arrays = {"state": state} if best_params is None else {"state": state,
                                                            "best": best_params}
+    self._check_writable(step, sum(x.nbytes for x in jax.tree.leaves(arrays)))
     items = {k: ocp.args.StandardSave(v) for k, v in arrays.items()}
     items.update(data=grain.checkpoint.CheckpointSave(data_iterator),
                  config=ocp.args.JsonSave(config.to_dict()),
@@ -234,31 +217,26 @@ class Checkpointer:
     if loop is not None:
       items["loop"] = ocp.args.JsonSave(loop)
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
-    self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    with self._writing(step):
+      self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
+                        force=True)
 
   def saved_config(self, step: int) -> dict:
     """The config ``step`` was saved with (checked against its recorded checksum)."""
-    with self._reading(step, "config"):
-      config = self.manager.restore(step, args=ocp.args.Composite(
-          config=ocp.args.JsonRestore())).config
-    recorded = self._recorded(step)
-    if recorded is not None and integrity.config_crc(config) != recorded["config"]:
-      self._damaged(step, "config", "it does not match the checksum recorded when it was "
-                    "saved")
-    return config
+    return self._json_item(step, "config")
 
   def restore_loop(self, step: int) -> dict | None:
     """The loop's host state saved with ``step`` (checked), or None if it has none."""
-    if not os.path.isdir(os.path.join(self.directory, str(step), "loop")):
-      return None
-    with self._reading(step, "loop"):
-      loop = self.manager.restore(step, args=ocp.args.Composite(
-          loop=ocp.args.JsonRestore())).loop
+    return self._json_item(step, "loop") if os.path.isdir(self._path(step) + "/loop") else None
+
+  def _json_item(self, step: int, item: str) -> dict:
+    with self._reading(step, item):
+      value = getattr(self.manager.restore(step, args=ocp.args.Composite(
+          **{item: ocp.args.JsonRestore()})), item)
     recorded = self._recorded(step)
-    if recorded is not None and integrity.config_crc(loop) != recorded.get("loop"):
-      self._damaged(step, "loop", "it does not match the checksum recorded when it was "
-                    "saved")
-    return loop
+    if recorded is not None and integrity.config_crc(value) != recorded.get(item):
+      self._damaged(step, item, "it does not match the checksum recorded when it was saved")
+    return value
 
   def _recorded(self, step: int) -> dict | None:
     """The ``integrity`` item of ``step``; None (with a warning) for a checkpoint saved
@@ -288,22 +266,13 @@ class Checkpointer:
       d = os.path.join(self.directory, str(s))
       return all(os.path.exists(os.path.join(d, *p)) for p in (
           ("state", "_METADATA"), ("data",), ("config",), (integrity.ITEM,)))
-    return [s for s in self.all_steps() if s < step and complete(s)]
-
-  def what_to_do(self, step: int) -> str:
-    """Which checkpoint a resume can use instead of the damaged ``step``."""
-    path = os.path.join(self.directory, str(step))
-    earlier = self.earlier_steps(step)
-    if not earlier:
-      return (f"no earlier complete checkpoint is kept in {self.directory}: restore {path} "
-              "from a copy, or start a new --workdir")
-    return (f"remove {path} to resume from step {earlier[-1]} (earlier complete "
-            f"checkpoints: {', '.join(map(str, earlier))})")
+    names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
+    return sorted(int(n) for n in names if n.isdigit() and int(n) < step and complete(n))
 
   def _damaged(self, step: int, item: str, what: str):
-    raise CheckpointIntegrityError(
-        f"checkpoint {step} in {self.directory} is damaged: its {item!r} item: {what}. "
-        f"Do not resume it: {self.what_to_do(step)}.")
+    todo = failures.what_to_do(self._path(step), self.earlier_steps(step))
+    raise CheckpointIntegrityError(f"checkpoint {step} in {self.directory} is damaged: its "
+                                   f"{item!r} item: {what}. Do not resume it: {todo}.")
 
   @contextlib.contextmanager
   def _reading(self, step: int, item: str):
@@ -314,54 +283,37 @@ class Checkpointer:
       except (CheckpointMismatchError, CheckpointRestoreError):
         raise
       except Exception as e:  # pylint: disable=broad-except
+        todo = failures.what_to_do(self._path(step), self.earlier_steps(step))
         raise CheckpointRestoreError(
             f"checkpoint {step} in {self.directory}: cannot read its {item!r} item: "
-            f"{failures.cause(e)}. The checkpoint is complete but damaged or unreadable: fix "
-            f"its files (permissions, storage), or {self.what_to_do(step)}.") from None
+            f"{failures.cause(e)}. The checkpoint is complete but damaged or unreadable: "
+            f"fix its files (permissions, storage), or {todo}.") from None
 
   def check_process_count(self, step: int):
     """Raises CheckpointRestoreError when ``step``'s data position was saved by another
     number of processes than this job has."""
-    data = os.path.join(self.directory, str(step), "data")
-    counts = {int(m.group(2)) for m in map(_PROCESS_FILE.search, _listdir(data)) if m}
-    if counts and counts != {jax.process_count()}:
-      raise CheckpointRestoreError(
-          f"checkpoint {step} in {self.directory} was written by {sorted(counts)[0]} "
-          f"process(es); this job has {jax.process_count()}. Its data-iterator position "
-          "is saved per process, so it resumes only with the same process count: rerun "
-          f"with {sorted(counts)[0]} process(es) (--num_processes), or start a new "
-          "--workdir.")
+    compat.check_process_count(self._path(step), os.path.join(self._path(step), "data"))
 
   def check_compatible(self, step: int, abstract_state, config: ml_collections.ConfigDict):
     """Raises ``CheckpointMismatchError`` naming every param whose saved shape or dtype
-    differs from ``abstract_state`` and the config keys that differ."""
+    differs from ``abstract_state`` and the config keys that differ;
+    ``CheckpointIntegrityError`` when the state's metadata is missing (a damaged
+    checkpoint, not another model)."""
+    if not os.path.exists(os.path.join(self._path(step), "state", "_METADATA")):
+      self._damaged(step, "state", "its file state/_METADATA is missing (the arrays cannot "
+                    "be located without it)")
     with self._reading(step, "state"):
       saved = self.manager.item_metadata(step).state
-    problems = compat.state_problems(saved, abstract_state)
-    if problems:
-      diffs = compat.model_differences(self.saved_config(step), config.to_dict())
-      raise CheckpointMismatchError(
-          f"checkpoint {os.path.join(self.directory, str(step))} does not fit this "
-          f"config:\n  " + "\n  ".join(problems[:20])
-          + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
-          + "\nconfig keys that differ from the checkpoint's: "
-          + ("; ".join(diffs) if diffs else "none (the dataset schema changed?)")
-          + "\nUse a new --workdir, or the checkpoint's config.")
+    compat.check_state_fits(self._path(step), saved, abstract_state,
+                            lambda: self.saved_config(step), config.to_dict())
 
   def check_same_run(self, step: int, config: ml_collections.ConfigDict):
     """Raises ``CheckpointMismatchError`` if a key that fixes the data order differs from
     the checkpoint's; logs every other changed key (except runtime-only ones)."""
-    saved = self.saved_config(step)
-    order = compat.data_order_differences(saved, config.to_dict())
-    if order:
-      raise CheckpointMismatchError(
-          f"checkpoint {os.path.join(self.directory, str(step))} was written with a "
-          f"different data order: {'; '.join(order)}. Its data-iterator position would "
-          "point at other rows. Use a new --workdir, or the checkpoint's values.")
-    changed = compat.model_differences(saved, config.to_dict())
-    if changed:
-      log.warning("resuming checkpoint %d with a changed config: %s", step,
-                  "; ".join(changed))
+    compat.check_same_run(self._path(step), self.saved_config(step), config.to_dict())
+
+  def _path(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
 
   def restore_state(self, step: int, abstract_state):
     """The state of ``step``, restored into ``abstract_state``'s shapes and shardings,
@@ -405,15 +357,43 @@ class Checkpointer:
           data=grain.checkpoint.CheckpointRestore(data_iterator)))
     return state, step
 
+  def _check_writable(self, step: int | None, nbytes: int):
+    """Raises CheckpointWriteError on every process, before anything is written, when
+    any process cannot write ``step`` (of ``nbytes`` array bytes) into the directory."""
+    problem = failures.write_problem(self.directory, nbytes)
+    process = failures.first_failing_process(problem is not None)
+    if process is None:
+      return
+    what = "a checkpoint" if step is None else f"checkpoint {step}"
+    cause = problem if problem else f"process {process} cannot write it (see its log)"
+    self._write_failed(step, f"cannot write {what} in {self.directory}: {cause}")
+
+  @contextlib.contextmanager
+  def _writing(self, step: int | None):
+    """Turns a failed write that the check before the save did not foresee (a disk
+    filled meanwhile) into one CheckpointWriteError naming its cause."""
+    try:
+      yield
+    except (CheckpointRestoreError, CheckpointExistsError):
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      where = "a checkpoint" if step is None else f"checkpoint {step}"
+      self._write_failed(step, f"writing {where} in {self.directory} failed: "
+                         f"{failures.os_cause(e)}")
+
+  def _write_failed(self, step: int | None, what: str):
+    if hasattr(self, "manager"):  # the saves in flight finish first, and are listed.
+      with contextlib.suppress(Exception):
+        self.manager.wait_until_finished()
+    raise failures.write_error(what, self.earlier_steps(
+        step if step is not None else float("inf"))) from None
+
   def wait(self):
-    self.manager.wait_until_finished()
+    with self._writing(None):
+      self.manager.wait_until_finished()
 
   def close(self):
     self.manager.close()
-
-
-def _listdir(path: str) -> list[str]:
-  return os.listdir(path) if os.path.isdir(path) else []
 
 
 def abstract_like(state):

@@ -1,16 +1,22 @@
-"""Whether a checkpoint fits the run resuming it: the same params (shapes, dtypes) and
-the same data order; which config keys may change across a resume.
-
-Pure functions over the saved and current configs and state trees; the
-``Checkpointer`` (``pico_jax/train/checkpoint.py``) raises what they find.
+"""Whether a checkpoint fits the run resuming it: the same params (shapes, dtypes), the
+same data order and process count; which config keys may change across a resume.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
 
 import jax
 import numpy as np
+
+from pico_jax.train.checkpoint_failures import (CheckpointMismatchError,
+                                                CheckpointRestoreError)
+
+log = logging.getLogger("pico_jax")
+_PROCESS_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json$")
 
 # Config sections that may differ between a checkpoint and the run resuming it.
 _RESUMABLE_SECTIONS = ("train", "checkpoint", "mesh")
@@ -86,3 +92,50 @@ def _key(diff: str) -> str:
 
 def _resumable(diff: str) -> bool:
   return diff.split(".")[0] in _RESUMABLE_SECTIONS or _key(diff) in _RESUMABLE_KEYS
+
+
+def check_process_count(path: str, data_dir: str):
+  """Raises CheckpointRestoreError when the checkpoint at ``path`` saved its data
+  position (``data_dir``) with another number of processes than this job has."""
+  names = os.listdir(data_dir) if os.path.isdir(data_dir) else []
+  counts = {int(m.group(2)) for m in map(_PROCESS_FILE.search, names) if m}
+  if counts and counts != {jax.process_count()}:
+    saved = sorted(counts)[0]
+    step, directory = os.path.basename(path), os.path.dirname(path)
+    raise CheckpointRestoreError(
+        f"checkpoint {step} in {directory} was written by {saved} process(es); this job "
+        f"has {jax.process_count()}. Its data-iterator position is saved per process, so "
+        f"it resumes only with the same process count: rerun with {saved} process(es) "
+        "(--num_processes), or start a new --workdir.")
+
+
+def check_state_fits(path: str, saved_metadata, abstract_state, saved_config, config: dict):
+  """Raises CheckpointMismatchError naming every leaf of the checkpoint at ``path`` that
+  does not fit ``abstract_state``, and the model keys of ``saved_config()`` that differ
+  from ``config``."""
+  problems = state_problems(saved_metadata, abstract_state)
+  if not problems:
+    return
+  diffs = model_differences(saved_config(), config)
+  raise CheckpointMismatchError(
+      f"checkpoint {path} does not fit this config:\n  " + "\n  ".join(problems[:20])
+      + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+      + "\nconfig keys that differ from the checkpoint's: "
+      + ("; ".join(diffs) if diffs else "none (the dataset schema changed?)")
+      + "\nUse a new --workdir, or the checkpoint's config.")
+
+
+def check_same_run(path: str, saved: dict, config: dict):
+  """Raises CheckpointMismatchError if a key that fixes the data order differs between
+  the checkpoint's config ``saved`` and ``config``; logs every other changed key
+  (except runtime-only ones)."""
+  order = data_order_differences(saved, config)
+  if order:
+    raise CheckpointMismatchError(
+        f"checkpoint {path} was written with a different data order: {'; '.join(order)}. "
+        "Its data-iterator position would point at other rows. Use a new --workdir, or "
+        "the checkpoint's values.")
+  changed = model_differences(saved, config)
+  if changed:
+    log.warning("resuming checkpoint %s with a changed config: %s", os.path.basename(path),
+                "; ".join(changed))

@@ -1,13 +1,123 @@
-"""Checkpoint failures as one line: the noise of a failed read or write kept out of the
-output, and the cause named.
+"""Checkpoint failures as one line: the errors, the check that a save can be written
+before it starts, the cause of a failed read or write named, and orbax's noise kept out
+of the output.
+
+Why a check before each save: orbax writes asynchronously, and a write that fails
+there (a read-only directory, a full disk) leaves its other threads waiting for a
+signal until orbax's timeout (5 minutes), then prints a traceback per thread (issue
+19: 137 and 735 lines). Probing the directory (a file created and removed) and its free
+space against the state's bytes before the save turns both into one error within
+seconds, on every process at once (they agree through one small all-gather).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import re
+import shutil
 import sys
+
+import jax
+import numpy as np
+
+# The space a save needs besides the arrays' bytes (metadata, the other items).
+_MARGIN_BYTES = 1 << 20
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint does not fit the model of the current config; the message names why."""
+
+
+class CheckpointRestoreError(RuntimeError):
+  """A complete checkpoint cannot be resumed; the message names the step, item and cause."""
+
+
+class CheckpointIntegrityError(CheckpointRestoreError):
+  """What a checkpoint holds is not what was saved (a checksum differs) or is not finite;
+  the message names the step, the item and the leaf, and the earlier checkpoints."""
+
+
+class CheckpointExistsError(FileExistsError):
+  """A save at a step that already has a checkpoint (without ``overwrite=True``)."""
+
+
+class CheckpointWriteError(CheckpointRestoreError):
+  """A checkpoint cannot be written (permissions, no space); the message names the step,
+  the path, the cause and the earlier checkpoints. (A CheckpointRestoreError so the
+  command-line scripts print it as one line.)"""
+
+
+def what_to_do(path: str, earlier: list[int]) -> str:
+  """Which checkpoint a resume can use instead of the damaged one at ``path``, given the
+  complete ones before it."""
+  if not earlier:
+    return (f"no earlier complete checkpoint is kept in {os.path.dirname(path)}: restore "
+            f"{path} from a copy, or start a new --workdir")
+  return (f"remove {path} to resume from step {earlier[-1]} (earlier complete "
+          f"checkpoints: {', '.join(map(str, earlier))})")
+
+
+def write_error(what: str, intact: list[int]) -> CheckpointWriteError:
+  """The error of a save that cannot be written (``what``: the step, path and cause)."""
+  return CheckpointWriteError(
+      f"{what}. Nothing of it was kept; "
+      + (f"the earlier complete checkpoints ({', '.join(map(str, intact))}) are untouched "
+         f"and the same command resumes from step {intact[-1]}" if intact else
+         "no earlier complete checkpoint is kept")
+      + " once the directory is writable with space to spare.")
+
+
+def write_problem(directory: str, nbytes: int) -> str | None:
+  """Why a save of ``nbytes`` array bytes cannot be written into ``directory``, or None:
+  the directory cannot be created or written (a file is created and removed), or its
+  file system has less free space than the arrays plus a margin (uncompressed: at most
+  what the save writes)."""
+  probe = os.path.join(directory, f".write_probe.{os.getpid()}")
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("x")
+    os.remove(probe)
+    free = shutil.disk_usage(directory).free
+  except OSError as e:
+    return os_cause(e)
+  if nbytes and free < nbytes + _MARGIN_BYTES:
+    return (f"no space left on the device ({free / 2**20:.1f} MiB free; this save needs up "
+            f"to {(nbytes + _MARGIN_BYTES) / 2**20:.1f} MiB)")
+  return None
+
+
+def first_failing_process(failed: bool) -> int | None:
+  """The lowest index of a process that reports ``failed``, or None. Collective in a
+  multi-process job: every process calls it, so all of them stop together."""
+  if jax.process_count() == 1:
+    return 0 if failed else None
+  from jax.experimental import multihost_utils
+  flags = np.asarray(multihost_utils.process_allgather(np.asarray(failed))).ravel()
+  return int(np.argmax(flags)) if flags.any() else None
+
+
+_ERRNO_TEXT = {errno.ENOSPC: "no space left on the device",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.EROFS: "read-only file system", errno.EDQUOT: "disk quota exceeded"}
+
+
+def os_cause(e: BaseException) -> str:
+  """The cause of a failed write: the OS error found in ``e``'s chain or message
+  (TensorStore reports ``[os_error_code='28']``), else ``cause(e)``."""
+  seen = e
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.errno in _ERRNO_TEXT:
+      where = f" ({seen.filename})" if seen.filename else ""
+      return f"{_ERRNO_TEXT[seen.errno]}{where}"
+    code = re.search(r"os_error_code='?(\d+)", str(seen))
+    if code and int(code.group(1)) in _ERRNO_TEXT:
+      return _ERRNO_TEXT[int(code.group(1))]
+    seen = seen.__cause__ or seen.__context__
+  return cause(e)
 
 
 def cause(e: BaseException) -> str:

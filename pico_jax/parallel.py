@@ -14,9 +14,13 @@ rows into global arrays.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
-from typing import Sequence
+import sys
+import threading
+import time
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -51,8 +55,16 @@ def _cluster_detected() -> str | None:
 def initialize_distributed(mode: str = "auto", *, coordinator_address: str | None = None,
                            num_processes: int | None = None, process_id: int | None = None,
                            local_device_ids: Sequence[int] | None = None,
-                           initialization_timeout: int = 300) -> bool:
+                           initialization_timeout: int = 60, peer_timeout: float = 10.0,
+                           heartbeat_timeout: int = 60) -> bool:
   """Joins this process to a multi-process JAX job; returns whether it did.
+
+  Timeouts (seconds): ``initialization_timeout``, how long a process waits for all the
+  others to join (a process that never starts ends the job after it); ``peer_timeout``,
+  after how long without a sign of life from another process this one reports it lost
+  and exits (``PeerWatch``); ``heartbeat_timeout``, jax's own heartbeat
+  (``heartbeat_timeout_seconds``), a backstop that aborts with thread dumps, so it is
+  kept above ``peer_timeout``.
 
   ``mode``: ``on`` always calls ``jax.distributed.initialize`` (missing values are
   detected by jax on TPU pods, SLURM, Open MPI and Kubernetes); ``off`` never does;
@@ -76,14 +88,114 @@ def initialize_distributed(mode: str = "auto", *, coordinator_address: str | Non
     return True
   # Collectives between processes on CPU (tests, CPU clusters) go through gloo.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id,
-                             local_device_ids=local_device_ids,
-                             initialization_timeout=initialization_timeout)
+  # jax aborts a join that times out with a C++ stack dump: say it in one line first.
+  timer = threading.Timer(max(initialization_timeout - 1, 1), _join_timed_out,
+                          (process_id, num_processes, coordinator_address,
+                           initialization_timeout))
+  timer.daemon = True
+  timer.start()
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id,
+                               local_device_ids=local_device_ids,
+                               initialization_timeout=initialization_timeout,
+                               heartbeat_timeout_seconds=heartbeat_timeout)
+  finally:
+    timer.cancel()
+  PeerWatch(peer_timeout).start()
   log.info("process %d of %d joined the job (coordinator %s); %d local, %d global devices",
            jax.process_index(), jax.process_count(), coordinator_address or "auto-detected",
            jax.local_device_count(), jax.device_count())
   return True
+
+
+def _join_timed_out(process_id, num_processes, coordinator_address, timeout):
+  print(f"error: process {process_id} of {num_processes}: not every process joined the "
+        f"job at {coordinator_address or 'the detected coordinator'} within {timeout} s "
+        "(one was stopped or never started); start all of them with the same "
+        "--coordinator_address and --num_processes", file=sys.stderr, flush=True)
+  os._exit(1)
+
+
+class PeerWatch(threading.Thread):
+  """Ends this process with one line when another process of the job is lost.
+
+  Every ``interval`` seconds a daemon thread raises this process's counter in jax's
+  coordination key-value store and reads the others'. A counter that has not moved for
+  ``timeout`` seconds (SIGKILL, a crash, a lost host), or a coordinator that no longer
+  answers (process 0 lost), prints ``error: process <k> of <n> was lost ...`` with what
+  ``exit_note`` returns (the loop registers the latest intact checkpoint) and exits with
+  status 1 at once: the collectives of the survivors would otherwise wait for jax's
+  heartbeat timeout and abort with pages of thread dumps. A process that finishes
+  normally marks itself done first (atexit), so the others never take it for lost.
+  """
+
+  exit_note: Callable[[], str] | None = None  # set by the training loop.
+  _lost = threading.Event()
+
+  def __init__(self, timeout: float = 10.0, interval: float = 1.0):
+    super().__init__(daemon=True, name="pico_jax-peer-watch")
+    from jax._src import distributed
+    self.client = distributed.global_state.client
+    self.index, self.count = jax.process_index(), jax.process_count()
+    self.timeout, self.interval = timeout, interval
+    atexit.register(self._done)
+
+  def _key(self, kind: str, process: int) -> str:
+    return f"pico_jax/{kind}/{process}"
+
+  def _done(self):
+    try:
+      self.client.key_value_set(self._key("done", self.index), "1", allow_overwrite=True)
+    except Exception:  # pylint: disable=broad-except (the job is ending anyway)
+      pass
+
+  def run(self):
+    beat, now = 0, time.monotonic()
+    last = {p: (None, now) for p in range(self.count) if p != self.index}
+    while True:
+      beat += 1
+      try:
+        self.client.key_value_set(self._key("alive", self.index), str(beat),
+                                  allow_overwrite=True)
+        for p, (value, seen) in last.items():
+          current = _try_get(self.client, self._key("alive", p))
+          now = time.monotonic()
+          if current != value:
+            last[p] = (current, now)
+          elif (now - seen > self.timeout
+                and _try_get(self.client, self._key("done", p)) is None):
+            self._exit(p, f"no sign of life for {self.timeout:.0f} s")
+      except Exception:  # pylint: disable=broad-except (the coordinator is gone)
+        self._exit(0, "the coordinator (process 0) does not answer")
+      time.sleep(self.interval)
+
+  def _exit(self, process: int, why: str):
+    PeerWatch._lost.set()
+    note = ""
+    if PeerWatch.exit_note is not None:
+      try:
+        note = " " + PeerWatch.exit_note()
+      except Exception:  # pylint: disable=broad-except
+        pass
+    print(f"error: process {process} of {self.count} was lost ({why}); process "
+          f"{self.index} stops too.{note}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+  @staticmethod
+  def wait_if_lost(seconds: float) -> None:
+    """After a collective failed: gives the watch ``seconds`` to find a lost process
+    (it then ends this process with its one line); returns if it finds none."""
+    PeerWatch._lost.wait(seconds)
+
+
+def _try_get(client, key: str) -> str | None:
+  try:
+    return client.key_value_try_get(key)
+  except Exception as e:  # pylint: disable=broad-except
+    if "NOT_FOUND" in str(e) or "not found" in str(e).lower():
+      return None
+    raise
 
 
 def is_main_process() -> bool:

@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -118,3 +119,44 @@ def test_distributed_auto_stays_single_process_without_a_launcher(monkeypatch):
   assert parallel._cluster_detected() == "SLURM"
   with pytest.raises(ValueError, match="--distributed='maybe'"):
     parallel.initialize_distributed("maybe")
+
+
+def test_a_lost_process_ends_the_job_with_one_line(two_process_run):
+  """SIGKILL of process 1 mid-run: process 0 exits with one line naming the lost
+  process and the intact checkpoint (issue 19: it aborted after about 100 s with 81
+  lines of thread dumps). The 60 s bound is a hang check: jax's heartbeat backstop
+  would take 60 s plus its abort."""
+  tmp = two_process_run[0]  # its compilation cache: the same steps, compiled once.
+  config = write_config(tmp / "long.py", {**OVERRIDES, "train.steps": 400,
+                                           "checkpoint.every_steps": 4})
+  procs = _launch(config, str(tmp / "lost"), tmp / "jax_cache")
+  for line in procs[0].stdout:
+    if " step 9/" in line:
+      procs[1].kill()
+      break
+  procs[1].wait(timeout=60)
+  out = procs[0].communicate(timeout=60)[0]
+  assert procs[0].returncode == 1, out[-3000:]
+  errors = [line for line in out.splitlines()
+            if "rror" in line or "Traceback" in line or "Fatal" in line]
+  assert len(errors) == 1, out[-5000:]
+  assert errors[0].startswith("error: process 1 of 2 was lost (no sign of life for 10 s); "
+                              "process 0 stops too. The latest checkpoint, step "), errors
+  assert "is intact: run the same command on every process to resume" in errors[0]
+
+
+def test_a_process_that_never_joins_ends_the_wait_with_one_line(tmp_path):
+  """Process 1 of 2 never starts (e.g. SIGTERM before jax.distributed.initialize):
+  process 0 gives up after the initialization timeout (5 s here, 60 by default) with
+  one line instead of jax's abort and stack dump."""
+  code = ("from pico_jax import parallel\n"
+          f"parallel.initialize_distributed('on', coordinator_address='localhost:{_free_port()}',"
+          " num_processes=2, process_id=0, initialization_timeout=5)\n")
+  proc = subprocess.run([sys.executable, "-c", code], env=launch_env(1, tmp_path / "jax_cache"),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert proc.stderr.strip().splitlines() == [
+      f"error: process 0 of 2: not every process joined the job at localhost:"
+      f"{proc.stderr.split('localhost:')[1].split()[0]} within 5 s (one was stopped or "
+      "never started); start all of them with the same --coordinator_address and "
+      "--num_processes"], proc.stderr

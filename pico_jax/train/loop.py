@@ -16,6 +16,7 @@ from typing import Iterable
 import jax
 import ml_collections
 
+from pico_jax import parallel
 from pico_jax import workdir as workdir_lib
 from pico_jax.train import checkpoint as checkpoint_lib
 from pico_jax.train import reporting
@@ -62,11 +63,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                            also=lambda: run.stopped_early))
     actions.append(Every(1, lambda step: run.preempt(step, watch), last=t.steps))
     batches = iter(trainer.batches() if batches is None else batches)
-    while run.step < t.steps and not (run.stopped_early or run.preempted):
-      run.train(next(batches))
-      for action in actions:
-        action(run.step)
-    return None if run.preempted else run.test()
+    try:
+      while run.step < t.steps and not (run.stopped_early or run.preempted):
+        run.train(next(batches))
+        for action in actions:
+          action(run.step)
+      return None if run.preempted else run.test()
+    except jax.errors.JaxRuntimeError:
+      if jax.process_count() > 1:  # a collective that failed because a process is gone:
+        parallel.PeerWatch.wait_if_lost(30)  # the watch ends the job with its one line.
+      raise
 
 
 def inactive_temperature_notice(result: dict, contrast: ml_collections.ConfigDict,
@@ -110,6 +116,8 @@ class Run:
     self.step = int(trainer.state.step)
     self.reporter = reporting.Reporter(workdir, total_steps=c.train.steps,
                                        start_step=self.step, batch_size=c.train.batch_size)
+    if trainer.checkpointer is not None and jax.process_count() > 1:
+      parallel.PeerWatch.exit_note = self._checkpoint_note
     if trainer.resumed_step is not None:
       log.info("resumed from the checkpoint of step %d in %s", trainer.resumed_step,
                trainer.checkpointer.directory)
@@ -150,6 +158,15 @@ class Run:
     return EarlyStopping.from_history(
         stopper.metric, stopper.patience, reporting.read_metrics(workdir),
         split=self.config.data.eval_split, up_to_step=self.step)
+
+  def _checkpoint_note(self) -> str:
+    """What a lost process leaves behind (for ``parallel.PeerWatch``'s line)."""
+    ckpt = self.trainer.checkpointer
+    steps = ckpt.earlier_steps(float("inf"))
+    if not steps:
+      return "No complete checkpoint was written yet."
+    return (f"The latest checkpoint, step {steps[-1]} in {ckpt.directory}, is intact: run "
+            "the same command on every process to resume from it.")
 
   def _saved_window(self) -> reporting.MetricsWindow:
     """The logging window's sums saved with the resumed checkpoint (a run resumed inside

@@ -141,7 +141,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Orbax checkpoints in workdir/checkpoints, written asynchronously every every_steps
   # and at the end. Kept: the last `keep` and the `keep_best` best. "Best" is defined
-  # once (pico_jax/workdir.py, best_criterion): best_metric ("<split>/<metric>") when
+  # once (pico_jax/train/checkpoint.py, best_criterion): best_metric ("<split>/<metric>") when
   # set, else the early-stopping metric of data.eval_split, else its mean_auc; losses
   # are minimised, other metrics maximised.
   c.checkpoint = ml_collections.ConfigDict(dict(

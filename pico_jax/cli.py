@@ -8,8 +8,8 @@ status 1 and no usage dump; ``--verbose`` adds the traceback:
   the usage): an unknown flag, a value that does not parse as the flag's type, an
   unknown ``--config.KEY``, a config file that fails to load, a missing required flag;
 * the project's own errors, raised where user input is checked (``is_user_error``):
-  ``FlagError``, ``ConfigError``, ``DataError``, the checkpoint errors, and the file
-  system's errors about the user's files (not found, exists, permission, disk full).
+  ``FlagError``, ``ConfigError``, ``DataError``, the checkpoint errors, a diverged run
+  (``DivergenceError``), and the file system's errors about the user's files (not found, exists, permission, disk full).
 
 The rule for library code: a check of user input (a flag, a config value, a file)
 raises one of the project's error classes, never a bare ``ValueError``; anything else
@@ -46,7 +46,9 @@ def project_errors() -> tuple[type[BaseException], ...]:
   from pico_jax.config import ConfigError
   from pico_jax.data.errors import DataError
   from pico_jax.train.checkpoint import CheckpointMismatchError, CheckpointRestoreError
-  return (FlagError, ConfigError, DataError, CheckpointMismatchError, CheckpointRestoreError)
+  from pico_jax.train.loop import DivergenceError
+  return (FlagError, ConfigError, DataError, CheckpointMismatchError, CheckpointRestoreError,
+          DivergenceError)
 
 
 def is_user_error(error: BaseException) -> bool:

@@ -59,6 +59,21 @@ def test_train_config_error_is_one_line_before_training(tmp_path):
   assert not workdir.exists()
 
 
+def test_a_diverged_run_is_one_line(tmp_path):
+  """The issue's repro (learning rate 1e6): the run stops at the first non-finite step
+  with one line naming it, and saves nothing."""
+  workdir = tmp_path / "run"
+  proc = run_script("train", f"--workdir={workdir}", "--config.optimizer.learning_rate=1e6",
+                    "--config.data.synthetic.num_rows=20000", "--config.train.steps=40",
+                    "--config.train.log_every=10", "--config.train.eval_every=40",
+                    "--config.checkpoint.every_steps=20")
+  line = one_error_line(proc)
+  assert line.startswith("error: training diverged at step "), line
+  assert "learning_rate" in line
+  assert not (workdir / "checkpoints").exists() or not any(
+      p.name.isdigit() for p in (workdir / "checkpoints").iterdir())
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   """A short checkpointed run (steps 10 and 20 kept)."""

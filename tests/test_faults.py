@@ -202,7 +202,7 @@ def test_divergence_stops_with_a_clear_error_and_never_reaches_a_checkpoint(
     _nan_gradients(monkeypatch)
   else:
     _inf_optimizer_state(monkeypatch)
-  with pytest.raises(FloatingPointError) as e:
+  with pytest.raises(loop.DivergenceError) as e:
     loop.train_and_evaluate(small_config(**_DIVERGE), str(tmp_path))
   message = str(e.value)
   assert "diverged at step 6" in message and "(step 4," in message, message

@@ -44,7 +44,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       the position of ``Trainer.data``, so other batches resume only if they follow it.
 
   Returns None when the job was preempted (SIGTERM): the state was saved and the same
-  command resumes it. Raises FloatingPointError on a non-finite loss (the last good
+  command resumes it. Raises DivergenceError on a non-finite loss (the last good
   checkpoint is kept), ``CheckpointMismatchError`` when the workdir holds a checkpoint
   of another model and ``CheckpointRestoreError`` when its latest checkpoint cannot be
   resumed.
@@ -104,6 +104,11 @@ def _format(metrics: dict, keys) -> str:
 
 def _copy(params):
   return jax.tree.map(lambda x: x.copy(), params)
+
+
+class DivergenceError(FloatingPointError):
+  """Training reached a non-finite loss, gradient, parameter or optimizer state; the
+  message names the step, the leaves and the checkpoint that is kept."""
 
 
 class Run:
@@ -200,7 +205,7 @@ class Run:
     self.pending.append((self.step, metrics))
 
   def check_finite(self, step: int):
-    """Fetches the pending metrics; raises FloatingPointError at the first step whose
+    """Fetches the pending metrics; raises DivergenceError at the first step whose
     ``finite`` flag (computed in the step over its loss terms, gradient norm, params and
     optimizer state) is false. Runs at every logging step and before every save, so a
     non-finite state is never saved."""
@@ -224,7 +229,7 @@ class Run:
     last = ckpt.latest_step() if ckpt else None
     kept = (f"the latest checkpoint (step {last}, checked finite before it was saved) in "
             f"{ckpt.directory} is kept" if last is not None else "no checkpoint was written")
-    raise FloatingPointError(
+    raise DivergenceError(
         f"training diverged at step {bad} ({values}; {where} after step {step}); stopped "
         f"without saving it, {kept}. Lower config.optimizer.learning_rate, set "
         "config.optimizer.grad_clip_norm, or check the input data for NaN/inf.")

@@ -18,9 +18,8 @@ A changed device count or mesh shape with the same process count restores (orbax
 reshards the arrays onto the new mesh; the global batch, and so the data order, does
 not depend on the mesh).
 
-Which checkpoints are kept, and which is best, is decided here too. The best checkpoint
-is defined once, by ``best_criterion``: retention and ``--checkpoint best``
-(``launch/evaluate.py``, ``launch/export.py``) rank by it, and unless
+Which checkpoints are kept, and which is best, is decided here too, by one definition
+(``best_criterion``) that retention and ``--checkpoint best`` rank by: unless
 ``config.checkpoint.best_metric`` says otherwise it is the early-stopping metric, so the
 best checkpoint holds the params the run's final test scored.
 """

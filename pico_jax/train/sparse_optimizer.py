@@ -50,6 +50,7 @@ import optax
 from pico_jax import batch as B
 from pico_jax.data.schema import Schema
 from pico_jax.models.embeddings import table_layout
+from pico_jax.train.state import all_finite
 
 EMBEDDING_OPTIMIZERS = ("dense", "lazy_adam", "lazy_adagrad")
 # Where the fused table lives in the params (``PicoModel.embedding``'s ``table``).
@@ -212,7 +213,8 @@ class LazyEmbeddingOptimizer:
 
   def step(self, loss_fn: Callable, params, opt_state: LazyEmbeddingState, schema: Schema,
            features, *, count):
-    """Differentiates and updates: (params, opt_state, metrics).
+    """Differentiates and updates: (params, opt_state, metrics); ``metrics["finite"]``
+    says whether the metrics and everything the step changed are finite.
 
     Args:
       loss_fn: ``loss_fn(params, embedding_rows) -> (loss, metrics dict)``, the model's
@@ -244,6 +246,11 @@ class LazyEmbeddingOptimizer:
                                           count)
     metrics["grad_norm"] = grad_norm
     metrics["touched_rows"] = jnp.sum(rows < table.shape[0]).astype(jnp.float32)
+    # Only the touched rows changed, and the rest of the table was finite before this
+    # step (checked at every step, and at restore): checking those rows alone keeps the
+    # step's cost and temporaries O(batch), not O(vocabulary).
+    touched = jax.tree.map(lambda x: _gather(x, rows), (table, table_state))
+    metrics["finite"] = all_finite((metrics, rest, dense_state, touched))
     return (merge_table(table, rest), LazyEmbeddingState(dense=dense_state, table=table_state),
             metrics)
 

@@ -82,9 +82,9 @@ def train_step(state: TrainState, batch, *, model, tx, objective: dict,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["finite"] = all_finite((metrics, params, opt_state))
   if learning_rate is not None:
     metrics["learning_rate"] = jnp.asarray(learning_rate(state.step), jnp.float32)
-  metrics["finite"] = all_finite((metrics, params, opt_state))
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

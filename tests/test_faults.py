@@ -129,20 +129,6 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path):
       assert lr == pytest.approx(float(schedule(step - 1)), rel=1e-5, abs=1e-12), step
 
 
-def _poisoned_loader(first_bad_batch: int, config):
-  """load_dataset, with NaN dense features in the rows of training batches from
-  ``first_bad_batch`` on (epoch 0 order)."""
-  def load(cfg):
-    dataset = load_dataset(cfg)
-    train = dataset.splits["train"]
-    order = pipeline.epoch_permutation(len(train[B.CLICK]), cfg.seed, 0)
-    bad = order[first_bad_batch * cfg.train.batch_size:]
-    train[B.DENSE] = train[B.DENSE].copy()
-    train[B.DENSE][bad] = np.nan
-    return dataset
-  return load
-
-
 _DIVERGE = {**TINY, "train.steps": 12, "train.log_every": 5, "train.eval_every": 100,
             "checkpoint.every_steps": 4, "mesh.data": -1}
 _SENTINEL = 7777.0  # a dense value marking the rows of the poisoned batches.

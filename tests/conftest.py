@@ -71,3 +71,25 @@ def small_config(**overrides):
 @pytest.fixture
 def config():
   return small_config()
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+  """A 500-row synthetic dataset, for tests of one model on one batch."""
+  from pico_jax.data import synthetic
+  return synthetic.generate(seed=0, num_rows=500, num_users=50, num_items=40)
+
+
+def small_model(data, **overrides):
+  """(model, params, 64-row batch of ``data``, pico_objective kwargs) of small_config."""
+  import jax
+  import numpy as np
+  from pico_jax import batch as B
+  from pico_jax.models import build_model
+  from pico_jax.train.step import objective_kwargs
+  config = small_config(**overrides)
+  model = build_model(config, data.schema)
+  batch = {k: v[:64] for k, v in data.splits["train"].items()}
+  batch[B.MASK] = np.ones(64, np.float32)
+  params = model.init(jax.random.PRNGKey(0), B.features(batch))["params"]
+  return model, params, batch, objective_kwargs(config, mesh=None)

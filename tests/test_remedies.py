@@ -8,34 +8,18 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import small_config
+from conftest import small_config, small_model
 from pico_jax import batch as B
 from pico_jax import config as config_lib
 from pico_jax import diagnostics, metrics, stats
-from pico_jax.data import synthetic
 from pico_jax.losses import pico_objective
-from pico_jax.models import build_model
-from pico_jax.train.step import objective_kwargs
 
 
-@pytest.fixture(scope="module")
-def data():
-  return synthetic.generate(seed=0, num_rows=500, num_users=50, num_items=40)
 
 
-def _model(data, **overrides):
-  """(model, params, 64-row batch of ``data``, pico_objective kwargs) of small_config."""
-  config = small_config(**overrides)
-  model = build_model(config, data.schema)
-  batch = {k: v[:64] for k, v in data.splits["train"].items()}
-  batch[B.MASK] = np.ones(64, np.float32)
-  params = model.init(jax.random.PRNGKey(0), B.features(batch))["params"]
-  return model, params, batch, objective_kwargs(config, mesh=None)
-
-
-def _setup(data, **overrides):
+def _setup(tiny_data, **overrides):
   """(loss_fn(params) -> (total, terms), params) on the batch of ``_model``."""
-  model, params, batch, objective = _model(data, **overrides)
+  model, params, batch, objective = small_model(tiny_data, **overrides)
 
   def loss_fn(p):
     return pico_objective(model.apply({"params": p}, B.features(batch), train=True), batch,
@@ -47,18 +31,18 @@ def _norm(tree):
   return float(optax.tree.norm(tree))
 
 
-def _contrast_grads(data, **overrides):
+def _contrast_grads(tiny_data, **overrides):
   """Gradient of the contrastive term alone (task and supervision weights 0)."""
-  loss_fn, params = _setup(data, **{"loss.ctr_weight": 0.0, "loss.ctcvr_weight": 0.0,
+  loss_fn, params = _setup(tiny_data, **{"loss.ctr_weight": 0.0, "loss.ctcvr_weight": 0.0,
                                     "contrast.weight": 1.0, **overrides})
   return jax.jit(jax.grad(lambda p: loss_fn(p)[0]))(params)
 
 
-def test_supervision_only_tau_gets_no_contrastive_gradient(data):
-  default = _contrast_grads(data)
+def test_supervision_only_tau_gets_no_contrastive_gradient(tiny_data):
+  default = _contrast_grads(tiny_data)
   assert _norm(default["contrast"]["relatedness"]) > 0
   # (No supervision term either: the config check that asks for one is not run here.)
-  stopped = _contrast_grads(data, **{"contrast.tau_gradient": "supervision"})
+  stopped = _contrast_grads(tiny_data, **{"contrast.tau_gradient": "supervision"})
   assert _norm(stopped["contrast"]["relatedness"]) == 0
   assert _norm(stopped["contrast"]["relatedness_logit"]) == 0
   # The encoders still get the contrast's gradient.
@@ -67,25 +51,25 @@ def test_supervision_only_tau_gets_no_contrastive_gradient(data):
 
 @pytest.mark.parametrize("side,frozen,free", [("ctr", "ctr_tower", "cvr_tower"),
                                               ("cvr", "cvr_tower", "ctr_tower")])
-def test_detach_stops_the_contrast_at_one_side(data, side, frozen, free):
-  grads = _contrast_grads(data, **{"contrast.detach": side})
+def test_detach_stops_the_contrast_at_one_side(tiny_data, side, frozen, free):
+  grads = _contrast_grads(tiny_data, **{"contrast.detach": side})
   assert _norm(grads[frozen]) == 0
   assert _norm(grads[free]) > 0
   # The detached side's projection head still learns to match the other side.
   assert _norm(grads["contrast"][f"projection_{side}"]) > 0
 
 
-def test_backbone_representation_leaves_the_towers_alone(data):
-  towers = _contrast_grads(data)
+def test_backbone_representation_leaves_the_towers_alone(tiny_data):
+  towers = _contrast_grads(tiny_data)
   assert _norm(towers["cvr_tower"]) > 0
-  grads = _contrast_grads(data, **{"contrast.representation": "backbone"})
+  grads = _contrast_grads(tiny_data, **{"contrast.representation": "backbone"})
   assert _norm(grads["cvr_tower"]) == 0 and _norm(grads["ctr_tower"]) == 0
   assert _norm(grads["backbone"]) > 0
 
 
-def test_term_gradients_measure_each_term_at_each_module(data):
+def test_term_gradients_measure_each_term_at_each_module(tiny_data):
   def measure(overrides):
-    model, params, batch, objective = _model(data, **overrides)
+    model, params, batch, objective = small_model(tiny_data, **overrides)
     return jax.jit(lambda p, b: diagnostics.term_gradients(model, p, b, objective))(
         params, batch)
   out = measure({})
@@ -96,8 +80,8 @@ def test_term_gradients_measure_each_term_at_each_module(data):
   assert float(measure({"contrast.detach": "cvr"})["grad_loss_contrast_cvr_tower"]) == 0
 
 
-def _mean_tau_after(data, steps=40, **overrides):
-  loss_fn, params = _setup(data, **overrides)
+def _mean_tau_after(tiny_data, steps=40, **overrides):
+  loss_fn, params = _setup(tiny_data, **overrides)
   tx = optax.adam(1e-2)
   opt_state = tx.init(params)
 
@@ -111,15 +95,15 @@ def _mean_tau_after(data, steps=40, **overrides):
   return float(loss_fn(params)[1]["tau_mean"])
 
 
-def test_remedies_change_where_tau_goes(data):
+def test_remedies_change_where_tau_goes(tiny_data):
   """The InfoNCE alone drives tau from tau_init = 0.2 down; each remedy holds it up."""
-  collapsed = _mean_tau_after(data)
+  collapsed = _mean_tau_after(tiny_data)
   assert collapsed < 0.15
-  prior = _mean_tau_after(data, **{"contrast.tau_prior_weight": 1.0,
+  prior = _mean_tau_after(tiny_data, **{"contrast.tau_prior_weight": 1.0,
                                    "contrast.tau_prior": 0.3})
   assert prior > 0.2
   # Stopped InfoNCE gradient and only the prior: tau goes to the prior exactly.
-  stopped = _mean_tau_after(data, **{"contrast.tau_gradient": "supervision",
+  stopped = _mean_tau_after(tiny_data, **{"contrast.tau_gradient": "supervision",
                                      "contrast.tau_prior_weight": 1.0,
                                      "contrast.tau_prior": 0.3})
   assert abs(stopped - 0.3) < 0.02

@@ -11,37 +11,23 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import small_config
+from conftest import small_config, small_model
 from pico_jax import batch as B
 from pico_jax import config as config_lib
-from pico_jax.data import synthetic
 from pico_jax.losses import agreement_target, pico_objective, task_gradient_cosine
-from pico_jax.models import build_model, serving_params, task_gradients
+from pico_jax.models import serving_params, task_gradients
 from pico_jax.train import loop
-from pico_jax.train.step import eval_step, objective_kwargs
+from pico_jax.train.step import eval_step
 
 RULE = {"contrast.tau_gradient": "gradient_agreement"}
 WEIGHTS = dict(ctr_weight=1.0, ctcvr_weight=1.0, cvr_weight=0.0)
 
 
-@pytest.fixture(scope="module")
-def data():
-  return synthetic.generate(seed=0, num_rows=500, num_users=50, num_items=40)
 
 
-def _model(data, **overrides):
-  """(model, params, 64-row batch, pico_objective kwargs) of small_config."""
-  config = small_config(**overrides)
-  model = build_model(config, data.schema)
-  batch = {k: v[:64] for k, v in data.splits["train"].items()}
-  batch[B.MASK] = np.ones(64, np.float32)
-  params = model.init(jax.random.PRNGKey(0), B.features(batch))["params"]
-  return model, params, batch, objective_kwargs(config, mesh=None)
-
-
-def _loss_fn(data, **overrides):
+def _loss_fn(tiny_data, **overrides):
   """(terms(params) -> dict of the objective's terms, params), the rule's model path."""
-  model, params, batch, objective = _model(data, **overrides)
+  model, params, batch, objective = small_model(tiny_data, **overrides)
 
   def terms(p):
     outputs = task_gradients.apply_model(
@@ -67,8 +53,8 @@ def _rest(params):
 
 
 @pytest.mark.parametrize("backbone", ["mmoe", "ple", "aitm", "shared_bottom"])
-def test_logit_gradients_are_each_rows_own(data, backbone):
-  model, params, batch, _ = _model(data, **RULE, **{"model.backbone": backbone})
+def test_logit_gradients_are_each_rows_own(tiny_data, backbone):
+  model, params, batch, _ = small_model(tiny_data, **RULE, **{"model.backbone": backbone})
   features = B.features(batch)
   out = task_gradients.apply_model(model, {"params": params}, features, train=True,
                                    logit_gradients=True)
@@ -131,8 +117,8 @@ def test_the_rule_trains_tau_towards_its_target():
   assert grad[0] > 0 > grad[1]  # descent: r_0 (tau_0) falls, r_1 (tau_1) rises.
 
 
-def test_only_the_rule_trains_the_relatedness_network(data):
-  terms, params = _loss_fn(data, **RULE, **{"contrast.weight": 1.0})
+def test_only_the_rule_trains_the_relatedness_network(tiny_data):
+  terms, params = _loss_fn(tiny_data, **RULE, **{"contrast.weight": 1.0})
   rule = _grad(terms, params, "loss_tau_agreement")
   others = _grad(terms, params, "loss_ctr", "loss_ctcvr", "loss_contrast")
   # The rule's loss reaches the relatedness network and nothing else: its target is a
@@ -146,21 +132,21 @@ def test_only_the_rule_trains_the_relatedness_network(data):
   assert _norm(others["cvr_tower"]) > 0 and _norm(others["backbone"]) > 0
 
 
-def test_the_measurement_leaves_the_other_gradients_as_they_were(data):
+def test_the_measurement_leaves_the_other_gradients_as_they_were(tiny_data):
   """Task and contrast gradients under the rule equal those of tau_gradient=supervision
   (tau also under stop_gradient there) with no supervision: the logit gradients'
   forward and backward passes add nothing to them."""
-  terms, params = _loss_fn(data, **RULE)
+  terms, params = _loss_fn(tiny_data, **RULE)
   rule = _grad(terms, params, "loss")
-  plain_terms, _ = _loss_fn(data, **{"contrast.tau_gradient": "supervision"})
+  plain_terms, _ = _loss_fn(tiny_data, **{"contrast.tau_gradient": "supervision"})
   plain = _grad(plain_terms, params, "loss")
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(_rest(rule))[0],
                           jax.tree.leaves(_rest(plain))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8, err_msg=str(path))
 
 
-def test_the_objective_asks_for_the_logit_gradients(data):
-  model, params, batch, objective = _model(data, **RULE)
+def test_the_objective_asks_for_the_logit_gradients(tiny_data):
+  model, params, batch, objective = small_model(tiny_data, **RULE)
   outputs = model.apply({"params": params}, B.features(batch), train=True)
   with pytest.raises(ValueError, match="task_gradients.apply_model"):
     pico_objective(outputs, batch, **objective)
@@ -170,8 +156,8 @@ def test_the_config_accepts_the_rule_alone():
   config_lib.validate(small_config(**RULE))
 
 
-def test_serving_does_not_depend_on_the_relatedness_network(data):
-  model, params, batch, _ = _model(data, **RULE)
+def test_serving_does_not_depend_on_the_relatedness_network(tiny_data):
+  model, params, batch, _ = small_model(tiny_data, **RULE)
   features = B.features(batch)
   assert "contrast" not in serving_params(params)
   assert task_gradients.EMBEDDING not in params  # the perturbation is no parameter.

@@ -53,7 +53,8 @@ _SELECT = flags.DEFINE_multi_string("select", [], "NAME=V1,V2,...:METRIC: a vari
 _TEST_METRICS = flags.DEFINE_list("test_metrics", ["cvr_eauc"], "Metrics whose --baseline "
                                   "deltas get paired t p-values, Holm-adjusted over the "
                                   "family, and minimum detectable effects.")
-_FAMILY = flags.DEFINE_list("family", [], "Variants in the Holm family (default: all).")
+_FAMILY = flags.DEFINE_list("family", [], "Variants in the Holm family (default: all but "
+                            "the --baseline).")
 _PRIMARY = flags.DEFINE_string("primary", "", "'POINT :: METRIC': the declared primary "
                                "comparison (POINT against its --baseline peer), printed "
                                "first.")

@@ -307,8 +307,8 @@ def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
   ``selects``: ``parse_select`` specs, variants chosen per condition on the eval split
   (``select_best``). With a ``baseline``, the deltas of ``test_metrics`` get paired t
   p-values, minimum detectable effects and Holm-adjusted p-values over ``family`` (the
-  variants tested; default all) (``add_tests``); ``primary`` (``parse_primary``) is
-  written first in ``results.md``.
+  variants tested; default all but the baseline) (``add_tests``); ``primary``
+  (``parse_primary``) is written first in ``results.md``.
   """
   from pico_jax.data import load_dataset
   from pico_jax.train.periodic import PreemptionWatch
@@ -360,7 +360,8 @@ def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
     chosen = {r["selected"] for r in rows if r["point"] == row["point"] and "selected" in r}
     if chosen:
       row["selected"] = ",".join(sorted(chosen))
-  if baseline:
+  if baseline:  # the family defaults to every variant but the baseline itself.
+    family = family or sorted({r["point"].split(" ")[-1] for r in rows} - {baseline})
     summary = add_tests(summary, rows, test_metrics, family)
   _write_csv(os.path.join(workdir, "runs.csv"),
              [{k: v for k, v in r.items() if k != "settings"} for r in rows])

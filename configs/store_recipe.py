@@ -64,8 +64,8 @@ def store_config(*, backbone: str, pico: bool, embed_dim: int, expert_hidden: tu
   c.train.eval_every = eval_every
   c.train.eval_batch_size = eval_batch_size
   c.checkpoint.every_steps = eval_every
-  if pico:
-    c.contrast.mode = "personalized"
+  if pico:  # the shipped variant: fixed tau at the default lambda (configs/default.py).
+    c.contrast.mode = "fixed"
   else:
     c.contrast.mode = "none"
     c.contrast.weight = 0.0

@@ -208,8 +208,12 @@ def test_inactive_notice_decides_from_the_segment_means():
   assert loop.inactive_temperature_notice({**at_floor, "tau_segment_2": 0.3}, c) is None
   assert loop.inactive_temperature_notice({"tau_mean": 0.0501}, c) is not None
   assert loop.inactive_temperature_notice({"auc": 0.7}, c) is None
-  fixed = small_config(**{"contrast.mode": "fixed", "contrast.tau_init": 0.05}).contrast
-  assert loop.inactive_temperature_notice(at_floor, fixed) is None
+  fixed = small_config(**{"contrast.mode": "fixed", "contrast.tau_init": 0.2}).contrast
+  assert loop.inactive_temperature_notice({"tau_mean": 0.2}, fixed).startswith(
+      "the personalised temperature is inactive: contrast.mode=fixed gives every instance "
+      "tau=0.2")
+  none = small_config(**{"contrast.mode": "none"}).contrast
+  assert loop.inactive_temperature_notice(at_floor, none) is None
 
 
 def test_the_training_log_says_once_when_tau_sits_at_its_floor(tmp_path, caplog):

@@ -77,13 +77,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def inactive_temperature_notice(result: dict, contrast: ml_collections.ConfigDict,
                                 tolerance: float = 0.01) -> str | None:
-  """The notice to log when a learned temperature sits at its floor, else None.
+  """The notice to log when no temperature is personalised, else None.
 
-  PICO is on (``contrast.mode`` global or personalized) and the mean tau of every
-  segment (``tau_segment_<s>`` of ``result``; ``tau_mean`` without segments) lies within
-  ``tolerance * (tau_max - tau_min)`` of ``tau_min``: the contrast then acts as
-  ``fixed`` at tau_min.
+  ``contrast.mode`` fixed: every instance has tau_init, by choice (the default since
+  RESULTS.md section 4). Global or personalized: the mean tau of every segment
+  (``tau_segment_<s>`` of ``result``; ``tau_mean`` without segments) lies within
+  ``tolerance * (tau_max - tau_min)`` of ``tau_min``, so the contrast acts as ``fixed``
+  at tau_min.
   """
+  if contrast.mode == "fixed":
+    return (f"the personalised temperature is inactive: contrast.mode=fixed gives every "
+            f"instance tau={contrast.tau_init:g} (the default: on the positive-control test "
+            "bed a fixed tau helped and the learned one did not, RESULTS.md section 4); "
+            "contrast.mode=personalized learns one per instance")
   if contrast.mode not in ("global", "personalized"):
     return None
   taus = [v for k, v in sorted(result.items()) if k.startswith("tau_segment_")]
@@ -271,7 +277,8 @@ class Run:
           for k in taus))
     notice = inactive_temperature_notice(result, self.config.contrast)
     if notice and not self.tau_notice_given:
-      log.warning(notice)
+      # A fixed tau is a choice, said for the record; a learned one at its floor is not.
+      (log.info if self.config.contrast.mode == "fixed" else log.warning)(notice)
       self.tau_notice_given = True
     return result
 

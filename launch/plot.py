@@ -1,17 +1,8 @@
-"""Plot a run: python launch/plot.py --workdir DIR [--output DIR/plots].
+"""Plot a run: python launch/plot.py --workdir=DIR [--output=DIR/plots].
 
-Reads the run's ``metrics.jsonl``, ``train_metrics.jsonl`` and ``tau_<split>.npz`` (see
-``pico_jax/train/reporting.py``) and writes PNGs (``pico_jax.plots.plot_run``):
-
-  training_curves.png   train loss terms, tau_mean and examples/s against the step.
-  eval_metrics.png      task AUCs (and oracle AUCs, dashed) and loglosses of every
-                        evaluated split against the step.
-  tau_segments.png      mean tau per segment against the step (runs with segments).
-  tau_distribution.png  histogram of the last evaluated per-row tau, per segment where
-                        the data has segments (runs with a learned tau).
-  reliability.png       reliability diagram per task of the last evaluation (test when
-                        there is one): observed rate against mean prediction in
-                        equal-mass bins, with PCOC and ECE (``pico_jax.metrics``).
+Writes training_curves.png, eval_metrics.png, tau_segments.png, tau_distribution.png
+and reliability.png, each where the run's files allow it (``pico_jax.plots`` says what
+each shows; a notebook displays the same figures with ``plots.figures(DIR)``).
 """
 
 from absl import flags

@@ -1,26 +1,22 @@
 """A grid of configs x seeds, trained and tabulated: mean, std and paired intervals.
 
-  python launch/experiment.py --config=configs/default.py --workdir=DIR \\
-      --grid=model.backbone=shared_bottom,mmoe,ple \\
-      --grid=contrast.mode=none,fixed,global,personalized \\
-      --seeds=0,1,2 --epochs=10 --config.train.early_stopping_metric=mean_auc
+``run_grid(base, workdir, grid, variants, seeds, ...)`` trains every (grid point, seed)
+run not yet done and writes the tables; ``launch/experiment.py`` is its command line
+(its docstring is the user's guide: flags, files written, resume). The pieces:
 
-Each ``--grid KEY=V1,V2,...`` is one axis (any config key; values parsed as Python
-literals where they parse, else kept as strings); the runs are the Cartesian product of
-the axes and the seeds. ``--variant NAME:KEY=V;KEY=V`` adds named settings as one more
-axis (e.g. ``--variant "sup:contrast.mode=personalized;contrast.relatedness_supervision_weight=0.5"``).
-``--epochs`` sets ``train.steps`` to that many epochs of the training split and
-evaluates once per epoch. Any ``--config.*`` override applies to every run.
+* ``parse_axis`` / ``parse_variant`` / ``grid_points``: ``KEY=V1,V2`` axes (values as
+  Python literals where they parse) and ``NAME:KEY=V;KEY=V`` named settings, whose
+  Cartesian product with the seeds is the grid;
+* ``add_deltas``: each run minus the baseline variant's run of the same seed and point
+  (paired); ``select_best``: a variant chosen per condition on the eval split;
+  ``summarize`` / ``add_tests`` / ``markdown``: mean, std and paired 95% t intervals,
+  paired t p-values Holm-adjusted over a declared family, minimum detectable effects
+  (``pico_jax.stats``); ``primary_text``: the declared primary comparison, printed
+  first.
 
-Every run trains in ``DIR/<name>/`` with its own ``metrics.jsonl`` and writes
-``result.json`` (its final test metrics: those of the best evaluation when early
-stopping is on); a run that already has one is not run again. SIGTERM (preemption)
-saves the running run's checkpoint and exits with status 0; the same command resumes
-that run where it stopped (early stopping replays its ``metrics.jsonl``) and finishes
-the grid. ``--report_only`` tabulates the finished runs without training. Results:
-``DIR/results.csv`` (every metric, mean and std over seeds), ``DIR/results.md`` (the
-main metrics as mean ± std; ``--baseline`` deltas as mean [paired 95% t interval over
-seeds], ``pico_jax/stats.py``) and ``DIR/runs.csv`` (every run).
+Every run trains in ``DIR/<name>/`` and writes ``result.json``; a run that has one is
+never rerun, and a SIGTERM saves the running run and returns None, so the same call
+resumes the grid.
 """
 
 from __future__ import annotations

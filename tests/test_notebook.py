@@ -28,7 +28,8 @@ def test_quickstart_notebook_executes(tmp_path):
                     for o in c.outputs)
   assert "Spearman(tau, rho)" in outputs and "single-class users skipped" in outputs
   assert "PCOC" in outputs
-  # Inline figures: training curves, reliability diagrams, tau against rho.
+  # Inline figures: training curves, evaluation metrics, reliability diagrams, tau
+  # against rho.
   images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
             if "image/png" in o.get("data", {})]
-  assert len(images) == 3
+  assert len(images) == 4

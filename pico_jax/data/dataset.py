@@ -22,3 +22,17 @@ class Dataset:
 
   def num_rows(self, split: str) -> int:
     return len(self.splits[split][B.CLICK])
+
+
+def random_splits(columns: dict[str, np.ndarray], permutation: np.ndarray,
+                  val_fraction: float, test_fraction: float) -> dict[str, dict]:
+  """``columns`` (each [N, ...]) cut into train, val and test: consecutive slices of
+  ``permutation`` (int [N]) of sizes N - n_val - n_test, n_val = int(val_fraction N)
+  and n_test = int(test_fraction N)."""
+  num_rows = len(permutation)
+  n_val, n_test = int(val_fraction * num_rows), int(test_fraction * num_rows)
+  n_train = num_rows - n_val - n_test
+  bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val),
+            "test": (n_train + n_val, num_rows)}
+  return {name: {key: col[permutation[lo:hi]] for key, col in columns.items()}
+          for name, (lo, hi) in bounds.items()}

@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from pico_jax import batch as B
-from pico_jax.data.dataset import Dataset
+from pico_jax.data.dataset import Dataset, random_splits
 from pico_jax.data.schema import Schema, SparseField
 
 RELATEDNESS = ("zero", "one", "mixed")
@@ -141,13 +141,7 @@ def generate(
       B.R_TRUE: r.astype(np.float32),
       B.ORACLE_SHARED: shared.astype(np.float32),
   }
-  perm = rng.permutation(num_rows)
-  n_val, n_test = int(val_fraction * num_rows), int(test_fraction * num_rows)
-  n_train = num_rows - n_val - n_test
-  bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val),
-            "test": (n_train + n_val, num_rows)}
-  splits = {name: {key: col[perm[lo:hi]] for key, col in columns.items()}
-            for name, (lo, hi) in bounds.items()}
+  splits = random_splits(columns, rng.permutation(num_rows), val_fraction, test_fraction)
   schema = Schema(
       sparse=(SparseField("user_id", num_users + 1), SparseField("item_id", num_items + 1),
               SparseField("context", NUM_CONTEXTS + 1),

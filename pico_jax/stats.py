@@ -31,17 +31,22 @@ def t_critical_95(df: int) -> float:
   return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
 
 
+def _moments(deltas) -> tuple[int, float, float]:
+  """(n, mean, sample SD) of ``deltas`` with NaN values dropped (mean NaN when n = 0,
+  SD NaN when n < 2)."""
+  values = [float(d) for d in deltas if not math.isnan(float(d))]
+  n = len(values)
+  mean = sum(values) / n if n else math.nan
+  sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+  return n, mean, sd
+
+
 def paired_interval(deltas) -> tuple[float, float, float]:
   """(mean, low, high) of the 95% paired t interval of ``deltas``; NaN values are
   dropped, and the bounds are NaN with fewer than two values."""
-  values = [float(d) for d in deltas if not math.isnan(float(d))]
-  n = len(values)
-  if n == 0:
-    return math.nan, math.nan, math.nan
-  mean = sum(values) / n
+  n, mean, sd = _moments(deltas)
   if n < 2:
     return mean, math.nan, math.nan
-  sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
   half = t_critical_95(n - 1) * sd / math.sqrt(n)
   return mean, mean - half, mean + half
 
@@ -128,12 +133,9 @@ def t_quantile(q: float, df: float) -> float:
 def paired_t_pvalue(deltas) -> float:
   """Two-sided p of the paired t test that mean(deltas) = 0 (NaN values dropped; NaN
   with fewer than two values; 0 or 1 when every delta is equal)."""
-  values = [float(d) for d in deltas if not math.isnan(float(d))]
-  n = len(values)
+  n, mean, sd = _moments(deltas)
   if n < 2:
     return math.nan
-  mean = sum(values) / n
-  sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
   if sd == 0:
     return 1.0 if mean == 0 else 0.0
   return min(1.0, 2 * t_sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
@@ -143,12 +145,9 @@ def min_detectable_effect(deltas, power: float = 0.8) -> float:
   """The smallest true mean difference a two-sided 5% paired t test of this many seeds
   detects with probability ``power``, at the observed paired SD:
   (t_{0.975, n-1} + t_{power, n-1}) sd / sqrt(n). NaN with fewer than two values."""
-  values = [float(d) for d in deltas if not math.isnan(float(d))]
-  n = len(values)
+  n, _, sd = _moments(deltas)
   if n < 2:
     return math.nan
-  mean = sum(values) / n
-  sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
   return (t_critical_95(n - 1) + t_quantile(power, n - 1)) * sd / math.sqrt(n)
 
 

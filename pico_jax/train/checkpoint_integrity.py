@@ -97,13 +97,14 @@ def summarize(tree) -> dict[str, tuple[str, bool]]:
   return {path_name(path): value for path, value in zip(paths, summary)}
 
 
-def text_crc(text: str) -> str:
-  return f"{zlib.crc32(text.encode()):08x}"
+def _crc(data: bytes) -> str:
+  """The CRC-32 of ``data`` as 8 hex digits, the form the ``integrity`` item holds."""
+  return f"{zlib.crc32(data):08x}"
 
 
 def config_crc(config: dict) -> str:
   """The CRC-32 of a config as canonical JSON (the same before and after saving it)."""
-  return text_crc(json.dumps(config, sort_keys=True))
+  return _crc(json.dumps(config, sort_keys=True).encode())
 
 
 def data_crcs(data_iterator) -> list[str]:
@@ -147,7 +148,7 @@ def data_problem(recorded: dict, directory: str) -> str | None:
   name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
   path = os.path.join(directory, name)
   with open(path, "rb") as f:
-    crc = f"{zlib.crc32(f.read()):08x}"
+    crc = _crc(f.read())
   want = recorded["data"]
   if jax.process_index() < len(want) and want[jax.process_index()] != crc:
     return f"file {name!r} does not match the checksum recorded when it was saved"

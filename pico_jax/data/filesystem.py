@@ -1,0 +1,52 @@
+"""Where a store lives: a local directory or an object-store URI, through ``pyarrow.fs``.
+
+Store code never assumes a POSIX path: it resolves a location once with ``resolve`` and
+then talks to the returned ``pyarrow.fs.FileSystem`` with ``/``-joined paths. Local
+directories, ``file://``, ``s3://`` (AWS, or any S3 server: add
+``?endpoint_override=HOST:PORT&scheme=http`` or set ``AWS_ENDPOINT_URL``) and ``gs://``
+(pyarrow's GCS filesystem) all go through the same calls.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+import pyarrow.fs as pafs
+
+from pico_jax.data.errors import DataError
+
+
+def is_uri(location: str) -> bool:
+  """Whether ``location`` names a scheme (``s3://...``) rather than a local path."""
+  return "://" in location
+
+
+def resolve(location: str) -> tuple[pafs.FileSystem, str]:
+  """(filesystem, path inside it) for a local path or a URI; a local path is made
+  absolute. An unknown scheme or a filesystem pyarrow cannot open is a ``DataError``
+  naming ``location``."""
+  if not is_uri(location):
+    return pafs.LocalFileSystem(), os.path.abspath(location)
+  try:
+    return pafs.FileSystem.from_uri(location)
+  except (ValueError, OSError) as e:
+    raise DataError(f"cannot open this location: {e}", path=location) from None
+
+
+def join(location: str, *parts: str) -> str:
+  """``location`` with ``parts`` appended, keeping a URI's query string (the endpoint
+  settings of ``s3://bucket/dir?endpoint_override=...``) at the end."""
+  if not is_uri(location):
+    return os.path.join(location, *parts)
+  base, sep, query = location.partition("?")
+  return posixpath.join(base, *parts) + sep + query
+
+
+def exists(location: str) -> bool:
+  """Whether a file or directory exists at ``location``."""
+  fs, path = resolve(location)
+  try:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+  except OSError as e:
+    raise DataError(f"cannot reach this location: {e}", path=location) from None

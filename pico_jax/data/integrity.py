@@ -1,0 +1,107 @@
+"""A store's checksums and fingerprint: what makes a store's bytes verifiable.
+
+At write time a store records in ``meta.json``:
+
+* ``files``: ``{relative path: {"bytes": int, "blake3": hex}}`` for every data file
+  (columns, shards, vocabularies), relative paths joined with ``/``;
+* ``fingerprint``: the BLAKE3 digest of the canonical JSON of the rest of ``meta.json``
+  (schema, statistics, row counts, ``files``). Equal fingerprints mean equal stores,
+  byte for byte, and an edit to ``meta.json`` itself changes it.
+
+Checkpoints and exports record the fingerprint, so a run, an evaluation or a prediction
+against another store is caught by comparing one string. ``verify_file`` checks one file
+against its entry (a streamed store checks each shard on its first read).
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import blake3
+import pyarrow.fs as pafs
+
+from pico_jax.data import filesystem
+from pico_jax.data.errors import DataError
+
+FILES = "files"
+FINGERPRINT = "fingerprint"
+_CHUNK = 16 << 20  # bytes per read: large enough that BLAKE3, not the call, dominates.
+
+
+class IntegrityError(DataError):
+  """A store file or ``meta.json`` does not match what was recorded when it was written."""
+
+
+def digest_bytes(data) -> str:
+  """BLAKE3 of ``data`` (bytes-like), 64 hex digits."""
+  return blake3.blake3(data).hexdigest()
+
+
+def file_entry(location: str) -> dict[str, Any]:
+  """``{"bytes": size, "blake3": hex}`` of the file at ``location`` (a path or a URI)."""
+  fs, path = filesystem.resolve(location)
+  digest = blake3.blake3()
+  if isinstance(fs, pafs.LocalFileSystem):
+    size = os.path.getsize(path)
+    if size:
+      with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        for start in range(0, size, _CHUNK):
+          digest.update(m[start:start + _CHUNK])
+    return {"bytes": size, "blake3": digest.hexdigest()}
+  size = 0
+  with fs.open_input_stream(path) as stream:
+    while chunk := stream.read(_CHUNK):
+      size += len(chunk)
+      digest.update(chunk)
+  return {"bytes": size, "blake3": digest.hexdigest()}
+
+
+def fingerprint(meta: Mapping[str, Any]) -> str:
+  """The store's fingerprint: BLAKE3 of ``meta`` without its ``fingerprint`` key, as
+  canonical JSON (sorted keys, no whitespace)."""
+  body = {k: v for k, v in meta.items() if k != FINGERPRINT}
+  text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+  return digest_bytes(text.encode())
+
+
+def seal(meta: dict[str, Any], root: str, relpaths) -> dict[str, Any]:
+  """``meta`` with ``files`` (each of ``relpaths`` under ``root`` hashed) and
+  ``fingerprint`` set: what a writer records just before it commits a store."""
+  files = {rel: file_entry(filesystem.join(root, *rel.split("/"))) for rel in sorted(relpaths)}
+  sealed = dict(meta, **{FILES: files})
+  sealed.pop(FINGERPRINT, None)
+  sealed[FINGERPRINT] = fingerprint(sealed)
+  return sealed
+
+
+def check_meta(meta: Mapping[str, Any], meta_location: str) -> None:
+  """Raises ``IntegrityError`` unless ``meta`` carries ``files`` and a ``fingerprint``
+  that matches its content."""
+  if FILES not in meta or FINGERPRINT not in meta:
+    raise IntegrityError("meta.json has no checksums: the store was written by a "
+                         "version without them, or they were removed", path=meta_location)
+  if fingerprint(meta) != meta[FINGERPRINT]:
+    raise IntegrityError("meta.json was changed after the store was written (its "
+                         "fingerprint does not match its content)", path=meta_location)
+
+
+def verify_file(root: str, relpath: str, entry: Mapping[str, Any]) -> None:
+  """Raises ``IntegrityError`` naming the file unless the file at ``relpath`` under
+  ``root`` has the size and digest of ``entry``."""
+  location = filesystem.join(root, *relpath.split("/"))
+  try:
+    found = file_entry(location)
+  except FileNotFoundError:
+    raise IntegrityError("missing store file", path=location) from None
+  except OSError as e:
+    raise IntegrityError(f"cannot read store file: {e}", path=location) from None
+  if found["bytes"] != entry["bytes"]:
+    raise IntegrityError(f"store file has {found['bytes']} bytes; meta.json recorded "
+                         f"{entry['bytes']}", path=location)
+  if found["blake3"] != entry["blake3"]:
+    raise IntegrityError("store file changed since it was written (BLAKE3 differs from "
+                         "meta.json)", path=location)

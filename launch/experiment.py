@@ -74,7 +74,7 @@ def main():
     experiments.parse_primary(_PRIMARY.value)  # a bad spec fails before any training.
   rows = experiments.run_grid(base, _WORKDIR.value, grid, variants,
                               [int(s) for s in _SEEDS.value], _EPOCHS.value,
-                              _COLUMNS.value or experiments.DEFAULT_COLUMNS,
+                              _COLUMNS.value,
                               not _REPORT_ONLY.value, _BASELINE.value, selects,
                               _TEST_METRICS.value, _FAMILY.value or None, _PRIMARY.value)
   if rows is None:

@@ -30,11 +30,7 @@ import math
 import os
 import time
 
-
-DEFAULT_COLUMNS = ("ctr_auc", "cvr_auc", "cvr_auc_all_rows", "ctcvr_auc", "cvr_eauc",
-                   "ctcvr_eauc", "oracle_ctr_auc", "oracle_cvr_auc", "oracle_ctcvr_auc",
-                   "ctcvr_logloss", "ctr_pcoc", "cvr_pcoc", "ctcvr_pcoc", "tau_mean",
-                   "tau_rho_spearman", "tau_r_spearman", "best_step")
+from pico_jax import metric_names
 
 
 def _literal(text: str):
@@ -80,14 +76,11 @@ def grid_points(grid: list[tuple[str, list]], variants: list[tuple[str, dict]]):
     yield names, settings
 
 
-DELTA_METRICS = ("ctr_auc", "cvr_auc", "cvr_auc_all_rows", "ctcvr_auc", "mean_auc",
-                 "ctr_eauc", "cvr_eauc", "ctcvr_eauc", "mean_eauc")
-
-
 def add_deltas(runs: list[dict], baseline: str) -> list[dict]:
   """Adds ``delta_<metric>`` = run - run of grid point ``baseline`` with the same seed
-  (and the same other grid coordinates): paired differences, free of the seed-to-seed
-  variation that both runs share (synthetic data are drawn from the seed)."""
+  (and the same other grid coordinates) for every metric of ``metric_names.DELTAS``:
+  paired differences, free of the seed-to-seed variation that both runs share
+  (synthetic data are drawn from the seed)."""
   def key(r, point):
     return (point, r["seed"])
   def peer(point):  # the baseline of a point: its name with the variant replaced.
@@ -101,7 +94,7 @@ def add_deltas(runs: list[dict], baseline: str) -> list[dict]:
     base = index.get(key(r, peer(r["point"])))
     if base is None:
       continue
-    for m in DELTA_METRICS:
+    for m in metric_names.DELTAS:
       if m in r and m in base:
         r[f"delta_{m}"] = r[m] - base[m]
   return runs
@@ -284,7 +277,7 @@ def _train_run(base, names, settings, seed, run_dir) -> dict | None:
   chosen = [r for r in records if r["split"] == config.data.eval_split
             and r["step"] == test_step]
   chosen = {f"val_{k}": float(v) for k, v in (chosen[-1] if chosen else {}).items()
-            if k in DELTA_METRICS}
+            if k in metric_names.DELTAS}
   return {"point": " ".join(names) or "base", "seed": int(seed),
           **{k: float(v) for k, v in test.items()}, **chosen,
           "best_step": float(test_step), "steps_trained": float(max(r["step"] for r in records)),
@@ -292,14 +285,15 @@ def _train_run(base, names, settings, seed, run_dir) -> dict | None:
 
 
 def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
-             columns=DEFAULT_COLUMNS, train: bool = True,
+             columns=(), train: bool = True,
              baseline: str = "", selects=(), test_metrics=("cvr_eauc",), family=None,
              primary: str = "") -> list[dict] | None:
   """Trains every (grid point, seed) not yet done; returns every run's result row, or
   None when a run was preempted (SIGTERM): its state is saved, no table is written, and
   the same call resumes the grid.
 
-  With ``train=False`` nothing is trained: the tables cover the finished runs only.
+  ``columns``: those of ``results.md`` (default ``metric_names.TABLE_COLUMNS``). With
+  ``train=False`` nothing is trained: the tables cover the finished runs only.
   ``selects``: ``parse_select`` specs, variants chosen per condition on the eval split
   (``select_best``). With a ``baseline``, the deltas of ``test_metrics`` get paired t
   p-values, minimum detectable effects and Holm-adjusted p-values over ``family`` (the
@@ -365,5 +359,5 @@ def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
   with open(os.path.join(workdir, "results.md"), "w") as f:
     if primary:
       f.write(primary_text(summary, primary, baseline) + "\n")
-    f.write(markdown(summary, group_keys, columns))
+    f.write(markdown(summary, group_keys, columns or metric_names.TABLE_COLUMNS))
   return rows

@@ -23,14 +23,7 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
-
-TRAIN_KEYS = ("loss", "loss_ctr", "loss_ctcvr", "loss_cvr", "loss_contrast",
-              "loss_relatedness", "tau_mean", "examples_per_sec")
-AUC_KEYS = ("ctr_auc", "cvr_auc", "cvr_auc_all_rows", "ctcvr_auc")
-LOGLOSS_KEYS = ("ctr_logloss", "cvr_logloss", "ctcvr_logloss")
-# Tasks with a reliability curve, each on its own rows (cvr: clicked rows; cvr_all_rows:
-# every row, for independent tasks).
-CALIBRATION_TASKS = ("ctr", "cvr", "cvr_all_rows", "ctcvr")
+from pico_jax import metric_names
 
 
 def draw_reliability(ax, predicted, observed, title: str = ""):
@@ -66,7 +59,7 @@ def _eval_splits(records) -> list[str]:
 
 def training_curves(records) -> Figure | None:
   """Train loss terms, tau_mean and examples/s against the step."""
-  keys = [k for k in TRAIN_KEYS if _series(records, "train", k)[0]]
+  keys = [k for k in metric_names.TRAIN_PLOT if _series(records, "train", k)[0]]
   if not keys:
     return None
   fig = Figure(figsize=(3.2 * len(keys), 3))
@@ -85,7 +78,7 @@ def eval_metrics(records) -> Figure | None:
   fig = Figure(figsize=(11, 4))
   ax_auc, ax_ll = fig.subplots(1, 2)
   for split in splits:
-    for key in AUC_KEYS:
+    for key in metric_names.AUC_PLOT:
       steps, values = _series(records, split, key)
       if steps:
         line, = ax_auc.plot(steps, values, marker="o", label=f"{split} {key}")
@@ -93,7 +86,7 @@ def eval_metrics(records) -> Figure | None:
         if ost:
           ax_auc.plot(ost, ovals, linestyle="--", color=line.get_color(),
                       label=f"{split} oracle_{key}")
-    for key in LOGLOSS_KEYS:
+    for key in metric_names.LOGLOSS_PLOT:
       steps, values = _series(records, split, key)
       if steps:
         ax_ll.plot(steps, values, marker="o", label=f"{split} {key}")
@@ -156,7 +149,8 @@ def reliability(records) -> Figure | None:
     return None
   split = "test" if "test" in splits else splits[-1]
   last = max((r for r in records if r["split"] == split), key=lambda r: r["step"])
-  curves = [(t, *reliability_from_metrics(last, t)) for t in CALIBRATION_TASKS]
+  curves = [(t, *reliability_from_metrics(last, t)) for t in
+            metric_names.CALIBRATION_TASKS]
   curves = [c for c in curves if len(c[1]) and np.isfinite(c[1]).all()
             and np.isfinite(c[2]).all()]
   if not curves:

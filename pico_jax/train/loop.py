@@ -16,6 +16,7 @@ from typing import Iterable
 import jax
 import ml_collections
 
+from pico_jax import metric_names
 from pico_jax import parallel
 from pico_jax import workdir as workdir_lib
 from pico_jax.train import checkpoint as checkpoint_lib
@@ -26,11 +27,6 @@ from pico_jax.train.state import nonfinite_leaves
 from pico_jax.train.trainer import Trainer, build
 
 log = logging.getLogger("pico_jax")
-
-_EVAL_KEYS = ("ctr_auc", "oracle_ctr_auc", "cvr_auc", "oracle_cvr_auc", "ctcvr_auc",
-              "oracle_ctcvr_auc", "ctr_eauc", "cvr_eauc", "ctcvr_eauc", "ctr_logloss",
-              "cvr_logloss", "ctcvr_logloss")
-_TRAIN_KEYS = ("loss_ctr", "loss_ctcvr", "loss_contrast", "tau_mean")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -247,7 +243,8 @@ class Run:
       return
     record = self.reporter.train(step, window.mean())
     log.info("step %d/%d loss=%.4f %s | %.1f steps/s %.0f examples/s", step,
-             self.config.train.steps, record["loss"], _format(self.last_metrics, _TRAIN_KEYS),
+             self.config.train.steps, record["loss"],
+             _format(self.last_metrics, metric_names.TRAIN_LOG),
              record["steps_per_sec"], record["examples_per_sec"])
 
   def evaluate(self, step: int):
@@ -268,7 +265,7 @@ class Run:
     trainer = self.trainer
     result, predictions = trainer.evaluate(split, params)
     self.reporter.eval(step, split, result, predictions, trainer.dataset.splits[split])
-    log.info("eval %s step %d: %s", split, step, _format(result, _EVAL_KEYS))
+    log.info("eval %s step %d: %s", split, step, _format(result, metric_names.EVAL_LOG))
     rho = trainer.dataset.info.get("rho")
     taus = sorted(k for k in result if k.startswith("tau_segment_"))
     if taus and rho is not None:

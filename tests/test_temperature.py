@@ -14,6 +14,7 @@ import pytest
 from conftest import small_config, small_model
 from pico_jax import batch as B
 from pico_jax import config as config_lib
+from pico_jax.contrast import diagnostics
 from pico_jax.losses import agreement_target, pico_objective, task_gradient_cosine
 from pico_jax.models import serving_params, task_gradients
 from pico_jax.train import loop
@@ -201,19 +202,40 @@ def test_training_with_the_rule_is_deterministic_and_tau_does_not_collapse(tmp_p
 def test_inactive_notice_decides_from_the_segment_means():
   c = small_config().contrast
   at_floor = {"tau_segment_0": 0.0501, "tau_segment_1": 0.0502, "tau_mean": 0.0501}
-  notice = loop.inactive_temperature_notice(at_floor, c)
+  notice = diagnostics.inactive_temperature_notice(at_floor, c)
   assert notice.startswith("the personalised temperature is inactive: tau is at "
                            "tau_min=0.05 for every segment")
   assert "contrast.tau_gradient=gradient_agreement" in notice
-  assert loop.inactive_temperature_notice({**at_floor, "tau_segment_2": 0.3}, c) is None
-  assert loop.inactive_temperature_notice({"tau_mean": 0.0501}, c) is not None
-  assert loop.inactive_temperature_notice({"auc": 0.7}, c) is None
+  assert diagnostics.inactive_temperature_notice({**at_floor, "tau_segment_2": 0.3}, c) is None
+  assert diagnostics.inactive_temperature_notice({"tau_mean": 0.0501}, c) is not None
+  assert diagnostics.inactive_temperature_notice({"auc": 0.7}, c) is None
   fixed = small_config(**{"contrast.mode": "fixed", "contrast.tau_init": 0.2}).contrast
-  assert loop.inactive_temperature_notice({"tau_mean": 0.2}, fixed).startswith(
+  assert diagnostics.inactive_temperature_notice({"tau_mean": 0.2}, fixed).startswith(
       "the personalised temperature is inactive: contrast.mode=fixed gives every instance "
       "tau=0.2")
   none = small_config(**{"contrast.mode": "none"}).contrast
-  assert loop.inactive_temperature_notice(at_floor, none) is None
+  assert diagnostics.inactive_temperature_notice(at_floor, none) is None
+
+
+def test_the_temperature_report_logs_tau_beside_rho_and_the_notice_once(caplog):
+  report = diagnostics.TemperatureReport(small_config().contrast, rho=[0.0, 0.5])
+  at_floor = {"tau_segment_0": 0.0501, "tau_segment_1": 0.05012, "ctr_auc": 0.7}
+  with caplog.at_level(logging.INFO, logger="pico_jax"):
+    report(at_floor)
+    report(at_floor)
+    report({"ctr_auc": 0.7})  # no segments: nothing to say.
+  assert [(r.levelname, r.message[:48]) for r in caplog.records] == [
+      ("INFO", "mean tau per segment (rho = true relatedness): s"),
+      ("WARNING", "the personalised temperature is inactive: tau is"),
+      ("INFO", "mean tau per segment (rho = true relatedness): s")]
+  assert caplog.records[0].message.endswith(
+      ": seg 0: tau=0.050 rho=0.00, seg 1: tau=0.050 rho=0.50")
+  caplog.clear()
+  fixed = small_config(**{"contrast.mode": "fixed", "contrast.tau_init": 0.2}).contrast
+  with caplog.at_level(logging.INFO, logger="pico_jax"):
+    diagnostics.TemperatureReport(fixed, rho=None)({"tau_segment_0": 0.2})
+  assert [r.levelname for r in caplog.records] == ["INFO"]  # a fixed tau is a choice.
+  assert diagnostics.tau_rho_line({"tau_segment_0": 0.2}, None) is None
 
 
 def test_the_training_log_says_once_when_tau_sits_at_its_floor(tmp_path, caplog):

@@ -19,6 +19,7 @@ import ml_collections
 from pico_jax import metric_names
 from pico_jax import parallel
 from pico_jax import workdir as workdir_lib
+from pico_jax.contrast.diagnostics import TemperatureReport
 from pico_jax.train import checkpoint as checkpoint_lib
 from pico_jax.train import reporting
 from pico_jax.train.early_stopping import EarlyStopping
@@ -71,35 +72,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       raise
 
 
-def inactive_temperature_notice(result: dict, contrast: ml_collections.ConfigDict,
-                                tolerance: float = 0.01) -> str | None:
-  """The notice to log when no temperature is personalised, else None.
-
-  ``contrast.mode`` fixed: every instance has tau_init, by choice (the default since
-  RESULTS.md section 4). Global or personalized: the mean tau of every segment
-  (``tau_segment_<s>`` of ``result``; ``tau_mean`` without segments) lies within
-  ``tolerance * (tau_max - tau_min)`` of ``tau_min``, so the contrast acts as ``fixed``
-  at tau_min.
-  """
-  if contrast.mode == "fixed":
-    return (f"the personalised temperature is inactive: contrast.mode=fixed gives every "
-            f"instance tau={contrast.tau_init:g} (the default: on the positive-control test "
-            "bed a fixed tau helped and the learned one did not, RESULTS.md section 4); "
-            "contrast.mode=personalized learns one per instance")
-  if contrast.mode not in ("global", "personalized"):
-    return None
-  taus = [v for k, v in sorted(result.items()) if k.startswith("tau_segment_")]
-  taus = taus or [result[k] for k in ("tau_mean",) if k in result]
-  floor = contrast.tau_min + tolerance * (contrast.tau_max - contrast.tau_min)
-  if not taus or max(taus) > floor:
-    return None
-  return (f"the personalised temperature is inactive: tau is at tau_min="
-          f"{contrast.tau_min:g} for every segment (highest segment mean {max(taus):.4f}); "
-          "the InfoNCE alone drives it there (docs/method.md, section 4). Train it with "
-          "contrast.tau_gradient=gradient_agreement, or say what it amounts to: "
-          f"contrast.mode=fixed with contrast.tau_init={contrast.tau_min:g}")
-
-
 def _format(metrics: dict, keys) -> str:
   return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
 
@@ -139,7 +111,7 @@ class Run:
     self.saved_step = trainer.resumed_step
     self.evaluation = None  # (step, metrics) of the latest evaluation.
     self.preempted = False
-    self.tau_notice_given = False  # inactive_temperature_notice: logged once a run.
+    self.temperature_report = TemperatureReport(c.contrast, trainer.dataset.info.get("rho"))
     n_params = sum(x.size for x in jax.tree.leaves(trainer.state.params))
     log.info("%s backbone, contrast=%s, %d params, %d devices, mesh %s, %d train rows",
              c.model.backbone, c.contrast.mode, n_params, jax.device_count(),
@@ -266,17 +238,7 @@ class Run:
     result, predictions = trainer.evaluate(split, params)
     self.reporter.eval(step, split, result, predictions, trainer.dataset.splits[split])
     log.info("eval %s step %d: %s", split, step, _format(result, metric_names.EVAL_LOG))
-    rho = trainer.dataset.info.get("rho")
-    taus = sorted(k for k in result if k.startswith("tau_segment_"))
-    if taus and rho is not None:
-      log.info("mean tau per segment (rho = true relatedness): %s", ", ".join(
-          f"seg {k.rsplit('_', 1)[1]}: tau={result[k]:.3f} rho={rho[int(k.rsplit('_', 1)[1])]:.2f}"
-          for k in taus))
-    notice = inactive_temperature_notice(result, self.config.contrast)
-    if notice and not self.tau_notice_given:
-      # A fixed tau is a choice, said for the record; a learned one at its floor is not.
-      (log.info if self.config.contrast.mode == "fixed" else log.warning)(notice)
-      self.tau_notice_given = True
+    self.temperature_report(result)
     return result
 
   def save(self, step: int):

@@ -1,6 +1,7 @@
 """The training loop: a built run (``trainer.build``) driven step by step, with logging,
-evaluation and early stopping, checkpoints, the preemption check and the finite check
-as periodic actions (``periodic.Every``).
+evaluation, the temperature report (``pico_jax.contrast.diagnostics``), early stopping,
+checkpoints, the preemption check and the finite check as periodic actions
+(``periodic.Every``).
 
 All side effects (I/O, logging, checkpoints) live here and in the modules it calls;
 the steps it drives are pure.
@@ -53,8 +54,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     trainer = build(config, workdir)
     stack.callback(trainer.close)  # the saves already started finish, even on errors.
     run = stack.enter_context(Run(trainer, workdir))
+    report = TemperatureReport(config.contrast, trainer.dataset.info.get("rho"))
     actions = [Every(t.log_every, run.log_train, last=t.steps),
-               Every(t.eval_every, run.evaluate, last=t.steps)]
+               Every(t.eval_every, run.evaluate, last=t.steps),
+               # Between an evaluation's line and early stopping's verdict on it.
+               Every(t.eval_every, lambda _: report(run.evaluation[1]), last=t.steps),
+               Every(t.eval_every, run.update_early_stopping, last=t.steps)]
     if trainer.checkpointer is not None:
       actions.append(Every(config.checkpoint.every_steps, run.save, last=t.steps,
                            also=lambda: run.stopped_early))
@@ -65,7 +70,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         run.train(next(batches))
         for action in actions:
           action(run.step)
-      return None if run.preempted else run.test()
+      if run.preempted:
+        return None
+      result = run.test()
+      report(result)
+      return result
     except jax.errors.JaxRuntimeError:
       if jax.process_count() > 1:  # a collective that failed because a process is gone:
         parallel.PeerWatch.wait_if_lost(30)  # the watch ends the job with its one line.
@@ -111,7 +120,6 @@ class Run:
     self.saved_step = trainer.resumed_step
     self.evaluation = None  # (step, metrics) of the latest evaluation.
     self.preempted = False
-    self.temperature_report = TemperatureReport(c.contrast, trainer.dataset.info.get("rho"))
     n_params = sum(x.size for x in jax.tree.leaves(trainer.state.params))
     log.info("%s backbone, contrast=%s, %d params, %d devices, mesh %s, %d train rows",
              c.model.backbone, c.contrast.mode, n_params, jax.device_count(),
@@ -220,13 +228,14 @@ class Run:
              record["steps_per_sec"], record["examples_per_sec"])
 
   def evaluate(self, step: int):
-    """Evaluates the eval split; updates early stopping and the best params."""
-    split = self.config.data.eval_split
-    result = self._evaluate(split, step)
-    self.evaluation = (step, result)
+    """Evaluates the eval split (the latest evaluation: ``self.evaluation``)."""
+    self.evaluation = (step, self._evaluate(self.config.data.eval_split, step))
+
+  def update_early_stopping(self, step: int):
+    """Updates early stopping and the best params with the evaluation of ``step``."""
     if self.stopper is None:
       return
-    if self.stopper.update(step, result):
+    if self.stopper.update(step, self.evaluation[1]):
       self.best_params = _copy(self.trainer.state.params)
     if self.stopper.should_stop:
       s = self.stopper
@@ -238,7 +247,6 @@ class Run:
     result, predictions = trainer.evaluate(split, params)
     self.reporter.eval(step, split, result, predictions, trainer.dataset.splits[split])
     log.info("eval %s step %d: %s", split, step, _format(result, metric_names.EVAL_LOG))
-    self.temperature_report(result)
     return result
 
   def save(self, step: int):

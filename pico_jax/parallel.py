@@ -15,12 +15,13 @@ rows into global arrays.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import sys
 import threading
 import time
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import flax.linen as nn
 import jax
@@ -31,6 +32,7 @@ DATA, MODEL = "data", "model"
 DISTRIBUTED_MODES = ("auto", "on", "off")
 
 log = logging.getLogger("pico_jax")
+_watch: PeerWatch | None = None  # this process's, started by initialize_distributed.
 
 
 def _cluster_detected() -> str | None:
@@ -102,7 +104,9 @@ def initialize_distributed(mode: str = "auto", *, coordinator_address: str | Non
                                heartbeat_timeout_seconds=heartbeat_timeout)
   finally:
     timer.cancel()
-  PeerWatch(peer_timeout).start()
+  global _watch
+  _watch = PeerWatch(peer_timeout)
+  _watch.start()
   log.info("process %d of %d joined the job (coordinator %s); %d local, %d global devices",
            jax.process_index(), jax.process_count(), coordinator_address or "auto-detected",
            jax.local_device_count(), jax.device_count())
@@ -123,15 +127,12 @@ class PeerWatch(threading.Thread):
   Every ``interval`` seconds a daemon thread raises this process's counter in jax's
   coordination key-value store and reads the others'. A counter that has not moved for
   ``timeout`` seconds (SIGKILL, a crash, a lost host), or a coordinator that no longer
-  answers (process 0 lost), prints ``error: process <k> of <n> was lost ...`` with what
-  ``exit_note`` returns (the loop registers the latest intact checkpoint) and exits with
-  status 1 at once: the collectives of the survivors would otherwise wait for jax's
-  heartbeat timeout and abort with pages of thread dumps. A process that finishes
-  normally marks itself done first (atexit), so the others never take it for lost.
+  answers (process 0 lost), prints ``error: process <k> of <n> was lost ...`` (``line``)
+  and exits with status 1 at once: the collectives of the survivors would otherwise wait
+  for jax's heartbeat timeout and abort with pages of thread dumps. A process that
+  finishes normally marks itself done first (atexit), so the others never take it for
+  lost.
   """
-
-  exit_note: Callable[[], str] | None = None  # set by the training loop.
-  _lost = threading.Event()
 
   def __init__(self, timeout: float = 10.0, interval: float = 1.0):
     super().__init__(daemon=True, name="pico_jax-peer-watch")
@@ -139,7 +140,29 @@ class PeerWatch(threading.Thread):
     self.client = distributed.global_state.client
     self.index, self.count = jax.process_index(), jax.process_count()
     self.timeout, self.interval = timeout, interval
+    self.lost = threading.Event()
+    self._notes: list[Callable[[], str]] = []  # those of the open ``exit_note`` blocks.
     atexit.register(self._done)
+
+  @contextlib.contextmanager
+  def exit_note(self, note: Callable[[], str]):
+    """Within the block, ``line`` ends with ``note()`` (e.g. which checkpoint is intact)."""
+    self._notes.append(note)
+    try:
+      yield
+    finally:
+      self._notes.remove(note)
+
+  def line(self, process: int, why: str) -> str:
+    """The one line this process ends with when ``process`` is lost."""
+    notes = ""
+    for note in list(self._notes):
+      try:
+        notes += " " + note()
+      except Exception:  # pylint: disable=broad-except (the line goes out without it)
+        pass
+    return (f"error: process {process} of {self.count} was lost ({why}); process "
+            f"{self.index} stops too.{notes}")
 
   def _key(self, kind: str, process: int) -> str:
     return f"pico_jax/{kind}/{process}"
@@ -171,22 +194,23 @@ class PeerWatch(threading.Thread):
       time.sleep(self.interval)
 
   def _exit(self, process: int, why: str):
-    PeerWatch._lost.set()
-    note = ""
-    if PeerWatch.exit_note is not None:
-      try:
-        note = " " + PeerWatch.exit_note()
-      except Exception:  # pylint: disable=broad-except
-        pass
-    print(f"error: process {process} of {self.count} was lost ({why}); process "
-          f"{self.index} stops too.{note}", file=sys.stderr, flush=True)
+    self.lost.set()
+    print(self.line(process, why), file=sys.stderr, flush=True)
     os._exit(1)
 
-  @staticmethod
-  def wait_if_lost(seconds: float) -> None:
-    """After a collective failed: gives the watch ``seconds`` to find a lost process
-    (it then ends this process with its one line); returns if it finds none."""
-    PeerWatch._lost.wait(seconds)
+
+def exit_note(note: Callable[[], str]) -> ContextManager:
+  """Within the block, the line that ends this process when another one is lost says
+  ``note()`` too (``PeerWatch.exit_note``); nothing without a watch (single process)."""
+  return _watch.exit_note(note) if _watch is not None else contextlib.nullcontext()
+
+
+def wait_if_peer_lost(seconds: float) -> None:
+  """After a collective failed: gives the watch ``seconds`` to find a lost process (it
+  then ends this process with its one line); returns if it finds none, or at once
+  without a watch."""
+  if _watch is not None:
+    _watch.lost.wait(seconds)
 
 
 def _try_get(client, key: str) -> str | None:

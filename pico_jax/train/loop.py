@@ -10,6 +10,7 @@ the steps it drives are pure.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from typing import Iterable
@@ -52,6 +53,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with contextlib.ExitStack() as stack:
     watch = stack.enter_context(PreemptionWatch())  # first: a SIGTERM during build counts.
     trainer = build(config, workdir)
+    if trainer.checkpointer is not None:  # a lost process's line says what resumes.
+      stack.enter_context(parallel.exit_note(
+          functools.partial(_checkpoint_note, trainer.checkpointer)))
     stack.callback(trainer.close)  # the saves already started finish, even on errors.
     run = stack.enter_context(Run(trainer, workdir))
     report = TemperatureReport(config.contrast, trainer.dataset.info.get("rho"))
@@ -76,13 +80,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       report(result)
       return result
     except jax.errors.JaxRuntimeError:
-      if jax.process_count() > 1:  # a collective that failed because a process is gone:
-        parallel.PeerWatch.wait_if_lost(30)  # the watch ends the job with its one line.
+      # A collective that failed because a process is gone: the watch ends the job with
+      # its one line.
+      parallel.wait_if_peer_lost(30)
       raise
 
 
 def _format(metrics: dict, keys) -> str:
   return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
+
+
+def _checkpoint_note(ckpt: checkpoint_lib.Checkpointer) -> str:
+  """What a lost process leaves behind (for ``parallel.PeerWatch``'s line)."""
+  steps = ckpt.earlier_steps(float("inf"))
+  if not steps:
+    return "No complete checkpoint was written yet."
+  return (f"The latest checkpoint, step {steps[-1]} in {ckpt.directory}, is intact: run "
+          "the same command on every process to resume from it.")
 
 
 def _copy(params):
@@ -104,8 +118,6 @@ class Run:
     self.step = int(trainer.state.step)
     self.reporter = reporting.Reporter(workdir, total_steps=c.train.steps,
                                        start_step=self.step, batch_size=c.train.batch_size)
-    if trainer.checkpointer is not None and jax.process_count() > 1:
-      parallel.PeerWatch.exit_note = self._checkpoint_note
     if trainer.resumed_step is not None:
       log.info("resumed from the checkpoint of step %d in %s", trainer.resumed_step,
                trainer.checkpointer.directory)
@@ -145,15 +157,6 @@ class Run:
     return EarlyStopping.from_history(
         stopper.metric, stopper.patience, reporting.read_metrics(workdir),
         split=self.config.data.eval_split, up_to_step=self.step)
-
-  def _checkpoint_note(self) -> str:
-    """What a lost process leaves behind (for ``parallel.PeerWatch``'s line)."""
-    ckpt = self.trainer.checkpointer
-    steps = ckpt.earlier_steps(float("inf"))
-    if not steps:
-      return "No complete checkpoint was written yet."
-    return (f"The latest checkpoint, step {steps[-1]} in {ckpt.directory}, is intact: run "
-            "the same command on every process to resume from it.")
 
   def _saved_window(self) -> reporting.MetricsWindow:
     """The logging window's sums saved with the resumed checkpoint (a run resumed inside

@@ -20,6 +20,9 @@ reliability curve (mean prediction and observed rate per bin).
 GAUC is the impression-weighted mean of per-group AUCs over the batch key ``group``
 (user id, search id); groups holding a single class have no AUC and are skipped, and
 the number skipped is reported beside the value.
+
+Every metric of ``task_metrics`` is written to ``metrics.jsonl`` and TensorBoard; which
+of them show in the log, the plots and the experiment tables is ``pico_jax.metric_names``.
 """
 
 from __future__ import annotations

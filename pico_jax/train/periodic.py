@@ -2,8 +2,8 @@
 
 In the spirit of big_vision's ``itstime`` and CLU's periodic actions (CLU itself is not
 a dependency: these few lines are all the loop needs). Each action of the loop
-(logging, evaluation with early stopping, checkpointing, the preemption check) is an
-``Every`` with its own period.
+(logging, evaluation, the temperature report, early stopping, checkpointing, the
+preemption check) is an ``Every`` with its own period.
 """
 
 from __future__ import annotations

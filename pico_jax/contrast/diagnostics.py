@@ -49,12 +49,12 @@ def tau_rho_line(result: dict, rho: Sequence[float] | None) -> str | None:
   """``mean tau per segment (rho = true relatedness): seg <s>: tau=.. rho=.., ...`` of
   the ``tau_segment_<s>`` of ``result``; None without segments or without ``rho`` (the
   dataset's ``info["rho"]``, one float per segment)."""
-  segments = sorted(k for k in result if k.startswith("tau_segment_"))
-  if not segments or rho is None:
+  keys = sorted(k for k in result if k.startswith("tau_segment_"))
+  if not keys or rho is None:
     return None
+  segments = [k.rsplit("_", 1)[1] for k in keys]
   return "mean tau per segment (rho = true relatedness): " + ", ".join(
-      f"seg {k.rsplit('_', 1)[1]}: tau={result[k]:.3f} rho={rho[int(k.rsplit('_', 1)[1])]:.2f}"
-      for k in segments)
+      f"seg {s}: tau={result[k]:.3f} rho={rho[int(s)]:.2f}" for k, s in zip(keys, segments))
 
 
 class TemperatureReport:

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from pico_jax import batch as B
-from pico_jax.ingest import blocks, formats, reading, readers
+from pico_jax.ingest import blocks, format_contract, formats, raw_files
 from pico_jax.ingest.encode import Encoder, Unstorable
 from pico_jax.data.errors import DataError
 
@@ -87,7 +87,7 @@ def artifact_scorer(artifact: str, batch_size: int):
 def _id_column(ids: np.ndarray) -> pa.Array:
   """The rows' id column for the output: int64 as is, bytes decoded (written quoted)."""
   if ids.dtype.kind == "S":
-    return pa.array([readers.decode(i) for i in ids.tolist()], pa.string())
+    return pa.array([format_contract.decode(i) for i in ids.tolist()], pa.string())
   return pa.array(ids)
 
 
@@ -104,7 +104,7 @@ def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
   if fmt_name and fmt_name != fmt.name:
     raise DataError(f"--format {fmt_name}: the run's store was built from format "
                     f"{fmt.name} ({store_path}); leave --format out or give {fmt.name}")
-  layouts = [fmt.inspect(p, reading.first_line(p), labels_optional=True) for p in inputs]
+  layouts = [fmt.inspect(p, raw_files.first_line(p), labels_optional=True) for p in inputs]
   fields = encoder.sparse_names + encoder.multi_names
   id0 = dict.fromkeys(fields, 0)
   labeled = all(layout.labels for layout in layouts)
@@ -119,13 +119,13 @@ def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
       f.write((",".join(names) + "\n").encode())
       for path, layout in zip(inputs, layouts):
         read = file_rows = 0
-        for block, data in reading.stream_blocks(path, chunk_rows, layout.header):
+        for block, data in raw_files.stream_blocks(path, chunk_rows, layout.header):
           if block is None:  # progress by bytes read: the ETA needs no line count.
             bar.update(0, data - read)
             read = data
             continue
           chunk = fmt.parse_block(path, data, block.first_line, layout, block.num_lines)
-          readers.check_rows(fmt, path, chunk)  # preprocessing's checks, the same.
+          format_contract.check_rows(fmt, path, chunk)  # preprocessing's checks, the same.
           try:
             cols, _ = encoder.encode(chunk)
           except Unstorable as e:
@@ -155,7 +155,7 @@ def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
           file_rows += len(chunk)
           bar.update(len(chunk), 0)
         if not file_rows:  # as preprocessing: a file without data rows is an error.
-          raise readers.no_rows(path)
+          raise format_contract.no_rows(path)
       f.close()
       os.replace(f.name, output)
     except BaseException:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pico_jax.data.errors import DataError
-from pico_jax.ingest import numeric_csv, preprocess, readers
+from pico_jax.ingest import format_contract, numeric_csv, preprocess
 
 HEADER = ",".join(numeric_csv.aliexpress().columns)
 
@@ -55,6 +55,6 @@ def test_a_binary_file_gives_a_short_message(tmp_path, fmt):
 
 
 def test_echo_keeps_short_tokens_whole():
-  assert readers.echo(b"abc") == "'abc'"
-  long = readers.echo(b"y" * 81)
+  assert format_contract.echo(b"abc") == "'abc'"
+  long = format_contract.echo(b"y" * 81)
   assert long == repr("y" * 80) + "... (81 bytes)"

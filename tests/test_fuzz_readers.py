@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from pico_jax import batch as B
-from pico_jax.ingest import formats, preprocess, reading
+from pico_jax.ingest import formats, preprocess, raw_files
 from pico_jax.data import store
 from pico_jax.data.errors import DataError
 from shared_data import ALICCP, ALIEXPRESS, CENSUS, needs_data
@@ -99,7 +99,7 @@ def _same_parse(fmt, path, data: bytes, layout):
     except DataError as e:
       return ("error", e.line, e.column)
   fast = run(lambda: fmt.parse_block(path, data, 1, layout))
-  ref = run(lambda: fmt.parse(path, reading.split_lines(data), 1, layout))
+  ref = run(lambda: fmt.parse(path, raw_files.split_lines(data), 1, layout))
   if isinstance(ref, tuple) or isinstance(fast, tuple):
     assert fast == ref
     return
@@ -151,10 +151,10 @@ def test_corrupted_samples_fail_cleanly_or_build(tmp_path):
       tried += 1
       if fmt_name not in ("census", "aliccp_raw") and data:
         try:
-          layout = fmt.inspect(str(path), reading.split_lines(data)[0])
+          layout = fmt.inspect(str(path), raw_files.split_lines(data)[0])
         except DataError:
           continue
-        body = b"".join(reading.split_lines(data)[int(layout.header):])
+        body = b"".join(raw_files.split_lines(data)[int(layout.header):])
         if body:
           _same_parse(fmt, str(path), body, layout)
   print(f"reader fuzzing: {tried} cases ({built} built a store, {tried - built} raised "

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from pico_jax.ingest import formats, numeric_parse, reading
+from pico_jax.ingest import formats, numeric_parse, raw_files
 from shared_data import ALICCP, ALIEXPRESS, needs_data
 
 MAX_EXACT_INT = 2 ** 53
@@ -25,7 +25,7 @@ _TOKEN = re.compile(r"-?(\d*)(?:\.(\d*))?(?:[eE]([-+]?\d+))?")
 
 def reference(data: bytes, int_columns, float_columns):
   """(ints int64 [I, n], floats float64 [n, F]) of ``np.loadtxt``, the promise."""
-  values = np.loadtxt(reading.split_lines(bytes(data)), delimiter=",", dtype=np.float64,
+  values = np.loadtxt(raw_files.split_lines(bytes(data)), delimiter=",", dtype=np.float64,
                       comments=None, ndmin=2, quotechar=None)
   return (values[:, list(int_columns)].T.astype(np.int64),
           values[:, list(float_columns)])
@@ -406,7 +406,7 @@ def test_hard_tokens_have_no_quota():
 def _sample_chunks(name, path):
   fmt = formats.get_format(name)
   with open(path, "rb") as f:
-    lines = reading.split_lines(f.read())
+    lines = raw_files.split_lines(f.read())
   layout = fmt.inspect(path, lines[0])
   first = 1 + int(layout.header)
   data = b"".join(lines[first - 1:])
@@ -422,11 +422,11 @@ def test_real_samples_take_the_compiled_path(name, path):
   """The real samples parse with the compiled parser (not the pyarrow or loadtxt
   fallback), and the chunk is the reference parser's, array by array."""
   fmt, layout, data, first = _sample_chunks(name, path)
-  n = len(reading.split_lines(data))  # the Ali-CCP sample's last line has no end.
+  n = len(raw_files.split_lines(data))  # the Ali-CCP sample's last line has no end.
   assert n > 40
   assert fmt._parse_compiled(data, n, first, layout) is not None
   fast = fmt.parse_block(path, data, first, layout)
-  ref = fmt.parse(path, reading.split_lines(data), first, layout)
+  ref = fmt.parse(path, raw_files.split_lines(data), first, layout)
   for key in ("lines", "click", "conversion", "dense", "group", "ids"):
     a, b = getattr(fast, key), getattr(ref, key)
     assert (a is None) == (b is None), key

@@ -47,7 +47,7 @@ def run(tmp_path_factory):
 def test_encoder_from_store_reproduces_the_store(tmp_path, fmt, inputs, options):
   """Raw test rows encoded by the store's saved encoder are the store's test split,
   array for array (the test file is the test split, in file order)."""
-  from pico_jax.ingest import reading
+  from pico_jax.ingest import raw_files
   from pico_jax.data import store
   from pico_jax.ingest.encode import Encoder
   from shared_data import ALICCP
@@ -55,9 +55,10 @@ def test_encoder_from_store_reproduces_the_store(tmp_path, fmt, inputs, options)
   preprocess.build_store(fmt, inputs, str(tmp_path / "s"),
                          options=preprocess.Options(**options))
   encoder, reader, _ = Encoder.from_store(str(tmp_path / "s"))
-  layout = reader.inspect(inputs[1], reading.first_line(inputs[1]), labels_optional=True)
+  layout = reader.inspect(inputs[1], raw_files.first_line(inputs[1]), labels_optional=True)
   parsed = [reader.parse_block(inputs[1], data, block.first_line, layout)
-            for block, data in reading.stream_blocks(inputs[1], 7, layout.header) if block]
+            for block, data in raw_files.stream_blocks(inputs[1], 7, layout.header)
+            if block]
   encoded = [encoder.encode(chunk)[0] for chunk in parsed]
   want = store.load_store(str(tmp_path / "s")).splits["test"]
   assert set(encoded[0]) == set(want)

@@ -267,40 +267,41 @@ def test_gzip_input_and_split_arguments(tmp_path):
 def test_blocks_cut_at_line_boundaries(tmp_path, monkeypatch):
   """Scanned blocks (read by offset) and streamed blocks hold every line once, in
   order, whatever the read size, the block size, the header and the last newline."""
-  from pico_jax.ingest import reading
+  from pico_jax.ingest import raw_files
   rng = np.random.default_rng(0)
   path = tmp_path / "f.txt"
   for _ in range(300):
     lines = [b"x" * int(rng.integers(1, 6)) for _ in range(int(rng.integers(1, 30)))]
     text = b"\n".join(lines) + (b"\n" if rng.random() < 0.5 else b"")
     path.write_bytes(text)
-    monkeypatch.setattr(reading, "_READ_BYTES", int(rng.integers(1, 20)))
+    monkeypatch.setattr(raw_files, "_READ_BYTES", int(rng.integers(1, 20)))
     rows, header = int(rng.integers(1, 8)), bool(rng.random() < 0.5)
-    info = reading.scan_file(str(path), rows, header)
-    data = [reading.read_block(b) for b in info.blocks]
-    assert b"".join(data) == b"".join(reading.split_lines(text)[int(header):])
-    assert [len(reading.split_lines(d)) for d in data] == [b.num_lines for b in info.blocks]
+    info = raw_files.scan_file(str(path), rows, header)
+    data = [raw_files.read_block(b) for b in info.blocks]
+    assert b"".join(data) == b"".join(raw_files.split_lines(text)[int(header):])
+    assert [len(raw_files.split_lines(d)) for d in data] == [
+        b.num_lines for b in info.blocks]
     assert [b.first_line for b in info.blocks] == [
         1 + int(header) + k * rows for k in range(len(info.blocks))]
-    assert info.num_lines == len(reading.split_lines(text))
-    streamed = [(b, d) for b, d in reading.stream_blocks(str(path), rows, header) if b]
+    assert info.num_lines == len(raw_files.split_lines(text))
+    streamed = [(b, d) for b, d in raw_files.stream_blocks(str(path), rows, header) if b]
     assert streamed == list(zip(info.blocks, data))
 
 
 def test_hash_file_is_the_blake3_of_the_bytes(tmp_path, monkeypatch):
   """The digest meta.json records is what ``b3sum`` prints, whatever the read windows."""
-  from pico_jax.ingest import reading
+  from pico_jax.ingest import raw_files
   empty = tmp_path / "empty"
   empty.write_bytes(b"")
   # The BLAKE3 specification's digest of the empty input.
-  assert reading.hash_file(str(empty)) == (
+  assert raw_files.hash_file(str(empty)) == (
       "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262")
   path = tmp_path / "f"
   data = np.random.default_rng(0).integers(0, 256, 10_000, np.uint8).tobytes()
   path.write_bytes(data)
-  whole = reading.hash_file(str(path))
-  monkeypatch.setattr(reading, "_READ_BYTES", 999)  # 11 windows, the last one short.
-  assert reading.hash_file(str(path)) == whole
-  assert reading.hash_file(str(path), threads=3) == whole
+  whole = raw_files.hash_file(str(path))
+  monkeypatch.setattr(raw_files, "_READ_BYTES", 999)  # 11 windows, the last one short.
+  assert raw_files.hash_file(str(path)) == whole
+  assert raw_files.hash_file(str(path), threads=3) == whole
   path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-  assert reading.hash_file(str(path)) != whole
+  assert raw_files.hash_file(str(path)) != whole

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from pico_jax.ingest import readers, spill
+from pico_jax.ingest import format_contract, spill
 from pico_jax.ingest.encode import Factorized
 
 
@@ -12,7 +12,7 @@ def test_spill_files_map_every_kind_of_array_back(tmp_path):
   """A block written to a spill file comes back equal, field by field (factorized ids,
   bytes ids, key:value lists, None), its arrays read-only views of the mapped file."""
   rng = np.random.default_rng(2)
-  chunk = readers.Chunk(
+  chunk = format_contract.Chunk(
       lines=np.arange(5, 12), click=np.ones(7, np.float32), conversion=None,
       sparse=[Factorized(np.array([3, 9, 2**40]), rng.integers(0, 3, 7).astype(np.int32)),
               np.array([b"a", b"bcd", b"", b"e", b"f", b"g", b"h"])],
@@ -54,8 +54,8 @@ def _parsed_block(seed):
   """A parsed block whose arrays keep 8,000 bytes alive: ``dense`` is a view of a
   [100, 10] float64 array, and counts as all of it."""
   base = np.random.default_rng(seed).normal(size=(100, 10))
-  chunk = readers.Chunk(lines=np.zeros(0, np.int64), click=None, conversion=None, sparse=[],
-                        dense=base[:, 2:], lists={}, group=None)
+  chunk = format_contract.Chunk(lines=np.zeros(0, np.int64), click=None, conversion=None,
+                                sparse=[], dense=base[:, 2:], lists={}, group=None)
   assert spill._held_bytes(chunk) == 8_000
   return chunk
 
@@ -63,8 +63,8 @@ def _parsed_block(seed):
 def test_a_spill_without_memory_writes_even_an_empty_block(tmp_path):
   """``Spill(0)`` is a worker process's: every block must reach its file, since the
   next pass may run in another process."""
-  empty = readers.Chunk(lines=np.zeros(0, np.int64), click=None, conversion=None,
-                        sparse=[], dense=None, lists={}, group=None)
+  empty = format_contract.Chunk(lines=np.zeros(0, np.int64), click=None, conversion=None,
+                                sparse=[], dense=None, lists={}, group=None)
   path = str(tmp_path / "0.pkl")
   spill.Spill(0).put(path, empty)
   assert os.path.exists(path)

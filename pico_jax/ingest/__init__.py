@@ -4,21 +4,21 @@
 line); ``pico_jax.predict`` scores raw files through the same formats and encoder.
 The modules:
 
-  formats        the raw formats by name; each format lives in ``numeric_csv`` (every
-                 column a number), ``text_formats`` (Census lines, Ali-CCP
-                 ``field:feat`` lines) or ``table`` (users' CSV or Parquet tables)
-  readers        the ``Format`` contract: a block of lines -> a ``Chunk`` of rows
-  numeric_parse  the compiled CSV parser behind the numeric formats
-  reading        files: open (plain or gzip), scan, cut into blocks, BLAKE3 digest
-  splits         which split every row goes to, decided before any statistic
-  passes         where a line becomes a row (pass 1: parse, check, count) and a row a
-                 store row (pass 2: encode, write)
-  blocks         the workers (threads or processes) that run the passes' blocks
-  spill          where parsed blocks wait between the passes (memory, or files)
-  vocab          vocabularies: raw categorical values -> field-local ids
-  moments        the dense columns' mean and std, stable for every finite input
-  encode         ``Encoder``: parsed rows -> the store's (and the model's) columns
-  store_writer   the store's preallocated, memory-mapped columns and its commit
-  compiled       the Numba loops the passes and the encoder share
-  preprocess     ``build_store``: the scan, the two passes and the store, in order
+  formats          the raw formats by name; each format lives in ``numeric_csv`` (every
+                   column a number), ``text_formats`` (Census lines, Ali-CCP
+                   ``field:feat`` lines) or ``table`` (users' CSV or Parquet tables)
+  format_contract  the ``Format`` contract: a block of lines -> a ``Chunk`` of rows
+  numeric_parse    the compiled CSV parser behind the numeric formats
+  raw_files        files: open (plain or gzip), scan, cut into blocks, BLAKE3 digest
+  splits           which split every row goes to, decided before any statistic
+  passes           where a line becomes a row (pass 1: parse, check, count) and a row a
+                   store row (pass 2: encode, write)
+  blocks           the workers (threads or processes) that run the passes' blocks
+  spill            where parsed blocks wait between the passes (memory, or files)
+  vocab            vocabularies: raw categorical values -> field-local ids
+  moments          the dense columns' mean and std, stable for every finite input
+  encode           ``Encoder``: parsed rows -> the store's (and the model's) columns
+  store_writer     the store's preallocated, memory-mapped columns and its commit
+  compiled         the Numba loops the passes and the encoder share
+  preprocess       ``build_store``: the scan, the two passes and the store, in order
 """

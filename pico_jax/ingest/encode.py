@@ -1,7 +1,7 @@
 """Parsed rows -> model columns: vocabularies, the dense transform and the schema layout.
 
-One ``Encoder`` maps a ``readers.Chunk`` to the store's columns. Preprocessing builds
-it from the training statistics and writes its output into the store; scoring
+One ``Encoder`` maps a ``format_contract.Chunk`` to the store's columns. Preprocessing
+builds it from the training statistics and writes its output into the store; scoring
 (``pico_jax.predict``) loads the same encoder from a store (``Encoder.from_store``)
 and feeds its output to the model, so raw rows are encoded by one code path.
 """
@@ -17,7 +17,7 @@ import numpy as np
 from pico_jax import batch as B
 from pico_jax.ingest import compiled, formats
 from pico_jax.data import store
-from pico_jax.ingest.readers import Chunk, Format
+from pico_jax.ingest.format_contract import Chunk, Format
 from pico_jax.ingest.vocab import Vocab
 
 

@@ -1,4 +1,4 @@
-"""The raw input formats by name (see ``readers`` for the reading contract).
+"""The raw input formats by name (``format_contract`` is what each one implements).
 
   census       UCI Census-Income (KDD) raw lines, 42 fields (or 43 with a leading row
                index, as DeepCTR's sample); tasks income > 50K ("click" role) and
@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from pico_jax.ingest import numeric_csv, table, text_formats
-from pico_jax.ingest.readers import Format
+from pico_jax.ingest.format_contract import Format
 from pico_jax.ingest.table import TableRoles
 
 FORMATS = {

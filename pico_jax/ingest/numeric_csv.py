@@ -30,9 +30,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from pico_jax.ingest import compiled, numeric_parse, reading, readers
+from pico_jax.ingest import compiled, numeric_parse, raw_files
 from pico_jax.data.errors import DataError
-from pico_jax.ingest.readers import Chunk, Layout
+from pico_jax.ingest.format_contract import (Chunk, Format, Layout, decode, echo, is_number,
+                                            select_features, split_checked, to_float)
 
 MAX_EXACT_INT = numeric_parse.MAX_EXACT_INT  # float64 ids beyond it lost precision.
 _ARROW_BLOCK = 1 << 20  # bytes per internal pyarrow block: stays in cache.
@@ -109,7 +110,7 @@ def _line_count(data) -> int:
   return compiled.count_newlines(data) + (0 if not len(data) or data[-1:] == b"\n" else 1)
 
 
-class CsvFormat(readers.Format):
+class CsvFormat(Format):
   """A comma-separated format whose every column is numeric."""
 
   def __init__(self, name, columns, *, click, conversion, default_sparse, default_dense,
@@ -118,7 +119,7 @@ class CsvFormat(readers.Format):
     self.columns = tuple(columns)
     self.delimiter = b","
     self._label_names = {click: "click", conversion: "conversion"}
-    self.sparse_names, self.dense_names = readers.select_features(
+    self.sparse_names, self.dense_names = select_features(
         name, self.columns, self._label_names, default_sparse, default_dense, sparse,
         dense)
     self.group_name = group
@@ -140,16 +141,16 @@ class CsvFormat(readers.Format):
   def inspect(self, path, first_line, labels_optional=False):
     tokens = first_line.rstrip(b"\r\n").split(self.delimiter)
     unlabeled = self._layouts[False].names
-    if readers.is_number(tokens[0]):
+    if is_number(tokens[0]):
       return Layout(header=False,
                     labels=not (labels_optional and len(tokens) == len(unlabeled)))
-    names = tuple(readers.decode(t.strip()) for t in tokens)
+    names = tuple(decode(t.strip()) for t in tokens)
     if labels_optional and names == unlabeled:
       return Layout(header=True, labels=False)
     if names != self.columns:
       for j, (got, want) in enumerate(itertools.zip_longest(names, self.columns)):
         if got != want:
-          found = "nothing" if got is None else readers.echo(tokens[j].strip())
+          found = "nothing" if got is None else echo(tokens[j].strip())
           raise DataError(f"header does not match format {self.name}: expected "
                           f"{want!r}, found {found} ({len(names)} columns, expected "
                           f"{len(self.columns)})", path=path, line=1, column=j + 1)
@@ -160,20 +161,20 @@ class CsvFormat(readers.Format):
   def _locate(self, path, lines, first_line_no, names):
     """Finds and raises the first unparsable token of a block (the slow path)."""
     for i, line in enumerate(lines):
-      tokens = readers.split_checked(path, first_line_no + i, line, self.delimiter,
+      tokens = split_checked(path, first_line_no + i, line, self.delimiter,
                                      len(names))
       for j, token in enumerate(tokens):
         try:
-          readers.to_float(token)
+          to_float(token)
         except ValueError:
-          raise DataError(f"non-numeric value {readers.echo(token)}", path=path,
+          raise DataError(f"non-numeric value {echo(token)}", path=path,
                           line=first_line_no + i, column=j + 1,
                           column_name=names[j]) from None
 
   def _raise_at(self, path, lines, first_line_no, names, rows, cols, what):
     i, j = int(rows[0]), int(cols[0])
     token = lines[i].rstrip(b"\r\n").split(self.delimiter)[j]
-    raise DataError(f"{what}, got {readers.echo(token)}", path=path,
+    raise DataError(f"{what}, got {echo(token)}", path=path,
                     line=first_line_no + i, column=j + 1, column_name=names[j])
 
   def parse(self, path, lines, first_line_no, layout):
@@ -228,7 +229,7 @@ class CsvFormat(readers.Format):
       data = bytes(data)
       chunk = self._parse_arrow(data, n, first_line_no, layout)
     if chunk is None:
-      chunk = self.parse(path, reading.split_lines(data), first_line_no, layout)
+      chunk = self.parse(path, raw_files.split_lines(data), first_line_no, layout)
     return chunk
 
   def _parse_compiled(self, data: bytes | memoryview, n: int, first_line_no: int,

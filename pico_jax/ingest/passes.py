@@ -1,7 +1,7 @@
 """The two passes over the blocks: where a line becomes a row, and a row a store row.
 
-Pass 1 (``count_pass``): every block (``reading.Block``) of every source is parsed once
-(``parse``: ``Format.parse_block``, lines -> a ``readers.Chunk`` of rows), checked
+Pass 1 (``count_pass``): every block (``raw_files.Block``) of every source is parsed once
+(``parse``: ``Format.parse_block``, lines -> a ``format_contract.Chunk`` of rows), checked
 (``check_rows``) and counted (``count_block``: the training values of every field, the
 dense moments, the multiplicity of key:value fields), then spilled (``spill.Spill``:
 held in memory up to a budget, in files beyond it) with its ids factorized per block.
@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from pico_jax.ingest import blocks, moments as moments_lib, reading, readers
+from pico_jax.ingest import blocks, format_contract, moments as moments_lib, raw_files
 from pico_jax.ingest.encode import Encoder, Unstorable, factorize
 from pico_jax.data.errors import DataError
 from pico_jax.ingest.spill import FILES, Spill
@@ -38,8 +38,8 @@ class Source:
   """One input file of a build: its split role, scan, layout and first row's index."""
   split: str  # train | val | test | all
   path: str
-  info: reading.FileInfo
-  layout: readers.Layout
+  info: raw_files.FileInfo
+  layout: format_contract.Layout
   rows: int
   offset: int = 0  # index of its first row among all rows of all sources.
   digest: concurrent.futures.Future | None = None  # hashed beside the other passes.
@@ -62,7 +62,7 @@ class Build:
     threads: the thread budget (``blocks.thread_budget``).
     spill_dir: where spilled blocks and the workers' encoder wait.
   """
-  fmt: readers.Format
+  fmt: format_contract.Format
   sources: list[Source]
   inputs: Sequence[str]
   output: str
@@ -80,9 +80,9 @@ class CountTask:
   """Pass 1 of one block. ``split``: int8 [n] split id (0 train, 1 val, 2 test) of its
   rows; ``data``: the block's bytes when the parent read them (gzip), else None;
   ``threads``: the threads its parse may use (``parse_threads``)."""
-  fmt: readers.Format
-  block: reading.Block
-  layout: readers.Layout
+  fmt: format_contract.Format
+  block: raw_files.Block
+  layout: format_contract.Layout
   data: bytes | None
   split: np.ndarray
   policy: str
@@ -110,11 +110,11 @@ class BlockStats:
   max_mult: dict[str, int]
 
 
-def parse(fmt, block: reading.Block, layout, data: bytes | None,
-          threads: int = 1) -> readers.Chunk:
+def parse(fmt, block: raw_files.Block, layout, data: bytes | None,
+          threads: int = 1) -> format_contract.Chunk:
   """The block's rows (its bytes read from the file unless given)."""
   if data is None:
-    data = reading.read_block(block)
+    data = raw_files.read_block(block)
   return fmt.parse_block(block.path, data, block.first_line, layout, block.num_lines,
                          threads)
 
@@ -132,7 +132,7 @@ def count_block(task: CountTask, spill: Spill = FILES) -> BlockStats:
                     "entire-space rule; use policy 'drop' to skip such rows",
                     path=path, line=int(chunk.lines[i]), column=col, column_name=name)
   dropped = bad if task.policy == "drop" else np.zeros(len(chunk), bool)
-  readers.check_rows(fmt, path, chunk)
+  format_contract.check_rows(fmt, path, chunk)
   train = (task.split == 0) & ~dropped
   uniques = []
   for j, values in enumerate(chunk.sparse):

@@ -1,6 +1,6 @@
 """Raw files -> columnar store, streaming with bounded memory; every byte parsed once.
 
-  0. scan: line count and block offsets of every file (``reading.scan_file``); every
+  0. scan: line count and block offsets of every file (``raw_files.scan_file``); every
      row is assigned a split (and its order inside the split, ``splits``) before any
      statistic is taken. The files' BLAKE3 digest is computed on a thread of its own,
      beside this pass and the next ones.
@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pico_jax import batch as B
-from pico_jax.ingest import blocks, compiled, formats, passes, reading, readers
+from pico_jax.ingest import blocks, compiled, format_contract, formats, passes, raw_files
 from pico_jax.ingest.encode import Encoder
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema, SparseField
@@ -159,7 +159,7 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
       existing one at ``output`` stays as it was) and no temporary file is left.
   """
   options.validate()
-  reading.blake3_module()  # a missing dependency fails now, not after the passes.
+  raw_files.blake3_module()  # a missing dependency fails now, not after the passes.
   fmt = formats.get_format(format_name, sparse=options.sparse, dense=options.dense,
                            table=options.table)
   output = os.path.abspath(output)
@@ -187,19 +187,19 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
 
 def _scan(fmt, inputs, options, progress, hasher, threads) -> list[passes.Source]:
   """Pass 0: every file's first line checked, then scanned (its hash started on
-  ``hasher``, with one thread per ``reading.WORKERS_PER_HASH_THREAD`` of ``threads``)."""
+  ``hasher``, with one thread per ``raw_files.WORKERS_PER_HASH_THREAD`` of ``threads``)."""
   pairs = parse_inputs(inputs)
   layouts = [fmt.open_input(path) for _, path in pairs]
   bar = blocks.Progress(sum(fmt.input_bytes(p) for _, p in pairs), "scan", "B", progress)
   sources, offset, digests = [], 0, {}
-  hash_threads = -(-threads // reading.WORKERS_PER_HASH_THREAD)
+  hash_threads = -(-threads // raw_files.WORKERS_PER_HASH_THREAD)
   for (split, path), layout in zip(pairs, layouts):
     if path not in digests:
       digests[path] = hasher.submit(fmt.digest, path, hash_threads)
     info = fmt.scan(path, layout, options.chunk_rows)
     rows = info.num_lines - int(layout.header)
     if rows == 0:
-      raise readers.no_rows(path)
+      raise format_contract.no_rows(path)
     sources.append(passes.Source(split, path, info, layout, rows, offset, digests[path]))
     offset += rows
     bar.update(rows, info.size)

@@ -1,7 +1,7 @@
 """Where parsed blocks wait between preprocessing's two passes: memory, or files.
 
-A block parsed in pass 1 (``readers.Chunk``, its ids factorized) is needed again only
-in pass 2. ``Spill`` holds blocks in memory up to a budget (their arrays exist
+A block parsed in pass 1 (``format_contract.Chunk``, its ids factorized) is needed again
+only in pass 2. ``Spill`` holds blocks in memory up to a budget (their arrays exist
 already, so holding costs nothing) and writes the others to files: the pickle of the
 block with its arrays' bytes out of band, each at an aligned offset, so that pass 2
 maps them back instead of copying them into fresh memory.
@@ -17,11 +17,11 @@ import threading
 
 import numpy as np
 
-from pico_jax.ingest import readers
+from pico_jax.ingest import format_contract
 from pico_jax.ingest.encode import Factorized
 
 
-def _held_bytes(chunk: readers.Chunk) -> int:
+def _held_bytes(chunk: format_contract.Chunk) -> int:
   """Bytes of memory the arrays of ``chunk`` keep alive (a view counts its base, once)."""
   bases = {}
 
@@ -58,7 +58,7 @@ def _layout(sizes) -> list[int]:
   return offsets
 
 
-def _dump(path: str, chunk: readers.Chunk) -> None:
+def _dump(path: str, chunk: format_contract.Chunk) -> None:
   """Writes ``chunk`` to ``path``: its pickle (protocol 5) with the arrays' bytes kept
   out of it, then each array's bytes at an aligned offset, for ``_load`` to map."""
   buffers = []
@@ -73,7 +73,7 @@ def _dump(path: str, chunk: readers.Chunk) -> None:
       f.write(part)
 
 
-def _load(path: str) -> readers.Chunk:
+def _load(path: str) -> format_contract.Chunk:
   """The chunk ``_dump`` wrote to ``path``, its arrays read-only views of the mapped
   file: no copy, and no fresh memory (the mapping outlives the file's name)."""
   with open(path, "rb") as f:
@@ -99,10 +99,10 @@ class Spill:
   def __init__(self, memory_bytes: int = 0):
     self._holds = memory_bytes > 0  # Spill(0) holds nothing, not even an empty block.
     self._free = memory_bytes
-    self._held: dict[str, readers.Chunk] = {}
+    self._held: dict[str, format_contract.Chunk] = {}
     self._lock = threading.Lock()
 
-  def put(self, path: str, chunk: readers.Chunk) -> None:
+  def put(self, path: str, chunk: format_contract.Chunk) -> None:
     size = _held_bytes(chunk)
     with self._lock:
       if self._holds and size <= self._free:
@@ -111,7 +111,7 @@ class Spill:
         return
     _dump(path, chunk)
 
-  def take(self, path: str) -> readers.Chunk:
+  def take(self, path: str) -> format_contract.Chunk:
     """The block put under ``path`` (its file is removed once read). Blocks are taken
     after every block was put, so the memory they free is not handed out again."""
     with self._lock:

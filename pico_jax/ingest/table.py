@@ -27,9 +27,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from pico_jax.data.errors import DataError
-from pico_jax.ingest import reading, readers
+from pico_jax.ingest import raw_files
 from pico_jax.ingest.numeric_parse import MAX_EXACT_INT
-from pico_jax.ingest.readers import Chunk, Layout
+from pico_jax.ingest.format_contract import Chunk, Format, Layout, echo
 
 _PARQUET = (".parquet", ".pq")
 
@@ -101,7 +101,7 @@ def _dataset(path: str) -> pads.Dataset:
     raise DataError(f"unreadable {kind} input: {e}", path=files[0]) from None
 
 
-class TableFormat(readers.Format):
+class TableFormat(Format):
   """A CSV or Parquet table whose column roles are declared (``TableRoles``)."""
   name = "table"
 
@@ -155,9 +155,9 @@ class TableFormat(readers.Format):
     for file, rows, _, _ in entry.files:
       for start in range(0, rows, block_rows):
         # ``offset``: the block's first row in its file; ``length``: its rows.
-        blocks.append(reading.Block(file, start + self._first_row(file), min(
+        blocks.append(raw_files.Block(file, start + self._first_row(file), min(
             block_rows, rows - start), start, 0))
-    return reading.FileInfo(path, sum(f[1] for f in entry.files),
+    return raw_files.FileInfo(path, sum(f[1] for f in entry.files),
                             sum(f[2] for f in entry.files), False, tuple(blocks))
 
   @staticmethod
@@ -192,7 +192,7 @@ class TableFormat(readers.Format):
 
   def digest(self, path, threads):
     """BLAKE3 over the input's files in order (each file's bytes, as read)."""
-    digest = reading.blake3_module().blake3(max_threads=threads)
+    digest = raw_files.blake3_module().blake3(max_threads=threads)
     for file, *_ in self._inputs[path].files:
       with open(file, "rb") as f:
         for piece in iter(lambda: f.read(1 << 22), b""):
@@ -243,7 +243,7 @@ class TableFormat(readers.Format):
       values = column.cast(pa.float64()).to_numpy()
     except pa.ArrowInvalid:
       bad = _first_bad(column, lambda x: x.cast(pa.float64()))
-      where.fail(bad, name, f"non-numeric value {readers.echo(_text(column, bad))}")
+      where.fail(bad, name, f"non-numeric value {echo(_text(column, bad))}")
     bad = np.flatnonzero(~np.isfinite(values))
     if len(bad):
       where.fail(int(bad[0]), name, f"NaN/inf value, got {values[bad[0]]!r}")

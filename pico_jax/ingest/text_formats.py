@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pico_jax.ingest import readers
 from pico_jax.data.errors import DataError
-from pico_jax.ingest.readers import Chunk, Layout
+from pico_jax.ingest.format_contract import (Chunk, Format, Layout, check_empty, echo,
+                                            is_number, select_features, split_checked)
 
 # --------------------------------------------------------------------------- census
 
@@ -38,7 +38,7 @@ _INCOME_HIGH, _INCOME_LOW = b"50000+.", b"- 50000."
 _NEVER_MARRIED = b"Never married"
 
 
-class CensusFormat(readers.Format):
+class CensusFormat(Format):
   """UCI Census-Income (KDD) raw lines, fields separated by ', ' (values stripped).
 
   The two tasks of the MMoE paper: income > 50K ("click" role) and marital stat ==
@@ -60,7 +60,7 @@ class CensusFormat(readers.Format):
     default_sparse = tuple(c for i, c in enumerate(cols)
                            if i not in CENSUS_CONTINUOUS and i not in CENSUS_DROPPED)
     labels = {"marital stat": "conversion (never married)", "income": "click (income)"}
-    self.sparse_names, self.dense_names = readers.select_features(
+    self.sparse_names, self.dense_names = select_features(
         self.name, cols, labels, default_sparse, default_dense, sparse, dense)
     self._sparse = [cols.index(c) for c in self.sparse_names]
     self._dense = [cols.index(c) for c in self.dense_names]
@@ -71,10 +71,10 @@ class CensusFormat(readers.Format):
       return Layout(index_column=True)  # DeepCTR's sample: a leading row index.
     if len(tokens) != len(CENSUS_COLUMNS) or tokens[-1].strip() not in (_INCOME_HIGH,
                                                                          _INCOME_LOW):
-      readers.split_checked(path, 1, first_line, b",", len(CENSUS_COLUMNS))
+      split_checked(path, 1, first_line, b",", len(CENSUS_COLUMNS))
       raise DataError("header does not match format census: the file has no header and "
                       f"its last column is the income label ({_INCOME_LOW.decode()!r} or "
-                      f"{_INCOME_HIGH.decode()!r}), found {readers.echo(tokens[-1].strip())}",
+                      f"{_INCOME_HIGH.decode()!r}), found {echo(tokens[-1].strip())}",
                       path=path, line=1, column=len(CENSUS_COLUMNS), column_name="income")
     return Layout()
 
@@ -85,7 +85,7 @@ class CensusFormat(readers.Format):
     tokens = b",".join([line.rstrip(b"\r\n") for line in lines]).split(b",")
     if len(tokens) != n * width:
       for i, line in enumerate(lines):
-        readers.split_checked(path, first_line_no + i, line, b",", width)
+        split_checked(path, first_line_no + i, line, b",", width)
     line_nos = np.arange(first_line_no, first_line_no + n, dtype=np.int64)
     # One array per column: far narrower fixed-width strings than one table.
     column = lambda j: np.strings.strip(np.array(tokens[j + offset::width], np.bytes_))
@@ -93,7 +93,7 @@ class CensusFormat(readers.Format):
     table = {j: column(j) for j in used}
 
     def fail(i, j, what):
-      raise DataError(f"{what}, got {readers.echo(table[j][i])}", path=path,
+      raise DataError(f"{what}, got {echo(table[j][i])}", path=path,
                       line=int(line_nos[i]), column=j + 1 + offset,
                       column_name=CENSUS_COLUMNS[j])
 
@@ -134,7 +134,7 @@ ALICCP_RAW_FIELDS = ("101", "109_14", "110_14", "127_14", "150_14", "121", "122"
                      "508", "509", "702", "853", "301")
 
 
-class AliccpRawFormat(readers.Format):
+class AliccpRawFormat(Format):
   """``sample_id,click,purchase,field:feat,field:feat,...`` lines (PaddleRec ESMM).
 
   Feature ids are non-negative global integers; a field may occur several times in a
@@ -165,10 +165,10 @@ class AliccpRawFormat(readers.Format):
 
   def inspect(self, path, first_line, labels_optional=False):
     tokens = first_line.rstrip(b"\r\n").split(b",")
-    if len(tokens) < 4 or not readers.is_number(tokens[1]) or b":" not in tokens[3]:
+    if len(tokens) < 4 or not is_number(tokens[1]) or b":" not in tokens[3]:
       raise DataError("header does not match format aliccp_raw: expected "
                       "'id,click,purchase,field:feat,...' data lines without a header, "
-                      f"found {readers.echo(first_line[:60])}", path=path, line=1)
+                      f"found {echo(first_line[:60])}", path=path, line=1)
     return Layout()
 
   def parse(self, path, lines, first_line_no, layout):
@@ -177,7 +177,7 @@ class AliccpRawFormat(readers.Format):
     for i, line in enumerate(lines):
       parts = line.rstrip(b"\r\n").split(b",", 3)
       if len(parts) < 4:
-        readers.check_empty(path, first_line_no + i, line)
+        check_empty(path, first_line_no + i, line)
         raise DataError(f"expected 'id,click,purchase,field:feat,...', found "
                         f"{len(parts)} columns", path=path, line=first_line_no + i,
                         column=len(parts) + 1)
@@ -198,7 +198,7 @@ class AliccpRawFormat(readers.Format):
           except ValueError:
             ok = False
           if not ok:
-            raise DataError(f"label must be 0 or 1, got {readers.echo(labels[i, j])}",
+            raise DataError(f"label must be 0 or 1, got {echo(labels[i, j])}",
                             path=path, line=int(line_nos[i]), column=j + 2,
                             column_name=("click", "purchase")[j])
 
@@ -211,7 +211,7 @@ class AliccpRawFormat(readers.Format):
 
     def fail(t, what, token=None):
       token = tokens[t] if token is None else token
-      raise DataError(f"{what}, got {readers.echo(token)}", path=path,
+      raise DataError(f"{what}, got {echo(token)}", path=path,
                       line=int(line_nos[rows[t]]), column=int(columns[t]))
 
     bad = np.flatnonzero(sep != b":")

@@ -1,4 +1,4 @@
-"""The ``Format`` contract: a block of lines (``reading``) becomes a ``Chunk`` of rows.
+"""The ``Format`` contract: a block of lines (``raw_files``) becomes a ``Chunk`` of rows.
 
 ``Format.parse_block`` turns a block into a ``Chunk`` of whole-array numpy columns.
 Every problem raises ``DataError`` naming the file, the 1-based line and the column.
@@ -18,8 +18,8 @@ import warnings
 import numpy as np
 
 from pico_jax.data.errors import DataError
-from pico_jax.ingest import reading
-from pico_jax.ingest.reading import split_lines
+from pico_jax.ingest import raw_files
+from pico_jax.ingest.raw_files import split_lines
 
 
 @dataclasses.dataclass
@@ -180,21 +180,21 @@ class Format:
     return self.parse(path, split_lines(data), first_line_no, layout)
 
   # How inputs are found and read. A format of lines reads files by byte blocks
-  # (``reading``); a format of tables (``table``) replaces these.
+  # (``raw_files``); a format of tables (``table``) replaces these.
 
   def open_input(self, path: str) -> Layout:
     """The layout of input ``path``, checked before any input is scanned."""
-    return self.inspect(path, reading.first_line(path))
+    return self.inspect(path, raw_files.first_line(path))
 
-  def scan(self, path: str, layout: Layout, block_rows: int) -> reading.FileInfo:
+  def scan(self, path: str, layout: Layout, block_rows: int) -> raw_files.FileInfo:
     """The input's blocks of ``block_rows`` data rows (``num_lines``: the header
     included)."""
-    return reading.scan_file(path, block_rows, layout.header)
+    return raw_files.scan_file(path, block_rows, layout.header)
 
-  def blocks(self, info: reading.FileInfo):
+  def blocks(self, info: raw_files.FileInfo):
     """(block, its data or None: workers read it) of a scanned input, in order."""
     if info.gzip:  # a gzip stream is unpacked here, once.
-      yield from reading.iter_gzip_blocks(info)
+      yield from raw_files.iter_gzip_blocks(info)
     else:
       for block in info.blocks:
         yield block, None
@@ -204,10 +204,10 @@ class Format:
 
   def digest(self, path: str, threads: int) -> str:
     """The input's BLAKE3 digest (hex), recorded in the store's meta.json."""
-    return reading.hash_file(path, threads)
+    return raw_files.hash_file(path, threads)
 
-  def check_unchanged(self, info: reading.FileInfo) -> None:
-    reading.check_unchanged(info)
+  def check_unchanged(self, info: raw_files.FileInfo) -> None:
+    raw_files.check_unchanged(info)
 
   def column_number(self, name: str) -> int | None:
     """The 1-based column of feature ``name`` in a labelled file (for messages), or

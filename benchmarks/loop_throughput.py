@@ -16,7 +16,7 @@ machine's load), one JSON line each:
   ``--buffer_size`` global batches on the devices while the step runs).
 
 ``fraction_of_step`` is the mode's examples/s over the step-only examples/s. The
-columns are W2-shaped (``pico_jax.data.w2``: 16 categorical fields up to 500,000 ids,
+columns are W2-shaped (``benchmarks/w2.py``: 16 categorical fields up to 500,000 ids,
 63 dense features), ``--rows`` rows held in memory, which the Grain gather reads as it
 reads a columnar store's memory maps in the page cache.
 """
@@ -30,9 +30,10 @@ import statistics
 import common
 import jax
 import numpy as np
+import w2
 
 from pico_jax import parallel
-from pico_jax.data import pipeline, w2
+from pico_jax.data import pipeline
 from pico_jax.train.trainer import build
 from train_throughput import _config as w2_config
 

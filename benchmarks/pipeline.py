@@ -23,27 +23,24 @@ import time
 
 
 import numpy as np  # noqa: E402
+import w2  # noqa: E402
 
 from pico_jax import batch as B  # noqa: E402
 from pico_jax.data import pipeline, store  # noqa: E402
 from pico_jax.ingest import store_writer  # noqa: E402
 from pico_jax.data.schema import Schema, SparseField  # noqa: E402
 
-W2_VOCAB = (8, 16, 32, 64, 128, 256, 512, 1024, 4096, 8192, 16384, 32768, 65536, 100000,
-            200000, 500000)
-W2_DENSE = 63
-
 
 def w2_schema() -> Schema:
   return Schema(sparse=tuple(SparseField(f"categorical_{i + 1}", v + 1)
-                             for i, v in enumerate(W2_VOCAB)),
-                dense=tuple(f"numerical_{i + 1}" for i in range(W2_DENSE)),
+                             for i, v in enumerate(w2.VOCAB_SIZES)),
+                dense=tuple(f"numerical_{i + 1}" for i in range(w2.NUM_DENSE)),
                 extras=(B.GROUP,))
 
 
 def _w2_block(rng, n):
-  sparse = np.stack([rng.integers(1, v + 1, n) for v in W2_VOCAB], 1).astype(np.int32)
-  dense = rng.random((n, W2_DENSE), dtype=np.float32)
+  sparse = np.stack([rng.integers(1, v + 1, n) for v in w2.VOCAB_SIZES], 1).astype(np.int32)
+  dense = rng.random((n, w2.NUM_DENSE), dtype=np.float32)
   click = (rng.random(n) < 0.05).astype(np.float32)
   conversion = click * (rng.random(n) < 0.2).astype(np.float32)
   return sparse, dense, click, conversion

@@ -4,7 +4,7 @@
       [--parquet]
 
 1. Writes an AliExpress-format CSV of ``--rows`` rows in the W2 shape
-   (``pico_jax.data.w2``: 16 categorical fields with vocabularies of 8 ... 500,000, 63
+   (``benchmarks/w2.py``: 16 categorical fields with vocabularies of 8 ... 500,000, 63
    dense values in [0, 1) written with 6 decimals, search_id, click, conversion).
 2. Times, interleaved ``--repeat`` times in one run so that they share the machine's
    load: ``pandas.read_csv`` of the file (the reference; only when pandas is
@@ -47,8 +47,8 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import w2
 
-from pico_jax.data import w2
 from pico_jax.ingest import numeric_parse, preprocess
 
 HEADER = (["search_id"] + [f"categorical_{i}" for i in range(1, 17)]

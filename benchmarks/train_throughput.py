@@ -15,7 +15,7 @@ measured between the timed windows of the same run), ``train_mflop_per_example``
 memory (XLA's compiled-buffer analysis; the allocator's peak where the device reports
 it; the host's peak RSS).
 
-The model is configs/w2.py on W2-shaped synthetic batches (pico_jax/data/w2.py). Eight
+The model is configs/w2.py on W2-shaped synthetic batches (benchmarks/w2.py). Eight
 distinct batches are placed on the devices before timing and reused in turn, so the
 input pipeline is not part of the step time (it has its own benchmark).
 
@@ -47,10 +47,10 @@ import statistics
 import common
 import jax
 import numpy as np
+import w2
 
 from configs import w2 as w2_config
 from pico_jax import contrast, parallel
-from pico_jax.data import w2
 from pico_jax.train.trainer import build
 
 # Layers whose input carries no gradient: forward + weight gradient only.

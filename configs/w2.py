@@ -1,10 +1,10 @@
 """W2 (docs/benchmarks.md): the AliExpress-shaped MMoE throughput workload.
 
-16 categorical fields (vocabularies up to 500,000, ``pico_jax.data.w2``), 63 dense
+16 categorical fields (vocabularies up to 500,000, ``benchmarks/w2.py``), 63 dense
 features, embedding 128, MMoE with 8 experts [512, 256], towers [128, 64], Adam 1e-3
 (lazy for the embedding table), batch 2048 (the benchmark also runs 4096). ``dense_dim = 63`` keeps the backbone input
 at 16 * 128 + 63 = 2111 features, the width of the PyTorch peer that concatenates the
-raw dense features. The data is synthetic (``pico_jax.data.w2``):
+raw dense features. The data is synthetic (``benchmarks/w2.py``):
 
   python benchmarks/train_throughput.py            # uses this config
 

@@ -267,3 +267,21 @@ def test_command_line(tmp_path):
   assert done.returncode == 1
   assert done.stderr.strip().splitlines() == [
       "error: --hash 'categorical_1': expected FIELD=BUCKETS"]
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--min_count=0", "--min_count=0: must be >= 1"),
+    ("--spill_memory_mb=-1", "--spill_memory_mb=-1: must be >= 0"),
+    ("--hash=nope=4", "--hash=nope=4: ['nope']: not categorical fields of format "
+     "aliexpress"),
+])
+def test_an_option_out_of_range_is_one_line_naming_its_flag(tmp_path, flag, message):
+  """An option out of its range (the flags come from ``preprocess.Options``) is one
+  line naming the flag as given, before any input is read; nothing is written."""
+  from conftest import run_script
+  good = write(tmp_path, "ae.csv", good_ae(tmp_path, n=20))
+  done = run_script("preprocess", "--format=aliexpress", f"--input={good}",
+                    f"--output={tmp_path / 's'}", flag, "--noprogress")
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines() == [f"error: {message}"]
+  assert sorted(os.listdir(tmp_path)) == ["ae.csv"]

@@ -21,6 +21,9 @@ from typing import Any, Callable, Iterable
 
 import tqdm
 
+# Lines per block by default: the unit of parallel work and of a worker's memory.
+CHUNK_ROWS = 65_536
+
 
 def parse_threads(block: int, num_blocks: int, threads: int) -> int:
   """Threads for the parse of block number ``block`` of ``num_blocks``, ``threads``

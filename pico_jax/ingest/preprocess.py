@@ -54,78 +54,95 @@ from pico_jax.ingest.vocab import Counter, build_vocab
 
 PREPROCESS_VERSION = 1
 POLICIES = ("error", "drop", "keep")
+DENSE_TRANSFORMS = ("standardize", "none")
+
+
+class OptionError(ValueError):
+  """An option out of its range: ``field`` names it, ``what`` says what it must be."""
+
+  def __init__(self, field: str, value, what: str):
+    self.field, self.what = field, what
+    super().__init__(f"{field}={value!r}: {what}")
+
+
+def _option(default, text: str, **flag):
+  """An ``Options`` field: its default and its one-line help, with how its flag of
+  launch/preprocess.py differs from the field (``pico_jax.dataclass_flags``)."""
+  return dataclasses.field(default=default, metadata={"help": text, **flag})
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-  """Preprocessing options (every one is recorded in meta.json).
+  """Preprocessing options, checked when made (raises OptionError); every one is
+  recorded in meta.json. Each field's help is its flag's in launch/preprocess.py.
 
-  Attributes:
-    min_count: values seen fewer times in the training split map to id 0.
-    hash_buckets: field name -> bucket count: those fields are hashed.
-    max_vocab: > 0: a field keeping more values than this is hashed into max_vocab
-      buckets.
-    multi_max_len: padded length L of multi-valued fields; longer lists keep their
-      first L ids (in line order) and the truncated rows are counted in meta.json.
-    multi_fields: key:value fields stored as multi-valued even if no row repeats them.
-    policy: conversion without click: error | drop | keep (None: the format's own).
-    dense_transform: "standardize" (mean and population std of the training rows)
-      or "none".
-    seed: the split permutation's seed.
-    split_fractions: (train, val, test) fractions of a single input.
-    val_fraction: the part of the train file carved out as val with two inputs.
-    chunk_rows: lines per block (the unit of parallel work and of the dense
-      statistics' merge order, so stores depend on it in the last bits).
-    workers: blocks worked on in parallel (1: one at a time; 0: one per CPU, see
-      ``blocks.default_workers``).
-    processes: the workers are forked processes instead of threads of this process.
-      Threads cost nothing to start, and the parse, the hashing and the large array
-      operations release the GIL; processes share no GIL at all, at the cost of their
-      start (measured on 2 cores only: BENCHMARKS.md).
-    spill_memory: bytes of parsed blocks held in memory between the passes (threads
-      only: worker processes spill every block to a file); the blocks beyond it are
-      spilled to files beside the output. Stores do not depend on it.
-    sparse, dense: column names replacing the format's default features.
-    table: the column roles of format "table" (``table.TableRoles``).
+  More than the help says: a list longer than ``multi_max_len`` keeps its first L ids
+  (in line order), and its row is counted in meta.json. Stores depend on
+  ``chunk_rows`` in the last bits (it orders the merge of the dense statistics), never
+  on ``workers``, ``processes`` or ``spill_memory``. Threads start free, and the
+  parse, the hashing and the large array operations release the GIL; worker processes
+  share no GIL but cost their start, and spill every block to a file. ``table``: the
+  column roles of format "table" (``table.TableRoles``, flags of their own).
   """
-  min_count: int = 1
-  hash_buckets: tuple[tuple[str, int], ...] = ()
-  max_vocab: int = 0
-  multi_max_len: int = 64
-  multi_fields: tuple[str, ...] = ()
-  policy: str | None = None
-  dense_transform: str = "standardize"
-  seed: int = 0
-  split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-  val_fraction: float = 0.1
-  chunk_rows: int = 65_536
-  workers: int = 0
-  processes: bool = False
-  spill_memory: int = 1 << 30
-  sparse: tuple[str, ...] | None = None
-  dense: tuple[str, ...] | None = None
-  table: TableRoles | None = None
+  min_count: int = _option(1, "Training-split count below which a value maps to id 0.")
+  hash_buckets: tuple[tuple[str, int], ...] = _option(
+      (), "hash these fields into a fixed number of buckets.", flag="hash",
+      metavar="FIELD=BUCKETS")
+  max_vocab: int = _option(0, "Hash any field keeping more values than this into that "
+                           "many buckets (0: none).")
+  multi_max_len: int = _option(64, "Padded length of multi-valued fields (longer lists "
+                               "are truncated).")
+  multi_fields: tuple[str, ...] = _option((), "key:value fields to store as "
+                                          "multi-valued.")
+  policy: str | None = _option(
+      None, "Rows with conversion=1, click=0: error, drop (counted) or keep (default: "
+      "the format's policy; census keeps, the others error).",
+      flag="conversion_without_click", choices=POLICIES)
+  dense_transform: str = _option(
+      "standardize", "Dense feature transform: standardize (mean and population std "
+      "of the training rows) or none.", choices=DENSE_TRANSFORMS)
+  seed: int = _option(0, "Seed of the split permutation.")
+  split_fractions: tuple[float, float, float] = _option(
+      (0.8, 0.1, 0.1), "train,val,test fractions when one input is given.")
+  val_fraction: float = _option(0.1, "Part of the train file used as val when train "
+                                "and test are given.")
+  chunk_rows: int = _option(blocks.CHUNK_ROWS, "Lines per block (the unit of parallel "
+                            "work).")
+  workers: int = _option(0, "Blocks parsed and written in parallel, by threads of this "
+                         "process (0: one per CPU, never more than the CPUs or the "
+                         "blocks).")
+  processes: bool = _option(False, "The workers are processes instead of threads (one "
+                            "per idle CPU, at most one per 16 MiB of input).")
+  spill_memory: int = _option(
+      1 << 30, "MiB of parsed blocks held in memory between the two passes; the blocks "
+      "beyond it are spilled to temporary files beside --output (0: every block; "
+      "worker processes always spill to files).", flag="spill_memory_mb", unit=1 << 20)
+  sparse: tuple[str, ...] | None = _option(None, "Categorical columns (replaces the "
+                                           "format's default).")
+  dense: tuple[str, ...] | None = _option(None, "Dense columns (replaces the format's "
+                                          "default).")
+  table: TableRoles | None = _option(None, "The column roles of format table.")
 
-  def validate(self):
-    if self.min_count < 1:
-      raise ValueError(f"min_count={self.min_count}: must be >= 1")
-    if self.policy is not None and self.policy not in POLICIES:
-      raise ValueError(f"policy={self.policy!r}: expected one of {list(POLICIES)}")
-    if self.dense_transform not in ("standardize", "none"):
-      raise ValueError(f"dense_transform={self.dense_transform!r}: expected "
-                       "'standardize' or 'none'")
-    f = self.split_fractions
-    if len(f) != 3 or min(f) < 0 or abs(sum(f) - 1) > 1e-9:
-      raise ValueError(f"split_fractions={f}: three non-negative fractions summing to 1")
-    if not 0 <= self.val_fraction < 1:
-      raise ValueError(f"val_fraction={self.val_fraction}: must be in [0, 1)")
-    if self.chunk_rows < 1 or self.multi_max_len < 1 or min(self.workers,
-                                                            self.spill_memory) < 0:
-      raise ValueError("chunk_rows and multi_max_len must be >= 1, workers and "
-                       "spill_memory >= 0")
-    for name, buckets in self.hash_buckets:
-      if buckets < 1:
-        raise ValueError(f"hash buckets for {name!r}: must be >= 1, got {buckets}")
+  def __post_init__(self):
+    checks = (
+        ("min_count", self.min_count >= 1, "must be >= 1"),
+        ("policy", self.policy in (None, *POLICIES), f"expected one of {list(POLICIES)}"),
+        ("dense_transform", self.dense_transform in DENSE_TRANSFORMS,
+         f"expected one of {list(DENSE_TRANSFORMS)}"),
+        ("split_fractions", len(self.split_fractions) == 3
+         and min(self.split_fractions) >= 0 and abs(sum(self.split_fractions) - 1) <= 1e-9,
+         "three non-negative fractions summing to 1"),
+        ("val_fraction", 0 <= self.val_fraction < 1, "must be in [0, 1)"),
+        ("chunk_rows", self.chunk_rows >= 1, "must be >= 1"),
+        ("multi_max_len", self.multi_max_len >= 1, "must be >= 1"),
+        ("workers", self.workers >= 0, "must be >= 0"),
+        ("spill_memory", self.spill_memory >= 0, "must be >= 0"),
+        ("max_vocab", self.max_vocab >= 0, "must be >= 0"),
+        ("hash_buckets", all(b >= 1 for _, b in self.hash_buckets),
+         "every bucket count must be >= 1"))
+    for field, holds, what in checks:
+      if not holds:
+        raise OptionError(field, getattr(self, field), what)
 
 
 def _spill_parent(output: str) -> str:
@@ -157,11 +174,16 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
   Raises:
     DataError: bad input, naming file, line and column. No store is written (an
       existing one at ``output`` stays as it was) and no temporary file is left.
+    OptionError: ``hash_buckets`` names a field that is not categorical.
   """
-  options.validate()
   raw_files.blake3_module()  # a missing dependency fails now, not after the passes.
   fmt = formats.get_format(format_name, sparse=options.sparse, dense=options.dense,
                            table=options.table)
+  unknown = {name for name, _ in options.hash_buckets} - {*fmt.sparse_names,
+                                                          *fmt.list_names}
+  if unknown:
+    raise OptionError("hash_buckets", options.hash_buckets, f"{sorted(unknown)}: not "
+                      f"categorical fields of format {fmt.name}")
   output = os.path.abspath(output)
   if os.path.exists(output) and not overwrite:
     raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
@@ -243,9 +265,6 @@ def _build(build: passes.Build) -> dict:
   split_of, rank_of = assign(sources, options.seed, options.split_fractions,
                              options.val_fraction)
   hashed = dict(options.hash_buckets)
-  unknown = set(hashed) - set(fmt.sparse_names + fmt.list_names)
-  if unknown:
-    raise ValueError(f"hash_buckets names unknown fields {sorted(unknown)}")
   spill = Spill(options.spill_memory if runner.in_process else 0)
   counts = passes.count_pass(build, split_of, policy, spill)
   keep, max_mult = counts.keep, counts.max_mult

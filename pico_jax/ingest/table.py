@@ -34,17 +34,26 @@ from pico_jax.ingest.format_contract import Chunk, Format, Layout, echo
 _PARQUET = (".parquet", ".pq")
 
 
+def _option(default, text: str, **flag):
+  """A ``TableRoles`` field: its default (MISSING: required) and one-line help, with
+  how its flag of launch/preprocess.py differs (``pico_jax.dataclass_flags``)."""
+  return dataclasses.field(default=default, metadata={"help": text, **flag})
+
+
 @dataclasses.dataclass(frozen=True)
 class TableRoles:
   """What each column of a table is. ``multi``: (column, separator) pairs: a string
   column of values joined by the separator, or a list column (separator unused)."""
-  click: str
-  conversion: str
-  group: str | None = None
-  id: str | None = None
-  sparse: tuple[str, ...] = ()
-  multi: tuple[tuple[str, str], ...] = ()
-  dense: tuple[str, ...] = ()
+  click: str = _option(dataclasses.MISSING, "the click label column.")
+  conversion: str = _option(dataclasses.MISSING, "the conversion label column.")
+  group: str | None = _option(None, "the group key column (GAUC; an integer below "
+                              "2**31).")
+  id: str | None = _option(None, "the id column written beside predictions.")
+  sparse: tuple[str, ...] = _option((), "the categorical columns.")
+  multi: tuple[tuple[str, str], ...] = _option(
+      (), "multi-valued columns (a list column takes any separator).",
+      metavar="COLUMN:SEPARATOR")
+  dense: tuple[str, ...] = _option((), "the dense columns.")
 
   @classmethod
   def from_json(cls, d: dict) -> "TableRoles":

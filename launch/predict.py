@@ -5,9 +5,10 @@
   python launch/predict.py --workdir=RUN --artifact=EXPORTED_DIR --input=raw.csv \
       --output=preds.csv
 
-Raw rows are encoded with the vocabularies and dense transform of the run's training
-store and scored by the run's checkpoint (``--checkpoint``) or an exported serving
-artifact (``--artifact``); see ``pico_jax.predict`` for the output and the checks.
+Raw rows (of the format the run's store was built from, ``table`` included) are
+encoded with the vocabularies and dense transform of the run's training store and
+scored by the run's checkpoint (``--checkpoint``) or an exported serving artifact
+(``--artifact``); see ``pico_jax.predict`` for the output and the checks.
 """
 
 import json
@@ -15,6 +16,7 @@ import json
 from absl import flags
 
 from pico_jax import cli
+from pico_jax.ingest import blocks
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's work directory.",
                                required=True)
@@ -28,7 +30,8 @@ _FORMAT = flags.DEFINE_string("format", None, "The inputs' format (default: the 
 _OUTPUT = flags.DEFINE_string("output", None, "CSV of predictions to write.", required=True)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4096, "Rows per model call with "
                                    "--artifact (checkpoints use the run's eval batch size).")
-_CHUNK_ROWS = flags.DEFINE_integer("chunk_rows", 65_536, "Lines parsed at a time.")
+_CHUNK_ROWS = flags.DEFINE_integer("chunk_rows", blocks.CHUNK_ROWS, "Lines parsed at a "
+                                   "time.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "A progress bar on stderr.")
 
 

@@ -5,20 +5,22 @@
   python launch/predict.py --workdir=RUN --artifact=EXPORTED_DIR --input=raw.csv \
       --output=preds.csv
 
-Raw rows are parsed and encoded by the preprocessing code (``Format.parse_block`` and
-``encode.Encoder``) with the vocabularies and dense transform saved in the run's
-training store, so a row scores exactly as it would from a store. Values the store
-never kept (unseen, rare or missing) map to their field's id 0; how many rows did, per
-field, is printed. The model is the run's checkpoint (``--checkpoint``, scored in
-batches over every local device) or an exported serving artifact (``--artifact``, see
-``pico_jax/export.py``).
+Raw rows of any format, ``table`` (CSV or Parquet) included, are read
+(``Format.stream``), parsed (``Format.parse_block``) and encoded (``Encoder.encode``,
+with its checks) by the preprocessing code, with the vocabularies and dense transform
+saved in the run's training store, so a row scores exactly as it would from a store.
+Values the store never kept (unseen, rare or missing) map to their field's id 0; how
+many rows did, per field, is printed. The model is the run's checkpoint
+(``--checkpoint``, scored in batches over every local device) or an exported serving
+artifact (``--artifact``, see ``pico_jax/export.py``).
 
 Output: a CSV with the format's id column (search_id for aliexpress, the sample id
-for aliccp_raw, quoted; none for the others), p_ctr, p_cvr and p_ctcvr (float32, in
-the shortest decimals that read back to the same value), in input order. The
-label columns are optional in the inputs of the numeric CSV formats; when the inputs
-have them, the metrics of ``pico_jax.metrics.task_metrics`` are printed as JSON. A bad
-row stops the run with its file, line and column, and nothing is left at --output.
+for aliccp_raw, quoted, table's declared id; none for the others), p_ctr, p_cvr and
+p_ctcvr (float32, in the shortest decimals that read back to the same value), in
+input order. The label columns are optional in the inputs of the numeric CSV formats
+and of table; when the inputs have them, the metrics of
+``pico_jax.metrics.task_metrics`` are printed as JSON. A bad row stops the run with
+its file, line and column, and nothing is left at --output.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from pico_jax import batch as B
-from pico_jax.ingest import blocks, format_contract, formats, raw_files
-from pico_jax.ingest.encode import Encoder, Unstorable
 from pico_jax.data.errors import DataError
+from pico_jax.ingest import blocks, format_contract
+from pico_jax.ingest.encode import Encoder
 
 OUTPUTS = ("p_ctr", "p_cvr", "p_ctcvr")
 
@@ -92,7 +94,8 @@ def _id_column(ids: np.ndarray) -> pa.Array:
 
 
 def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
-                  chunk_rows: int = 65_536, progress: bool = False, log=print) -> dict:
+                  chunk_rows: int = blocks.CHUNK_ROWS, progress: bool = False,
+                  log=print) -> dict:
   """Scores every row of ``inputs`` into the CSV ``output``.
 
   Returns a summary: ``rows``, ``id0`` (per field: rows whose id is 0), ``metrics``
@@ -104,14 +107,14 @@ def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
   if fmt_name and fmt_name != fmt.name:
     raise DataError(f"--format {fmt_name}: the run's store was built from format "
                     f"{fmt.name} ({store_path}); leave --format out or give {fmt.name}")
-  layouts = [fmt.inspect(p, raw_files.first_line(p), labels_optional=True) for p in inputs]
+  layouts = [fmt.open_input(p, labels_optional=True) for p in inputs]
   fields = encoder.sparse_names + encoder.multi_names
   id0 = dict.fromkeys(fields, 0)
   labeled = all(layout.labels for layout in layouts)
   kept = {k: [] for k in (*OUTPUTS, B.CLICK, B.CONVERSION, B.GROUP)}
   start, rows = time.perf_counter(), 0
   out_dir = os.path.dirname(os.path.abspath(output))
-  bar = blocks.Progress(sum(os.path.getsize(p) for p in inputs), "predict", "B", progress)
+  bar = blocks.Progress(sum(fmt.input_bytes(p) for p in inputs), "predict", "B", progress)
   names = ((fmt.id_name,) if fmt.id_name else ()) + OUTPUTS
   with tempfile.NamedTemporaryFile("wb", dir=out_dir, delete=False,
                                    prefix=f".{os.path.basename(output)}.tmp-") as f:
@@ -119,19 +122,14 @@ def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
       f.write((",".join(names) + "\n").encode())
       for path, layout in zip(inputs, layouts):
         read = file_rows = 0
-        for block, data in raw_files.stream_blocks(path, chunk_rows, layout.header):
+        for block, data in fmt.stream(path, layout, chunk_rows):
           if block is None:  # progress by bytes read: the ETA needs no line count.
             bar.update(0, data - read)
             read = data
             continue
-          chunk = fmt.parse_block(path, data, block.first_line, layout, block.num_lines)
-          format_contract.check_rows(fmt, path, chunk)  # preprocessing's checks, the same.
-          try:
-            cols, _ = encoder.encode(chunk)
-          except Unstorable as e:
-            raise DataError(e.message(), path=path, line=int(chunk.lines[e.row]),
-                            column=fmt.column_number(fmt.dense_names[e.column]),
-                            column_name=fmt.dense_names[e.column]) from None
+          chunk = fmt.parse_block(block.path, data, block.first_line, layout,
+                                  block.num_lines)
+          cols, _ = encoder.encode(chunk, block.path)  # preprocessing's checks, the same.
           for j, name in enumerate(encoder.sparse_names):
             id0[name] += int(np.sum(cols[B.SPARSE][:, j] == 0))
           for g, name in enumerate(encoder.multi_names):  # values, not rows, here.

@@ -47,20 +47,25 @@ def run(tmp_path_factory):
 def test_encoder_from_store_reproduces_the_store(tmp_path, fmt, inputs, options):
   """Raw test rows encoded by the store's saved encoder are the store's test split,
   array for array (the test file is the test split, in file order)."""
-  from pico_jax.ingest import raw_files
-  from pico_jax.data import store
   from pico_jax.ingest.encode import Encoder
   from shared_data import ALICCP
   inputs = [p if os.path.isabs(p) else os.path.join(ALICCP, p) for p in inputs]
   preprocess.build_store(fmt, inputs, str(tmp_path / "s"),
                          options=preprocess.Options(**options))
   encoder, reader, _ = Encoder.from_store(str(tmp_path / "s"))
-  layout = reader.inspect(inputs[1], raw_files.first_line(inputs[1]), labels_optional=True)
+  layout = reader.open_input(inputs[1], labels_optional=True)
   parsed = [reader.parse_block(inputs[1], data, block.first_line, layout)
-            for block, data in raw_files.stream_blocks(inputs[1], 7, layout.header)
-            if block]
-  encoded = [encoder.encode(chunk)[0] for chunk in parsed]
-  want = store.load_store(str(tmp_path / "s")).splits["test"]
+            for block, data in reader.stream(inputs[1], layout, 7) if block]
+  assert_is_the_test_split([encoder.encode(chunk, inputs[1])[0] for chunk in parsed],
+                           str(tmp_path / "s"))
+
+
+def assert_is_the_test_split(encoded, store_dir, labels=True):
+  """The encoded blocks, concatenated, are the store's test split, array for array."""
+  from pico_jax.data import store
+  want = store.load_store(store_dir).splits["test"]
+  if not labels:
+    want = {k: v for k, v in want.items() if k not in ("click", "conversion")}
   assert set(encoded[0]) == set(want)
   for key, column in want.items():
     np.testing.assert_array_equal(np.concatenate([e[key] for e in encoded]), column,
@@ -211,3 +216,55 @@ def test_predict_rejects_what_preprocess_rejects(tmp_path, content, message):
                           log=lambda msg: None)
   assert (e.value.path, e.value.line) == want
   assert not os.path.exists(tmp_path / "out.csv")
+
+
+@needs_data
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_a_table_store_scores_its_csv_or_parquet_rows(tmp_path, kind):
+  """Format table (CSV or Parquet inputs): predict encodes the test file's rows as the
+  store holds them (what the model is given is the store's test split), writes the
+  declared id column and takes the file without its label columns too."""
+  import pyarrow.csv as pacsv
+  import pyarrow.parquet as pq
+  from test_table_format import ROLES, SAMPLE, to_parquet
+  inputs = [SAMPLE.format("train"), SAMPLE.format("test")]
+  if kind == "parquet":
+    inputs = [to_parquet(p, tmp_path / f"{i}.parquet", 7) for i, p in enumerate(inputs)]
+  store_dir = str(tmp_path / "store")
+  preprocess.build_store("table", inputs, store_dir,
+                         options=preprocess.Options(table=ROLES, chunk_rows=8))
+  given = []
+  score = lambda columns: given.append(columns) or _zeros(columns)
+  summary = predict.predict_files(score, store_dir, [inputs[1]], str(tmp_path / "p.csv"),
+                                  chunk_rows=8, log=lambda msg: None)
+  assert_is_the_test_split(given, store_dir)
+  header, rows = _read(str(tmp_path / "p.csv"))
+  raw = np.loadtxt(SAMPLE.format("test"), delimiter=",", skiprows=1)
+  assert header == ["search_id", "p_ctr", "p_cvr", "p_ctcvr"]
+  np.testing.assert_array_equal(rows[:, 0].astype(np.int64), raw[:, 0].astype(np.int64))
+  assert summary["rows"] == len(raw) and summary["metrics"] is not None
+
+  table = pacsv.read_csv(SAMPLE.format("test")).drop_columns(["click", "conversion"])
+  unlabeled = str(tmp_path / f"unlabeled.{kind}")
+  (pq.write_table if kind == "parquet" else pacsv.write_csv)(table, unlabeled)
+  given.clear()
+  summary = predict.predict_files(score, store_dir, [unlabeled], str(tmp_path / "q.csv"),
+                                  chunk_rows=8, log=lambda msg: None)
+  assert_is_the_test_split(given, store_dir, labels=False)
+  assert summary["metrics"] is None
+  np.testing.assert_array_equal(_read(str(tmp_path / "q.csv"))[1], rows)
+
+
+def test_a_store_without_vocabularies_is_a_located_error(tmp_path):
+  """A store not built from raw files (here a synthetic one) cannot encode raw rows:
+  one DataError naming it."""
+  from pico_jax.data.errors import DataError
+  from pico_jax.data.schema import Schema, SparseField
+  from pico_jax.ingest.store_writer import StoreWriter
+  sizes = {"train": 2, "val": 1, "test": 1}
+  with StoreWriter(str(tmp_path / "s"), Schema(sparse=(SparseField("a", 3),)),
+                   sizes) as writer:
+    writer.commit({"format": "synthetic"})
+  with pytest.raises(DataError, match="not built from raw files") as e:
+    predict.predict_files(_zeros, str(tmp_path / "s"), [TEST], str(tmp_path / "p.csv"))
+  assert e.value.path == str(tmp_path / "s")

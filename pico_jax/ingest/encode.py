@@ -1,9 +1,12 @@
-"""Parsed rows -> model columns: vocabularies, the dense transform and the schema layout.
+"""Parsed rows -> checked model inputs: vocabularies, the dense transform, the layout.
 
-One ``Encoder`` maps a ``format_contract.Chunk`` to the store's columns. Preprocessing
-builds it from the training statistics and writes its output into the store; scoring
-(``pico_jax.predict``) loads the same encoder from a store (``Encoder.from_store``)
-and feeds its output to the model, so raw rows are encoded by one code path.
+``Encoder.encode`` is the one function that turns a parsed block (a
+``format_contract.Chunk``) into the model's columns and checks what they can hold,
+naming file, line and column. Preprocessing builds the encoder from the training
+statistics and writes its output into the store (pass 2); scoring
+(``pico_jax.predict``) loads the same encoder from the store (``Encoder.from_store``)
+and feeds its output to the model. The encoder is plain data (vocabularies, dense
+statistics, column roles), so it can travel without the store.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 from pico_jax import batch as B
 from pico_jax.ingest import compiled, formats
 from pico_jax.data import store
+from pico_jax.data.errors import DataError
 from pico_jax.ingest.format_contract import Chunk, Format
 from pico_jax.ingest.vocab import Vocab
 
@@ -57,23 +61,31 @@ def _lookup(vocab: Vocab, values) -> np.ndarray:
   return vocab.lookup(values)
 
 
-class Unstorable(ValueError):
-  """A dense value whose stored (transformed, float32) form is not finite: at ``row``
-  of the chunk, dense column ``column``; ``value`` the raw one."""
+_INT32 = np.iinfo(np.int32)
 
-  def __init__(self, row: int, column: int, value: float, transformed: bool):
-    self.row, self.column, self.value, self.transformed = row, column, value, transformed
-    super().__init__(self.message())
 
-  def message(self) -> str:
-    how = "standardized" if self.transformed else "as is"
-    return (f"dense value {self.value!r} cannot be stored: {how}, it is beyond "
-            "float32's range (3.4e38)")
+def column_roles(fmt: Format) -> dict:
+  """The ``Encoder`` fields that say where its inputs sit in ``fmt``'s raw files: the
+  dense features, their columns and the group key."""
+  return {"dense_names": fmt.dense_names,
+          "dense_columns": tuple(fmt.column_number(n) for n in fmt.dense_names),
+          "group_name": fmt.group_name}
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreRows:
+  """Where the rows of a block go in a store: row i to row ``where[i]`` (int64 [n]) of
+  split ``split[i]`` (int8 [n]; -1: not stored) of ``columns(key)``, the train, val
+  and test arrays of a batch key."""
+  split: np.ndarray
+  where: np.ndarray
+  columns: Callable[[str], tuple[np.ndarray, ...]]
 
 
 @dataclasses.dataclass
 class Encoder:
-  """Everything that turns raw values into the store's ids and dense values.
+  """Everything that turns parsed rows into model inputs, as plain data: the
+  vocabularies (tables or hash buckets), the dense statistics and the column roles.
 
   Attributes:
     sparse_names: the single-valued fields in schema order: the format's sparse
@@ -83,7 +95,10 @@ class Encoder:
     multi_len: their padded length L.
     vocabs: field name -> ``Vocab``.
     mean, std: float64 [D]: dense = (raw - mean) / std.
-    has_dense, has_group: whether the store has the dense and group columns.
+    dense_names: the D dense features (none: the inputs have no dense column).
+    dense_columns: per dense feature, its 1-based column in a raw file, or None where
+      columns have no fixed place (for messages).
+    group_name: the group key's column, or None when there is no group column.
     constant: bool [D], dense columns constant in the training rows (see
       ``moments``): stored as 0 in every split; None: none is.
   """
@@ -94,18 +109,24 @@ class Encoder:
   vocabs: dict[str, Vocab]
   mean: np.ndarray
   std: np.ndarray
-  has_dense: bool
-  has_group: bool
+  dense_names: tuple[str, ...] = ()
+  dense_columns: tuple[int | None, ...] = ()
+  group_name: str | None = None
   constant: np.ndarray | None = None
 
-  def encode(self, chunk: Chunk, dense: bool = True
+  def encode(self, chunk: Chunk, path: str, into: StoreRows | None = None
              ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """(columns, truncated): the batch-keyed columns of ``chunk`` (labels only when it
-    has them; dense only with ``dense``) and, per multi-valued field, how many rows had
-    more than L values.
+    """The rows of ``chunk``, parsed from file ``path``, as checked model inputs:
+    (columns, truncated). ``columns`` are batch-keyed (labels only when the rows have
+    them); ``truncated``, per multi-valued field, counts the rows with more than L
+    values. With ``into``, the columns are written into a store's rows instead (the
+    dense values standardized straight into them) and ``columns`` is empty.
 
     Shapes: sparse int32 [n, F], multi int32 [n, G, L], multi_mask bool [n, G, L],
     dense float32 [n, D], group int32 [n], click/conversion float32 [n].
+
+    Raises DataError naming the file, line and column of the first group key beyond
+    int32 or dense value beyond float32 (as stored: standardized, or as is).
     """
     n = len(chunk)
     cols = {}
@@ -132,32 +153,32 @@ class Encoder:
         mask[lrows[fits], g, pos[fits]] = True
         truncated[name] = int(np.sum(np.bincount(lrows, minlength=n) > L))
       cols[B.MULTI], cols[B.MULTI_MASK] = multi, mask
-    if self.has_dense and dense:
-      values = compiled.standardize(chunk.dense, *self._transform())
-      bad = np.argwhere(~np.isfinite(values))
-      if len(bad):
-        self._unstorable(chunk, *bad[0])
-      cols[B.DENSE] = values
-    if self.has_group:
-      cols[B.GROUP] = chunk.group.astype(np.int32)
-    return cols, truncated
-
-  def write(self, chunk: Chunk, split: np.ndarray, where: np.ndarray,
-            outs: Callable[[str], tuple[np.ndarray, ...]]) -> dict[str, int]:
-    """``encode``'s columns written into a store: row i of ``chunk`` to row
-    ``where[i]`` (int64 [n]) of ``outs(key)[split[i]]`` (split int8 [n]; rows of
-    split -1 are skipped), where ``outs(key)`` are the train, val and test columns of
-    a batch key. The dense values are standardized straight into their rows. Returns
-    the rows truncated per multi-valued field."""
-    cols, truncated = self.encode(chunk, dense=False)
+    if self.group_name is not None:
+      cols[B.GROUP] = self._group(chunk, path)
+    if into is None:
+      if self.dense_names:
+        values = compiled.standardize(chunk.dense, *self._transform())
+        bad = np.argwhere(~np.isfinite(values))
+        if len(bad):
+          self._unstorable(chunk, path, *bad[0])
+        cols[B.DENSE] = values
+      return cols, truncated
     for key, values in cols.items():
-      compiled.scatter_rows(values, split, where, outs(key))
-    if self.has_dense:
-      bad = compiled.standardize_rows(chunk.dense, *self._transform(), split, where,
-                                      outs(B.DENSE))
+      compiled.scatter_rows(values, into.split, into.where, into.columns(key))
+    if self.dense_names:
+      bad = compiled.standardize_rows(chunk.dense, *self._transform(), into.split,
+                                      into.where, into.columns(B.DENSE))
       if bad is not None:
-        self._unstorable(chunk, *bad)
-    return truncated
+        self._unstorable(chunk, path, *bad)
+    return {}, truncated
+
+  def _group(self, chunk: Chunk, path: str) -> np.ndarray:
+    """The group keys as the store's int32 column (DataError where one does not fit)."""
+    out = np.flatnonzero((chunk.group < _INT32.min) | (chunk.group > _INT32.max))
+    if len(out):
+      raise DataError(f"group key {int(chunk.group[out[0]])} does not fit int32",
+                      path=path, line=int(chunk.lines[out[0]]), column_name=self.group_name)
+    return chunk.group.astype(np.int32)
 
   def _transform(self) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) float64 [D] the dense values are standardized with: a constant
@@ -171,9 +192,13 @@ class Encoder:
       return np.zeros(len(self.mean), bool)
     return np.asarray(self.constant, bool)
 
-  def _unstorable(self, chunk: Chunk, row: int, column: int):
-    transformed = bool(np.any(self.mean != 0) or np.any(self.std != 1))
-    raise Unstorable(int(row), int(column), float(chunk.dense[row, column]), transformed)
+  def _unstorable(self, chunk: Chunk, path: str, row: int, k: int):
+    how = ("standardized" if np.any(self.mean != 0) or np.any(self.std != 1)
+           else "as is")
+    raise DataError(f"dense value {float(chunk.dense[row, k])!r} cannot be stored: "
+                    f"{how}, it is beyond float32's range (3.4e38)", path=path,
+                    line=int(chunk.lines[row]), column=self.dense_columns[k],
+                    column_name=self.dense_names[k])
 
   @classmethod
   def from_store(cls, path: str) -> tuple["Encoder", Format, dict]:
@@ -182,8 +207,8 @@ class Encoder:
     with the store's feature columns."""
     meta = store.read_meta(path)
     if meta.get("format") not in formats.FORMATS or "vocab" not in meta:
-      raise ValueError(f"{path}: a store of format {meta.get('format')!r}, not built "
-                       "from raw files by launch/preprocess.py: it has no vocabularies")
+      raise DataError(f"a store of format {meta.get('format')!r}, not built from raw "
+                      "files by launch/preprocess.py: it has no vocabularies", path=path)
     options = meta.get("options", {})
     fmt = formats.get_format(meta["format"], sparse=options.get("sparse"),
                              dense=options.get("dense"), table=options.get("table"))
@@ -206,6 +231,6 @@ class Encoder:
                multi_names=tuple(multi),
                multi_len=max((f["max_len"] for f in schema["multi"]), default=1),
                vocabs=vocabs, mean=np.asarray(stats["mean"], np.float64),
-               std=np.asarray(stats["std"], np.float64), has_dense=bool(schema["dense"]),
-               has_group=B.GROUP in schema["extras"],
-               constant=np.isin(schema["dense"], meta.get("dense_constant", []))), fmt, meta
+               std=np.asarray(stats["std"], np.float64),
+               constant=np.isin(schema["dense"], meta.get("dense_constant", [])),
+               **column_roles(fmt)), fmt, meta

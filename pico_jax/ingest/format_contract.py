@@ -103,19 +103,6 @@ def check_empty(path, line_no, line: bytes):
     raise DataError("empty line", path=path, line=line_no)
 
 
-_INT32 = np.iinfo(np.int32)
-
-
-def check_rows(fmt: "Format", path: str, chunk: Chunk) -> None:
-  """The checks of parsed rows that preprocessing and scoring share (one rule for
-  both): the group key fits the store's int32 column. Raises DataError."""
-  if chunk.group is not None:
-    out = np.flatnonzero((chunk.group < _INT32.min) | (chunk.group > _INT32.max))
-    if len(out):
-      raise DataError(f"group key {int(chunk.group[out[0]])} does not fit int32",
-                      path=path, line=int(chunk.lines[out[0]]), column_name=fmt.group_name)
-
-
 def no_rows(path: str) -> DataError:
   """The error for a file with no data rows after its header (preprocessing and
   scoring reject it alike)."""
@@ -182,9 +169,15 @@ class Format:
   # How inputs are found and read. A format of lines reads files by byte blocks
   # (``raw_files``); a format of tables (``table``) replaces these.
 
-  def open_input(self, path: str) -> Layout:
-    """The layout of input ``path``, checked before any input is scanned."""
-    return self.inspect(path, raw_files.first_line(path))
+  def open_input(self, path: str, labels_optional: bool = False) -> Layout:
+    """The layout of input ``path``, checked before any input is read further
+    (``labels_optional``: as for ``inspect``)."""
+    return self.inspect(path, raw_files.first_line(path), labels_optional)
+
+  def stream(self, path: str, layout: Layout, block_rows: int):
+    """(block, its data) of an opened input in one sequential read, without a scan
+    (scoring); ``(None, bytes read so far)`` between them, for progress."""
+    return raw_files.stream_blocks(path, block_rows, layout.header)
 
   def scan(self, path: str, layout: Layout, block_rows: int) -> raw_files.FileInfo:
     """The input's blocks of ``block_rows`` data rows (``num_lines``: the header

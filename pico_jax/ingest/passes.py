@@ -1,14 +1,16 @@
 """The two passes over the blocks: where a line becomes a row, and a row a store row.
 
-Pass 1 (``count_pass``): every block (``raw_files.Block``) of every source is parsed once
-(``parse``: ``Format.parse_block``, lines -> a ``format_contract.Chunk`` of rows), checked
-(``check_rows``) and counted (``count_block``: the training values of every field, the
-dense moments, the multiplicity of key:value fields), then spilled (``spill.Spill``:
-held in memory up to a budget, in files beyond it) with its ids factorized per block.
+Pass 1 (``count_pass``): every block (``raw_files.Block``) of every source is parsed
+once (``parse``: ``Format.parse_block``, lines -> a ``format_contract.Chunk`` of rows,
+checked) and counted (``count_block``: the training values of every field, the dense
+moments, the multiplicity of key:value fields), then spilled (``spill.Spill``: held
+in memory up to a budget, in files beyond it) with its ids factorized per block.
 Pass 2 (``write_pass``): once the vocabularies are built, every spilled block is taken
-back, encoded (``encode.Encoder``) and written into the store's memory-mapped columns
-(``write_block``). Blocks run on ``blocks.Runner``'s workers and come back in file
-order, so the first bad row of the input (in file order) is the one reported.
+back, encoded and checked (``encode.Encoder.encode``, as scoring encodes) and written
+into the store's memory-mapped columns (``write_block``). Blocks run on
+``blocks.Runner``'s workers and come back in file order, so the first bad row of the
+input (in file order) is the one reported: the parse's errors first, then the
+encoder's (a group key beyond int32, a dense value beyond float32).
 
 As worker processes, only offsets, per-row split ids and small statistics travel: a
 worker reads its block from the file (a gzip stream is unpacked once by the parent)
@@ -27,8 +29,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pico_jax.ingest import blocks, format_contract, moments as moments_lib, raw_files
-from pico_jax.ingest.encode import Encoder, Unstorable, factorize
 from pico_jax.data.errors import DataError
+from pico_jax.ingest.encode import Encoder, StoreRows, factorize
 from pico_jax.ingest.spill import FILES, Spill
 from pico_jax.ingest.vocab import Counter
 
@@ -132,7 +134,6 @@ def count_block(task: CountTask, spill: Spill = FILES) -> BlockStats:
                     "entire-space rule; use policy 'drop' to skip such rows",
                     path=path, line=int(chunk.lines[i]), column=col, column_name=name)
   dropped = bad if task.policy == "drop" else np.zeros(len(chunk), bool)
-  format_contract.check_rows(fmt, path, chunk)
   train = (task.split == 0) & ~dropped
   uniques = []
   for j, values in enumerate(chunk.sparse):
@@ -153,15 +154,13 @@ def count_block(task: CountTask, spill: Spill = FILES) -> BlockStats:
 class WriteTask:
   """Pass 2 of one block: ``where`` int64 [n] is each row's index in its split,
   ``split`` int8 [n] its split id (-1: dropped); ``encoder`` the Encoder or the path
-  of its pickle (read once per worker); ``path`` the block's file and ``dense`` the
-  (1-based column or None, name) of each dense feature, for messages."""
+  of its pickle (read once per worker); ``path`` the block's file (for messages)."""
   spill: str
   encoder: Encoder | str
   store_dir: str
   split: np.ndarray
   where: np.ndarray
   path: str = ""
-  dense: tuple[tuple[int | None, str], ...] = ()
 
 
 @functools.lru_cache(maxsize=4)
@@ -184,18 +183,13 @@ def write_block(task: WriteTask, splits=("train", "val", "test"), columns=None,
                 spill: Spill = FILES):
   """Encodes a spilled block (taken from ``spill``) into the store; per multi-valued
   field, the rows truncated. ``columns`` (split -> key -> array) defaults to maps of
-  the files."""
+  the files. Raises DataError (``Encoder.encode``)."""
   chunk = spill.take(task.spill)
   encoder = (_load_encoder(task.encoder) if isinstance(task.encoder, str)
              else task.encoder)
-  try:
-    return encoder.write(chunk, task.split, task.where, lambda key: tuple(
-        columns[split][key] if columns is not None
-        else _column(task.store_dir, split, key) for split in splits))
-  except Unstorable as e:
-    column, name = task.dense[e.column]
-    raise DataError(e.message(), path=task.path, line=int(chunk.lines[e.row]),
-                    column=column, column_name=name) from None
+  outs = lambda key: tuple(columns[split][key] if columns is not None
+                           else _column(task.store_dir, split, key) for split in splits)
+  return encoder.encode(chunk, task.path, StoreRows(task.split, task.where, outs))[1]
 
 
 @dataclasses.dataclass
@@ -262,8 +256,8 @@ def write_pass(build: Build, writer, encoder: Encoder, counts: Counts,
                ) -> dict[str, int]:
   """Pass 2: every spilled block encoded and written into ``writer``'s columns
   (``kept_split`` int8 [N]: a row's split, -1 when dropped; ``position`` int64 [N]:
-  its row in the split); the rows truncated per multi-valued field. A dense value
-  that float32 cannot hold raises DataError at its line and column."""
+  its row in the split); the rows truncated per multi-valued field. Raises
+  DataError where the encoder does (``Encoder.encode``)."""
   total, runner = len(position), build.runner
   in_process = runner.in_process or len(counts.block_rows) <= 1
   shared = encoder
@@ -271,11 +265,10 @@ def write_pass(build: Build, writer, encoder: Encoder, counts: Counts,
     shared = os.path.join(build.spill_dir, "encoder.pkl")
     with open(shared, "wb") as f:
       pickle.dump(encoder, f, protocol=pickle.HIGHEST_PROTOCOL)
-  dense = tuple((build.fmt.column_number(name), name) for name in build.fmt.dense_names)
   sizes = np.diff(counts.block_rows + [total])
   tasks = (WriteTask(spill_file(build.spill_dir, k), shared, writer.tmp,
                      kept_split[row:row + n], position[row:row + n],
-                     counts.block_paths[k], dense)
+                     counts.block_paths[k])
            for k, (row, n) in enumerate(zip(counts.block_rows, sizes)))
   write = write_block
   if in_process:

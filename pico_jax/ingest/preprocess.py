@@ -43,7 +43,7 @@ import numpy as np
 
 from pico_jax import batch as B
 from pico_jax.ingest import blocks, compiled, format_contract, formats, passes, raw_files
-from pico_jax.ingest.encode import Encoder
+from pico_jax.ingest.encode import Encoder, column_roles
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema, SparseField
 from pico_jax.ingest.spill import Spill
@@ -298,8 +298,7 @@ def _build(build: passes.Build) -> dict:
     schema = schema_of(lambda name: vocabs[name].vocab_size)
     mean, std, constant = counts.moments.result()
     encoder = Encoder(sparse_names, single_lists, multi_names, multi_len, vocabs, mean, std,
-                      has_dense=bool(fmt.dense_names), has_group=bool(extras),
-                      constant=constant)
+                      constant=constant, **column_roles(fmt))
     if options.dense_transform == "none":
       encoder.mean, encoder.std = np.zeros_like(mean), np.ones_like(std)
       encoder.constant = None

@@ -196,6 +196,17 @@ class TableFormat(Format):
       if pending and have:
         yield pending.pop(0), pa.Table.from_batches(parts, schema)
 
+  def stream(self, path, layout, block_rows):
+    """The input's blocks, in order; after each, its files' bytes read so far (a
+    file's share counted by its rows)."""
+    before, done = {}, 0
+    for file, rows, size, _ in self._inputs[path].files:
+      before[file], done = (done, rows, size), done + size
+    for block, data in self.blocks(self.scan(path, layout, block_rows)):
+      yield block, data
+      start, rows, size = before[block.path]
+      yield None, start + size * (block.offset + block.num_lines) // rows
+
   def input_bytes(self, path):
     return sum(f[2] for f in self._inputs[path].files) if path in self._inputs else 0
 
@@ -231,7 +242,7 @@ class TableFormat(Format):
       for k, c in enumerate(self.dense_names):
         dense[:, k] = self._floats(table, c, where)
     lists = {c: self._list(table, c, sep, where) for c, sep in self.roles.multi}
-    group = self._ids(table, self.group_name, where) if self.group_name else None
+    group = self._group(table, where) if self.group_name else None
     ids = self._ids(table, self.id_name, where) if self.id_name else None
     return Chunk(lines=lines, click=click, conversion=conversion, sparse=sparse,
                  dense=dense, lists=lists, group=group, ids=ids)
@@ -285,6 +296,14 @@ class TableFormat(Format):
     if len(bad):
       where.fail(int(bad[0]), name, f"categorical ids must be below 2**53, got "
                  f"{int(values[bad[0]])}")
+    return values
+
+  def _group(self, table, where) -> np.ndarray:
+    """The group keys: integer ids, as the store's int32 column holds them."""
+    values = self._ids(table, self.group_name, where)
+    if values.dtype.kind == "S":
+      where.fail(0, self.group_name, "group keys must be integers (GAUC's int32 "
+                 f"groups), got {echo(values[0])}")
     return values
 
   def _list(self, table, name, sep, where):

@@ -28,16 +28,14 @@ CHUNK_ROWS = 65_536
 def parse_threads(block: int, num_blocks: int, threads: int) -> int:
   """Threads for the parse of block number ``block`` of ``num_blocks``, ``threads``
   (``thread_budget``) being at work: one, but the last ``num_blocks % threads`` blocks
-  share all the threads, rounded up, so that no core idles through the last round
-  (BENCHMARKS.md). On 2 threads, the fifth of 5 blocks is parsed on both; on 16, each
-  of 5 blocks is parsed on 4 (20 threads on 16 CPUs, for a moment)."""
+  share all the threads, rounded up, so that no core idles through the last round.
+  On 2 threads, the fifth of 5 blocks is parsed on both; on 16, each of 5 blocks is
+  parsed on 4 (20 threads on 16 CPUs, for a moment)."""
   last = num_blocks % threads
   return -(-threads // last) if last and block >= num_blocks - last else 1
 
 
-# A worker process takes a while to start (spawn, imports; BENCHMARKS.md): below this
-# much input per worker process, fewer of them finish sooner. Threads cost nothing to
-# start.
+# A worker process is slow to start (spawn, imports): each gets at least this much input.
 MIN_BYTES_PER_WORKER = 16 << 20
 
 
@@ -45,7 +43,7 @@ def default_workers(processes: bool = False) -> int:
   """Threads: one per CPU (``os.cpu_count()``). Processes: one per idle CPU,
   ``os.cpu_count()`` less the 1-minute load average: on a machine already saturated
   by other jobs, extra processes only add their start-up and compete with each other
-  for the same cores (measured: BENCHMARKS.md)."""
+  for the same cores."""
   cpus = os.cpu_count() or 1
   if not processes:
     return cpus

@@ -25,14 +25,13 @@ def _count_newlines(buf):
 def count_newlines(data) -> int:
   """``bytes(data).count(b"\n")`` of a buffer (bytes, memoryview), in one pass: numpy's
   comparison and count first writes a boolean array the size of the buffer, then
-  reads it again (the two compared: BENCHMARKS.md)."""
+  reads it again."""
   return int(_count_newlines(np.frombuffer(data, np.uint8)))
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")  # x / 0 is inf, as in numpy.
 def _standardize_rows(x, mean, std, split, where, out0, out1, out2):
-  # The split's output is chosen as in ``_scatter_rows``, spelled out: the two
-  # sharing an inlined helper made the whole preprocessor slower (BENCHMARKS.md).
+  # Chosen as in ``_scatter_rows``, spelled out: a shared inlined helper was slower.
   n, d = x.shape
   bad_row, bad_k = -1, 0
   for i in range(n):

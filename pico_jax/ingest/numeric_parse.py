@@ -67,8 +67,7 @@ def _kernel(buf, n, int_slot, float_slot, ints, floats, pow10):
   Returns (row, column): (OK, 0) when every line parsed, else the first row and
   column (0-based) of a token outside the grammar.
   """
-  # Bytes are read at unsigned indices: a signed one costs a negative-index
-  # wraparound check per byte, a measurable part of the parse (BENCHMARKS.md).
+  # Unsigned byte indices: a signed one costs a wraparound check per byte.
   ncol = int_slot.shape[0]
   last = ncol - 1
   end = len(buf)

@@ -286,7 +286,7 @@ def _build(build: passes.Build) -> dict:
       dense=fmt.dense_names, extras=extras)
 
   # The store's columns do not depend on the vocabularies' sizes: they are allocated
-  # (written as zeros, BENCHMARKS.md) on a thread while the vocabularies are merged.
+  # (written as zeros) on a thread while the vocabularies are merged.
   # Inside the writer's block, so that any exception (an interrupt included) waits for
   # the allocation, then removes the new store.
   with StoreWriter(build.output, schema_of(lambda name: 1), split_rows,

@@ -106,17 +106,14 @@ def blake3_module():
   return blake3
 
 
-# One BLAKE3 thread hashes as fast as about 6 parsing workers read (BENCHMARKS.md):
-# preprocessing gives the hash one thread per this many workers, so that it does not
-# bound a run on many cores.
+# One BLAKE3 thread hashes as fast as this many parsing workers read: no hash bound.
 WORKERS_PER_HASH_THREAD = 6
 
 
 def hash_file(path: str, threads: int = 1) -> str:
   """The BLAKE3 digest of the file at ``path`` (hex, 256 bits; what ``b3sum PATH``
-  prints, whatever the ``threads``), read through mapped windows (no copy). BLAKE3
-  rather than sha256: several times faster on one core, where sha256 was the largest
-  piece of work preprocessing did beside the parse (BENCHMARKS.md)."""
+  prints, whatever the ``threads``), read through mapped windows (no copy). BLAKE3,
+  not sha256: several times faster on one core."""
   digest = blake3_module().blake3(max_threads=threads)
   size = os.path.getsize(path)
   for start in range(0, size, _READ_BYTES):

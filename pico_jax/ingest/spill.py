@@ -91,7 +91,7 @@ class Spill:
   to the file beyond that (and mapped back, not copied).
 
   Holding a block costs nothing: its arrays already exist. Writing it costs a copy
-  into fresh page-cache pages, a visible part of a run's CPU time (BENCHMARKS.md).
+  into fresh page-cache pages, a visible part of a run's CPU time.
   Worker processes cannot share memory with the parent, so their spill is
   ``Spill(0)``: every block goes to its file. Thread-safe.
   """

@@ -38,7 +38,7 @@ def _make_dir(parent: str, prefix: str) -> str:
 def _zeroed_map(path: str, dtype, shape) -> np.memmap:
   """A new ``.npy`` file of zeros, mapped for writing. The zeros are written in one
   sequential pass: rows scattered into a sparse file fault its pages in one at a time,
-  which took longer (BENCHMARKS.md)."""
+  which is slower."""
   offset = np.lib.format.open_memmap(path, "w+", dtype, shape).offset
   left = int(np.prod(shape)) * np.dtype(dtype).itemsize
   zeros = bytes(min(left, 1 << 22))
@@ -79,7 +79,7 @@ def needs_flush(path: str) -> bool:
   Rows written through a map reach a network file system's server (NFS, a FUSE
   bucket) only when flushed, and another host would read zeros until then; on a local
   file system every reader already shares the page cache, and the flush is only a
-  wait for the disk (BENCHMARKS.md), which ``np.save`` does not make either. Unknown
+  wait for the disk, which ``np.save`` does not make either. Unknown
   file systems are flushed."""
   return file_system(path) not in LOCAL_FILE_SYSTEMS
 

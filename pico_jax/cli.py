@@ -43,7 +43,7 @@ class FlagError(ValueError):
 
 def project_errors() -> tuple[type[BaseException], ...]:
   """The project's exception types whose message alone says what went wrong."""
-  from pico_jax.config import ConfigError
+  from pico_jax.config_keys import ConfigError
   from pico_jax.data.errors import DataError
   from pico_jax.train.checkpoint import CheckpointMismatchError, CheckpointRestoreError
   from pico_jax.train.loop import DivergenceError

@@ -1,8 +1,9 @@
-"""Every config key's rule, the checks that relate keys, and dotted-key access.
+"""Every config key's rule and the checks that relate keys.
 
 The locked ``ConfigDict`` and absl's ``config_flags`` reject unknown override keys and
 values that do not parse as the key's type; ``validate`` checks everything else and
-names the offending key in one ``ConfigError``:
+names the offending key in one ``ConfigError`` (``pico_jax.config_keys``, with the
+dotted-key access):
 
 * ``RULES`` gives every leaf key of ``configs/default.py`` one rule from the small
   vocabulary of ``pico_jax.config_rules`` (``choices``, ``integer``, ``number``, ``ints``, ``numbers``,
@@ -22,12 +23,11 @@ modules below them trust a validated config.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 import ml_collections
-from ml_collections.config_flags import config_path
 
+from pico_jax.config_keys import ConfigError, leaves
 from pico_jax.config_rules import (ANY_NUMBER, BOOL, FRACTION, NON_NEGATIVE,
                                    NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, TEXT, Rule,
                                    choices, integer, ints, number, numbers)
@@ -44,15 +44,6 @@ from pico_jax.parallel import DATA, MODEL
 from pico_jax.train.optimizer import OPTIMIZERS, SCHEDULES, learning_rate_schedule
 from pico_jax.train.sparse_optimizer import EMBEDDING_OPTIMIZERS
 from pico_jax.train.step import NEGATIVES
-
-
-class ConfigError(ValueError):
-  """A config value is invalid; the message names the key."""
-
-
-class UnknownKeyError(ConfigError, KeyError):
-  """A dotted key that is not in the config (a ``KeyError`` too, for lookups)."""
-  __str__ = BaseException.__str__  # not KeyError's repr of the message.
 
 
 def _is_axis_rules(v) -> bool:
@@ -184,36 +175,6 @@ RULES: dict[str, Rule] = {
 
 # The choices of every key that has them, as the owning modules define them.
 CHOICES = {key: rule.values for key, rule in RULES.items() if rule.values is not None}
-
-
-def leaves(config, prefix: str = "") -> Iterator[tuple[str, Any]]:
-  """(dotted key, value) of every leaf of ``config``, in its order."""
-  for key, value in config.items():
-    if isinstance(value, (ml_collections.ConfigDict, dict)):
-      yield from leaves(value, f"{prefix}{key}.")
-    else:
-      yield f"{prefix}{key}", value
-
-
-def get(config, key: str):
-  """The value at dotted ``key`` (``"model.mmoe.num_experts"``); ``UnknownKeyError``
-  (a ``ConfigError`` and a ``KeyError``) names a key the config does not have."""
-  try:
-    return config_path.get_value(key, config)
-  except (KeyError, AttributeError, IndexError):
-    raise UnknownKeyError(f"config key {key!r} is not in the config") from None
-
-
-def set_value(config, key: str, value):
-  """Sets dotted ``key`` of a (possibly locked) config; an unknown key fails naming it.
-
-  A list or tuple given for a tuple-valued key is stored as a tuple (as
-  ``--config.KEY=(1,2)`` would be).
-  """
-  current = get(config, key)
-  if isinstance(current, tuple) and isinstance(value, (list, tuple)):
-    value = tuple(value)
-  config_path.set_value(key, config, value)
 
 
 def _show(value) -> str:

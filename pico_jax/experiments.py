@@ -258,12 +258,12 @@ def _train_run(base, names, settings, seed, run_dir) -> dict | None:
   loop drops the records after the checkpoint), so early stopping replays exactly the
   evaluations that led to that checkpoint.
   """
-  from pico_jax import config as config_lib
+  from pico_jax.config_keys import set_value
   from pico_jax.train.loop import train_and_evaluate
   from pico_jax.train.reporting import read_metrics
   config = base.copy_and_resolve_references()
   for key, value in settings.items():
-    config_lib.set_value(config, key, value)
+    set_value(config, key, value)
   config.seed = int(seed)
   logging.getLogger("pico_jax").warning("run %s", os.path.basename(run_dir))
   start = time.time()

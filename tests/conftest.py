@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import pytest  # noqa: E402
 
 from configs import default as default_config  # noqa: E402
-from pico_jax import config as config_lib  # noqa: E402
+from pico_jax.config_keys import set_value  # noqa: E402
 
 
 def run_script(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -67,7 +67,7 @@ def small_config(**overrides):
   c.checkpoint.enabled = False
   c.data.num_threads = 1
   for key, value in overrides.items():
-    config_lib.set_value(c, key, value)
+    set_value(c, key, value)
   return c
 
 

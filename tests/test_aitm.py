@@ -154,7 +154,8 @@ def test_calibrator_is_zero_under_esmm_and_acts_on_an_entire_space_cvr_tower():
 
 
 def test_bad_aitm_widths_name_the_key():
-  from pico_jax.config import ConfigError, validate
+  from pico_jax.config import validate
+  from pico_jax.config_keys import ConfigError
   for hidden in ((), (16, 0)):
     with pytest.raises(ConfigError, match=r"model\.aitm\.bottom_hidden"):
       validate(small_config(**{**AITM, "model.aitm.bottom_hidden": hidden}))

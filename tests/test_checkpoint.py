@@ -13,6 +13,7 @@ import pytest
 
 from conftest import small_config
 from pico_jax import config as config_lib
+from pico_jax.config_keys import ConfigError
 from pico_jax.data import pipeline
 from pico_jax.train import checkpoint as ckpt_lib
 from test_faults import saved_state
@@ -122,7 +123,7 @@ def test_incompatible_model_fails_naming_the_mismatch(tmp_path):
 @pytest.mark.parametrize("key,value", [("checkpoint.best_metric", "ctr_auc"),
                                        ("checkpoint.keep", 0), ("checkpoint.keep_best", -1)])
 def test_bad_checkpoint_settings_name_the_key(key, value):
-  with pytest.raises(config_lib.ConfigError, match=f"config.{key}"):
+  with pytest.raises(ConfigError, match=f"config.{key}"):
     config_lib.validate(small_config(**{key: value}))
 
 

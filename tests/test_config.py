@@ -8,7 +8,8 @@ from ml_collections import config_flags
 from conftest import ROOT
 from conftest import small_config
 from pico_jax import config as config_lib
-from pico_jax.config import ConfigError, validate
+from pico_jax.config import validate
+from pico_jax.config_keys import ConfigError, leaves
 
 DEFAULT = os.path.join(ROOT, "configs", "default.py")
 
@@ -55,7 +56,7 @@ def test_invalid_values_name_the_key(key, value, match):
 def test_every_key_of_the_default_config_has_a_rule():
   """A key added to configs/default.py without its rule in config.RULES fails here."""
   from configs import default
-  keys = [key for key, _ in config_lib.leaves(default.get_config())]
+  keys = [key for key, _ in leaves(default.get_config())]
   assert [k for k in keys if k not in config_lib.RULES] == []
   assert validate(default.get_config())  # every default value passes its rule.
 

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import small_config
 from pico_jax import config as config_lib
+from pico_jax.config_keys import ConfigError
 from pico_jax.train.early_stopping import EarlyStopping, metric_mode
 
 
@@ -35,7 +36,7 @@ def test_min_mode_for_losses_and_nan_never_improves():
 
 
 def test_bad_settings_name_the_key():
-  with pytest.raises(config_lib.ConfigError, match="config.train.patience=0"):
+  with pytest.raises(ConfigError, match="config.train.patience=0"):
     config_lib.validate(small_config(**{"train.patience": 0}))
   s = EarlyStopping("mean_acu", patience=1)
   with pytest.raises(KeyError, match="'mean_acu' is not among.*mean_auc"):

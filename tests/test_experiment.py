@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import small_config
-from pico_jax import config as config_lib
+from pico_jax.config_keys import set_value
 from pico_jax import experiments
 from pico_jax import plots
 
@@ -32,8 +32,8 @@ def test_parse_grid_and_variants():
   assert points[3][1] == {"model.backbone": "ple", "contrast.mode": "fixed"}
   config = small_config()
   with pytest.raises(KeyError, match="config key 'contrast.mdoe'"):
-    config_lib.set_value(config, "contrast.mdoe", "none")
-  config_lib.set_value(config, "data.synthetic.rho", [0.5, 1.0])
+    set_value(config, "contrast.mdoe", "none")
+  set_value(config, "data.synthetic.rho", [0.5, 1.0])
   assert config.data.synthetic.rho == (0.5, 1.0)
 
 

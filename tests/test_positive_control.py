@@ -6,6 +6,7 @@ import pytest
 from conftest import small_config
 from pico_jax import batch as B
 from pico_jax import config as config_lib
+from pico_jax.config_keys import ConfigError
 from pico_jax.data import load_dataset, positive_control
 
 SMALL = dict(num_rows=40_000, num_users=200, num_items=100)
@@ -101,7 +102,7 @@ def test_data_seed_is_separate_from_the_model_seed():
                                 data(**{"seed": 2, "data.synthetic.seed": 5}))
   assert not np.array_equal(data(seed=1), data(seed=2))  # -1: the data follow the seed.
   np.testing.assert_array_equal(data(seed=5), data(**{"seed": 0, "data.synthetic.seed": 5}))
-  with pytest.raises(config_lib.ConfigError, match="data.synthetic.seed"):
+  with pytest.raises(ConfigError, match="data.synthetic.seed"):
     data(**{"data.synthetic.seed": -2})
 
 

@@ -11,6 +11,7 @@ import pytest
 from conftest import small_config, small_model
 from pico_jax import batch as B
 from pico_jax import config as config_lib
+from pico_jax.config_keys import ConfigError
 from pico_jax import diagnostics, metrics, stats
 from pico_jax.losses import pico_objective
 
@@ -111,7 +112,7 @@ def test_remedies_change_where_tau_goes(tiny_data):
 
 def test_supervision_only_tau_needs_a_trainer():
   config = small_config(**{"contrast.tau_gradient": "supervision"})
-  with pytest.raises(config_lib.ConfigError, match="tau_gradient"):
+  with pytest.raises(ConfigError, match="tau_gradient"):
     config_lib.validate(config)
 
 

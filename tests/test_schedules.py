@@ -7,7 +7,8 @@ import math
 import pytest
 
 from conftest import small_config
-from pico_jax.config import ConfigError, validate
+from pico_jax.config import validate
+from pico_jax.config_keys import ConfigError
 from pico_jax.train.optimizer import learning_rate_schedule
 
 

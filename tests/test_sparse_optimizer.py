@@ -12,6 +12,7 @@ import pytest
 from conftest import small_config
 from pico_jax import batch as B
 from pico_jax import config as config_lib
+from pico_jax.config_keys import ConfigError
 from pico_jax import parallel
 from pico_jax.data.schema import Schema, SparseField
 from pico_jax.train import sparse_optimizer
@@ -232,9 +233,9 @@ def test_lazy_step_never_holds_a_table_sized_gradient():
 
 
 def test_bad_embedding_optimizer_settings_fail_with_the_key():
-  with pytest.raises(config_lib.ConfigError, match="optimizer.embedding_optimizer"):
+  with pytest.raises(ConfigError, match="optimizer.embedding_optimizer"):
     config_lib.validate(small_config(**{"optimizer.embedding_optimizer": "lazy_sgd"}))
   config = small_config(**{"optimizer.embedding_optimizer": "lazy_adam",
                            "optimizer.name": "adamw", "optimizer.weight_decay": 0.01})
-  with pytest.raises(config_lib.ConfigError, match="embedding_optimizer='lazy_adam'.*weight_decay"):
+  with pytest.raises(ConfigError, match="embedding_optimizer='lazy_adam'.*weight_decay"):
     config_lib.validate(config)

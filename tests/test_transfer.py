@@ -9,6 +9,7 @@ import pytest
 from conftest import small_config
 from pico_jax import batch as B
 from pico_jax import config as config_lib
+from pico_jax.config_keys import ConfigError
 from pico_jax.data import positive_control
 from pico_jax.models import build_model, serving_params
 from pico_jax.train.state import example_features
@@ -90,7 +91,7 @@ def test_oracle_reaches_only_the_cvr_tower(data):
 
 def test_oracle_is_off_by_default_and_needs_positive_control_data():
   assert small_config().model.oracle_feature is False
-  with pytest.raises(config_lib.ConfigError, match="oracle_feature"):
+  with pytest.raises(ConfigError, match="oracle_feature"):
     config_lib.validate(small_config(**{"model.oracle_feature": True}))
 
 

@@ -18,8 +18,8 @@ import logging
 
 import ml_collections
 
-from pico_jax import config as config_lib
 from pico_jax import parallel
+from pico_jax.config_keys import set_value
 from pico_jax.train.checkpoint import Checkpointer, CheckpointRestoreError, best_criterion
 from pico_jax.train.checkpoint_compat import flatten_config
 from pico_jax.train.trainer import Trainer, build
@@ -36,7 +36,7 @@ def saved_run_config(saved: dict) -> ml_collections.ConfigDict:
   dropped = []
   for key, value in flatten_config(saved).items():
     try:
-      config_lib.set_value(config, key, value)
+      set_value(config, key, value)
     except KeyError:
       dropped.append(key)
   if dropped:

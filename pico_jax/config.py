@@ -13,17 +13,16 @@ dotted-key access):
   is a tuple constant of the module that owns the key's meaning, imported here.
 * ``validate`` then runs the cross-key checks, written out below (tau ordering, a
   store path, the synthetic splits' sizes, ...).
-* ``validate_against`` checks what needs the data or the devices (the eval split
-  exists and has rows, the mesh divides the devices, the batch divides the mesh); it
-  runs in ``pico_jax.train.trainer.build`` once the dataset is loaded, before any step.
+* ``pico_jax.train.config_checks.validate_against`` checks what needs the data or the
+  devices (the eval split exists and has rows, the mesh divides the devices, the batch
+  divides the mesh); it runs in ``pico_jax.train.trainer.build`` once the dataset is
+  loaded, before any step.
 
 ``validate`` runs once, at the entry points (``launch/*.py`` and ``trainer.build``); the
 modules below them trust a validated config.
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
 
 import ml_collections
 
@@ -41,6 +40,7 @@ from pico_jax.models.pico import (BACKBONES, COMPUTE_DTYPES, CONTRAST_MODES,
                                   CONTRAST_REPRESENTATIONS)
 from pico_jax.models.transfer import TRANSFERS
 from pico_jax.parallel import DATA, MODEL
+from pico_jax.train.config_checks import check_splits
 from pico_jax.train.optimizer import OPTIMIZERS, SCHEDULES, learning_rate_schedule
 from pico_jax.train.sparse_optimizer import EMBEDDING_OPTIMIZERS
 from pico_jax.train.step import NEGATIVES
@@ -260,55 +260,4 @@ def _check_data(config):
     if not g.val_fraction + g.test_fraction < 1:
       raise ConfigError(f"config.{section}.val_fraction={g.val_fraction} + test_fraction="
                         f"{g.test_fraction}: must be < 1 (the rest is train)")
-    _check_splits(config, synthetic_split_rows(config), f"config.{section}")
-
-
-def _check_splits(config, split_rows: Mapping[str, int], source: str):
-  """The eval split (and best_metric's) exist with rows; train fills a batch."""
-  split = config.data.eval_split
-  if split not in split_rows:
-    raise ConfigError(f"config.data.eval_split={split!r}: {source} has splits "
-                      f"{sorted(split_rows)}")
-  if split_rows[split] < 1:
-    raise ConfigError(f"config.data.eval_split={split!r}: that split of {source} has no "
-                      "rows")
-  best = config.checkpoint.best_metric
-  if best and best.partition("/")[0] not in split_rows:
-    raise ConfigError(f"config.checkpoint.best_metric={best!r}: {source} has splits "
-                      f"{sorted(split_rows)}")
-  train = split_rows.get("train", 0)
-  if train < config.train.batch_size:
-    raise ConfigError(f"config.train.batch_size={config.train.batch_size}: more than the "
-                      f"{train} rows of the train split of {source}")
-
-
-def validate_against(config, split_rows: Mapping[str, int] | None = None,
-                     device_count: int | None = None):
-  """The checks that need the data or the devices; ``ConfigError`` names the key.
-
-  Args:
-    config: a config that passed ``validate``.
-    split_rows: the dataset's splits and their row counts (None: no dataset).
-    device_count: the devices ``config.mesh`` spans (None: the mesh is given
-      explicitly, not built from the config).
-  """
-  if split_rows is not None:
-    where = (f"the store {config.data.path}" if config.data.name == "store"
-             else "the dataset")
-    _check_splits(config, split_rows, where)
-  if device_count is None:
-    return
-  m, n = config.mesh, device_count
-  for axis, size in ((DATA, m.data), (MODEL, m.model)):
-    if size != -1 and n % size:
-      raise ConfigError(f"config.mesh.{axis}={size}: does not divide the {n} devices")
-  data = n // m.model if m.data == -1 else m.data
-  model = n // data if m.model == -1 else m.model
-  if data * model != n:
-    raise ConfigError(f"config.mesh.data={m.data} x config.mesh.model={m.model}: "
-                      f"{data * model} devices, but there are {n}")
-  for key in ("batch_size", "eval_batch_size"):
-    size = config.train[key]
-    if size % data:
-      raise ConfigError(f"config.train.{key}={size}: not divisible by the mesh's data "
-                        f"axis ({data} devices)")
+    check_splits(config, synthetic_split_rows(config), f"config.{section}")

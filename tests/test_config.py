@@ -10,6 +10,7 @@ from conftest import small_config
 from pico_jax import config as config_lib
 from pico_jax.config import validate
 from pico_jax.config_keys import ConfigError, leaves
+from pico_jax.train.config_checks import validate_against
 
 DEFAULT = os.path.join(ROOT, "configs", "default.py")
 
@@ -162,8 +163,8 @@ def test_checks_against_the_data_and_devices(overrides, splits, devices, match):
   config = validate(small_config(**overrides)) if "data.path" not in overrides else (
       small_config(**overrides))
   with pytest.raises(ConfigError, match=match):
-    config_lib.validate_against(config, splits, devices)
-  config_lib.validate_against(small_config(), {"train": 6400, "val": 800}, 8)
+    validate_against(config, splits, devices)
+  validate_against(small_config(), {"train": 6400, "val": 800}, 8)
 
 
 def test_build_checks_the_mesh_before_anything_trains():

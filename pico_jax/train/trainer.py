@@ -22,6 +22,7 @@ from pico_jax.data.schema import Schema
 from pico_jax.data.dataset import Dataset
 from pico_jax.models import build_model
 from pico_jax.train import checkpoint as ckpt_lib
+from pico_jax.train.config_checks import validate_against
 from pico_jax.train.optimizer import make_optimizer
 from pico_jax.train.state import TrainState, abstract_train_state, init_train_state
 from pico_jax.train.step import compile_steps
@@ -152,7 +153,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None, *,
     dataset = dataset if dataset is not None else load_dataset(config)
     schema = dataset.schema
   # What needs the data and the devices, before anything is built or trained.
-  config_lib.validate_against(
+  validate_against(
       config, dataset and {split: dataset.num_rows(split) for split in dataset.splits},
       None if mesh is not None else jax.device_count())
   mesh = mesh if mesh is not None else parallel.mesh_from_config(config)

@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.mmoe = ml_collections.ConfigDict(dict(num_experts=8, expert_hidden=(64,)))
   c.model.ple = ml_collections.ConfigDict(dict(
       num_levels=1, num_shared_experts=4, num_task_experts=4, expert_hidden=(64,)))
-  # AITM (pico_jax/models/aitm.py): each task's network; its last width is also the
+  # AITM (pico_jax/models/backbones.py): each task's network; its last width is also the
   # width of the CTR -> CVR transfer and its attention.
   c.model.aitm = ml_collections.ConfigDict(dict(bottom_hidden=(64,)))
   c.model.tower_hidden = (32,)

@@ -11,7 +11,7 @@ from pico_jax import batch as B
 from pico_jax import export
 from pico_jax.losses import pico_objective
 from pico_jax.models import build_model, serving_params
-from pico_jax.models.aitm import AdaptiveInformationTransfer
+from pico_jax.models.backbones import AdaptiveInformationTransfer
 from pico_jax.train.state import example_features
 from test_models import schema  # noqa: F401 (the fixture)
 from test_train import run_steps

@@ -8,7 +8,6 @@ import ml_collections
 
 from pico_jax.data.schema import Schema
 from pico_jax.models import backbones, task_gradients
-from pico_jax.models.aitm import AITM
 from pico_jax.models.embeddings import FeatureEmbedding
 from pico_jax.models.heads import TAU_MODES, ContrastHead, Tower
 from pico_jax.models.transfer import TRANSFERS, InputTransfer, LogitTransfer, with_oracle
@@ -94,7 +93,7 @@ def build_model(config: ml_collections.ConfigDict, schema: Schema) -> PicoModel:
     backbone = backbones.PLE(m.ple.num_levels, m.ple.num_shared_experts,
                              m.ple.num_task_experts, tuple(m.ple.expert_hidden), **common)
   elif m.backbone == "aitm":
-    backbone = AITM(tuple(m.aitm.bottom_hidden), **common)
+    backbone = backbones.AITM(tuple(m.aitm.bottom_hidden), **common)
   else:
     raise ValueError(f"config.model.backbone={m.backbone!r}; expected one of {BACKBONES}")
   contrast = None

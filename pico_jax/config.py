@@ -18,8 +18,12 @@ dotted-key access):
   divides the mesh); it runs in ``pico_jax.train.trainer.build`` once the dataset is
   loaded, before any step.
 
-``validate`` runs once, at the entry points (``launch/*.py`` and ``trainer.build``); the
-modules below them trust a validated config.
+``validate`` runs once per entry point, on the config it is given: the ``launch/``
+scripts, ``experiments.run_grid`` on each run's config (the base with the grid's
+settings), and a notebook or script before ``train_and_evaluate`` / ``trainer.build``.
+The modules below trust a validated config, and ``train.restore`` the config a
+checkpoint saved (validated when its run started). Nothing below this module imports
+it (tests/test_architecture.py).
 """
 
 from __future__ import annotations

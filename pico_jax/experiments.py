@@ -258,6 +258,7 @@ def _train_run(base, names, settings, seed, run_dir) -> dict | None:
   loop drops the records after the checkpoint), so early stopping replays exactly the
   evaluations that led to that checkpoint.
   """
+  from pico_jax.config import validate
   from pico_jax.config_keys import set_value
   from pico_jax.train.loop import train_and_evaluate
   from pico_jax.train.reporting import read_metrics
@@ -265,6 +266,7 @@ def _train_run(base, names, settings, seed, run_dir) -> dict | None:
   for key, value in settings.items():
     set_value(config, key, value)
   config.seed = int(seed)
+  validate(config)  # the grid's settings and seed on top of the validated base.
   logging.getLogger("pico_jax").warning("run %s", os.path.basename(run_dir))
   start = time.time()
   test = train_and_evaluate(config, run_dir)

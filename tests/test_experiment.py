@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import small_config
-from pico_jax.config_keys import set_value
+from pico_jax.config_keys import ConfigError, set_value
 from pico_jax import experiments
 from pico_jax import plots
 
@@ -35,6 +35,16 @@ def test_parse_grid_and_variants():
     set_value(config, "contrast.mdoe", "none")
   set_value(config, "data.synthetic.rho", [0.5, 1.0])
   assert config.data.synthetic.rho == (0.5, 1.0)
+
+
+def test_each_grid_run_is_validated_before_it_trains(tmp_path, monkeypatch):
+  """The grid's settings land on a validated base and ``build`` trusts its config, so
+  the grid validates each run's config: a bad value fails naming its key, untrained."""
+  import pico_jax.train.loop as loop
+  monkeypatch.setattr(loop, "train_and_evaluate", lambda *a: pytest.fail("trained"))
+  with pytest.raises(ConfigError, match=r"config\.model\.mmoe\.num_experts=0: expected"):
+    experiments.run_grid(small_config(), str(tmp_path), [("model.mmoe.num_experts", [0])],
+                         [], [0])
 
 
 def test_paired_deltas_against_a_baseline_variant():

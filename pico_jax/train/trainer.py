@@ -14,7 +14,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from pico_jax import config as config_lib
 from pico_jax import metrics as metrics_lib
 from pico_jax import parallel
 from pico_jax.data import load_dataset, pipeline
@@ -134,10 +133,12 @@ def _to_host(x) -> np.ndarray:
 def build(config: ml_collections.ConfigDict, workdir: str | None = None, *,
           dataset: Dataset | None = None, schema: Schema | None = None,
           mesh: jax.sharding.Mesh | None = None, init_state: bool = True) -> Trainer:
-  """Builds the run of ``config``: validated once here, everything constructed once.
+  """Builds the run of ``config``: everything constructed once.
 
   Args:
-    config: the run's config (validated here; raises ``ConfigError`` naming a key).
+    config: the run's config, validated by the entry point (``pico_jax.config.validate``);
+      what needs the data or the devices is checked here (``validate_against``: raises
+      ``ConfigError`` naming a key) before anything is built.
     workdir: the run's work directory. With ``config.checkpoint.enabled`` the state and
       the data position resume from its latest checkpoint; any checkpoint that cannot
       be resumed raises (see ``Checkpointer.restore_latest``). None: nothing is read
@@ -148,7 +149,6 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None, *,
     mesh: the devices (default: ``config.mesh`` over every device).
     init_state: False leaves ``state`` None (for ``restore``, which reads it).
   """
-  config_lib.validate(config)
   if schema is None:
     dataset = dataset if dataset is not None else load_dataset(config)
     schema = dataset.schema

@@ -46,7 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dense_dim = 16
   c.model.pooling = "sum"  # multi-valued fields: sum | mean
   c.model.vocab_pad_multiple = 256  # embedding rows padded so the table shards evenly.
-  c.model.backbone = "mmoe"  # shared_bottom | mmoe | ple | aitm
+  c.model.backbone = "mmoe"  # a name of pico_jax/models/backbones.py BACKBONES
+  # Each backbone's settings, under its name: the fields of its module.
   c.model.shared_bottom = ml_collections.ConfigDict(dict(hidden=(64,)))
   c.model.mmoe = ml_collections.ConfigDict(dict(num_experts=8, expert_hidden=(64,)))
   c.model.ple = ml_collections.ConfigDict(dict(

@@ -38,10 +38,10 @@ from pico_jax.contrast import IMPLEMENTATIONS as CONTRAST_IMPLEMENTATIONS
 from pico_jax.data import SOURCES, SYNTHETIC_KINDS
 from pico_jax.data.positive_control import RELATEDNESS
 from pico_jax.losses import CVR_ROWS, TAU_GRADIENTS
+from pico_jax.models.backbones import BACKBONES
 from pico_jax.models.embeddings import POOLINGS
 from pico_jax.models.heads import DETACH_SIDES, RELATEDNESS_INPUTS
-from pico_jax.models.pico import (BACKBONES, COMPUTE_DTYPES, CONTRAST_MODES,
-                                  CONTRAST_REPRESENTATIONS)
+from pico_jax.models.pico import COMPUTE_DTYPES, CONTRAST_MODES, CONTRAST_REPRESENTATIONS
 from pico_jax.models.transfer import TRANSFERS
 from pico_jax.parallel import DATA, MODEL
 from pico_jax.train.config_checks import check_splits

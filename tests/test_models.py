@@ -7,6 +7,7 @@ import pytest
 from conftest import small_config
 from pico_jax.data import synthetic
 from pico_jax.models import build_model, serving_params
+from pico_jax.models.backbones import BACKBONES
 from pico_jax.train.state import example_features
 
 
@@ -22,7 +23,7 @@ def _init(config, schema, batch=4):
   return model, params, features
 
 
-@pytest.mark.parametrize("backbone", ["shared_bottom", "mmoe", "ple"])
+@pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_backbone_output_shapes(backbone, schema):
   config = small_config(**{"model.backbone": backbone})
   model, params, features = _init(config, schema, batch=5)
@@ -45,6 +46,41 @@ def test_backbone_towers_differ_per_task(schema):
     outs = module.apply(variables, x)
     assert outs[0].shape == outs[1].shape == (3, 8)
     assert not jnp.allclose(outs[0], outs[1])
+
+
+def test_backbones_come_by_name_from_one_table(schema, monkeypatch):
+  """``BACKBONES`` is the one place a backbone is named: the config's choices, and
+  ``build_model`` makes whatever module a row names, with the fields of
+  ``config.model.<name>``, which are the module's own."""
+  import dataclasses
+  import flax.linen as nn
+  from configs import default
+  from pico_jax.config import CHOICES
+  assert CHOICES["model.backbone"] == tuple(BACKBONES)
+  model_config = default.get_config().model
+  for name, module in BACKBONES.items():
+    fields = {f.name for f in dataclasses.fields(module)}
+    assert set(model_config.get(name, {})) <= fields, name
+
+  class Twin(nn.Module):  # a new backbone: its module and its row, nothing else.
+    width: int
+    layer_norm: bool = False
+    dropout: float = 0.0
+    dtype: object = None
+
+    @nn.compact
+    def __call__(self, x, *, train=False):
+      return [nn.Dense(self.width, name=f"task_{t}")(x) for t in range(2)]
+
+  monkeypatch.setitem(BACKBONES, "twin", Twin)
+  config = small_config(**{"model.backbone": "twin"})
+  config.model.twin = {"width": 6}
+  _, params, _ = _init(config, schema)
+  assert params["backbone"]["task_1"]["kernel"].shape[1] == 6
+  config.model.backbone = "moe"
+  with pytest.raises(ValueError, match=r"config\.model\.backbone='moe'; expected one of "
+                     r"\('shared_bottom', 'mmoe', 'ple', 'aitm', 'twin'\)"):
+    build_model(config, schema)
 
 
 def test_ple_levels_stack(schema):

@@ -4,6 +4,11 @@ Shared-Bottom (one MLP shared by the tasks), MMoE (Ma et al., KDD 2018: shared e
 one softmax gate per task), PLE (Tang et al., RecSys 2020: stacked CGC levels with
 task-specific and shared experts) and AITM (Xi et al., KDD 2021: a network per task, the
 previous task's representation transferred in by attention).
+
+``BACKBONES`` names them (``config.model.backbone``); ``build_backbone`` makes the named
+one with its settings from ``config.model.<name>``, whose keys are the module's fields.
+A new backbone is its module here and its row in ``BACKBONES``, with its settings in
+``configs/default.py`` and their rules in ``pico_jax.config.RULES``.
 """
 
 from __future__ import annotations
@@ -169,3 +174,25 @@ class AITM(nn.Module):
       outputs.append(AdaptiveInformationTransfer(width, self.dtype, name=f"ait_{t}")(
           transferred, own[t]))
     return outputs
+
+
+# name -> module: config.model.backbone's choices, the settings in config.model.<name>.
+BACKBONES: dict[str, type[nn.Module]] = {
+    "shared_bottom": SharedBottom,
+    "mmoe": MMoE,
+    "ple": PLE,
+    "aitm": AITM,
+}
+
+
+def build_backbone(model_config, dtype: Dtype) -> nn.Module:
+  """The backbone named by ``model_config.backbone`` (``model_config`` is
+  ``config.model``): its module with the fields in ``model_config.<name>`` (tuples for
+  lists) and the shared ``layer_norm``, ``dropout`` and compute ``dtype``."""
+  name = model_config.backbone
+  if name not in BACKBONES:
+    raise ValueError(f"config.model.backbone={name!r}; expected one of {tuple(BACKBONES)}")
+  settings = {k: tuple(v) if isinstance(v, (list, tuple)) else v
+              for k, v in model_config.get(name, {}).items()}
+  return BACKBONES[name](**settings, layer_norm=model_config.layer_norm,
+                         dropout=model_config.dropout, dtype=dtype)

@@ -7,13 +7,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from pico_jax.data.schema import Schema
-from pico_jax.models import backbones, task_gradients
+from pico_jax.models import task_gradients
+from pico_jax.models.backbones import build_backbone
 from pico_jax.models.embeddings import FeatureEmbedding
 from pico_jax.models.heads import TAU_MODES, ContrastHead, Tower
 from pico_jax.models.transfer import TRANSFERS, InputTransfer, LogitTransfer, with_oracle
 
 CONTRAST_MODES = ("none",) + TAU_MODES
-BACKBONES = ("shared_bottom", "mmoe", "ple", "aitm")
 COMPUTE_DTYPES = ("float32", "bfloat16")  # of the activations; params stay float32.
 # What the contrast head projects: the towers' last hidden layers (PICO), or the
 # backbone's per-task outputs, the towers' inputs (the towers then get no contrast
@@ -85,17 +85,6 @@ def build_model(config: ml_collections.ConfigDict, schema: Schema) -> PicoModel:
   m, c = config.model, config.contrast
   dtype = jnp.dtype(m.compute_dtype)
   common = dict(layer_norm=m.layer_norm, dropout=m.dropout, dtype=dtype)
-  if m.backbone == "shared_bottom":
-    backbone = backbones.SharedBottom(tuple(m.shared_bottom.hidden), **common)
-  elif m.backbone == "mmoe":
-    backbone = backbones.MMoE(m.mmoe.num_experts, tuple(m.mmoe.expert_hidden), **common)
-  elif m.backbone == "ple":
-    backbone = backbones.PLE(m.ple.num_levels, m.ple.num_shared_experts,
-                             m.ple.num_task_experts, tuple(m.ple.expert_hidden), **common)
-  elif m.backbone == "aitm":
-    backbone = backbones.AITM(tuple(m.aitm.bottom_hidden), **common)
-  else:
-    raise ValueError(f"config.model.backbone={m.backbone!r}; expected one of {BACKBONES}")
   contrast = None
   if c.mode != "none":
     contrast = ContrastHead(
@@ -106,7 +95,7 @@ def build_model(config: ml_collections.ConfigDict, schema: Schema) -> PicoModel:
   return PicoModel(
       embedding=FeatureEmbedding(schema, m.embed_dim, m.dense_dim, m.pooling,
                                  m.vocab_pad_multiple, dtype=dtype),
-      backbone=backbone,
+      backbone=build_backbone(m, dtype),
       ctr_tower=Tower(tuple(m.tower_hidden), **common),
       cvr_tower=Tower(tuple(m.tower_hidden), **common),
       contrast=contrast,

@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   # kind: default (the generator above) | positive_control (pico_jax/data/positive_control.py,
   # the test bed where transfer is known to help or not; its settings below, which the
   # default kind ignores). seed: the generator's seed, separate from config.seed (model
-  # init and data order); -1 follows config.seed, as the data always did.
+  # init and data order); -1 follows config.seed (one seed makes the whole run).
   c.data.synthetic.kind = "default"
   c.data.synthetic.seed = -1
   c.data.synthetic.positive_control = ml_collections.ConfigDict(dict(
@@ -69,10 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.contrast = ml_collections.ConfigDict()
   # none | fixed | global | personalized. fixed at lambda 0.03: the variant that raised
-  # CVR expected AUC on the positive control wherever transfer exists (r = 1: +0.013 to
-  # +0.037, Holm-significant) without harm where it does not (r = 0) nor on section 3's
-  # generator at 1.4% (RESULTS.md section 4). personalized (with any tau_gradient) did
-  # not beat fixed and did not order tau by relatedness per instance there.
+  # CVR expected AUC on the positive control wherever transfer exists, without harm
+  # where it does not; personalized (with any tau_gradient) did not beat it nor order
+  # tau by relatedness per instance (RESULTS.md section 4).
   c.contrast.mode = "fixed"
   c.contrast.weight = 0.03  # lambda
   c.contrast.proj_dim = 32
@@ -89,8 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
   # How the in-batch contrast is computed (pico_jax/contrast): auto | xla (exact, B x B
   # memory) | chunked (streaming logsumexp, B x chunk_size) | pallas (fused kernel,
   # O(B proj_dim); interpret mode on CPU). auto: xla on CPU, or chunked when
-  # chunk_size > 0 (as before this key existed); pallas on GPU/TPU once its
-  # self-check passes (else chunked when chunk_size > 0, else xla, with a warning).
+  # chunk_size > 0 (a memory bound); pallas on GPU/TPU once its self-check passes
+  # (else chunked when chunk_size > 0, else xla, with a warning).
   c.contrast.implementation = "auto"
   c.contrast.chunk_size = 0  # the chunk of "chunked" (0: largest divisor of B <= 1024).
   # Optional supervision of the relatedness logit by label agreement (y == c).

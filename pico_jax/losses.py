@@ -142,7 +142,7 @@ def pico_contrastive_loss(z_ctr, z_cvr, tau, *, symmetric: bool = True,
     weights: optional float [B] (0 for padding rows; such rows stay candidates).
     chunk_size: the candidate chunk of the "chunked" form (it must divide B; 0: the
       largest divisor of B up to 1,024). With implementation "auto", chunk_size > 0
-      selects "chunked" (its meaning before ``implementation`` existed).
+      selects "chunked" on CPU (a chunk size bounds the memory).
     implementation: "xla" (exact, [B, B] memory), "chunked" (streaming logsumexp,
       [B, chunk_size] memory), "pallas" (fused kernel, O(B dz) memory; interpret mode
       on CPU) or "auto" ("xla" on CPU; on GPU/TPU "pallas" once it has passed its

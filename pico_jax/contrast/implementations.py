@@ -185,10 +185,9 @@ def resolve(implementation: str, chunk_size: int = 0, shape: Shape | None = None
             mesh=None) -> str:
   """The implementation that runs: "xla", "chunked" or "pallas".
 
-  "auto" is "xla" on CPU and "pallas" on GPU/TPU; with ``chunk_size`` > 0 (which
-  selected the streaming form before ``implementation`` existed) it is "chunked" on
-  CPU, so existing configs compute exactly what they did, and "pallas" (also bounded
-  in memory) on accelerators. "pallas", asked for or picked, must pass the process's
+  "auto" is "xla" on CPU and "pallas" on GPU/TPU; with ``chunk_size`` > 0 (a bound on
+  the contrast's memory) it is "chunked" on CPU and "pallas" (also bounded in memory)
+  on accelerators. "pallas", asked for or picked, must pass the process's
   one-time self-check on an accelerator and, given ``shape``, lower at that shape
   (under ``mesh``, see ``lower_at``) and compile there (with a mesh, or outside a
   data-split trace); otherwise it falls back, with one warning naming the error, to

@@ -12,7 +12,7 @@ SYNTHETIC_KINDS = ("default", "positive_control")  # config.data.synthetic.kind
 
 def data_seed(config) -> int:
   """The synthetic generator's seed: ``config.data.synthetic.seed``, or ``config.seed``
-  when it is -1 (the default, so a run's data follow its seed as they always have)."""
+  when it is -1 (the default: one seed makes the whole run, data included)."""
   seed = int(config.data.synthetic.seed)
   return int(config.seed) if seed == -1 else seed
 

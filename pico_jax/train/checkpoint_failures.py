@@ -4,8 +4,7 @@ of the output.
 
 Why a check before each save: orbax writes asynchronously, and a write that fails
 there (a read-only directory, a full disk) leaves its other threads waiting for a
-signal until orbax's timeout (5 minutes), then prints a traceback per thread (issue
-19: 137 and 735 lines). Probing the directory (a file created and removed) and its free
+signal until orbax's timeout, then prints a traceback per thread. Probing the directory (a file created and removed) and its free
 space against the state's bytes before the save turns both into one error within
 seconds, on every process at once (they agree through one small all-gather).
 """

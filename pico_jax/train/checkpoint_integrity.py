@@ -6,7 +6,7 @@ no checksum codec). Its zarr v3 layout adds a ``crc32c`` codec to the shard *ind
 only (``_build_zarr3_metadata``), never to the chunk data, and the codec list is built
 inside orbax with no option to extend it. OCDBT checks its own tree nodes, not the
 values they point at. So a flipped byte in a chunk decodes to other numbers and the
-resume goes on silently (issue 19). Hence:
+resume goes on silently. Hence:
 
 * At save, one jitted pass over the state computes two 32-bit checksums per leaf of
   its *global* value: ``sum_i fmix32(word_i + fmix32(i))`` and ``sum_i fmix32(word_i ^

@@ -58,8 +58,7 @@ def make_optimizer(opt, total_steps: int | None = None):
   embedding table, a row-sparse one on the same schedule for the table).
   """
   schedule = learning_rate_schedule(opt, total_steps)
-  # A constant rate stays a float: optax then keeps no schedule count in the state, so
-  # the state (and checkpoints) of constant-rate runs are what they always were.
+  # A float, not a schedule: optax then keeps no count in a constant-rate run's state.
   lr = opt.learning_rate if opt.schedule == "constant" else schedule
   if opt.name == "adam":
     tx = optax.adam(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps)

@@ -4,7 +4,8 @@
 top: no module below them imports them. Below means every module of a subpackage
 (``train``, ``models``, ``data``, ``ingest``, ``contrast``) and every module that
 ``pico_jax.config`` itself imports, directly or not. Module sizes: no module of
-``pico_jax`` over 400 lines, no ``launch/`` script over 150.
+``pico_jax`` over 400 lines, no ``launch/`` script over 150. No dead constants: every
+module-level constant of ``pico_jax`` is read somewhere.
 """
 
 import ast
@@ -120,3 +121,27 @@ def test_module_sizes():
   long = {m: _lines(p) for m, p in files.items()
           if _lines(p) > (MAX_SCRIPT_LINES if m.startswith("launch.") else MAX_MODULE_LINES)}
   assert long == {}
+
+
+def test_every_constant_is_read_somewhere():
+  """A module-level UPPER_CASE name of pico_jax that no source of the project reads
+  (pico_jax, launch, configs, benchmarks, tests) is dead."""
+  defined, read = [], set()
+  for top in ("pico_jax", "launch", "configs", "benchmarks", "tests"):
+    for folder, _, names in os.walk(os.path.join(ROOT, top)):
+      for path in (os.path.join(folder, n) for n in names if n.endswith(".py")):
+        with open(path) as f:
+          tree = ast.parse(f.read())
+        if top == "pico_jax":
+          defined += [(os.path.relpath(path, ROOT), n.id) for node in tree.body
+                      if isinstance(node, (ast.Assign, ast.AnnAssign))
+                      for n in ast.walk(node) if isinstance(n, ast.Name)
+                      and isinstance(n.ctx, ast.Store) and n.id.isupper()]
+        for n in ast.walk(tree):
+          if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
+            read.add(n.id)
+          elif isinstance(n, ast.Attribute):
+            read.add(n.attr)
+          elif isinstance(n, ast.alias):
+            read.add(n.name.rpartition(".")[2])
+  assert [f"{path}: {name}" for path, name in defined if name not in read] == []

@@ -7,7 +7,7 @@ import pytest
 from conftest import small_config
 from pico_jax.data import synthetic
 from pico_jax.models import build_model, serving_params
-from pico_jax.models.backbones import BACKBONES
+from pico_jax.models.backbones import BACKBONES, Backbone
 from pico_jax.train.state import example_features
 
 
@@ -62,15 +62,12 @@ def test_backbones_come_by_name_from_one_table(schema, monkeypatch):
     fields = {f.name for f in dataclasses.fields(module)}
     assert set(model_config.get(name, {})) <= fields, name
 
-  class Twin(nn.Module):  # a new backbone: its module and its row, nothing else.
+  class Twin(Backbone):  # a new backbone: its module and its row, nothing else.
     width: int
-    layer_norm: bool = False
-    dropout: float = 0.0
-    dtype: object = None
 
     @nn.compact
     def __call__(self, x, *, train=False):
-      return [nn.Dense(self.width, name=f"task_{t}")(x) for t in range(2)]
+      return [nn.Dense(self.width, name=f"task_{t}")(x) for t in range(self.num_tasks)]
 
   monkeypatch.setitem(BACKBONES, "twin", Twin)
   config = small_config(**{"model.backbone": "twin"})

@@ -22,12 +22,18 @@ import jax.numpy as jnp
 from pico_jax.models.layers import MLP, Dtype, Experts, dense, gate, mix
 
 
-class SharedBottom(nn.Module):
-  hidden: Sequence[int]
+class Backbone(nn.Module, kw_only=True):
+  """What every backbone has: e [B, d] -> one input vector per task, [[B, H]] *
+  ``num_tasks``, with the shared settings (keyword-only, so that a backbone's own fields
+  come first; ``build_backbone`` sets ``layer_norm``, ``dropout`` and ``dtype``)."""
   num_tasks: int = 2
   layer_norm: bool = False
   dropout: float = 0.0
   dtype: Dtype = jnp.float32
+
+
+class SharedBottom(Backbone):
+  hidden: Sequence[int]
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -35,13 +41,9 @@ class SharedBottom(nn.Module):
     return [h] * self.num_tasks
 
 
-class MMoE(nn.Module):
+class MMoE(Backbone):
   num_experts: int
   expert_hidden: Sequence[int]
-  num_tasks: int = 2
-  layer_norm: bool = False
-  dropout: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -86,15 +88,11 @@ class CGC(nn.Module):
     return outputs
 
 
-class PLE(nn.Module):
+class PLE(Backbone):
   num_levels: int
   num_shared_experts: int
   num_task_experts: int
   expert_hidden: Sequence[int]
-  num_tasks: int = 2
-  layer_norm: bool = False
-  dropout: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -124,7 +122,7 @@ class AdaptiveInformationTransfer(nn.Module):
     return jnp.einsum("bu,buh->bh", weights.astype(value.dtype), value)
 
 
-class AITM(nn.Module):
+class AITM(Backbone):
   """Per-task networks with adaptive information transfer: e [B, d] -> [[B, H]] * num_tasks.
 
   ``bottom_hidden``: the MLP of each task's network; H = bottom_hidden[-1] is also the
@@ -155,10 +153,6 @@ class AITM(nn.Module):
   ``pico_jax.losses.calibrator_penalty``.
   """
   bottom_hidden: Sequence[int]
-  num_tasks: int = 2
-  layer_norm: bool = False
-  dropout: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -177,7 +171,7 @@ class AITM(nn.Module):
 
 
 # name -> module: config.model.backbone's choices, the settings in config.model.<name>.
-BACKBONES: dict[str, type[nn.Module]] = {
+BACKBONES: dict[str, type[Backbone]] = {
     "shared_bottom": SharedBottom,
     "mmoe": MMoE,
     "ple": PLE,
@@ -185,7 +179,7 @@ BACKBONES: dict[str, type[nn.Module]] = {
 }
 
 
-def build_backbone(model_config, dtype: Dtype) -> nn.Module:
+def build_backbone(model_config, dtype: Dtype) -> Backbone:
   """The backbone named by ``model_config.backbone`` (``model_config`` is
   ``config.model``): its module with the fields in ``model_config.<name>`` (tuples for
   lists) and the shared ``layer_norm``, ``dropout`` and compute ``dtype``."""

@@ -70,7 +70,8 @@ def resolve_step(ckpt: Checkpointer, which: str) -> int:
 
 def restore(workdir: str, which: str = "latest", *, mesh=None) -> Trainer:
   """The run in ``workdir`` rebuilt from its saved config, with the state of the chosen
-  checkpoint (``trainer.resumed_step`` is its step).
+  checkpoint (``trainer.resumed_step`` is its step). The saved config passed
+  ``pico_jax.config.validate`` when its run started; it is not validated again.
 
   Args:
     workdir: the run's work directory.

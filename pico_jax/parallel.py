@@ -222,6 +222,16 @@ def _try_get(client, key: str) -> str | None:
     raise
 
 
+def first_failing_process(failed: bool) -> int | None:
+  """The lowest index of a process that reports ``failed``, or None. Collective in a
+  multi-process job: every process calls it, so all of them stop together."""
+  if jax.process_count() == 1:
+    return 0 if failed else None
+  from jax.experimental import multihost_utils
+  flags = np.asarray(multihost_utils.process_allgather(np.asarray(failed))).ravel()
+  return int(np.argmax(flags)) if flags.any() else None
+
+
 def is_main_process() -> bool:
   """Whether this process writes logs, metrics and other single-writer files."""
   return jax.process_index() == 0

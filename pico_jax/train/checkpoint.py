@@ -18,18 +18,14 @@ A changed device count or mesh shape with the same process count restores (orbax
 reshards the arrays onto the new mesh; the global batch, and so the data order, does
 not depend on the mesh).
 
-Which checkpoints are kept, and which is best, is decided here too, by one definition
-(``best_criterion``) that retention and ``--checkpoint best`` rank by: unless
-``config.checkpoint.best_metric`` says otherwise it is the early-stopping metric, so the
-best checkpoint holds the params the run's final test scored.
+Which checkpoints are kept is decided here too; which is best, by the one definition of
+``checkpoint_best.best_criterion``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import math
 import os
 
 import grain
@@ -38,50 +34,18 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from pico_jax import parallel
 from pico_jax import workdir as workdir_lib
 from pico_jax.train import checkpoint_compat as compat
 from pico_jax.train import checkpoint_failures as failures
 from pico_jax.train import checkpoint_integrity as integrity
+from pico_jax.train.checkpoint_best import (  # noqa: F401 (re-exported)
+    BestCriterion, best_criterion, best_step)
 from pico_jax.train.checkpoint_failures import (  # noqa: F401 (the errors' public home)
     CheckpointExistsError, CheckpointIntegrityError, CheckpointMismatchError,
     CheckpointRestoreError, CheckpointWriteError)
-from pico_jax.train.early_stopping import metric_mode
 
 log = logging.getLogger("pico_jax")
-
-@dataclasses.dataclass(frozen=True)
-class BestCriterion:
-  """The evaluation that ranks checkpoints: ``metric`` of ``split``, ``mode`` max|min."""
-  split: str
-  metric: str
-  mode: str
-
-  @property
-  def key(self) -> str:
-    """The name of the ranked value among a checkpoint's metrics: ``split/metric``."""
-    return f"{self.split}/{self.metric}"
-
-  def score(self, metrics: dict | None) -> float:
-    """Higher is better; a checkpoint without the metric, or with NaN, ranks last."""
-    value = (metrics or {}).get(self.key, math.nan)
-    if value is None or math.isnan(value):
-      return -math.inf
-    return value if self.mode == "max" else -value
-
-
-def best_criterion(config) -> BestCriterion:
-  """What "best" means for ``config``.
-
-  ``config.checkpoint.best_metric`` ("<split>/<metric>") when set; else the early-stopping
-  metric (``config.train.early_stopping_metric``) of ``config.data.eval_split``, so the
-  best checkpoint is the one early stopping scores on test; else that split's
-  ``mean_auc``. Losses (names ending in ``loss``) are minimised, the rest maximised.
-  """
-  if config.checkpoint.best_metric:
-    split, _, metric = config.checkpoint.best_metric.partition("/")
-  else:
-    split, metric = config.data.eval_split, config.train.early_stopping_metric or "mean_auc"
-  return BestCriterion(split, metric, metric_mode(metric))
 
 
 def checkpoint_manager(workdir: str, *, read_only: bool = False, keep: int = 1,
@@ -124,15 +88,6 @@ def checkpoint_manager(workdir: str, *, read_only: bool = False, keep: int = 1,
           create=True, enable_async_checkpointing=True, cleanup_tmp_directories=True,
           best_fn=score, best_mode="max",
           preservation_policy=policies.AnyPreservationPolicy(keep_policies)))
-
-
-def best_step(steps, metrics_of, best: BestCriterion) -> int | None:
-  """The step of ``steps`` (kept checkpoints) whose evaluation ``metrics_of(step)``
-  (``{"<split>/<metric>": value}``, as saved with the checkpoint) ranks best by
-  ``best``; None when none of them was evaluated on it."""
-  scored = [(best.score(metrics_of(s)), s) for s in steps]
-  scored = [(v, s) for v, s in scored if v > -math.inf]
-  return max(scored)[1] if scored else None
 
 
 class Checkpointer:
@@ -360,7 +315,7 @@ class Checkpointer:
     """Raises CheckpointWriteError on every process, before anything is written, when
     any process cannot write ``step`` (of ``nbytes`` array bytes) into the directory."""
     problem = failures.write_problem(self.directory, nbytes)
-    process = failures.first_failing_process(problem is not None)
+    process = parallel.first_failing_process(problem is not None)
     if process is None:
       return
     what = "a checkpoint" if step is None else f"checkpoint {step}"

@@ -19,9 +19,6 @@ import re
 import shutil
 import sys
 
-import jax
-import numpy as np
-
 # The space a save needs besides the arrays' bytes (metadata, the other items).
 _MARGIN_BYTES = 1 << 20
 
@@ -87,16 +84,6 @@ def write_problem(directory: str, nbytes: int) -> str | None:
     return (f"no space left on the device ({free / 2**20:.1f} MiB free; this save needs up "
             f"to {(nbytes + _MARGIN_BYTES) / 2**20:.1f} MiB)")
   return None
-
-
-def first_failing_process(failed: bool) -> int | None:
-  """The lowest index of a process that reports ``failed``, or None. Collective in a
-  multi-process job: every process calls it, so all of them stop together."""
-  if jax.process_count() == 1:
-    return 0 if failed else None
-  from jax.experimental import multihost_utils
-  flags = np.asarray(multihost_utils.process_allgather(np.asarray(failed))).ravel()
-  return int(np.argmax(flags)) if flags.any() else None
 
 
 _ERRNO_TEXT = {errno.ENOSPC: "no space left on the device",

@@ -47,8 +47,9 @@ def project_errors() -> tuple[type[BaseException], ...]:
   from pico_jax.data.errors import DataError
   from pico_jax.train.checkpoint import CheckpointMismatchError, CheckpointRestoreError
   from pico_jax.train.loop import DivergenceError
+  from pico_jax.workdir import WorkdirBusyError
   return (FlagError, ConfigError, DataError, CheckpointMismatchError, CheckpointRestoreError,
-          DivergenceError)
+          DivergenceError, WorkdirBusyError)
 
 
 def is_user_error(error: BaseException) -> bool:
@@ -181,6 +182,11 @@ def run(main):
     configure_logging()
     try:
       return main()
+    except KeyboardInterrupt as e:  # Ctrl-C: the run says what it saved (periodic.py).
+      if VERBOSE.value:
+        traceback.print_exc()
+      print(f"error: {one_line(e) if str(e) else 'interrupted (Ctrl-C)'}", file=sys.stderr)
+      return 130
     except Exception as e:  # noqa: BLE001 -- re-raised unless a user error.
       if not is_user_error(e):
         raise

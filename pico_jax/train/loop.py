@@ -25,7 +25,7 @@ from pico_jax.contrast.diagnostics import TemperatureReport
 from pico_jax.train import checkpoint as checkpoint_lib
 from pico_jax.train import reporting
 from pico_jax.train.early_stopping import EarlyStopping
-from pico_jax.train.periodic import Every, PreemptionWatch
+from pico_jax.train.periodic import Every, Interrupted, PreemptionWatch
 from pico_jax.train.state import nonfinite_leaves
 from pico_jax.train.trainer import Trainer, build
 
@@ -43,7 +43,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       the position of ``Trainer.data``, so other batches resume only if they follow it.
 
   Returns None when the job was preempted (SIGTERM): the state was saved and the same
-  command resumes it. Raises DivergenceError on a non-finite loss (the last good
+  command resumes it. Raises ``periodic.Interrupted`` after a Ctrl-C (the state saved at
+  the next step boundary), ``WorkdirBusyError`` when another run holds ``workdir``
+  (``workdir.writer_lock``), DivergenceError on a non-finite loss (the last good
   checkpoint is kept), ``CheckpointMismatchError`` when the workdir holds a checkpoint
   of another model and ``CheckpointRestoreError`` when its latest checkpoint cannot be
   resumed.
@@ -51,7 +53,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   os.makedirs(workdir, exist_ok=True)
   t = config.train
   with contextlib.ExitStack() as stack:
-    watch = stack.enter_context(PreemptionWatch())  # first: a SIGTERM during build counts.
+    # First the lock: building reads the checkpoints and clears half-written saves.
+    stack.enter_context(workdir_lib.writer_lock(workdir))
+    watch = stack.enter_context(PreemptionWatch())  # a signal during build counts.
     trainer = build(config, workdir)
     if trainer.checkpointer is not None:  # a lost process's line says what resumes.
       stack.enter_context(parallel.exit_note(
@@ -78,6 +82,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         return None
       result = run.test()
       report(result)
+      if watch.interrupted:  # a Ctrl-C after the last step's save: it is all on disk.
+        raise Interrupted(f"interrupted (Ctrl-C) after the last step {run.step}, which "
+                          "is saved; the same command reruns the final test")
       return result
     except jax.errors.JaxRuntimeError:
       # A collective that failed because a process is gone: the watch ends the job with
@@ -268,15 +275,22 @@ class Run:
     self.saved_step = step
 
   def preempt(self, step: int, watch: PreemptionWatch):
-    """On SIGTERM: saves this step and ends the run (every process at the same step)."""
+    """On SIGTERM or Ctrl-C: saves this step and ends the run (every process at the same
+    step); a Ctrl-C raises ``Interrupted`` once the save is on disk."""
     if not watch.requested(step):
       return
-    if self.trainer.checkpointer is not None:
+    ckpt = self.trainer.checkpointer
+    if ckpt is not None:
       self.save(step)
+      ckpt.wait()
     self.preempted = True
+    saved = (f"state saved in {ckpt.directory}/{step}" if ckpt is not None else
+             "checkpoints are disabled, nothing saved")
+    if watch.interrupted:
+      raise Interrupted(f"interrupted (Ctrl-C) at step {step}: {saved}; run the same "
+                        "command to resume")
     log.warning("preempted (SIGTERM) at step %d: %s; run the same command to resume",
-                step, "state saved" if self.trainer.checkpointer else
-                "checkpoints are disabled, nothing saved")
+                step, saved)
 
   def test(self) -> dict[str, float]:
     """The test metrics of the best params under early stopping, else of the last step."""

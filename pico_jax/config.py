@@ -264,4 +264,7 @@ def _check_data(config):
     if not g.val_fraction + g.test_fraction < 1:
       raise ConfigError(f"config.{section}.val_fraction={g.val_fraction} + test_fraction="
                         f"{g.test_fraction}: must be < 1 (the rest is train)")
-    check_splits(config, synthetic_split_rows(config), f"config.{section}")
+    rows = synthetic_split_rows(config)
+    check_splits(config, rows, f"config.{section}", {
+        name: f"config.{section}.{name}_fraction={g[name + '_fraction']} ({rows[name]} of "
+              f"num_rows={g.num_rows} rows)" for name in ("val", "test")})

@@ -121,8 +121,17 @@ BAD = [
     # cross-key checks
     ({"data.synthetic.val_fraction": 0.5, "data.synthetic.test_fraction": 0.5},
      r"val_fraction=0\.5 \+ test_fraction=0\.5: must be < 1"),
-    ({"data.synthetic.val_fraction": 0.0}, r"config\.data\.eval_split='val': that split of "
-     r"config\.data\.synthetic has no rows"),
+    ({"data.synthetic.val_fraction": 0.0}, r"config\.data\.synthetic\.val_fraction=0\.0 \(0 of "
+     r"num_rows=8000 rows\): the 'val' split has no rows, and config\.data\.eval_split='val' "
+     r"evaluates it"),
+    # Empty splits are refused before training (issue 26 row 5: it crashed at the end).
+    ({"data.synthetic.test_fraction": 0.0}, r"config\.data\.synthetic\.test_fraction=0\.0 "
+     r"\(0 of num_rows=8000 rows\): the 'test' split has no rows, and the final test "
+     r"evaluates it"),
+    ({"data.synthetic.val_fraction": 0.0001}, r"val_fraction=0\.0001 \(0 of num_rows=8000"),
+    ({"data.synthetic.positive_control.test_fraction": 0.0,
+      "data.synthetic.kind": "positive_control"},
+     r"config\.data\.synthetic\.positive_control\.test_fraction=0\.0 \(0 of"),
     ({"train.batch_size": 10_000}, r"config\.train\.batch_size=10000: more than the 6400 rows"),
     ({"mesh.data": -1, "mesh.model": -1}, r"at most one may be -1"),
     ({"checkpoint.best_metric": "dev/mean_auc"}, r"config\.checkpoint\.best_metric='dev/mean_auc'"),
@@ -157,14 +166,17 @@ def test_rules_check_the_type(rule, bad):
     ({"data.name": "store", "data.path": "/s", "data.eval_split": "dev"},
      {"train": 100, "val": 10}, None, r"config\.data\.eval_split='dev': the store /s has "
      r"splits \['train', 'val'\]"),
-    ({}, {"train": 100, "val": 0, "test": 5}, None, r"'val': that split .* has no rows"),
+    ({}, {"train": 100, "val": 0, "test": 5}, None, r"the dataset: the 'val' split has no "
+     r"rows, and config\.data\.eval_split='val' evaluates it"),
+    ({"data.name": "store", "data.path": "/s"}, {"train": 100, "val": 5, "test": 0}, None,
+     r"the store /s: the 'test' split has no rows, and the final test evaluates it"),
 ])
 def test_checks_against_the_data_and_devices(overrides, splits, devices, match):
   config = validate(small_config(**overrides)) if "data.path" not in overrides else (
       small_config(**overrides))
   with pytest.raises(ConfigError, match=match):
     validate_against(config, splits, devices)
-  validate_against(small_config(), {"train": 6400, "val": 800}, 8)
+  validate_against(small_config(), {"train": 6400, "val": 800, "test": 800}, 8)
 
 
 def test_build_checks_the_mesh_before_anything_trains():

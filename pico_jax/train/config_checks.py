@@ -13,19 +13,31 @@ from pico_jax.config_keys import ConfigError
 from pico_jax.parallel import DATA, MODEL
 
 
-def check_splits(config, split_rows: Mapping[str, int], source: str):
-  """The eval split (and best_metric's) exist with rows; train fills a batch."""
+def check_splits(config, split_rows: Mapping[str, int], source: str,
+                 sizes: Mapping[str, str] | None = None):
+  """The splits a run evaluates (the eval split, best_metric's, and test, scored at the
+  end) exist with rows; train fills a batch. ``sizes``: the config key that sets each
+  split's size, named when one would be empty.
+
+  An empty split is refused here, before any step: the run's result is its final test
+  (and early stopping and "best" read the eval split), so a run without them would
+  fail at its end, and every rerun would resume and fail again.
+  """
   split = config.data.eval_split
   if split not in split_rows:
     raise ConfigError(f"config.data.eval_split={split!r}: {source} has splits "
                       f"{sorted(split_rows)}")
-  if split_rows[split] < 1:
-    raise ConfigError(f"config.data.eval_split={split!r}: that split of {source} has no "
-                      "rows")
   best = config.checkpoint.best_metric
   if best and best.partition("/")[0] not in split_rows:
     raise ConfigError(f"config.checkpoint.best_metric={best!r}: {source} has splits "
                       f"{sorted(split_rows)}")
+  uses = {split: f"config.data.eval_split={split!r}", "test": "the final test"}
+  if best:
+    uses.setdefault(best.partition("/")[0], f"config.checkpoint.best_metric={best!r}")
+  for name, use in uses.items():
+    if split_rows.get(name, 0) < 1:
+      raise ConfigError(f"{(sizes or {}).get(name, source)}: the {name!r} split has no "
+                        f"rows, and {use} evaluates it")
   train = split_rows.get("train", 0)
   if train < config.train.batch_size:
     raise ConfigError(f"config.train.batch_size={config.train.batch_size}: more than the "

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from pico_jax import metrics as metrics_lib
+from pico_jax.config_keys import ConfigError
 from pico_jax import parallel
 from pico_jax.data import load_dataset, pipeline
 from pico_jax.data.schema import Schema
@@ -102,9 +103,13 @@ class Trainer:
     return {k: v[:pipeline.num_rows(columns)] for k, v in gathered.items()}
 
   def evaluate(self, split: str, params=None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """(the metrics of ``pico_jax.metrics.task_metrics``, the predictions) of ``split``."""
+    """(the metrics of ``pico_jax.metrics.task_metrics``, the predictions) of ``split``;
+    ``ConfigError`` for a split the dataset lacks or that has no rows."""
     if split not in self.dataset.splits:
-      raise ValueError(f"split {split!r}: the dataset has splits {sorted(self.dataset.splits)}")
+      raise ConfigError(f"split {split!r}: the dataset has splits "
+                        f"{sorted(self.dataset.splits)}")
+    if not self.dataset.num_rows(split):
+      raise ConfigError(f"split {split!r}: it has no rows, nothing to evaluate")
     predictions = self.predict(split, params)
     return (metrics_lib.task_metrics(predictions, self.dataset.splits[split],
                                      self.dataset.info), predictions)

@@ -26,6 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
   # (Grain's thread prefetch, pipeline.train_iterator); 0: placed when the step needs it.
   c.data.device_prefetch = 0
   c.data.num_threads = 2
+  # Each checkpoint records the fingerprint of its data; resuming or evaluating it on
+  # other data (a store rebuilt at the same path) is refused unless this is True:
+  # continue training (or evaluate) on the new data, on purpose.
+  c.data.allow_new_data = False
   c.data.synthetic = ml_collections.ConfigDict(dict(
       num_rows=500_000, num_users=1_000, num_items=500, num_categories=32,
       rho=(0.0, 0.33, 0.67, 1.0), latent_dim=4, signal=1.5, ctr_bias=-1.5, cvr_bias=-1.0,

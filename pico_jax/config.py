@@ -72,6 +72,7 @@ RULES: dict[str, Rule] = {
     "data.prefetch": NON_NEGATIVE_INT,
     "data.device_prefetch": NON_NEGATIVE_INT,
     "data.num_threads": NON_NEGATIVE_INT,
+    "data.allow_new_data": BOOL,
     "data.synthetic.num_rows": POSITIVE_INT,
     "data.synthetic.num_users": POSITIVE_INT,
     "data.synthetic.num_items": POSITIVE_INT,

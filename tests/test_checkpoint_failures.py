@@ -73,7 +73,7 @@ def test_a_read_only_checkpoint_directory_fails_at_once(small_fs, tmp_path, monk
     ckpt_lib.Checkpointer(str(workdir), keep=3)
   message = str(e.value)
   assert "cannot write a checkpoint in" in message and "read-only file system" in message
-  assert "earlier complete checkpoints (1, 2) are untouched" in message, message
+  assert "the complete checkpoints (1, 2) are untouched" in message, message
   assert "resumes from step 2" in message
 
 
@@ -90,7 +90,7 @@ def test_a_full_disk_fails_before_the_save(small_fs, tmp_path, monkeypatch):
   with pytest.raises(ckpt_lib.CheckpointWriteError,
                      match=r"cannot write checkpoint 5 in .*: no space left on the device "
                            r"\(.* MiB free; this save needs up to 5.0 MiB\)\. Nothing of it "
-                           r"was kept; the earlier complete checkpoints \(1\) are untouched"):
+                           r"was kept; the complete checkpoints \(1\) are untouched"):
     ckpt.save(5, big, _iterator(), _CONFIG)
   assert ckpt.all_steps() == [1]
   ckpt.close()
@@ -108,7 +108,7 @@ def test_a_write_that_fails_inside_orbax_names_the_cause(tmp_path, monkeypatch):
   monkeypatch.setattr(ocp.CheckpointManager, "save", full)
   with pytest.raises(ckpt_lib.CheckpointWriteError,
                      match=r"writing checkpoint 3 in .* failed: no space left on the device\. "
-                           r"Nothing of it was kept; the earlier complete checkpoints \(1\)"):
+                           r"Nothing of it was kept; the complete checkpoints \(1\)"):
     ckpt.save(3, _state(3, __import__("pico_jax").parallel.make_mesh(8, 1)), _iterator(),
               _CONFIG)
   ckpt.close()

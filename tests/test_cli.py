@@ -91,7 +91,7 @@ def test_evaluate_and_export_report_a_checkpoint_that_cannot_be_restored(run):
   proc = run_script("export", f"--workdir={run}", "--checkpoint=last", "--verbose")
   assert proc.returncode == 1 and "Traceback" in proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == (
-      "error: --checkpoint='last': expected 'best', 'latest' or a step number")
+      "error: --checkpoint='last': expected 'default', 'best', 'latest' or a step number")
 
 
 @pytest.mark.parametrize("script,args,message", [

@@ -104,22 +104,34 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, *, keep: int = 1, keep_best: int = 0,
-               best: BestCriterion | None = None, read_only: bool = False):
+               best: BestCriterion | None = None, read_only: bool = False,
+               dataset: dict | None = None):
     self.directory = workdir_lib.checkpoint_dir(workdir)
     self.best = best
+    self.dataset = dataset  # what each save records as its data (compat.data_identity).
     self._unverified = set()  # steps without checksums already warned about.
     if not read_only:
       self._check_writable(None, 0)
       self._warn_half_written()
-    self.manager = checkpoint_manager(workdir, read_only=read_only, keep=keep,
-                                      keep_best=keep_best, best=best)
+    try:  # orbax reads every step's saved metrics here.
+      self.manager = checkpoint_manager(workdir, read_only=read_only, keep=keep,
+                                        keep_best=keep_best, best=best)
+    except (ValueError, OSError):
+      bad = failures.unparsable_metrics([self._path(s) for s in self._step_names()])
+      if bad is not None:
+        self._damaged(int(os.path.basename(bad[0])), "metrics", f"its file "
+                      f"metrics/metrics does not parse ({bad[1]}); orbax reads every "
+                      "step's to rank them, so no checkpoint can be opened")
+      raise
 
   @classmethod
-  def from_config(cls, workdir: str, config: ml_collections.ConfigDict) -> "Checkpointer":
-    """The checkpointer of ``config.checkpoint``, ranking by ``best_criterion(config)``."""
+  def from_config(cls, workdir: str, config: ml_collections.ConfigDict,
+                  dataset: dict | None = None) -> "Checkpointer":
+    """The checkpointer of ``config.checkpoint``, ranking by ``best_criterion(config)``;
+    ``dataset``: the identity of the run's data (``compat.data_identity``)."""
     c = config.checkpoint
     return cls(workdir, keep=c.keep, keep_best=c.keep_best,
-               best=best_criterion(config))
+               best=best_criterion(config), dataset=dataset)
 
   def _warn_half_written(self):
     if not os.path.isdir(self.directory):
@@ -167,13 +179,13 @@ class Checkpointer:
     items.update(data=grain.checkpoint.CheckpointSave(data_iterator),
                  config=ocp.args.JsonSave(config.to_dict()),
                  integrity=ocp.args.JsonSave(integrity.record(
-                     arrays, data_iterator, config.to_dict(), loop)))
+                     arrays, data_iterator, config.to_dict(), loop, self.dataset)))
     if loop is not None:
       items["loop"] = ocp.args.JsonSave(loop)
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
     with self._writing(step):
       self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics,
-                        force=True)
+                        force=True, custom_metadata=integrity.MARKER)
 
   def saved_config(self, step: int) -> dict:
     """The config ``step`` was saved with (checked against its recorded checksum)."""
@@ -194,12 +206,18 @@ class Checkpointer:
 
   def _recorded(self, step: int) -> dict | None:
     """The ``integrity`` item of ``step``; None (with a warning) for a checkpoint saved
-    before checksums were recorded."""
+    before checksums were recorded (no version marker either); a checkpoint with the
+    marker and without the item is damaged (CheckpointIntegrityError)."""
     if not os.path.isdir(os.path.join(self.directory, str(step), integrity.ITEM)):
+      if integrity.has_marker(self._path(step)):
+        self._damaged(step, integrity.ITEM, "it is missing, though the checkpoint was "
+                      "written by a version that records it (its _CHECKPOINT_METADATA "
+                      "says so, or is missing too); nothing in it can be verified")
       if step not in self._unverified:
         self._unverified.add(step)
-        log.warning("checkpoint %d in %s has no checksums (saved by an older version): "
-                    "its arrays are checked finite but not verified", step, self.directory)
+        log.warning("checkpoint %d in %s is old: saved by a version before checksums (no "
+                    "version marker, no integrity item); its arrays are checked finite "
+                    "but not verified", step, self.directory)
       return None
     with self._reading(step, integrity.ITEM):
       return self.manager.restore(step, args=ocp.args.Composite(
@@ -213,18 +231,28 @@ class Checkpointer:
           f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""))
     return tree
 
-  def earlier_steps(self, step: int) -> list[int]:
-    """The complete checkpoints before ``step`` (each item's files and its checksums
-    present; the checksums themselves are checked when one is restored)."""
-    def complete(s):
-      d = os.path.join(self.directory, str(s))
-      return all(os.path.exists(os.path.join(d, *p)) for p in (
-          ("state", "_METADATA"), ("data",), ("config",), (integrity.ITEM,)))
+  def _step_names(self) -> list[int]:
     names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
-    return sorted(int(n) for n in names if n.isdigit() and int(n) < step and complete(n))
+    return sorted(int(n) for n in names if n.isdigit())
+
+  def complete_steps(self) -> list[int]:
+    """The complete checkpoints: each item's files present, and the checksums unless
+    the checkpoint is old (no version marker); the checksums themselves are checked
+    when one is restored."""
+    def complete(s):
+      d = self._path(s)
+      needed = [("state", "_METADATA"), ("data",), ("config",)]
+      if integrity.has_marker(d):
+        needed.append((integrity.ITEM,))
+      return all(os.path.exists(os.path.join(d, *p)) for p in needed)
+    return [s for s in self._step_names() if complete(s)]
+
+  def earlier_steps(self, step: int) -> list[int]:
+    """The complete checkpoints before ``step``."""
+    return [s for s in self.complete_steps() if s < step]
 
   def _damaged(self, step: int, item: str, what: str):
-    todo = failures.what_to_do(self._path(step), self.earlier_steps(step))
+    todo = failures.what_to_do(self._path(step), self.complete_steps())
     raise CheckpointIntegrityError(f"checkpoint {step} in {self.directory} is damaged: its "
                                    f"{item!r} item: {what}. Do not resume it: {todo}.")
 
@@ -237,7 +265,7 @@ class Checkpointer:
       except (CheckpointMismatchError, CheckpointRestoreError):
         raise
       except Exception as e:  # pylint: disable=broad-except
-        todo = failures.what_to_do(self._path(step), self.earlier_steps(step))
+        todo = failures.what_to_do(self._path(step), self.complete_steps())
         raise CheckpointRestoreError(
             f"checkpoint {step} in {self.directory}: cannot read its {item!r} item: "
             f"{failures.cause(e)}. The checkpoint is complete but damaged or unreadable: "
@@ -265,6 +293,14 @@ class Checkpointer:
     """Raises ``CheckpointMismatchError`` if a key that fixes the data order differs from
     the checkpoint's; logs every other changed key (except runtime-only ones)."""
     compat.check_same_run(self._path(step), self.saved_config(step), config.to_dict())
+
+  def check_same_data(self, step: int, dataset: dict | None, allow_new_data: bool):
+    """Raises ``CheckpointMismatchError`` naming both fingerprints when ``step`` was
+    trained on other data than ``dataset`` (``compat.data_identity``), unless
+    ``allow_new_data`` (then a warning says so)."""
+    recorded = self._recorded(step)
+    saved = None if recorded is None else recorded.get("dataset", compat.NOT_RECORDED)
+    compat.check_same_data(self._path(step), saved, dataset, allow_new_data)
 
   def _path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -298,6 +334,8 @@ class Checkpointer:
     self.check_process_count(step)
     self.check_compatible(step, abstract_state, config)
     self.check_same_run(step, config)
+    if self.dataset is not None:
+      self.check_same_data(step, self.dataset, config.data.allow_new_data)
     state = self.restore_state(step, abstract_state)
     recorded = self._recorded(step)
     if recorded is not None:
@@ -339,8 +377,8 @@ class Checkpointer:
     if hasattr(self, "manager"):  # the saves in flight finish first, and are listed.
       with contextlib.suppress(Exception):
         self.manager.wait_until_finished()
-    raise failures.write_error(what, self.earlier_steps(
-        step if step is not None else float("inf"))) from None
+    raise failures.write_error(what, [s for s in self.complete_steps() if s != step]
+                               ) from None
 
   def wait(self):
     with self._writing(None):

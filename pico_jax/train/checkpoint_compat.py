@@ -1,5 +1,6 @@
 """Whether a checkpoint fits the run resuming it: the same params (shapes, dtypes), the
-same data order and process count; which config keys may change across a resume.
+same data (``data_identity``), data order and process count; which config keys may
+change across a resume.
 """
 
 from __future__ import annotations
@@ -20,10 +21,81 @@ _PROCESS_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json$")
 
 # Config sections that may differ between a checkpoint and the run resuming it.
 _RESUMABLE_SECTIONS = ("train", "checkpoint", "mesh")
-_RESUMABLE_KEYS = ("data.prefetch", "data.num_threads", "data.eval_split")
+_RESUMABLE_KEYS = ("data.prefetch", "data.num_threads", "data.eval_split",
+                   "data.allow_new_data")
 # Keys that fix which rows the saved data-iterator position points at: a resume with
 # any of them changed would silently train on a different data order.
 _DATA_ORDER_KEYS = ("seed", "train.batch_size", "data.name", "data.path")
+
+
+NOT_RECORDED = "not recorded"  # a checkpoint saved before the data's identity was.
+
+
+def data_identity(config, dataset) -> dict:
+  """What identifies the rows of ``dataset`` (loaded for ``config``), as each checkpoint
+  records it: a store's fingerprint (``pico_jax.data.integrity``: equal fingerprints,
+  equal stores) and its sources' BLAKE3, for stores built before fingerprints; for
+  synthetic data, a fingerprint of the generator's settings and seed, which fix every
+  row."""
+  from pico_jax.data import data_seed, integrity
+  if config.data.name == "store":
+    meta = dataset.info.get("meta") or {}
+    return {"store": dataset.info.get("path"), "fingerprint": meta.get(integrity.FINGERPRINT),
+            "sources": [s.get("blake3") for s in meta.get("sources", [])]}
+  settings = json.dumps(dict(config.data.synthetic.to_dict(), seed=data_seed(config)),
+                        sort_keys=True)
+  return {"synthetic": config.data.synthetic.kind,
+          "fingerprint": integrity.digest_bytes(settings.encode())}
+
+
+def _same_data(saved: dict, current: dict) -> tuple[bool | None, str]:
+  """(whether ``saved`` and ``current`` identify the same data, None when they cannot
+  be compared; what was compared)."""
+  if saved.get("fingerprint") and current.get("fingerprint"):
+    return saved["fingerprint"] == current["fingerprint"], "fingerprint"
+  sources = saved.get("sources"), current.get("sources")
+  if all(sources) and all(all(s) for s in sources):
+    return sources[0] == sources[1], ("sources' BLAKE3 only (no fingerprint: a store built "
+                                      "before checksums)")
+  return None, "nothing"
+
+
+def _describe(identity: dict) -> str:
+  where = (f"store {identity['store']}" if "store" in identity
+           else f"synthetic data ({identity.get('synthetic')})")
+  if identity.get("fingerprint"):
+    return f"{where} with fingerprint {identity['fingerprint']}"
+  return f"{where} without a fingerprint, sources' BLAKE3 {identity.get('sources')}"
+
+
+def check_same_data(path: str, saved, current: dict | None, allow_new_data: bool):
+  """Raises CheckpointMismatchError naming both identities when the checkpoint at
+  ``path`` (its recorded identity ``saved``: a dict, None for an old checkpoint without
+  checksums, or ``NOT_RECORDED``) was trained on other data than ``current``; with
+  ``allow_new_data`` it warns and goes on (continuing training on new data)."""
+  if current is None:
+    return
+  if not isinstance(saved, dict):
+    log.warning("checkpoint %s records no fingerprint of its data (saved by an earlier "
+                "version): the data are not compared (data.path still is)", path)
+    return
+  same, what = _same_data(saved, current)
+  if same is None:
+    log.warning("checkpoint %s: its data and this run's cannot be compared (neither a "
+                "fingerprint nor the sources' BLAKE3 on both sides)", path)
+    return
+  if not what.startswith("fingerprint"):
+    log.warning("checkpoint %s: compared the store's %s", path, what)
+  if same:
+    return
+  text = (f"checkpoint {path} was trained on {_describe(saved)}; this run reads "
+          f"{_describe(current)}")
+  if allow_new_data:
+    log.warning("%s: continuing on the new data (config.data.allow_new_data)", text)
+    return
+  raise CheckpointMismatchError(
+      f"{text}. Use the data it was trained on, a new --workdir, or (to continue on new "
+      "data on purpose) config.data.allow_new_data=True")
 
 
 def flatten_config(tree: dict, prefix: str = "") -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import re
@@ -46,23 +47,42 @@ class CheckpointWriteError(CheckpointRestoreError):
   command-line scripts print it as one line.)"""
 
 
-def what_to_do(path: str, earlier: list[int]) -> str:
-  """Which checkpoint a resume can use instead of the damaged one at ``path``, given the
-  complete ones before it."""
+def what_to_do(path: str, complete: list[int]) -> str:
+  """What to use instead of the damaged checkpoint at ``path`` (``.../<step>``), given
+  the complete checkpoints of its directory (``complete``)."""
+  step = int(os.path.basename(path))
+  earlier = [s for s in complete if s < step]
+  later = [s for s in complete if s > step]
+  after = f"; complete checkpoints after it: {', '.join(map(str, later))}" if later else ""
   if not earlier:
-    return (f"no earlier complete checkpoint is kept in {os.path.dirname(path)}: restore "
-            f"{path} from a copy, or start a new --workdir")
+    return (f"no earlier complete checkpoint is kept in {os.path.dirname(path)}{after}: "
+            f"restore {path} from a copy, or start a new --workdir")
   return (f"remove {path} to resume from step {earlier[-1]} (earlier complete "
-          f"checkpoints: {', '.join(map(str, earlier))})")
+          f"checkpoints: {', '.join(map(str, earlier))}{after})")
+
+
+def unparsable_metrics(paths: list[str]) -> tuple[str, str] | None:
+  """(the first checkpoint of ``paths`` whose saved metrics, orbax's JSON beside each
+  step, do not parse; why), or None."""
+  for path in paths:
+    try:
+      with open(os.path.join(path, "metrics", "metrics")) as f:
+        json.load(f)
+    except FileNotFoundError:
+      continue
+    except (OSError, ValueError) as e:
+      return path, cause(e)
+  return None
 
 
 def write_error(what: str, intact: list[int]) -> CheckpointWriteError:
-  """The error of a save that cannot be written (``what``: the step, path and cause)."""
+  """The error of a save that cannot be written (``what``: the step, path and cause);
+  ``intact``: the complete checkpoints besides it."""
   return CheckpointWriteError(
       f"{what}. Nothing of it was kept; "
-      + (f"the earlier complete checkpoints ({', '.join(map(str, intact))}) are untouched "
+      + (f"the complete checkpoints ({', '.join(map(str, intact))}) are untouched "
          f"and the same command resumes from step {intact[-1]}" if intact else
-         "no earlier complete checkpoint is kept")
+         "no complete checkpoint is kept")
       + " once the directory is writable with space to spare.")
 
 

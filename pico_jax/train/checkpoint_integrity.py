@@ -17,7 +17,13 @@ resume goes on silently. Hence:
   Any change of one word changes both sums (``fmix32`` is a bijection); the chance
   that several changes cancel in both is about 2^-64.
 * The checksums go into the checkpoint's small ``integrity`` item (JSON), with a
-  CRC-32 of every process's data-iterator file and of the config.
+  CRC-32 of every process's data-iterator file and of the config, and the identity of
+  the data the run trained on (``checkpoint_compat.data_identity``).
+* Every save also writes a version marker (``MARKER``) into orbax's
+  ``_CHECKPOINT_METADATA``. A checkpoint with the marker (or without that file, which
+  orbax writes with every step) must have its ``integrity`` item: deleting the item
+  makes the checkpoint damaged, never "old", so verification cannot be switched off
+  by deleting files. Only a checkpoint whose metadata lacks the marker is old.
 * Every restore (resume, ``restore``, the best params) recomputes them on the restored
   arrays, and checks that every float is finite, before anything uses the state.
 
@@ -41,7 +47,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from pico_jax.train.checkpoint_compat import path_name
 
 ITEM = "integrity"
-VERSION = 1
+VERSION = 2  # 2: records the data's identity ("dataset").
+MARKER = {"pico_jax_checkpoint_version": VERSION}
+_ORBAX_METADATA = "_CHECKPOINT_METADATA"
 
 
 def _fmix32(h: jax.Array) -> jax.Array:
@@ -118,16 +126,29 @@ def data_crcs(data_iterator) -> list[str]:
   return [f"{int(c):08x}" for c in np.asarray(all_crcs).ravel()]
 
 
-def record(trees: dict, data_iterator, config: dict, loop: dict | None = None) -> dict:
+def has_marker(path: str) -> bool:
+  """Whether the checkpoint directory ``path`` was written by a version that records
+  the ``integrity`` item: its orbax metadata holds ``MARKER``, or is missing or
+  unreadable (damage, not age)."""
+  try:
+    with open(os.path.join(path, _ORBAX_METADATA)) as f:
+      custom = json.load(f).get("custom_metadata") or {}
+  except (OSError, ValueError, AttributeError):
+    return True
+  return any(k in custom for k in MARKER)
+
+
+def record(trees: dict, data_iterator, config: dict, loop: dict | None = None,
+           dataset: dict | None = None) -> dict:
   """The ``integrity`` item of a save: checksums of each array item in ``trees``
   (``{"state": ..., "best": ...}``), of the data files, the config and the loop's
-  host state."""
+  host state, and ``dataset``, the identity of the data trained on."""
   items = {}
   for name, tree in trees.items():
     summary = summarize(tree)
     items[name] = {k: crc for k, (crc, _) in summary.items()}
   return {"version": VERSION, "items": items, "data": data_crcs(data_iterator),
-          "config": config_crc(config), "loop": config_crc(loop or {})}
+          "config": config_crc(config), "loop": config_crc(loop or {}), "dataset": dataset}
 
 
 def array_problems(recorded: dict, item: str, tree) -> list[str]:

@@ -6,10 +6,17 @@ training), so ``launch/evaluate.py`` and ``launch/export.py`` need only the work
 directory.
 
 Which checkpoint (``which``):
+  ``default`` (``DEFAULT``) ``best`` when the run saved a checkpoint with an evaluation
+              of its best metric, else ``latest``: the params the run's own reported
+              test scored, not whatever step it stopped at.
   ``latest``  the newest step.
   ``best``    the kept step that ranks best by ``pico_jax.train.checkpoint.best_criterion`` (the
               early-stopping metric when early stopping is on).
   ``STEP``    that step (an integer).
+
+Every restore logs the step it chose and why, and checks that the data it loads are the
+data the checkpoint was trained on (the store's fingerprint; ``allow_new_data`` to
+evaluate or predict on other data on purpose).
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ import ml_collections
 from pico_jax import parallel
 from pico_jax.config_keys import set_value
 from pico_jax.train.checkpoint import Checkpointer, CheckpointRestoreError, best_criterion
-from pico_jax.train.checkpoint_compat import flatten_config
+from pico_jax.train.checkpoint_compat import data_identity, flatten_config
 from pico_jax.train.trainer import Trainer, build
 
 log = logging.getLogger("pico_jax")
+
+DEFAULT = "default"  # the checkpoint evaluate, export and predict use when not told.
 
 
 def saved_run_config(saved: dict) -> ml_collections.ConfigDict:
@@ -45,39 +54,54 @@ def saved_run_config(saved: dict) -> ml_collections.ConfigDict:
 
 
 def resolve_step(ckpt: Checkpointer, which: str) -> int:
-  """The checkpoint step named by ``which`` (latest | best | an integer step)."""
+  """The checkpoint step named by ``which`` (default | latest | best | an integer
+  step), logged with the reason for it."""
+  step, why = _choose(ckpt, which)
+  log.info("using checkpoint %d of %s (%s)", step, ckpt.directory, why)
+  return step
+
+
+def _choose(ckpt: Checkpointer, which: str) -> tuple[int, str]:
   steps = ckpt.all_steps()
   if not steps:
     raise FileNotFoundError(f"{ckpt.directory}: no complete checkpoint")
+  if which == DEFAULT:
+    step = ckpt.best_step()
+    return ((step, f"the best by {ckpt.best.key}") if step is not None else
+            (steps[-1], f"the latest: none was saved with an evaluation of {ckpt.best.key}"))
   if which == "latest":
-    return steps[-1]
+    return steps[-1], "the latest"
   if which == "best":
     step = ckpt.best_step()
     if step is None:
       raise CheckpointRestoreError(f"{ckpt.directory}: no kept checkpoint {steps} was "
                                    f"saved with an evaluation of {ckpt.best.key!r}")
-    return step
+    return step, f"the best by {ckpt.best.key}"
   try:
     step = int(which)
   except ValueError:
-    raise CheckpointRestoreError(f"--checkpoint={which!r}: expected 'best', 'latest' or "
-                                 "a step number") from None
+    raise CheckpointRestoreError(f"--checkpoint={which!r}: expected '{DEFAULT}', 'best', "
+                                 "'latest' or a step number") from None
   if step not in steps:
     raise CheckpointRestoreError(f"--checkpoint={step}: no such checkpoint in "
                                  f"{ckpt.directory} (kept: {steps})")
-  return step
+  return step, "as asked"
 
 
-def restore(workdir: str, which: str = "latest", *, mesh=None) -> Trainer:
+def restore(workdir: str, which: str = DEFAULT, *, mesh=None,
+            allow_new_data: bool = False) -> Trainer:
   """The run in ``workdir`` rebuilt from its saved config, with the state of the chosen
   checkpoint (``trainer.resumed_step`` is its step). The saved config passed
   ``pico_jax.config.validate`` when its run started; it is not validated again.
 
   Args:
     workdir: the run's work directory.
-    which: ``latest``, ``best`` or a step number.
+    which: ``default``, ``latest``, ``best`` or a step number (module docstring).
     mesh: where the state goes (default: a data-parallel mesh over every device, so a
       model trained on another device count restores here).
+    allow_new_data: go on (with a warning) when the data differ from those the
+      checkpoint was trained on; else that raises ``CheckpointMismatchError`` naming
+      both fingerprints.
   """
   ckpt = Checkpointer(workdir, read_only=True)
   try:
@@ -89,6 +113,7 @@ def restore(workdir: str, which: str = "latest", *, mesh=None) -> Trainer:
     config = saved_run_config(ckpt.saved_config(step))
     trainer = build(config, mesh=mesh if mesh is not None else parallel.make_mesh(-1, 1),
                     init_state=False)
+    ckpt.check_same_data(step, data_identity(config, trainer.dataset), allow_new_data)
     trainer.state = ckpt.restore_state(step, trainer.abstract_state)
     trainer.resumed_step = step
     return trainer
@@ -97,8 +122,8 @@ def restore(workdir: str, which: str = "latest", *, mesh=None) -> Trainer:
 
 
 
-def evaluate(workdir: str, split: str = "test", checkpoint: str = "latest",
-             correct_pos_weight: bool = False) -> dict:
+def evaluate(workdir: str, split: str = "test", checkpoint: str = DEFAULT,
+             correct_pos_weight: bool = False, allow_new_data: bool = False) -> dict:
   """The metrics of ``split`` for the chosen checkpoint, with ``step``/``split`` keys.
 
   The run is rebuilt from its saved config by ``restore``, so the evaluation is
@@ -106,7 +131,7 @@ def evaluate(workdir: str, split: str = "test", checkpoint: str = "latest",
   scores the probabilities corrected for the run's ``loss.pos_weight``
   (``pico_jax.calibration``).
   """
-  trainer = restore(workdir, checkpoint)
+  trainer = restore(workdir, checkpoint, allow_new_data=allow_new_data)
   result, predictions = trainer.evaluate(split)
   if correct_pos_weight:
     from pico_jax import calibration, metrics

@@ -22,6 +22,7 @@ from pico_jax.data.schema import Schema
 from pico_jax.data.dataset import Dataset
 from pico_jax.models import build_model
 from pico_jax.train import checkpoint as ckpt_lib
+from pico_jax.train.checkpoint_compat import data_identity
 from pico_jax.train.config_checks import validate_against
 from pico_jax.train.optimizer import make_optimizer
 from pico_jax.train.state import TrainState, abstract_train_state, init_train_state
@@ -168,8 +169,10 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None, *,
                                   fsdp=config.mesh.fsdp)
   shardings = jax.tree.map(lambda s: s.sharding, abstract)
   train_step, eval_step = compile_steps(model, tx, config, mesh, shardings)
-  checkpointer = (ckpt_lib.Checkpointer.from_config(workdir, config)
-                  if workdir is not None and config.checkpoint.enabled else None)
+  checkpointer = None
+  if workdir is not None and config.checkpoint.enabled:
+    checkpointer = ckpt_lib.Checkpointer.from_config(
+        workdir, config, None if dataset is None else data_identity(config, dataset))
   trainer = Trainer(config=config, dataset=dataset, schema=schema, mesh=mesh, model=model,
                     tx=tx, abstract_state=abstract, shardings=shardings, train_step=train_step,
                     eval_step=eval_step, data=None, checkpointer=checkpointer)

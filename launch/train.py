@@ -8,6 +8,10 @@ coordinator is given (``--coordinator_address`` or ``JAX_COORDINATOR_ADDRESS``) 
 when SLURM / Open MPI / Cloud TPU on GKE launched it; on a Cloud TPU VM pod slice pass
 ``--distributed=on`` (jax reads the topology from the TPU metadata). Rerunning the
 same command with the same ``--workdir`` resumes from the latest checkpoint.
+
+One run writes a work directory at a time (``WORKDIR/writer.lock``; a second run stops
+with one line naming the holder). Ctrl-C saves at the next step and exits with status
+130; a second Ctrl-C aborts at once.
 """
 
 import logging

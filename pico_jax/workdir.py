@@ -101,6 +101,18 @@ def _describe(holder: dict) -> str:
           f"{holder.get('started', '?')})")
 
 
+def _claim(draft: str, path: str):
+  """Creates ``path`` with the content of ``draft``; FileExistsError if it exists (the
+  check and the claim in one step, so two runs cannot both take the lock)."""
+  try:
+    os.link(draft, path)  # whole at once: no reader sees a half-written lock.
+  except FileExistsError:
+    raise
+  except OSError:  # a file system without hard links: an exclusive create, then write.
+    with open(path, "x") as f, open(draft) as d:
+      f.write(d.read())
+
+
 def _acquire(path: str) -> dict:
   """Creates the lock file at ``path`` (atomically, with its content), taking over a
   stale one; raises WorkdirBusyError when a live run holds it."""
@@ -113,7 +125,7 @@ def _acquire(path: str) -> dict:
   try:
     for _ in range(3):  # a lost race with another taker: read the winner, try again.
       try:
-        os.link(draft, path)  # fails if the file exists: the check and the claim in one.
+        _claim(draft, path)
         return me
       except FileExistsError:
         pass

@@ -129,3 +129,14 @@ def test_a_held_or_unreadable_lock_refuses_and_names_it(tmp_path, holder, expect
       pass
   assert str(path) in str(error.value)
   assert path.exists() and not glob.glob(str(tmp_path / "*.tmp"))
+
+
+def test_the_lock_works_without_hard_links(tmp_path, monkeypatch):
+  def no_links(*_):
+    raise OSError(1, "Operation not permitted")
+  monkeypatch.setattr(os, "link", no_links)
+  with workdir_lib.writer_lock(str(tmp_path)):
+    with pytest.raises(workdir_lib.WorkdirBusyError, match=f"pid {os.getpid()} on host"):
+      with workdir_lib.writer_lock(str(tmp_path)):
+        pass
+  assert os.listdir(tmp_path) == []

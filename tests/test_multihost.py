@@ -1,5 +1,6 @@
 """Multi-process training: 2 local processes x 4 CPU devices equal 1 process x 8, and
-a SIGTERM to the two-process job stops both at one step and resumes bit-identically."""
+a SIGTERM (or a Ctrl-C) to the two-process job stops both at one step and resumes
+bit-identically."""
 
 import json
 import os
@@ -44,10 +45,10 @@ def _launch(config, workdir, cache) -> list[subprocess.Popen]:
       for i in range(2)]
 
 
-def _finish(procs) -> list[str]:
+def _finish(procs, codes=(0, 0)) -> list[str]:
   logs = [p.communicate(timeout=300)[0] for p in procs]
   for i, (p, log) in enumerate(zip(procs, logs)):
-    assert p.returncode == 0, f"process {i}:\n{log[-4000:]}"
+    assert p.returncode == (codes[i] if i < len(codes) else 0), f"process {i}:\n{log[-4000:]}"
   return logs
 
 
@@ -82,7 +83,7 @@ def test_two_processes_train_like_one(two_process_run):
     np.testing.assert_allclose([a[k] for k in numbers], [b[k] for k in numbers], rtol=1e-4)
 
 
-def test_sigterm_stops_both_processes_at_one_step_and_the_rerun_is_identical(
+def test_sigterm_or_ctrl_c_stops_both_processes_at_one_step_and_the_rerun_is_identical(
     two_process_run):
   tmp, config, uninterrupted, _ = two_process_run
   workdir = str(tmp / "preempted")
@@ -91,13 +92,15 @@ def test_sigterm_stops_both_processes_at_one_step_and_the_rerun_is_identical(
   for line in procs[0].stdout:  # process 0 logs every step.
     head.append(line)
     if " step 2/" in line:  # early: the sync point needs a few steps to agree.
-      for p in procs:
-        p.send_signal(signal.SIGTERM)
+      procs[0].send_signal(signal.SIGTERM)
+      procs[1].send_signal(signal.SIGINT)  # a Ctrl-C joins the same protocol.
       break
-  logs = _finish(procs)
+  logs = _finish(procs, codes=(0, 130))
   logs[0] = "".join(head) + logs[0]
-  stopped = [re.findall(r"preempted \(SIGTERM\) at step (\d+)", log) for log in logs]
+  stopped = [re.findall(r"preempted \(SIGTERM\) at step (\d+)", logs[0]),
+             re.findall(r"error: interrupted \(Ctrl-C\) at step (\d+): state saved", logs[1])]
   assert len(stopped[0]) == 1 and stopped[0] == stopped[1], logs
+  assert "Traceback" not in logs[1], logs[1]
   step = int(stopped[0][0])
   assert 2 <= step < STEPS
   assert ckpt_lib.Checkpointer(workdir, read_only=True).latest_step() == step

@@ -8,6 +8,8 @@ Every file a run writes has its name here::
                                  data/   (the Grain iterator position of every process)
                                  config/ (the run's config as JSON)
                                  best/   (the early-stopping best params, when on)
+                                 integrity/ (checksums, the data's fingerprint)
+                                 loop/   (the logging window's sums)
     checkpoints/<step>.orbax-checkpoint-tmp-*/   a save cut short (ignored)
     metrics.jsonl                one JSON record per evaluation
     train_metrics.jsonl          one JSON record per logging window

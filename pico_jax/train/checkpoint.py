@@ -3,14 +3,18 @@
 A checkpoint is ``workdir/checkpoints/<step>/`` (layout in ``pico_jax/workdir.py``) with
 the items ``state`` (params, optimizer state, step and rng, each array saved with its
 sharding, one shard per device), ``data`` (the Grain iterator state of every process),
-``config`` (JSON) and, with early stopping on, ``best`` (the best params so far).
+``config`` (JSON), ``integrity`` (checksums and the data's identity, with a version
+marker in orbax's metadata: ``checkpoint_integrity``), ``loop`` (the logging window)
+and, with early stopping on, ``best`` (the best params so far).
 Saves are asynchronous: the step loop continues while the previous state is written.
 
 Resuming is strict. Orbax writes a step into a temporary directory and renames it when
 complete, so a save cut short leaves ``<step>.orbax-checkpoint-tmp-*``, which is never
 taken for a checkpoint: that is the only checkpoint a resume skips (with a warning).
 Any other failure to resume the latest checkpoint raises ``CheckpointRestoreError``
-naming the step, the item and the cause; a resume never silently starts over.
+naming the step, the item and the cause; a resume never silently starts over. A
+checkpoint trained on other data (another store fingerprint) is refused unless
+``config.data.allow_new_data``.
 
 A changed process count is refused at start: the data position is saved per process
 (``data/process_<i>-of-<n>.json``), so the error says to resume with the saved count.

@@ -16,7 +16,8 @@ or name them SPLIT=PATH. Bad input stops with a message naming file, line and co
 and nothing is left at --output. Every byte is parsed once, by --workers threads;
 the parsed blocks wait for the second pass in memory (up to --spill_memory_mb) or in
 temporary files beside --output; progress bars show rows/s and the time left. See
-pico_jax/ingest/preprocess.py.
+pico_jax/ingest/preprocess.py. The store records every file's BLAKE3 checksum;
+--seal=DIR adds them to a store written before they existed.
 """
 
 import time
@@ -24,13 +25,17 @@ import time
 from absl import flags
 
 from pico_jax import cli, dataclass_flags
-from pico_jax.ingest import formats, preprocess, table
+from pico_jax.ingest import formats, preprocess, store_writer, table
 
-_FORMAT = flags.DEFINE_enum("format", None, sorted(formats.FORMATS), "The raw format.",
-                            required=True)
-_INPUT = flags.DEFINE_list("input", None, "[SPLIT=]PATH,...: the raw files.", required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "Store directory to create.", required=True)
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing store.")
+_FORMAT = flags.DEFINE_enum("format", None, sorted(formats.FORMATS), "The raw format.")
+_INPUT = flags.DEFINE_list("input", None, "[SPLIT=]PATH,...: the raw files.")
+_OUTPUT = flags.DEFINE_string("output", None, "Store directory to create.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing store (only a "
+                               "store or an empty directory is ever replaced).")
+_SEAL = flags.DEFINE_string("seal", None, "Instead of a build: add checksums to the store "
+                            "DIR written before stores had them, trusting its bytes as "
+                            "they are now (trust on first use; its values are checked "
+                            "first).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars (rows/s, ETA) on stderr.")
 # One flag per build option and per column role (the fields' help is theirs).
 _OPTIONS = dataclass_flags.Fields(preprocess.Options, exclude=("table",))
@@ -71,7 +76,19 @@ def options() -> preprocess.Options:
                                                          values["dense"]))
 
 
+def _seal(path: str):
+  meta, sealed = store_writer.seal_store(path)
+  print(f"{path}: " + ("checksums added (trusted as it is now)" if sealed else
+                       "has checksums already; verified") + f"; fingerprint "
+        f"{meta['fingerprint']}")
+
+
 def main():
+  if _SEAL.value:
+    return _seal(_SEAL.value)
+  missing = [f"--{f.name}" for f in (_FORMAT, _INPUT, _OUTPUT) if f.value is None]
+  if missing:
+    raise cli.FlagError(f"{', '.join(missing)} required (or --seal=DIR)")
   start = time.perf_counter()
   try:
     meta = preprocess.build_store(_FORMAT.value, _INPUT.value, _OUTPUT.value,

@@ -158,8 +158,11 @@ def test_load_errors_name_the_file(tmp_path):
   meta = json.load(open(meta_path))
   column = tmp_path / "s" / "train" / "dense.npy"
   np.save(column, np.zeros((50, 4), np.float32))
-  with pytest.raises(DataError, match=r"train/dense\.npy: column 'dense' has shape"):
+  with pytest.raises(DataError, match=r"train/dense\.npy: store file has 928 bytes"):
     store.load_store(str(tmp_path / "s"))
+  # Unverified (a store being sealed), the shape is checked against meta.json.
+  with pytest.raises(DataError, match=r"train/dense\.npy: column 'dense' has shape"):
+    store.open_columns(str(tmp_path / "s"), meta, verify=False)
   os.remove(column)
   with pytest.raises(DataError, match=r"train/dense\.npy: missing column 'dense'"):
     store.load_store(str(tmp_path / "s"))

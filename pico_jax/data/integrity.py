@@ -44,7 +44,8 @@ def digest_bytes(data) -> str:
 def file_entry(location: str) -> dict[str, Any]:
   """``{"bytes": size, "blake3": hex}`` of the file at ``location`` (a path or a URI)."""
   fs, path = filesystem.resolve(location)
-  digest = blake3.blake3()
+  # Every core: the digest is a tree, so the threads give the same hex.
+  digest = blake3.blake3(max_threads=blake3.blake3.AUTO)
   if isinstance(fs, pafs.LocalFileSystem):
     size = os.path.getsize(path)
     if size:
@@ -82,11 +83,19 @@ def check_meta(meta: Mapping[str, Any], meta_location: str) -> None:
   """Raises ``IntegrityError`` unless ``meta`` carries ``files`` and a ``fingerprint``
   that matches its content."""
   if FILES not in meta or FINGERPRINT not in meta:
-    raise IntegrityError("meta.json has no checksums: the store was written by a "
-                         "version without them, or they were removed", path=meta_location)
+    raise IntegrityError(
+        "meta.json has no checksums: the store was written before stores had them (or "
+        "they were removed). To trust it as it is now (trust on first use: its current "
+        "bytes become the reference), add them with: python launch/preprocess.py "
+        f"--seal={_store_dir(meta_location)}", path=meta_location)
   if fingerprint(meta) != meta[FINGERPRINT]:
     raise IntegrityError("meta.json was changed after the store was written (its "
                          "fingerprint does not match its content)", path=meta_location)
+
+
+def _store_dir(meta_location: str) -> str:
+  base, sep, query = meta_location.partition("?")
+  return base.rsplit("/", 1)[0] + sep + query if "/" in base else "."
 
 
 def verify_file(root: str, relpath: str, entry: Mapping[str, Any]) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pico_jax import batch as B
+from pico_jax.data import integrity, value_checks
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema
 from pico_jax.data.dataset import Dataset
@@ -73,16 +74,35 @@ def read_meta(path: str) -> dict[str, Any]:
   return meta
 
 
-def load_store(path: str) -> Dataset:
-  """Maps the store at ``path``: a ``Dataset`` with splits train/val/test.
-
-  Returns:
-    ``Dataset(schema, splits, info)``: ``splits[split][key]`` are read-only memory maps
-    keyed by batch key; ``info`` has ``format``, ``task_relation`` ("entire_space" or
-    "independent"), ``tasks`` (what click and conversion mean), ``path`` and ``meta``.
-  """
-  path = os.path.abspath(path)
+def verified_meta(path: str) -> dict[str, Any]:
+  """``read_meta`` of the store at ``path``, checked against its fingerprint: a store
+  without checksums, or whose meta.json was edited, is a DataError naming meta.json."""
   meta = read_meta(path)
+  integrity.check_meta(meta, os.path.join(path, META))
+  return meta
+
+
+def load_array(path: str, meta: dict[str, Any], relpath: str, mmap: bool = False
+               ) -> np.ndarray:
+  """The array at ``relpath`` of the store at ``path``, verified against the size and
+  BLAKE3 digest that ``meta`` (``verified_meta``) records for it before it is read."""
+  entry = meta[integrity.FILES].get(relpath)
+  file = os.path.join(path, *relpath.split("/"))
+  if entry is None:
+    raise integrity.IntegrityError("meta.json records no checksum for this file",
+                                   path=file)
+  integrity.verify_file(path, relpath, entry)
+  try:
+    return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+  except (ValueError, OSError) as e:  # a header the checksum cannot tell apart.
+    raise DataError(f"unreadable .npy file: {e}", path=file) from None
+
+
+def open_columns(path: str, meta: dict[str, Any], verify: bool = True
+                 ) -> tuple[Schema, dict[str, dict[str, np.ndarray]]]:
+  """(schema, {split: {batch key: read-only memory map}}) of the store at ``path``:
+  every column verified (with ``verify``, against ``meta``'s checksums), checked for
+  shape and dtype, then for its values (``value_checks``)."""
   meta_path = os.path.join(path, META)
   for key in ("schema", "splits"):
     if key not in meta:
@@ -95,21 +115,48 @@ def load_store(path: str) -> Dataset:
   splits = {}
   for split in SPLITS:
     if split not in meta["splits"]:
-      raise DataError(f"meta.json has no split {split!r}", path=os.path.join(path, META))
+      raise DataError(f"meta.json has no split {split!r}", path=meta_path)
     if "rows" not in meta["splits"][split]:
       raise DataError(f"meta.json split {split!r} has no key 'rows'", path=meta_path)
     n = meta["splits"][split]["rows"]
-    cols = {}
+    cols, files = {}, {}
     for key, (tail, dtype) in specs.items():
-      file = os.path.join(path, split, f"{key}.npy")
+      files[key] = file = os.path.join(path, split, f"{key}.npy")
       if not os.path.isfile(file):
         raise DataError(f"missing column {key!r} of split {split!r}", path=file)
-      col = np.load(file, mmap_mode="r", allow_pickle=False)
+      if verify:
+        col = load_array(path, meta, f"{split}/{key}.npy", mmap=True)
+      else:
+        col = np.load(file, mmap_mode="r", allow_pickle=False)
       if col.shape != (n,) + tail or col.dtype != dtype:
         raise DataError(f"column {key!r} has shape {col.shape} {col.dtype}; meta.json "
                         f"says {(n,) + tail} {dtype}", path=file)
       cols[key] = col
+    value_checks.check_split(split, cols, files, schema, meta)
     splits[split] = cols
+  return schema, splits
+
+
+def load_store(path: str) -> Dataset:
+  """Maps the store at ``path``: a ``Dataset`` with splits train/val/test.
+
+  Before any row is used, meta.json is checked against its fingerprint, every column
+  against its BLAKE3 checksum and every value against what its column may hold
+  (``value_checks``); each failure is a DataError naming the file (and the split,
+  column and row of a value).
+
+  Returns:
+    ``Dataset(schema, splits, info)``: ``splits[split][key]`` are read-only memory maps
+    keyed by batch key; ``info`` has ``format``, ``task_relation`` ("entire_space" or
+    "independent"), ``tasks`` (what click and conversion mean), ``path`` and ``meta``
+    (``meta["fingerprint"]`` names the store's exact bytes).
+  """
+  path = os.path.abspath(path)
+  meta = verified_meta(path)
+  for relpath, entry in meta[integrity.FILES].items():
+    if not relpath.startswith(tuple(f"{s}/" for s in SPLITS)):  # columns: as opened.
+      integrity.verify_file(path, relpath, entry)
+  schema, splits = open_columns(path, meta)
   info = {"format": meta.get("format"), "task_relation": meta.get("task_relation"),
           "tasks": meta.get("tasks"), "path": path, "meta": meta}
   return Dataset(schema=schema, splits=splits, info=info)

@@ -12,7 +12,6 @@ statistics, column roles), so it can travel without the store.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Callable
 
 import numpy as np
@@ -204,8 +203,9 @@ class Encoder:
   def from_store(cls, path: str) -> tuple["Encoder", Format, dict]:
     """(encoder, format, meta) of the store at ``path``: the encoder it was written
     with (from its meta.json and vocabulary files) and the reader of its raw format,
-    with the store's feature columns."""
-    meta = store.read_meta(path)
+    with the store's feature columns. meta.json and the vocabulary files are verified
+    against the store's checksums first."""
+    meta = store.verified_meta(path)
     if meta.get("format") not in formats.FORMATS or "vocab" not in meta:
       raise DataError(f"a store of format {meta.get('format')!r}, not built from raw "
                       "files by launch/preprocess.py: it has no vocabularies", path=path)
@@ -221,8 +221,7 @@ class Encoder:
       if entry["kind"] == "hash":
         vocabs[name] = Vocab(buckets=entry["size"] - 1)
       elif "file" in entry:
-        vocabs[name] = Vocab(keys=np.load(os.path.join(path, entry["file"]),
-                                          allow_pickle=False))
+        vocabs[name] = Vocab(keys=store.load_array(path, meta, entry["file"]))
       else:
         vocabs[name] = Vocab()
     stats = meta["dense_stats"]

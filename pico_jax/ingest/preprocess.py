@@ -36,18 +36,17 @@ import concurrent.futures
 import dataclasses
 import os
 import shutil
-import tempfile
 from typing import Callable, Sequence
 
 import numpy as np
 
 from pico_jax import batch as B
-from pico_jax.ingest import blocks, compiled, format_contract, formats, passes, raw_files
+from pico_jax.ingest import (blocks, compiled, format_contract, formats, passes, raw_files,
+                             store_writer)
 from pico_jax.ingest.encode import Encoder, column_roles
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema, SparseField
 from pico_jax.ingest.spill import Spill
-from pico_jax.ingest.store_writer import StoreWriter
 from pico_jax.ingest.splits import SPLIT_ID, assign, parse_inputs
 from pico_jax.ingest.table import TableRoles
 from pico_jax.ingest.vocab import Counter, build_vocab
@@ -145,15 +144,6 @@ class Options:
         raise OptionError(field, getattr(self, field), what)
 
 
-def _spill_parent(output: str) -> str:
-  """The nearest existing directory above ``output`` (nothing is created for the
-  spill, so a failed run leaves no directory behind)."""
-  parent = os.path.dirname(output)
-  while not os.path.isdir(parent):
-    parent = os.path.dirname(parent)
-  return parent
-
-
 def build_store(format_name: str, inputs: Sequence[str], output: str, *,
                 options: Options = Options(), overwrite: bool = False,
                 log: Callable[[str], None] = lambda msg: None,
@@ -185,10 +175,12 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
     raise OptionError("hash_buckets", options.hash_buckets, f"{sorted(unknown)}: not "
                       f"categorical fields of format {fmt.name}")
   output = os.path.abspath(output)
-  if os.path.exists(output) and not overwrite:
-    raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
-  spill_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.spill-",
-                               dir=_spill_parent(output))
+  leftovers = store_writer.clear_leftovers(output)
+  if leftovers:
+    log(f"removed {len(leftovers)} leftover(s) of an interrupted build of {output}: "
+        + ", ".join(os.path.basename(p) for p in leftovers))
+  store_writer.check_output(output, overwrite)
+  spill_dir = store_writer.make_temp_dir(output, "spill")
   # Decided once: for processes it follows the load average, which moves.
   threads = blocks.thread_budget(options.workers, options.processes)
   # The inputs' digests are computed on a thread of its own, beside the passes.
@@ -289,8 +281,8 @@ def _build(build: passes.Build) -> dict:
   # (written as zeros) on a thread while the vocabularies are merged.
   # Inside the writer's block, so that any exception (an interrupt included) waits for
   # the allocation, then removes the new store.
-  with StoreWriter(build.output, schema_of(lambda name: 1), split_rows,
-                   overwrite=build.overwrite, allocate=False) as writer:
+  with store_writer.StoreWriter(build.output, schema_of(lambda name: 1), split_rows,
+                                overwrite=build.overwrite, allocate=False) as writer:
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
       allocating = pool.submit(writer.allocate)
       vocabs, vocab_meta = _vocabularies(counts.counters, options, hashed, build.threads)

@@ -2,30 +2,53 @@
 
 ``StoreWriter`` creates every column as a file of zeros, mapped for writing, in a
 temporary directory beside the store; the passes fill the rows in any order, and
-``commit`` writes ``meta.json`` and renames the directory into place. The store's
-directories take the permissions of the process's umask, as ``mkdir`` gives them.
+``commit`` records every file's checksum (``integrity.seal``), writes ``meta.json``
+and renames the directory into place. The store's directories take the permissions of
+the process's umask, as ``mkdir`` gives them.
+
+Nothing but a store is ever replaced: ``check_output`` refuses an existing ``--output``
+that is neither a store nor empty. A build killed midway leaves its temporary
+directories (``.NAME.tmp-PID-*``, ``.NAME.spill-PID-*``, ``.NAME.old-PID-*`` beside
+``NAME``); ``clear_leftovers`` removes those of processes no longer running when the
+next build of the same output starts.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import glob
 import json
 import os
 import secrets
 import shutil
-import tempfile
 from typing import Any
 
 import numpy as np
 
+from pico_jax.data import integrity, store
+from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema
 from pico_jax.data.store import META, STORE_VERSION, column_specs
 
+LEFTOVER_KINDS = ("tmp", "spill", "old")  # the temporary directories of a build.
 
-def _make_dir(parent: str, prefix: str) -> str:
-  """A new directory ``parent/prefix<random>`` made by ``os.mkdir`` (mode 0o777 less the
-  umask; ``tempfile.mkdtemp`` would make it 0o700 whatever the umask, and renamed into
-  place it would keep that mode)."""
+
+def existing_parent(output: str) -> str:
+  """The nearest existing directory above ``output``: where its temporary directories
+  go (nothing is created for them, so a failed run leaves no directory behind)."""
+  parent = os.path.dirname(os.path.abspath(output))
+  while not os.path.isdir(parent):
+    parent = os.path.dirname(parent)
+  return parent
+
+
+def make_temp_dir(output: str, kind: str) -> str:
+  """A new directory ``.NAME.KIND-PID-<random>`` beside ``output`` (``kind``: one of
+  ``LEFTOVER_KINDS``), made by ``os.mkdir`` (mode 0o777 less the umask;
+  ``tempfile.mkdtemp`` would make it 0o700 whatever the umask, and renamed into place
+  it would keep that mode). The pid tells a killed build's leftovers from a live one's."""
+  parent, name = existing_parent(output), os.path.basename(output)
+  prefix = f".{name}.{kind}-{os.getpid()}-"
   while True:
     path = os.path.join(parent, prefix + secrets.token_hex(6))
     try:
@@ -99,13 +122,10 @@ class StoreWriter:
   def __init__(self, path: str, schema: Schema, rows: dict[str, int], *,
                overwrite: bool = False, allocate: bool = True):
     self.path = os.path.abspath(path)
-    parent = os.path.dirname(self.path)
-    if os.path.exists(self.path) and not overwrite:
-      raise FileExistsError(f"{self.path} exists; pass overwrite=True (--overwrite) to "
-                            "replace it")
-    os.makedirs(parent, exist_ok=True)
+    check_output(self.path, overwrite)
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
     self.schema, self.rows = schema, dict(rows)
-    self.tmp = _make_dir(parent, f".{os.path.basename(self.path)}.tmp-")
+    self.tmp = make_temp_dir(self.path, "tmp")
     self.overwrite = overwrite
     self.columns: dict[str, dict[str, np.ndarray]] = {split: {} for split in self.rows}
     try:
@@ -162,12 +182,13 @@ class StoreWriter:
                         for s, n in self.rows.items()},
                 columns={k: {"shape": list(t), "dtype": d.name}
                          for k, (t, d) in column_specs(self.schema).items()})
+    meta = integrity.seal(meta, self.tmp, _data_files(self.tmp))
     with open(os.path.join(self.tmp, META), "w") as f:
       json.dump(meta, f, indent=1, sort_keys=True)
     old = None
     if os.path.exists(self.path):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.path)}.old-",
-                             dir=os.path.dirname(self.path))
+      check_output(self.path, overwrite=True)  # it may have changed since the start.
+      old = make_temp_dir(self.path, "old")
       os.rename(self.path, os.path.join(old, "store"))
     os.rename(self.tmp, self.path)
     if old:
@@ -177,3 +198,90 @@ class StoreWriter:
   def abort(self) -> None:
     self.columns = {}
     shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _data_files(root: str) -> list[str]:
+  """The store's files under ``root`` but meta.json (and hidden ones), ``/``-joined."""
+  return [os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
+          for d, _, names in os.walk(root) for f in names
+          if f != META and not f.startswith(".")]
+
+
+def _is_store(path: str) -> bool:
+  try:
+    with open(os.path.join(path, META)) as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return isinstance(meta, dict) and "store_version" in meta
+
+
+def check_output(output: str, overwrite: bool) -> None:
+  """Raises unless a store may be written at ``output``: it does not exist, or
+  ``overwrite`` is set and it is a store (its meta.json has a ``store_version``) or an
+  empty directory. Anything else is left untouched."""
+  if not os.path.lexists(output):
+    return
+  if not overwrite:
+    raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+  if os.path.isdir(output) and not os.path.islink(output) and (
+      _is_store(output) or not os.listdir(output)):
+    return
+  raise DataError("is not a store (no meta.json with a store_version) nor an empty "
+                  "directory: --overwrite replaces only those, and nothing was "
+                  "changed", path=output)
+
+
+def _owner(leftover: str) -> int | None:
+  """The pid in a temporary directory's name (``make_temp_dir``), or None."""
+  pid = os.path.basename(leftover).rsplit(".", 1)[-1].split("-")[1:2]
+  return int(pid[0]) if pid and pid[0].isdigit() else None
+
+
+def _running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process.
+    return True
+  return True
+
+
+def clear_leftovers(output: str) -> list[str]:
+  """Removes the temporary directories that killed builds of ``output`` left beside
+  it (those whose process is no longer running); the removed paths. A build killed
+  between the two renames of its commit left the previous store in its ``old``
+  directory and nothing at ``output``: that store is put back first."""
+  parent, name = existing_parent(output), os.path.basename(os.path.abspath(output))
+  removed = []
+  for kind in ("old",) + tuple(k for k in LEFTOVER_KINDS if k != "old"):
+    pattern = os.path.join(glob.escape(parent), f".{glob.escape(name)}.{kind}-*")
+    for leftover in sorted(glob.glob(pattern)):
+      pid = _owner(leftover)
+      if pid is not None and pid != os.getpid() and _running(pid):
+        continue
+      kept = os.path.join(leftover, "store")
+      if kind == "old" and not os.path.lexists(output) and _is_store(kept):
+        os.rename(kept, output)
+      shutil.rmtree(leftover, ignore_errors=True)
+      removed.append(leftover)
+  return removed
+
+
+def seal_store(path: str) -> tuple[dict[str, Any], bool]:
+  """Adds checksums to a store written before stores had them, trusting its bytes as
+  they are now, once its columns pass the load-time checks (shapes and values). A store
+  that has them is verified instead. Returns (its meta, whether it was sealed now)."""
+  path = os.path.abspath(path)
+  meta = store.read_meta(path)
+  if integrity.FILES in meta:
+    store.load_store(path)
+    return meta, False
+  store.open_columns(path, meta, verify=False)
+  meta = integrity.seal(meta, path, _data_files(path))
+  partial = os.path.join(path, f".{META}.{os.getpid()}")
+  with open(partial, "w") as f:
+    json.dump(meta, f, indent=1, sort_keys=True)
+  os.replace(partial, os.path.join(path, META))
+  return meta, True

@@ -8,6 +8,7 @@ The modules:
                    column a number), ``text_formats`` (Census lines, Ali-CCP
                    ``field:feat`` lines) or ``table`` (users' CSV or Parquet tables)
   format_contract  the ``Format`` contract: a block of lines -> a ``Chunk`` of rows
+  table_columns    format ``table``'s Arrow columns -> a ``Chunk``'s arrays
   numeric_parse    the compiled CSV parser behind the numeric formats
   raw_files        files: open (plain or gzip), scan, cut into blocks, BLAKE3 digest
   splits           which split every row goes to, decided before any statistic

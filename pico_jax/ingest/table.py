@@ -23,15 +23,13 @@ import os
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from pico_jax.data.errors import DataError
-from pico_jax.ingest import raw_files
-from pico_jax.ingest.numeric_parse import MAX_EXACT_INT
-from pico_jax.ingest.format_contract import Chunk, Format, Layout, echo
+from pico_jax.ingest import raw_files, table_columns as columns
+from pico_jax.ingest.format_contract import Chunk, Format, Layout
 
-_PARQUET = (".parquet", ".pq")
+_PARQUET = columns.PARQUET
 
 
 def _option(default, text: str, **flag):
@@ -231,125 +229,18 @@ class TableFormat(Format):
     table: pa.Table = data
     n = table.num_rows
     lines = np.arange(first_line_no, first_line_no + n, dtype=np.int64)
-    where = _Where(path, lines)
+    where = columns.Where(path, lines)
     labels = layout.labels
-    click = self._label(table, self.roles.click, where) if labels else None
-    conversion = self._label(table, self.roles.conversion, where) if labels else None
-    sparse = [self._ids(table, c, where) for c in self.sparse_names]
+    click = columns.label(table, self.roles.click, where) if labels else None
+    conversion = columns.label(table, self.roles.conversion, where) if labels else None
+    sparse = [columns.ids(table, c, where) for c in self.sparse_names]
     dense = None
     if self.dense_names:
       dense = np.empty((n, len(self.dense_names)))
       for k, c in enumerate(self.dense_names):
-        dense[:, k] = self._floats(table, c, where)
-    lists = {c: self._list(table, c, sep, where) for c, sep in self.roles.multi}
-    group = self._group(table, where) if self.group_name else None
-    ids = self._ids(table, self.id_name, where) if self.id_name else None
+        dense[:, k] = columns.floats(table, c, where)
+    lists = {c: columns.bag(table, c, sep, where) for c, sep in self.roles.multi}
+    group = columns.group(table, self.group_name, where) if self.group_name else None
+    ids = columns.ids(table, self.id_name, where) if self.id_name else None
     return Chunk(lines=lines, click=click, conversion=conversion, sparse=sparse,
                  dense=dense, lists=lists, group=group, ids=ids)
-
-  # ------------------------------------------------------------------ columns
-
-  def _values(self, table, name, where):
-    column = table.column(name)
-    nulls = column.is_null()
-    if pc.any(nulls).as_py():
-      where.fail(int(np.flatnonzero(nulls.to_numpy(zero_copy_only=False))[0]), name,
-                 "missing value")
-    return column
-
-  def _floats(self, table, name, where) -> np.ndarray:
-    column = self._values(table, name, where)
-    try:
-      values = column.cast(pa.float64()).to_numpy()
-    except pa.ArrowInvalid:
-      bad = _first_bad(column, lambda x: x.cast(pa.float64()))
-      where.fail(bad, name, f"non-numeric value {echo(_text(column, bad))}")
-    bad = np.flatnonzero(~np.isfinite(values))
-    if len(bad):
-      where.fail(int(bad[0]), name, f"NaN/inf value, got {values[bad[0]]!r}")
-    return values
-
-  def _label(self, table, name, where) -> np.ndarray:
-    values = self._floats(table, name, where)
-    bad = np.flatnonzero((values != 0) & (values != 1))
-    if len(bad):
-      where.fail(int(bad[0]), name, f"label must be 0 or 1, got {values[bad[0]]!r}")
-    return values.astype(np.float32)
-
-  def _ids(self, table, name, where) -> np.ndarray:
-    column = self._values(table, name, where)
-    kind = column.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or \
-        pa.types.is_dictionary(kind):
-      return np.array(column.cast(pa.string()).to_pylist(), np.bytes_)
-    if pa.types.is_binary(kind):
-      return np.array(column.to_pylist(), np.bytes_)
-    values = self._floats(table, name, where) if pa.types.is_floating(kind) else None
-    if values is not None:
-      bad = np.flatnonzero((np.floor(values) != values) | (np.abs(values) >= MAX_EXACT_INT))
-      if len(bad):
-        where.fail(int(bad[0]), name, "categorical ids must be integers below 2**53, "
-                   f"got {values[bad[0]]!r}")
-      return values.astype(np.int64)
-    values = column.cast(pa.int64()).to_numpy()
-    bad = np.flatnonzero(np.abs(values) >= MAX_EXACT_INT)
-    if len(bad):
-      where.fail(int(bad[0]), name, f"categorical ids must be below 2**53, got "
-                 f"{int(values[bad[0]])}")
-    return values
-
-  def _group(self, table, where) -> np.ndarray:
-    """The group keys: integer ids, as the store's int32 column holds them."""
-    values = self._ids(table, self.group_name, where)
-    if values.dtype.kind == "S":
-      where.fail(0, self.group_name, "group keys must be integers (GAUC's int32 "
-                 f"groups), got {echo(values[0])}")
-    return values
-
-  def _list(self, table, name, sep, where):
-    column = self._values(table, name, where)
-    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
-      column = pc.split_pattern(column.cast(pa.string()), sep)
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-    rows = np.repeat(np.arange(len(lengths)), lengths).astype(np.int64)
-    flat = pc.list_flatten(column)
-    sub = pa.table({name: flat})
-    values = self._ids(sub, name, _Where(where.path, where.lines[rows]))
-    position = np.arange(len(rows)) - np.searchsorted(rows, rows)
-    return rows, values, position + 1
-
-
-def _text(column, i: int) -> bytes:
-  return str(column[i].as_py()).encode()
-
-
-def _first_bad(column, convert) -> int:
-  """The first row of ``column`` that ``convert`` rejects (a search, on failure only)."""
-  for i in range(len(column)):
-    try:
-      convert(column.slice(i, 1))
-    except pa.ArrowInvalid:
-      return i
-  return 0
-
-
-@dataclasses.dataclass
-class _Where:
-  path: str
-  lines: np.ndarray
-
-  def fail(self, i: int, column: str, what: str):
-    row = int(self.lines[i])
-    if self.path.endswith(_PARQUET):
-      group = _row_group(self.path, row - 1)
-      raise DataError(f"row {row} (row group {group}): {what}", path=self.path,
-                      column_name=column)
-    raise DataError(what, path=self.path, line=row, column_name=column)
-
-
-def _row_group(path: str, row: int) -> int:
-  import pyarrow.parquet as pq
-  sizes = [g.num_rows for g in (pq.ParquetFile(path).metadata.row_group(k)
-                                for k in range(pq.ParquetFile(path).num_row_groups))]
-  return int(np.searchsorted(np.cumsum(sizes), row, side="right"))

@@ -38,7 +38,8 @@ _SEAL = flags.DEFINE_string("seal", None, "Instead of a build: add checksums to 
                             "first).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars (rows/s, ETA) on stderr.")
 # One flag per build option and per column role (the fields' help is theirs).
-_OPTIONS = dataclass_flags.Fields(preprocess.Options, exclude=("table",))
+_OPTIONS = dataclass_flags.Fields(preprocess.Options, exclude=("table", "values"))
+_VALUES = dataclass_flags.Fields(table.ValuePolicy, help_prefix="--format=table: ")
 _ROLES = dataclass_flags.Fields(table.TableRoles, exclude=("sparse", "dense"),
                                 help_prefix="--format=table: ")
 _TABLE_SCHEMA = flags.DEFINE_string("table_schema", None, "--format=table: a JSON file "
@@ -73,7 +74,8 @@ def options() -> preprocess.Options:
   """The build options the flags give (raises OptionError for one out of range)."""
   values = _OPTIONS.values()
   return preprocess.Options(**values, table=_table_roles(values["sparse"],
-                                                         values["dense"]))
+                                                         values["dense"]),
+                            values=table.ValuePolicy(**_VALUES.values()))
 
 
 def _seal(path: str):
@@ -96,7 +98,8 @@ def main():
                                   log=lambda msg: print(msg, flush=True),
                                   progress=_PROGRESS.value)
   except preprocess.OptionError as e:  # out of range, or not for this format.
-    raise _OPTIONS.error(e.field, e.what) from None
+    fields = _VALUES if e.field in table.ValuePolicy.__dataclass_fields__ else _OPTIONS
+    raise fields.error(e.field, e.what) from None
   rows = sum(s["rows"] for s in meta["sources"])
   elapsed = time.perf_counter() - start
   dropped = sum(s["dropped_conversion_without_click"] for s in meta["splits"].values())

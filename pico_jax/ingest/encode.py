@@ -100,6 +100,8 @@ class Encoder:
     group_name: the group key's column, or None when there is no group column.
     constant: bool [D], dense columns constant in the training rows (see
       ``moments``): stored as 0 in every split; None: none is.
+    fill: float64 [D], the raw value a missing dense value (NaN) takes: the training
+      rows' mean; None: no value may be missing.
   """
   sparse_names: tuple[str, ...]
   single_lists: tuple[str, ...]
@@ -112,6 +114,7 @@ class Encoder:
   dense_columns: tuple[int | None, ...] = ()
   group_name: str | None = None
   constant: np.ndarray | None = None
+  fill: np.ndarray | None = None
 
   def encode(self, chunk: Chunk, path: str, into: StoreRows | None = None
              ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
@@ -135,6 +138,8 @@ class Encoder:
       ids = np.zeros((n, len(self.sparse_names)), np.int32)
       for j, values in enumerate(chunk.sparse):
         ids[:, j] = _lookup(self.vocabs[self.sparse_names[j]], values)
+        if j in chunk.missing:
+          ids[chunk.missing[j], j] = 0
       for j, name in enumerate(self.single_lists, start=len(chunk.sparse)):
         lrows, values, _ = chunk.lists[name]
         ids[lrows, j] = self.vocabs[name].lookup(values)
@@ -154,9 +159,12 @@ class Encoder:
       cols[B.MULTI], cols[B.MULTI_MASK] = multi, mask
     if self.group_name is not None:
       cols[B.GROUP] = self._group(chunk, path)
+    dense = chunk.dense
+    if self.fill is not None and dense is not None and np.isnan(dense).any():
+      dense = np.where(np.isnan(dense), self.fill, dense)
     if into is None:
       if self.dense_names:
-        values = compiled.standardize(chunk.dense, *self._transform())
+        values = compiled.standardize(dense, *self._transform())
         bad = np.argwhere(~np.isfinite(values))
         if len(bad):
           self._unstorable(chunk, path, *bad[0])
@@ -165,7 +173,7 @@ class Encoder:
     for key, values in cols.items():
       compiled.scatter_rows(values, into.split, into.where, into.columns(key))
     if self.dense_names:
-      bad = compiled.standardize_rows(chunk.dense, *self._transform(), into.split,
+      bad = compiled.standardize_rows(dense, *self._transform(), into.split,
                                       into.where, into.columns(B.DENSE))
       if bad is not None:
         self._unstorable(chunk, path, *bad)
@@ -211,7 +219,8 @@ class Encoder:
                       "files by launch/preprocess.py: it has no vocabularies", path=path)
     options = meta.get("options", {})
     fmt = formats.get_format(meta["format"], sparse=options.get("sparse"),
-                             dense=options.get("dense"), table=options.get("table"))
+                             dense=options.get("dense"), table=options.get("table"),
+                             values=options.get("values"))
     schema = meta["schema"]
     names = [f["name"] for f in schema["sparse"]]
     multi = [f["name"] for f in schema["multi"]]
@@ -232,4 +241,5 @@ class Encoder:
                vocabs=vocabs, mean=np.asarray(stats["mean"], np.float64),
                std=np.asarray(stats["std"], np.float64),
                constant=np.isin(schema["dense"], meta.get("dense_constant", [])),
+               fill=None if stats.get("fill") is None else np.asarray(stats["fill"]),
                **column_roles(fmt)), fmt, meta

@@ -38,6 +38,9 @@ class Chunk:
       position, for error messages.
     group: int64 [n] (the GAUC key), or None.
     ids: the row's id column [n] (int64 or bytes), or None when the format has none.
+    missing: per single-valued field (its index in ``sparse``) with missing values,
+      bool [n]: the rows whose value is missing (id 0, never counted in a vocabulary;
+      their raw value is a placeholder).
   """
   lines: np.ndarray
   click: np.ndarray | None
@@ -47,6 +50,7 @@ class Chunk:
   lists: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
   group: np.ndarray | None
   ids: np.ndarray | None = None
+  missing: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
 
   def __len__(self) -> int:
     return len(self.lines)

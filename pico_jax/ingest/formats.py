@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pico_jax.ingest import numeric_csv, table, text_formats
 from pico_jax.ingest.format_contract import Format
-from pico_jax.ingest.table import TableRoles
+from pico_jax.ingest.table import TableRoles, ValuePolicy
 
 FORMATS = {
     "census": text_formats.CensusFormat,
@@ -28,16 +28,23 @@ FORMATS = {
 }
 
 
-def get_format(name: str, *, sparse=None, dense=None, table=None) -> Format:
+def get_format(name: str, *, sparse=None, dense=None, table=None, values=None) -> Format:
   """The reader of format ``name``, with optional feature overrides: ``sparse`` /
   ``dense`` are column names replacing the format's default features; ``table`` the
-  column roles of format "table" (a ``table.TableRoles`` or its dict)."""
+  column roles of format "table" (a ``table.TableRoles`` or its dict), ``values`` its
+  null and timestamp policy (a ``table.ValuePolicy`` or its dict; None: the default)."""
   if name not in FORMATS:
     raise ValueError(f"unknown format {name!r}; expected one of {sorted(FORMATS)}")
+  if not isinstance(values, ValuePolicy):
+    values = ValuePolicy.from_json(values)
   if name == "table":
     roles = table if table is None or isinstance(table, TableRoles) else (
         TableRoles.from_json(table))
-    return FORMATS[name](roles, sparse=sparse, dense=dense)
+    return FORMATS[name](roles, sparse=sparse, dense=dense, values=values)
   if table is not None:
     raise ValueError(f"format {name}: column roles are declared for format table only")
+  if values != ValuePolicy():
+    raise ValueError(f"format {name}: the null and timestamp policy (--missing_sparse, "
+                     "--missing_dense, --missing_indicator, --timestamps) is format "
+                     "table's")
   return FORMATS[name](sparse=sparse, dense=dense)

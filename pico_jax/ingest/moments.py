@@ -31,11 +31,22 @@ CONSTANT_RTOL = 2.0 ** -32  # about 2.3e-10 of the mean's magnitude.
 
 def block_moments(x: np.ndarray, rows: np.ndarray):
   """(count, mean float64 [D], squared deviations float64 [D], unit float64 [D]) of
-  the ``rows`` (bool [n]) of ``x`` float64 [n, D] (finite), or None when no row is
-  selected: mean and deviations are those of ``x / unit`` (a power of two: 1 but for
-  columns of huge or tiny magnitudes)."""
+  the ``rows`` (bool [n]) of ``x`` float64 [n, D] (finite, or NaN where a value is
+  missing), or None when no row is selected: mean and deviations are those of
+  ``x / unit`` (a power of two: 1 but for columns of huge or tiny magnitudes). With a
+  missing value, each column counts its own values: count is then int64 [D]."""
   if not rows.any():
     return None
+  with np.errstate(all="ignore"):  # the sum is a test for NaN: inf - inf is one too.
+    suspect = np.isnan(np.sum(x))
+  if suspect and np.isnan(x).any():
+    missing = np.isnan(x)
+    parts = [block_moments(np.where(missing[:, k:k + 1], 0.0, x[:, k:k + 1]),
+                           rows & ~missing[:, k]) for k in range(x.shape[1])]
+    none = (0, np.zeros(1), np.zeros(1), np.ones(1))
+    parts = [none if p is None else p for p in parts]
+    return (np.array([p[0] for p in parts], np.int64),
+            *(np.concatenate([p[i] for p in parts]) for i in (1, 2, 3)))
   unit = np.ones(x.shape[1])
   if x.size:
     top = np.max(np.abs(x[rows]), axis=0)
@@ -57,19 +68,20 @@ class Moments:
     """Merges a block of ``nb`` rows with mean ``mb`` and squared deviations ``m2b``
     (of ``x / unit``)."""
     if (unit != self.unit).any():  # one unit per column: the larger one.
-      to = np.maximum(unit, self.unit) if self.n else unit
+      to = np.where(np.asarray(self.n) > 0, np.maximum(unit, self.unit), unit)
       self.mean, self.m2 = _rescale(self.mean, self.m2, self.unit / to)
       mb, m2b = _rescale(mb, m2b, unit / to)
       self.unit = to
     delta, total = mb - self.mean, self.n + nb
-    self.mean = self.mean + delta * nb / total
-    self.m2 = self.m2 + m2b + delta ** 2 * self.n * nb / total
+    divisor = np.maximum(total, 1)  # a column without values yet stays at 0.
+    self.mean = self.mean + delta * nb / divisor
+    self.m2 = self.m2 + m2b + delta ** 2 * self.n * nb / divisor
     self.n = total
 
   def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean float64 [D], std float64 [D], constant bool [D]); std is 1 where the
     column is constant."""
-    std = np.sqrt(self.m2 / max(self.n, 1))
+    std = np.sqrt(self.m2 / np.maximum(self.n, 1))
     constant = std <= CONSTANT_RTOL * np.abs(self.mean)
     return self.mean * self.unit, np.where(constant, 1.0, std * self.unit), constant
 

@@ -138,7 +138,8 @@ def count_block(task: CountTask, spill: Spill = FILES) -> BlockStats:
   uniques = []
   for j, values in enumerate(chunk.sparse):
     # Spilled factorized: pass 2 then looks up each distinct value once, in order.
-    factors, counts = factorize(values, train)
+    counted = train & ~chunk.missing[j] if j in chunk.missing else train
+    factors, counts = factorize(values, counted)
     uniques.append((factors.keys[counts > 0], counts[counts > 0]))
     chunk.sparse[j] = factors
   moments = None if chunk.dense is None else moments_lib.block_moments(chunk.dense, train)

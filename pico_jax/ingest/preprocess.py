@@ -48,7 +48,7 @@ from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema, SparseField
 from pico_jax.ingest.spill import Spill
 from pico_jax.ingest.splits import SPLIT_ID, assign, parse_inputs
-from pico_jax.ingest.table import TableRoles
+from pico_jax.ingest.table import TableRoles, ValuePolicy
 from pico_jax.ingest.vocab import Counter, build_vocab
 
 PREPROCESS_VERSION = 1
@@ -121,6 +121,8 @@ class Options:
   dense: tuple[str, ...] | None = _option(None, "Dense columns (replaces the format's "
                                           "default).")
   table: TableRoles | None = _option(None, "The column roles of format table.")
+  values: ValuePolicy = _option(ValuePolicy(), "Format table's null and timestamp "
+                                "policy.")
 
   def __post_init__(self):
     checks = (
@@ -167,8 +169,13 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
     OptionError: ``hash_buckets`` names a field that is not categorical.
   """
   raw_files.blake3_module()  # a missing dependency fails now, not after the passes.
+  if format_name != "table":
+    for field in dataclasses.fields(ValuePolicy):
+      if getattr(options.values, field.name) != field.default:
+        raise OptionError(field.name, getattr(options.values, field.name),
+                          "format table's option (other formats have no nulls)")
   fmt = formats.get_format(format_name, sparse=options.sparse, dense=options.dense,
-                           table=options.table)
+                           table=options.table, values=options.values)
   unknown = {name for name, _ in options.hash_buckets} - {*fmt.sparse_names,
                                                           *fmt.list_names}
   if unknown:
@@ -187,7 +194,8 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
   hasher = concurrent.futures.ThreadPoolExecutor(1)
   try:
     sources = _scan(fmt, inputs, options, progress, hasher, threads)
-    log(f"scanned {len(sources)} file(s), {sum(s.rows for s in sources):,} rows")
+    log(f"scanned {sum(s.info.files for s in sources)} file(s), "
+        f"{sum(s.rows for s in sources):,} rows")
     workers = blocks.effective_workers(
         threads, sum(s.info.size for s in sources),
         sum(len(s.info.blocks) for s in sources), options.processes)
@@ -291,6 +299,8 @@ def _build(build: passes.Build) -> dict:
     mean, std, constant = counts.moments.result()
     encoder = Encoder(sparse_names, single_lists, multi_names, multi_len, vocabs, mean, std,
                       constant=constant, **column_roles(fmt))
+    if options.values.missing_dense == "default":
+      encoder.fill = mean
     if options.dense_transform == "none":
       encoder.mean, encoder.std = np.zeros_like(mean), np.ones_like(std)
       encoder.constant = None
@@ -319,7 +329,8 @@ def _build(build: passes.Build) -> dict:
                     for s, digest in zip(sources, digests)],
         "vocab": vocab_meta,
         "dense_stats": {"mean": encoder.mean.tolist(), "std": encoder.std.tolist(),
-                        "transform": options.dense_transform},
+                        "transform": options.dense_transform,
+                        **({} if encoder.fill is None else {"fill": encoder.fill.tolist()})},
         "dense_constant": [n for n, c in zip(fmt.dense_names, encoder.zeroed()) if c],
         "multi_truncated_rows": truncated,
         "options": {k: (list(v) if isinstance(v, tuple) else v)

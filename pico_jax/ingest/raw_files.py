@@ -81,6 +81,7 @@ class FileInfo:
   gzip: bool
   blocks: tuple[Block, ...]  # the data lines (after the header), in order.
   mtime_ns: int = 0  # the modification time when the scan began.
+  files: int = 1  # the files the input names (a table's glob or directory: several).
 
 
 def check_unchanged(info: FileInfo) -> None:

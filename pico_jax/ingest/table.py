@@ -38,14 +38,50 @@ def _option(default, text: str, **flag):
   return dataclasses.field(default=default, metadata={"help": text, **flag})
 
 
+MISSING = ("error", "default")
+TIMESTAMPS = ("error", "epoch_seconds")
+INDICATOR = "{}:missing"  # the name of a dense column's missing-value indicator.
+
+
+@dataclasses.dataclass(frozen=True)
+class ValuePolicy:
+  """What format table does with a null, per role, and with a timestamp given as dense
+  (docs/data.md section 3). Labels, group keys and ids are never null."""
+  missing_sparse: str = _option(
+      "error", "a null in a sparse or multi-valued column: error, or default (id 0, as "
+      "an unseen value; a null list is an empty one).", choices=MISSING)
+  missing_dense: str = _option(
+      "error", "a null in a dense column: error, or default (the training rows' mean of "
+      "the column: 0 once standardized).", choices=MISSING)
+  missing_indicator: tuple[str, ...] = _option(
+      (), "dense columns that get a 0/1 dense column 'NAME:missing' beside them (1 "
+      "where the value was null; with --missing_dense=default).")
+  timestamps: str = _option(
+      "error", "a timestamp or date column given as dense: error, or epoch_seconds "
+      "(seconds since 1970-01-01 UTC, a date at its midnight).", choices=TIMESTAMPS)
+
+  def __post_init__(self):
+    for field, allowed in (("missing_sparse", MISSING), ("missing_dense", MISSING),
+                           ("timestamps", TIMESTAMPS)):
+      if getattr(self, field) not in allowed:
+        raise ValueError(f"{field}={getattr(self, field)!r}: expected one of "
+                         f"{list(allowed)}")
+
+  @classmethod
+  def from_json(cls, d: dict | None) -> "ValuePolicy":
+    """From meta.json's ``options.values`` (absent in stores built before it)."""
+    d = dict(d or {})
+    return cls(**dict(d, missing_indicator=tuple(d.get("missing_indicator", ()))))
+
+
 @dataclasses.dataclass(frozen=True)
 class TableRoles:
   """What each column of a table is. ``multi``: (column, separator) pairs: a string
   column of values joined by the separator, or a list column (separator unused)."""
   click: str = _option(dataclasses.MISSING, "the click label column.")
   conversion: str = _option(dataclasses.MISSING, "the conversion label column.")
-  group: str | None = _option(None, "the group key column (GAUC; an integer below "
-                              "2**31).")
+  group: str | None = _option(None, "the group key column (GAUC): integers below "
+                              "2**31, or any other values, hashed (docs/data.md).")
   id: str | None = _option(None, "the id column written beside predictions.")
   sparse: tuple[str, ...] = _option((), "the categorical columns.")
   multi: tuple[tuple[str, str], ...] = _option(
@@ -112,7 +148,8 @@ class TableFormat(Format):
   """A CSV or Parquet table whose column roles are declared (``TableRoles``)."""
   name = "table"
 
-  def __init__(self, roles: TableRoles | None, sparse=None, dense=None):
+  def __init__(self, roles: TableRoles | None, sparse=None, dense=None,
+               values: ValuePolicy = ValuePolicy()):
     if roles is None:
       raise ValueError("format table: declare the column roles (--click, --conversion, "
                        "--sparse, --multi, --dense, or --table_schema)")
@@ -120,10 +157,17 @@ class TableFormat(Format):
     self.tasks = {"click": roles.click, "conversion": roles.conversion}
     self.conversion_column = (None, roles.conversion)
     self.sparse_names = tuple(sparse if sparse is not None else roles.sparse)
-    self.dense_names = tuple(dense if dense is not None else roles.dense)
+    self.values = values
+    self.read_dense = tuple(dense if dense is not None else roles.dense)
+    unknown = set(values.missing_indicator) - set(self.read_dense)
+    if unknown:
+      raise DataError(f"--missing_indicator names {sorted(unknown)}, which are not dense "
+                      f"columns ({list(self.read_dense)})")
+    self.dense_names = self.read_dense + tuple(INDICATOR.format(c)
+                                               for c in values.missing_indicator)
     self.list_names = tuple(c for c, _ in roles.multi)
     self.group_name, self.id_name = roles.group, roles.id
-    features = self.sparse_names + self.list_names + self.dense_names
+    features = self.sparse_names + self.list_names + self.read_dense
     for name in (roles.click, roles.conversion):
       if name in features:
         raise DataError("is a label of format table; labels are never features",
@@ -134,7 +178,7 @@ class TableFormat(Format):
 
   def _columns(self, labels: bool = True) -> list[str]:
     names = [self.roles.click, self.roles.conversion] if labels else []
-    names += [*self.sparse_names, *self.list_names, *self.dense_names]
+    names += [*self.sparse_names, *self.list_names, *self.read_dense]
     names += [c for c in (self.group_name, self.id_name) if c]
     return list(dict.fromkeys(names))
 
@@ -165,7 +209,8 @@ class TableFormat(Format):
         blocks.append(raw_files.Block(file, start + self._first_row(file), min(
             block_rows, rows - start), start, 0))
     return raw_files.FileInfo(path, sum(f[1] for f in entry.files),
-                            sum(f[2] for f in entry.files), False, tuple(blocks))
+                              sum(f[2] for f in entry.files), False, tuple(blocks),
+                              files=len(entry.files))
 
   @staticmethod
   def _first_row(file: str) -> int:
@@ -231,16 +276,26 @@ class TableFormat(Format):
     lines = np.arange(first_line_no, first_line_no + n, dtype=np.int64)
     where = columns.Where(path, lines)
     labels = layout.labels
+    policy = self.values
     click = columns.label(table, self.roles.click, where) if labels else None
     conversion = columns.label(table, self.roles.conversion, where) if labels else None
-    sparse = [columns.ids(table, c, where) for c in self.sparse_names]
+    sparse, missing = [], {}
+    for j, c in enumerate(self.sparse_names):
+      sparse.append(columns.ids(table, c, where, policy.missing_sparse))
+      nulls = columns.nulls(table, c)
+      if nulls is not None:
+        missing[j] = nulls
     dense = None
     if self.dense_names:
       dense = np.empty((n, len(self.dense_names)))
-      for k, c in enumerate(self.dense_names):
-        dense[:, k] = columns.floats(table, c, where)
-    lists = {c: columns.bag(table, c, sep, where) for c, sep in self.roles.multi}
+      for k, c in enumerate(self.read_dense):
+        dense[:, k] = columns.floats(table, c, where, policy.missing_dense,
+                                     policy.timestamps)
+      for k, c in enumerate(policy.missing_indicator, start=len(self.read_dense)):
+        dense[:, k] = np.isnan(dense[:, self.read_dense.index(c)])
+    lists = {c: columns.bag(table, c, sep, where, policy.missing_sparse)
+             for c, sep in self.roles.multi}
     group = columns.group(table, self.group_name, where) if self.group_name else None
     ids = columns.ids(table, self.id_name, where) if self.id_name else None
     return Chunk(lines=lines, click=click, conversion=conversion, sparse=sparse,
-                 dense=dense, lists=lists, group=group, ids=ids)
+                 dense=dense, lists=lists, group=group, ids=ids, missing=missing)

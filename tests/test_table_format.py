@@ -129,14 +129,13 @@ def test_a_bad_parquet_value_names_file_row_group_and_column(tmp_path):
                            options=preprocess.Options(table=TableRoles("c", "w")))
 
 
-def test_a_string_group_key_is_a_located_error(tmp_path):
-  """The group key (GAUC's int32 groups) must be an integer column: a string one is
+def test_a_null_group_key_is_a_located_error(tmp_path):
+  """The group key is never null (a string one is hashed: test_value_policy): a null is
   reported at its file, row and column, not as a numpy error."""
-  table = pa.table({"c": [0, 1, 0], "v": [0, 0, 0], "u": ["a", "b", "a"], "x": [1, 2, 3]})
+  table = pa.table({"c": [0, 1, 0], "v": [0, 0, 0], "u": ["a", None, "a"], "x": [1, 2, 3]})
   pq.write_table(table, tmp_path / "t.parquet")
   roles = TableRoles(click="c", conversion="v", group="u", sparse=("x",))
-  with pytest.raises(DataError, match=r"row 1 \(row group 0\): group keys must be "
-                     "integers .* got 'a'") as e:
+  with pytest.raises(DataError, match=r"row 2 \(row group 0\): missing value$") as e:
     preprocess.build_store("table", [str(tmp_path / "t.parquet")], str(tmp_path / "s"),
                            options=preprocess.Options(table=roles))
   assert e.value.column_name == "u" and not (tmp_path / "s").exists()

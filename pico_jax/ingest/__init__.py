@@ -1,7 +1,9 @@
 """Ingest: raw files -> the columnar store that training reads (``pico_jax.data.store``).
 
 ``preprocess.build_store`` is the entry point (``launch/preprocess.py`` its command
-line); ``pico_jax.predict`` scores raw files through the same formats and encoder.
+line), ``store_from_table`` the same build from a table in memory (a pyarrow Table or a
+pandas DataFrame); ``pico_jax.predict`` scores raw files through the same formats and
+encoder.
 The modules:
 
   formats          the raw formats by name; each format lives in ``numeric_csv`` (every
@@ -22,4 +24,9 @@ The modules:
   store_writer     the store's preallocated, memory-mapped columns and its commit
   compiled         the Numba loops the passes and the encoder share
   preprocess       ``build_store``: the scan, the two passes and the store, in order
+  memory           ``store_from_table``: ``build_store`` over tables in memory
 """
+
+from pico_jax.ingest.memory import store_from_table
+
+__all__ = ["store_from_table"]

@@ -199,6 +199,10 @@ class Format:
   def input_bytes(self, path: str) -> int:
     return os.path.getsize(path)
 
+  def source_path(self, path: str) -> str:
+    """How meta.json's ``sources`` name input ``path``."""
+    return os.path.abspath(path)
+
   def digest(self, path: str, threads: int) -> str:
     """The input's BLAKE3 digest (hex), recorded in the store's meta.json."""
     return raw_files.hash_file(path, threads)

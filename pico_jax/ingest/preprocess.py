@@ -149,7 +149,7 @@ class Options:
 def build_store(format_name: str, inputs: Sequence[str], output: str, *,
                 options: Options = Options(), overwrite: bool = False,
                 log: Callable[[str], None] = lambda msg: None,
-                progress: bool = False) -> dict:
+                progress: bool = False, tables=None) -> dict:
   """Converts raw ``inputs`` of ``format_name`` into a store at ``output``.
 
   Args:
@@ -159,6 +159,8 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
     options: see ``Options``.
     log: called with progress lines.
     progress: show tqdm bars (rows/s, ETA) on stderr.
+    tables: format table's in-memory inputs, {KEY: pyarrow.Table}, given in ``inputs``
+      as ``memory:KEY`` (``memory.store_from_table``).
 
   Returns:
     The store's meta dict (also written to ``output/meta.json``).
@@ -176,6 +178,8 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
                           "format table's option (other formats have no nulls)")
   fmt = formats.get_format(format_name, sparse=options.sparse, dense=options.dense,
                            table=options.table, values=options.values)
+  if tables:
+    fmt.add_tables(tables)
   unknown = {name for name, _ in options.hash_buckets} - {*fmt.sparse_names,
                                                           *fmt.list_names}
   if unknown:
@@ -324,7 +328,7 @@ def _build(build: passes.Build) -> dict:
         "tasks": fmt.tasks,
         "entire_space_policy": policy,
         "splits": {s: {"dropped_conversion_without_click": dropped[s]} for s in SPLIT_ID},
-        "sources": [{"path": os.path.abspath(s.path), "split": s.split,
+        "sources": [{"path": fmt.source_path(s.path), "split": s.split,
                      "blake3": digest, "rows": s.rows, "header": s.layout.header}
                     for s, digest in zip(sources, digests)],
         "vocab": vocab_meta,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import io
 import json
 import os
 
@@ -30,6 +31,7 @@ from pico_jax.ingest import raw_files, table_columns as columns
 from pico_jax.ingest.format_contract import Chunk, Format, Layout
 
 _PARQUET = columns.PARQUET
+MEMORY = columns.MEMORY  # the prefix of an in-memory table's input name.
 
 
 def _option(default, text: str, **flag):
@@ -175,6 +177,7 @@ class TableFormat(Format):
     if len(set(features)) != len(features):
       raise DataError(f"a column has two feature roles: {list(features)}")
     self._inputs: dict[str, _Input] = {}
+    self._memory: dict[str, pa.Table] = {}
 
   def _columns(self, labels: bool = True) -> list[str]:
     names = [self.roles.click, self.roles.conversion] if labels else []
@@ -182,8 +185,15 @@ class TableFormat(Format):
     names += [c for c in (self.group_name, self.id_name) if c]
     return list(dict.fromkeys(names))
 
+  def add_tables(self, tables: dict[str, pa.Table]) -> list[str]:
+    """Registers in-memory tables as inputs (``store_from_table``); their input names
+    (``memory:KEY``), which errors name with the row."""
+    self._memory.update({MEMORY + key: t for key, t in tables.items()})
+    return [MEMORY + key for key in tables]
+
   def open_input(self, path: str, labels_optional: bool = False) -> Layout:
-    dataset = _dataset(path)
+    memory = self._memory.get(path)
+    dataset = _dataset(path) if memory is None else pads.dataset(memory)
     missing = [c for c in self._columns() if c not in dataset.schema.names]
     labels = True
     if missing and labels_optional and set(missing) <= {self.roles.click,
@@ -192,8 +202,8 @@ class TableFormat(Format):
     if missing:
       raise DataError(f"no column(s) {missing}; the table has {dataset.schema.names}",
                       path=path)
-    files = []
-    for fragment in dataset.get_fragments():
+    files = [(path, memory.num_rows, memory.nbytes, 0)] if memory is not None else []
+    for fragment in dataset.get_fragments() if memory is None else ():
       stat = os.stat(fragment.path)
       files.append((fragment.path, fragment.count_rows(), stat.st_size,
                     stat.st_mtime_ns))
@@ -216,14 +226,19 @@ class TableFormat(Format):
   def _first_row(file: str) -> int:
     """The 1-based number of a file's first row: its line (after the header) in a CSV
     file, its row in a Parquet file."""
-    return 1 if file.endswith(_PARQUET) else 2
+    return 1 if file.endswith(_PARQUET) or file.startswith(MEMORY) else 2
 
   def blocks(self, info):
     entry = self._inputs[info.path]
+    columns = [c for c in self._columns() if c in entry.dataset.schema.names]
+    if info.path in self._memory:
+      table = self._memory[info.path].select(columns)
+      for block in info.blocks:
+        yield block, table.slice(block.offset, block.num_lines)
+      return
     by_file = {}
     for block in info.blocks:
       by_file.setdefault(block.path, []).append(block)
-    columns = [c for c in self._columns() if c in entry.dataset.schema.names]
     schema = pa.schema([entry.dataset.schema.field(c) for c in columns])
     for fragment in entry.dataset.get_fragments():
       pending, parts, have = list(by_file.get(fragment.path, [])), [], 0
@@ -253,9 +268,17 @@ class TableFormat(Format):
   def input_bytes(self, path):
     return sum(f[2] for f in self._inputs[path].files) if path in self._inputs else 0
 
+  def source_path(self, path):
+    return path if path in self._memory else super().source_path(path)
+
   def digest(self, path, threads):
-    """BLAKE3 over the input's files in order (each file's bytes, as read)."""
+    """BLAKE3 over the input's files in order (each file's bytes, as read); of an
+    in-memory table, over its Arrow IPC stream."""
     digest = raw_files.blake3_module().blake3(max_threads=threads)
+    if path in self._memory:
+      with pa.ipc.new_stream(_Digesting(digest), self._memory[path].schema) as out:
+        out.write_table(self._memory[path])
+      return digest.hexdigest()
     for file, *_ in self._inputs[path].files:
       with open(file, "rb") as f:
         for piece in iter(lambda: f.read(1 << 22), b""):
@@ -264,6 +287,8 @@ class TableFormat(Format):
 
   def check_unchanged(self, info):
     for file, _, size, mtime_ns in self._inputs[info.path].files:
+      if file in self._memory:
+        continue
       stat = os.stat(file)
       if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
         raise DataError("the file changed while it was being read; rerun on a file "
@@ -299,3 +324,17 @@ class TableFormat(Format):
     ids = columns.ids(table, self.id_name, where) if self.id_name else None
     return Chunk(lines=lines, click=click, conversion=conversion, sparse=sparse,
                  dense=dense, lists=lists, group=group, ids=ids, missing=missing)
+
+
+class _Digesting(io.RawIOBase):
+  """A write-only file that feeds what is written to a BLAKE3 digest."""
+
+  def __init__(self, digest):
+    self.digest = digest
+
+  def writable(self):
+    return True
+
+  def write(self, data):
+    self.digest.update(data)
+    return len(data)

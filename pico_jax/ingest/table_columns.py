@@ -19,6 +19,7 @@ from pico_jax.ingest.numeric_parse import MAX_EXACT_INT
 from pico_jax.ingest.vocab import stable_hash
 
 PARQUET = (".parquet", ".pq")
+MEMORY = "memory:"  # an in-memory table's input name: memory:KEY.
 
 
 _HINTS = {"sparse": "--missing_sparse=default maps it to id 0",
@@ -82,7 +83,7 @@ def floats(table, name, where, missing: str = "error", timestamps: str = "error"
   null = nulls(table, name)
   bad = np.flatnonzero(~np.isfinite(values) & (True if null is None else ~null))
   if len(bad):
-    where.fail(int(bad[0]), name, f"NaN/inf value, got {values[bad[0]]!r}")
+    where.fail(int(bad[0]), name, f"NaN/inf value, got {float(values[bad[0]])!r}")
   return values
 
 
@@ -90,20 +91,21 @@ def label(table, name, where) -> np.ndarray:
   values = floats(table, name, where)
   bad = np.flatnonzero((values != 0) & (values != 1))
   if len(bad):
-    where.fail(int(bad[0]), name, f"label must be 0 or 1, got {values[bad[0]]!r}")
+    where.fail(int(bad[0]), name, f"label must be 0 or 1, got {float(values[bad[0]])!r}")
   return values.astype(np.float32)
 
 
-def ids(table, name, where, missing: str = "error") -> np.ndarray:
+def ids(table, name, where, missing: str | None = None) -> np.ndarray:
   """Raw categorical values: bytes [n] (strings, binary) or int64 [n] (integers over
-  the whole int64 range; floats that are integers below 2**53). A null (``missing``
-  "default") becomes a placeholder the caller masks (``nulls``)."""
+  the whole int64 range; floats that are integers below 2**53). A null is an error
+  (``missing`` None: a key, never null; "error": a sparse value) or becomes a
+  placeholder the caller masks (``missing`` "default"; ``nulls``)."""
   kind = table.column(name).type
   textual = (pa.types.is_string(kind) or pa.types.is_large_string(kind)
              or pa.types.is_dictionary(kind))
   column = table.column(name)
-  if missing == "error":
-    present(table, name, where, "sparse")
+  if missing != "default":
+    present(table, name, where, missing and "sparse")
   if textual:
     column = column.cast(pa.string())
   if column.null_count:  # a placeholder, masked by the caller (``nulls``).
@@ -118,7 +120,7 @@ def ids(table, name, where, missing: str = "error") -> np.ndarray:
     bad = np.flatnonzero((np.floor(values) != values) | (np.abs(values) >= MAX_EXACT_INT))
     if len(bad):
       where.fail(int(bad[0]), name, "categorical ids given as floats must be integers "
-                 f"below 2**53, got {values[bad[0]]!r}")
+                 f"below 2**53, got {float(values[bad[0]])!r}")
     return values.astype(np.int64)
   try:
     return column.cast(pa.int64()).to_numpy(zero_copy_only=False)
@@ -185,6 +187,8 @@ class Where:
 
   def fail(self, i: int, column: str, what: str):
     row = int(self.lines[i])
+    if self.path.startswith(MEMORY):
+      raise DataError(f"row {row}: {what}", path=self.path, column_name=column)
     if self.path.endswith(PARQUET):
       group = _row_group(self.path, row - 1)
       raise DataError(f"row {row} (row group {group}): {what}", path=self.path,

@@ -163,3 +163,18 @@ def test_a_store_without_checksums_is_named_with_the_command_that_seals_it(tmp_p
   result = run_script("preprocess", f"--seal={out}")
   assert result.returncode == 1 and result.stderr.count("\n") == 1
   assert result.stderr.startswith("error: ") and "train/click.npy" in result.stderr
+
+
+def test_training_on_a_changed_vocabulary_is_one_line_before_any_step(tmp_path):
+  """Row 3 of the trust table, from the command line: a key changed in vocab/006.npy
+  stops launch/train.py in one line naming the file, and no step runs."""
+  out = build(tmp_path)
+  file = _vocab_key(out)
+  result = run_script("train", f"--workdir={tmp_path / 'run'}", "--config.data.name=store",
+                      f"--config.data.path={out}", "--config.train.steps=2")
+  assert result.returncode == 1, result.stderr
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert errors == [f"error: {file}: store file changed since it was written (BLAKE3 "
+                    "differs from meta.json)"]
+  assert "Traceback" not in result.stderr
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")

@@ -17,7 +17,7 @@ from shared_data import CENSUS
 from configs import census as census_recipe
 from pico_jax import batch as B
 from pico_jax.ingest import preprocess, store_writer
-from pico_jax.data import load_dataset, store
+from pico_jax.data import integrity, load_dataset, store
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema, SparseField
 from pico_jax.ingest.vocab import Counter, Vocab, build_vocab, stable_hash
@@ -293,6 +293,7 @@ def test_meta_json_missing_key_names_file_and_key(tmp_path, drop):
   meta = {"store_version": store.STORE_VERSION,
           "schema": {"sparse": [], "multi": [], "dense": [], "extras": []}, "splits": {}}
   del meta[drop]
+  meta = integrity.seal(meta, str(directory), [])  # sealed: the keys are checked next.
   (directory / "meta.json").write_text(json.dumps(meta))
   with pytest.raises(DataError, match=f"meta.json.*{drop}|{drop}.*meta.json"):
     store.load_store(str(directory))

@@ -163,6 +163,9 @@ def test_a_store_without_checksums_is_named_with_the_command_that_seals_it(tmp_p
   result = run_script("preprocess", f"--seal={out}")
   assert result.returncode == 1 and result.stderr.count("\n") == 1
   assert result.stderr.startswith("error: ") and "train/click.npy" in result.stderr
+  result = run_script("preprocess", f"--output={out}")
+  assert result.returncode == 1
+  assert result.stderr == "error: --format, --input required (or --seal=DIR)\n"
 
 
 def test_training_on_a_changed_vocabulary_is_one_line_before_any_step(tmp_path):

@@ -146,6 +146,16 @@ def test_values_a_column_cannot_hold_name_split_column_and_row(tmp_path, key, in
   assert "files" not in json.load(open(os.path.join(out, store.META)))
 
 
+@pytest.mark.parametrize("damage", [_flip_header, _truncate])
+def test_a_damaged_store_without_checksums_is_not_sealed(tmp_path, damage):
+  out = build(tmp_path)
+  unseal(out)
+  file = damage(out)
+  with pytest.raises(DataError) as e:
+    store_writer.seal_store(out)
+  assert e.value.path == file and "\n" not in str(e.value)
+
+
 def test_a_store_without_checksums_is_named_with_the_command_that_seals_it(tmp_path):
   out = build(tmp_path)
   before = store.load_store(out).info["meta"]["fingerprint"]

@@ -92,9 +92,13 @@ def load_array(path: str, meta: dict[str, Any], relpath: str, mmap: bool = False
     raise integrity.IntegrityError("meta.json records no checksum for this file",
                                    path=file)
   integrity.verify_file(path, relpath, entry)
+  return _read(file, mmap)
+
+
+def _read(file: str, mmap: bool) -> np.ndarray:
   try:
     return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
-  except (ValueError, OSError) as e:  # a header the checksum cannot tell apart.
+  except (ValueError, OSError) as e:  # a damaged header, a truncated array.
     raise DataError(f"unreadable .npy file: {e}", path=file) from None
 
 
@@ -127,7 +131,7 @@ def open_columns(path: str, meta: dict[str, Any], verify: bool = True
       if verify:
         col = load_array(path, meta, f"{split}/{key}.npy", mmap=True)
       else:
-        col = np.load(file, mmap_mode="r", allow_pickle=False)
+        col = _read(file, mmap=True)
       if col.shape != (n,) + tail or col.dtype != dtype:
         raise DataError(f"column {key!r} has shape {col.shape} {col.dtype}; meta.json "
                         f"says {(n,) + tail} {dtype}", path=file)

@@ -70,6 +70,11 @@ def test_splits_options_and_the_value_policy(tmp_path):
   assert json.load(open(tmp_path / "s" / "meta.json"))["dense_stats"]["fill"]
   with pytest.raises(preprocess.OptionError, match="min_count"):
     ingest.store_from_table(train, str(tmp_path / "t"), roles=ROLES, min_count=0)
+  with pytest.raises(preprocess.OptionError, match="missing_dense='zero'"):
+    ingest.store_from_table(train, str(tmp_path / "t"), roles=ROLES,
+                            values={"missing_dense": "zero"})
+  with pytest.raises(preprocess.OptionError, match="expected click, conversion"):
+    ingest.store_from_table(train, str(tmp_path / "t"), roles={"click": "clicked"})
 
 
 def test_a_bad_value_names_the_table_row_and_column(tmp_path):

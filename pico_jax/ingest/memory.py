@@ -52,15 +52,20 @@ def store_from_table(data, output: str, *, roles: TableRoles | Mapping[str, Any]
 
   Raises:
     DataError: a bad value, naming ``memory:SPLIT``, the row and the column.
-    preprocess.OptionError: an option out of its range.
+    preprocess.OptionError: an option out of its range, roles or a value policy that
+      do not parse.
   """
   tables = dict(data) if isinstance(data, Mapping) else {"all": data}
   tables = {key: _arrow(table, key) for key, table in tables.items()}
-  if not isinstance(roles, TableRoles):
-    roles = TableRoles.from_json(dict(roles))
   values = options.pop("values", ValuePolicy())
-  if not isinstance(values, ValuePolicy):
-    values = ValuePolicy.from_json(values)
+  try:
+    roles = roles if isinstance(roles, TableRoles) else TableRoles.from_json(dict(roles))
+  except ValueError as e:
+    raise preprocess.OptionError("table", roles, str(e)) from None
+  try:
+    values = values if isinstance(values, ValuePolicy) else ValuePolicy.from_json(values)
+  except (TypeError, ValueError) as e:
+    raise preprocess.OptionError("values", values, str(e)) from None
   fields = {f.name for f in dataclasses.fields(preprocess.Options)}
   unknown = sorted(set(options) - fields)
   if unknown:

@@ -185,11 +185,10 @@ class TableFormat(Format):
     names += [c for c in (self.group_name, self.id_name) if c]
     return list(dict.fromkeys(names))
 
-  def add_tables(self, tables: dict[str, pa.Table]) -> list[str]:
-    """Registers in-memory tables as inputs (``store_from_table``); their input names
-    (``memory:KEY``), which errors name with the row."""
+  def add_tables(self, tables: dict[str, pa.Table]) -> None:
+    """Registers in-memory tables as inputs named ``memory:KEY`` (``store_from_table``),
+    which errors name with the row."""
     self._memory.update({MEMORY + key: t for key, t in tables.items()})
-    return [MEMORY + key for key in tables]
 
   def open_input(self, path: str, labels_optional: bool = False) -> Layout:
     memory = self._memory.get(path)

@@ -146,10 +146,12 @@ def test_empty_tokens_and_lists_are_absent_values(tmp_path):
   _, a = build(tmp_path, logs(tags=joined), {"multi": (("tags", "|"),)}, name="a")
   _, b = build(tmp_path, logs(tags=lists), {"multi": (("tags", "|"),)}, name="b")
   _, c = build(tmp_path, logs(tags=absent), {"multi": (("tags", "|"),)}, name="c")
+  encoded = pa.array(lists, pa.list_(pa.dictionary(pa.int32(), pa.string())))
+  _, d = build(tmp_path, logs(tags=encoded), {"multi": (("tags", "|"),)}, name="d")
   for split in store.SPLITS:
     for key in a[split]:
-      np.testing.assert_array_equal(a[split][key], c[split][key])
-      np.testing.assert_array_equal(b[split][key], c[split][key])
+      for other in (a, b, d):
+        np.testing.assert_array_equal(other[split][key], c[split][key])
   assert not a["train"]["multi_mask"][2].any()
 
 

@@ -156,6 +156,8 @@ def bag(table, name, sep, where, missing: str = "error"):
   lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
   rows = np.repeat(np.arange(len(lengths)), lengths).astype(np.int64)
   flat = pc.list_flatten(column)
+  if pa.types.is_dictionary(flat.type):
+    flat = flat.cast(pa.string())
   keep = flat.is_valid()
   if pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type):
     keep = pc.and_(keep, pc.not_equal(pc.utf8_length(flat), 0))

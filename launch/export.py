@@ -4,9 +4,11 @@
       [--platforms cpu,cuda,tpu] [--correct_pos_weight]
 
 Writes the ``jax.export`` artifact described in ``pico_jax/export.py``: the serving
-function (features -> p_ctr, p_cvr, p_ctcvr) without the contrast head, its params, a
-manifest and ``serve.py``, which loads and runs it with jax and numpy only.
-``--correct_pos_weight`` serves probabilities corrected for the run's
+function (features -> p_ctr, p_cvr, p_ctcvr) without the contrast head, its params,
+the training store's feature encoding (so ``pico_jax.export.load(DIR).score`` and
+``launch/predict.py --artifact`` score raw rows with nothing else at hand), a manifest
+with every file's checksum, and ``serve.py``, which loads and runs it with jax and
+numpy only. ``--correct_pos_weight`` serves probabilities corrected for the run's
 ``loss.pos_weight`` (``pico_jax/calibration.py``).
 """
 
@@ -17,7 +19,8 @@ from pico_jax import cli
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's work directory.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Artifact directory (default: "
                               "WORKDIR/export/step_<STEP>).")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "best | latest | a step number.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "best | latest | a step number "
+                                  "(default: the best where the run recorded one).")
 _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "Lowering platforms.")
 _CORRECT = flags.DEFINE_bool("correct_pos_weight", False, "Serve probabilities corrected "
                              "for the run's loss.pos_weight.")
@@ -25,21 +28,16 @@ _CORRECT = flags.DEFINE_bool("correct_pos_weight", False, "Serve probabilities c
 
 def main():
   from pico_jax import export
-  from pico_jax.models import serving_params
-  from pico_jax.train.restore import restore
-  from pico_jax.workdir import export_dir
-  r = restore(_WORKDIR.value, _CHECKPOINT.value)
-  step, params = r.resumed_step, r.state.params
-  output = _OUTPUT.value or export_dir(_WORKDIR.value, step)
-  manifest = export.export_model(r.model, params, r.schema, output,
-                                 platforms=_PLATFORMS.value, step=step, config=r.config,
-                                 correct_pos_weight=_CORRECT.value)
-  print(f"exported step {step} to {output}: {manifest['num_params']} serving params "
-        f"(of {export.num_params(params)} trained; "
-        f"{export.num_params(params) - export.num_params(serving_params(params))} "
-        f"contrast-head params dropped), inputs "
+  output, manifest, trained = export.export_run(
+      _WORKDIR.value, _OUTPUT.value, checkpoint=_CHECKPOINT.value,
+      platforms=_PLATFORMS.value, correct_pos_weight=_CORRECT.value)
+  encoded = "raw rows of format " + manifest["encoding"]["format"] if manifest[
+      "encoding"] else "encoded features only (the run trained on no raw-file store)"
+  print(f"exported step {manifest['step']} to {output}: {manifest['num_params']} serving "
+        f"params (of {trained} trained; {trained - manifest['num_params']} contrast-head "
+        "params dropped), inputs "
         + ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in manifest["inputs"])
-        + f", platforms {manifest['platforms']}")
+        + f", platforms {manifest['platforms']}; scores {encoded}")
 
 
 if __name__ == "__main__":

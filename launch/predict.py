@@ -1,13 +1,13 @@
 """Score raw log files with a trained run: one output row per input row.
 
-  python launch/predict.py --workdir=RUN --checkpoint=best --input=raw.csv[,more.csv] \
+  python launch/predict.py --workdir=RUN [--checkpoint=best] --input=raw.csv[,more.csv] \
       --format=aliexpress --output=preds.csv
-  python launch/predict.py --workdir=RUN --artifact=EXPORTED_DIR --input=raw.csv \
-      --output=preds.csv
+  python launch/predict.py --artifact=EXPORTED_DIR --input=raw.csv --output=preds.csv
 
 Raw rows (of the format the run's store was built from, ``table`` included) are
 encoded with the vocabularies and dense transform of the run's training store and
-scored by the run's checkpoint (``--checkpoint``) or an exported serving artifact
+scored by the run's checkpoint (``--checkpoint``, default the best where the run
+recorded one), or encoded and scored by an exported serving artifact alone
 (``--artifact``); see ``pico_jax.predict`` for the output and the checks.
 """
 
@@ -18,10 +18,10 @@ from absl import flags
 from pico_jax import cli
 from pico_jax.ingest import blocks
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's work directory.",
-                               required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's work directory (not "
+                               "with --artifact).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "best | latest | a step number "
-                                  "(default latest).")
+                                  "(default: the best where the run recorded one).")
 _ARTIFACT = flags.DEFINE_string("artifact", None, "An exported serving artifact directory "
                                 "(launch/export.py) instead of a checkpoint.")
 _INPUT = flags.DEFINE_list("input", None, "Raw files to score.", required=True)
@@ -37,14 +37,16 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "A progress bar on stderr.")
 
 def main():
   from pico_jax import predict
-  if _ARTIFACT.value and _CHECKPOINT.value:
-    raise cli.FlagError("--artifact and --checkpoint: give one of them")
   if _ARTIFACT.value:
-    score, store_path = predict.artifact_scorer(_ARTIFACT.value, _BATCH_SIZE.value)
+    if _CHECKPOINT.value or _WORKDIR.value:
+      raise cli.FlagError("--artifact scores with the artifact alone: leave out "
+                          "--workdir and --checkpoint")
+    score, encoding = predict.artifact_scorer(_ARTIFACT.value, _BATCH_SIZE.value)
+  elif not _WORKDIR.value:
+    raise cli.FlagError("give --workdir (a trained run) or --artifact")
   else:
-    score, store_path = predict.checkpoint_scorer(_WORKDIR.value,
-                                                  _CHECKPOINT.value or "latest")
-  summary = predict.predict_files(score, store_path, _INPUT.value, _OUTPUT.value,
+    score, encoding = predict.checkpoint_scorer(_WORKDIR.value, _CHECKPOINT.value)
+  summary = predict.predict_files(score, encoding, _INPUT.value, _OUTPUT.value,
                                   fmt_name=_FORMAT.value, chunk_rows=_CHUNK_ROWS.value,
                                   progress=_PROGRESS.value)
   print(f"{summary['rows']:,} rows scored ({summary['rows_per_s']:,.0f} rows/s) "

@@ -2,13 +2,13 @@
 
   python launch/predict.py --workdir=RUN --checkpoint=best --input=raw.csv[,more.csv] \
       --format=aliexpress --output=preds.csv
-  python launch/predict.py --workdir=RUN --artifact=EXPORTED_DIR --input=raw.csv \
-      --output=preds.csv
+  python launch/predict.py --artifact=EXPORTED_DIR --input=raw.csv --output=preds.csv
 
 Raw rows of any format, ``table`` (CSV or Parquet) included, are read
 (``Format.stream``), parsed (``Format.parse_block``) and encoded (``Encoder.encode``,
-with its checks) by the preprocessing code, with the vocabularies and dense transform
-saved in the run's training store, so a row scores exactly as it would from a store.
+with its checks) by the preprocessing code (``serving.encoding``), with the
+vocabularies and dense transform of the run's training store (a checkpoint) or the
+copy an artifact holds, so a row scores exactly as it would from a store.
 Values the store never kept (unseen, rare or missing) map to their field's id 0; how
 many rows did, per field, is printed. The model is the run's checkpoint
 (``--checkpoint``, scored in batches over every local device) or an exported serving
@@ -36,13 +36,14 @@ import pyarrow.csv as pacsv
 from pico_jax import batch as B
 from pico_jax.data.errors import DataError
 from pico_jax.ingest import blocks, format_contract
-from pico_jax.ingest.encode import Encoder
+from pico_jax.serving.encoding import Encoding
 
 OUTPUTS = ("p_ctr", "p_cvr", "p_ctcvr")
 
 
-def checkpoint_scorer(workdir: str, which: str):
-  """(score(columns) -> predictions, store path) of the run's checkpoint ``which``.
+def checkpoint_scorer(workdir: str, which: str | None = None):
+  """(score(columns) -> predictions, encoding) of the run's checkpoint ``which``
+  (None: the restore default) and its training store.
 
   ``score`` takes the model inputs of N rows (numpy, batch keys) and returns float32
   [N] arrays, computed as ``launch/evaluate.py`` computes them:
@@ -51,39 +52,22 @@ def checkpoint_scorer(workdir: str, which: str):
   process.
   """
   from pico_jax.train.restore import restore
-  trainer = restore(workdir, which)
+  trainer = restore(workdir, *([] if which is None else [which]))
 
   def score(columns):
     out = trainer.predict_columns(B.features(columns))
     return {k: out[k] for k in OUTPUTS}
-  return score, trainer.config.data.path
+  return score, Encoding.from_store(trainer.config.data.path)
 
 
 def artifact_scorer(artifact: str, batch_size: int):
-  """(score, store path) of an exported serving artifact; every call runs fixed-size
-  batches (the last padded with row 0), so the artifact compiles once. Raises
-  DataError naming the manifest when it names no training store."""
+  """(score, encoding) of an exported serving artifact: its own feature encoding, and
+  fixed-size batches (``Artifact.predict_columns``). Raises DataError naming the
+  file of a damaged artifact, or the manifest of one without an encoding."""
   from pico_jax import export
-  predict = export.load(artifact)
-  names = [i["name"] for i in predict.manifest["inputs"]]
-  config = predict.manifest.get("config") or {}
-  path = config.get("data", {}).get("path")
-  if not path:
-    raise DataError("names no training store (config.data.path), whose vocabularies "
-                    "encode the raw rows; export the run with its config",
-                    path=os.path.join(artifact, export.MANIFEST_FILE))
-
-  def score(columns):
-    n = len(next(iter(columns.values())))
-    out = {k: [] for k in OUTPUTS}
-    for start in range(0, n, batch_size):
-      rows = np.arange(start, start + batch_size)
-      rows = np.where(rows < n, rows, 0)
-      got = predict({k: columns[k][rows] for k in names})
-      for k in OUTPUTS:
-        out[k].append(got[k][:min(batch_size, n - start)])
-    return {k: np.concatenate(v) for k, v in out.items()}
-  return score, path
+  loaded = export.load(artifact)
+  encoding = loaded.raw_encoding()
+  return (lambda columns: loaded.predict_columns(columns, batch_size)), encoding
 
 
 def _id_column(ids: np.ndarray) -> pa.Array:
@@ -93,43 +77,42 @@ def _id_column(ids: np.ndarray) -> pa.Array:
   return pa.array(ids)
 
 
-def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
+def predict_files(score, encoding: Encoding, inputs, output: str, *, fmt_name=None,
                   chunk_rows: int = blocks.CHUNK_ROWS, progress: bool = False,
                   log=print) -> dict:
   """Scores every row of ``inputs`` into the CSV ``output``.
 
   Returns a summary: ``rows``, ``id0`` (per field: rows whose id is 0), ``metrics``
   (when every input has labels; else None), ``rows_per_s``.
-  Raises DataError (bad rows: file, line, column; ``fmt_name`` not the store's
-  format); ``output`` is then not written.
+  ``encoding`` (``serving.encoding.Encoding``: the training store's or an artifact's)
+  reads and encodes the rows. Raises DataError (bad rows: file, line, column;
+  ``fmt_name`` not the encoding's format); ``output`` is then not written.
   """
-  encoder, fmt, meta = Encoder.from_store(store_path)
+  encoder, fmt = encoding.encoder, encoding.fmt
   if fmt_name and fmt_name != fmt.name:
-    raise DataError(f"--format {fmt_name}: the run's store was built from format "
-                    f"{fmt.name} ({store_path}); leave --format out or give {fmt.name}")
-  layouts = [fmt.open_input(p, labels_optional=True) for p in inputs]
+    raise DataError(f"--format {fmt_name}: the model's inputs are encoded from format "
+                    f"{fmt.name}; leave --format out or give {fmt.name}")
+  opened = [encoding.open(p) for p in inputs]
   fields = encoder.sparse_names + encoder.multi_names
   id0 = dict.fromkeys(fields, 0)
-  labeled = all(layout.labels for layout in layouts)
+  labeled = all(layout.labels for _, layout in opened)
   kept = {k: [] for k in (*OUTPUTS, B.CLICK, B.CONVERSION, B.GROUP)}
   start, rows = time.perf_counter(), 0
   out_dir = os.path.dirname(os.path.abspath(output))
-  bar = blocks.Progress(sum(fmt.input_bytes(p) for p in inputs), "predict", "B", progress)
+  bar = blocks.Progress(sum(fmt.input_bytes(p) for p, _ in opened), "predict", "B",
+                        progress)
   names = ((fmt.id_name,) if fmt.id_name else ()) + OUTPUTS
   with tempfile.NamedTemporaryFile("wb", dir=out_dir, delete=False,
                                    prefix=f".{os.path.basename(output)}.tmp-") as f:
     try:
       f.write((",".join(names) + "\n").encode())
-      for path, layout in zip(inputs, layouts):
+      for path, layout in opened:
         read = file_rows = 0
-        for block, data in fmt.stream(path, layout, chunk_rows):
-          if block is None:  # progress by bytes read: the ETA needs no line count.
-            bar.update(0, data - read)
-            read = data
+        for chunk, cols in encoding.read(path, layout, chunk_rows):
+          if chunk is None:  # progress by bytes read: the ETA needs no line count.
+            bar.update(0, cols - read)
+            read = cols
             continue
-          chunk = fmt.parse_block(block.path, data, block.first_line, layout,
-                                  block.num_lines)
-          cols, _ = encoder.encode(chunk, block.path)  # preprocessing's checks, the same.
           for j, name in enumerate(encoder.sparse_names):
             id0[name] += int(np.sum(cols[B.SPARSE][:, j] == 0))
           for g, name in enumerate(encoder.multi_names):  # values, not rows, here.
@@ -166,7 +149,7 @@ def predict_files(score, store_path: str, inputs, output: str, *, fmt_name=None,
   metrics = None
   if labeled and rows:
     metrics = _metrics({k: np.concatenate(v) for k, v in kept.items() if v},
-                       meta.get("task_relation"), log)
+                       encoding.task_relation, log)
   return {"rows": rows, "id0": id0, "metrics": metrics,
           "rows_per_s": rows / max(elapsed, 1e-9)}
 

@@ -140,3 +140,96 @@ def test_export_can_serve_pos_weight_corrected_probabilities(trained, tmp_path):
   for key in export.OUTPUTS:
     np.testing.assert_allclose(corrected[key], want[key], rtol=1e-5, atol=1e-7, err_msg=key)
   assert np.all(corrected["p_ctr"] < raw["p_ctr"])
+
+
+def _flip_byte(path):
+  data = bytearray(open(path, "rb").read())
+  data[len(data) // 2] ^= 0xFF
+  open(path, "wb").write(bytes(data))
+
+
+@pytest.mark.parametrize("name", [export.ARTIFACT_FILE, export.PARAMS_FILE,
+                                  export.LOADER_FILE, export.MANIFEST_FILE])
+def test_a_damaged_artifact_file_is_one_line_naming_it(trained, tmp_path, name):
+  """A flipped byte in any file of the artifact (the manifest included) is caught
+  before anything is read from it: a DataError naming the file, and one error line
+  from launch/predict.py --artifact."""
+  import shutil
+  from pico_jax.data.errors import DataError
+  _, artifact, _ = trained
+  damaged = str(tmp_path / "artifact")
+  shutil.copytree(artifact, damaged)
+  path = os.path.join(damaged, name)
+  if name == export.MANIFEST_FILE:  # a changed digit: JSON that still parses.
+    open(path, "w").write(open(path).read().replace('"step": 20', '"step": 21'))
+  else:
+    _flip_byte(path)
+  with pytest.raises(DataError, match="changed since it was exported") as e:
+    export.load(damaged)
+  assert e.value.path == os.path.join(damaged, name)
+  done = run_script("predict", f"--artifact={damaged}", "--input=rows.csv",
+                    f"--output={tmp_path / 'p.csv'}", "--noprogress")
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines() == [f"error: {e.value}"]
+  assert not (tmp_path / "p.csv").exists()
+
+
+def test_loading_runs_no_code_from_the_artifact(trained, tmp_path):
+  """pico_jax loads an artifact with its own code: code added to the artifact's
+  serve.py never runs, whether the manifest's checksums catch the change or were
+  recomputed to match it."""
+  import shutil
+  from pico_jax.data.errors import DataError
+  from pico_jax.serving import serve
+  _, artifact, r = trained
+  tampered = str(tmp_path / "artifact")
+  shutil.copytree(artifact, tampered)
+  marker = tmp_path / "ran"
+  with open(os.path.join(tampered, export.LOADER_FILE), "a") as f:
+    f.write(f"\nopen({str(marker)!r}, 'w').close()\n")
+  with pytest.raises(DataError, match="serve.py: changed since it was exported"):
+    export.load(tampered)
+  manifest_path = os.path.join(tampered, export.MANIFEST_FILE)
+  manifest = json.load(open(manifest_path))
+  manifest["files"][export.LOADER_FILE] = serve.file_entry(
+      os.path.join(tampered, export.LOADER_FILE))
+  manifest[serve.CHECKSUM] = serve.manifest_checksum(manifest)
+  json.dump(manifest, open(manifest_path, "w"))
+  features = {k: v[:4] for k, v in r.dataset.splits["test"].items() if k in B.FEATURE_KEYS}
+  assert export.load(tampered)(features)["p_ctr"].shape == (4,)
+  assert not marker.exists()
+
+
+def test_export_is_staged_and_replaces_only_an_artifact(trained, tmp_path, monkeypatch):
+  """A re-export that fails half-way leaves the old artifact whole (and no staging
+  directory once the next export ran); an output that is not an artifact is refused
+  before anything is written."""
+  from pico_jax.data.errors import DataError
+  _, artifact, r = trained
+  out = tmp_path / "artifact"
+  export.export_model(r.model, r.state.params, r.schema, str(out), platforms=("cpu",),
+                      step=1)
+  before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+
+  def fail(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(np, "savez", fail)  # after serving.jax_export, before the rest.
+  with pytest.raises(OSError, match="No space left"):
+    export.export_model(r.model, r.state.params, r.schema, str(out), platforms=("cpu",),
+                        step=2)
+  monkeypatch.undo()
+  assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+  assert sorted(os.listdir(tmp_path)) == ["artifact"]  # the staging directory is gone.
+  os.makedirs(tmp_path / ".artifact.tmp-killed")  # as a SIGKILL would leave it.
+  export.export_model(r.model, r.state.params, r.schema, str(out), platforms=("cpu",),
+                      step=3)
+  assert export.load(str(out)).manifest["step"] == 3
+  assert sorted(os.listdir(tmp_path)) == ["artifact"]
+
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "important.txt").write_text("keep")
+  with pytest.raises(DataError, match="not an artifact"):
+    export.export_model(r.model, r.state.params, r.schema, str(mine), platforms=("cpu",))
+  assert os.listdir(mine) == ["important.txt"]
+  assert sorted(os.listdir(tmp_path)) == ["artifact", "mine"]

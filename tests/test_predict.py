@@ -4,6 +4,7 @@ optional, and bad rows fail with file/line/column, leaving nothing at --output."
 
 import csv
 import gzip
+import json
 import os
 import re
 
@@ -12,9 +13,11 @@ import pytest
 
 from conftest import run_script, small_config
 from pico_jax import predict
+from pico_jax.data import store
 from pico_jax.ingest import preprocess
+from pico_jax.serving.encoding import Encoding
 from pico_jax.train.restore import evaluate
-from shared_data import ALIEXPRESS, needs_data
+from shared_data import ALICCP, ALIEXPRESS, CENSUS, needs_data
 
 TRAIN = os.path.join(ALIEXPRESS, "fuxictr-tiny_mtl", "train.csv")
 TEST = os.path.join(ALIEXPRESS, "fuxictr-tiny_mtl", "test.csv")
@@ -38,26 +41,51 @@ def run(tmp_path_factory):
   return workdir, tmp
 
 
+SAMPLES = {  # format: (inputs, the test file, preprocessing options)
+    "census": (("train={0}", "test={0}"), "{0}", {},
+               os.path.join(CENSUS, "deepctr-sample", "census-income.sample")),
+    "aliexpress": (("{0}/train.csv", "{0}/test.csv"), "{0}/test.csv", {"min_count": 2},
+                   os.path.join(ALIEXPRESS, "fuxictr-tiny_mtl")),
+    "aliccp_csv": (("{0}/ali_ccp_train_sample.csv", "{0}/ali_ccp_val_sample.csv",
+                    "{0}/ali_ccp_test_sample.csv"), "{0}/ali_ccp_test_sample.csv", {},
+                   os.path.join(ALICCP, "torch-rechub-sample")),
+    "aliccp_aitm": (("{0}/train.csv", "{0}/test.csv"), "{0}/test.csv", {"policy": "keep"},
+                    os.path.join(ALICCP, "paddlerec-aitm-sample")),
+    "aliccp_raw": (("{0}/train_small.txt", "{0}/test_small.txt"), "{0}/test_small.txt",
+                   {"multi_max_len": 8}, os.path.join(ALICCP, "paddlerec-esmm-sample")),
+}
+
+
+def through_artifact_files(encoding, tmp_path):
+  """``encoding`` written as an artifact holds it (JSON and .npz) and read back."""
+  plain, arrays = encoding.to_plain()
+  np.savez(tmp_path / "encoding.npz", **arrays)
+  plain = json.loads(json.dumps(plain))
+  with np.load(tmp_path / "encoding.npz", allow_pickle=False) as z:
+    return Encoding.from_plain(plain, {k: z[k] for k in z.files}, encoding.fingerprint)
+
+
 @needs_data
-@pytest.mark.parametrize("fmt,inputs,options", [
-    ("aliexpress", (TRAIN, TEST), {"min_count": 2}),
-    ("aliccp_raw", ("paddlerec-esmm-sample/train_small.txt",
-                    "paddlerec-esmm-sample/test_small.txt"), {"multi_max_len": 8}),
-])
-def test_encoder_from_store_reproduces_the_store(tmp_path, fmt, inputs, options):
-  """Raw test rows encoded by the store's saved encoder are the store's test split,
-  array for array (the test file is the test split, in file order)."""
-  from pico_jax.ingest.encode import Encoder
-  from shared_data import ALICCP
-  inputs = [p if os.path.isabs(p) else os.path.join(ALICCP, p) for p in inputs]
-  preprocess.build_store(fmt, inputs, str(tmp_path / "s"),
-                         options=preprocess.Options(**options))
-  encoder, reader, _ = Encoder.from_store(str(tmp_path / "s"))
-  layout = reader.open_input(inputs[1], labels_optional=True)
-  parsed = [reader.parse_block(inputs[1], data, block.first_line, layout)
-            for block, data in reader.stream(inputs[1], layout, 7) if block]
-  assert_is_the_test_split([encoder.encode(chunk, inputs[1])[0] for chunk in parsed],
-                           str(tmp_path / "s"))
+@pytest.mark.parametrize("fmt", sorted(SAMPLES))
+def test_predict_encodes_every_format_as_its_store(tmp_path, fmt):
+  """predict's rows of each format (the test file of a store built from it) reach the
+  model as the store's test split, array for array, through the store's encoding
+  (a checkpoint) and through the copy an artifact holds; the ids are written."""
+  inputs, test, options, where = SAMPLES[fmt]
+  inputs = [p.format(where) for p in inputs]
+  test = test.format(where)
+  store_dir = str(tmp_path / "s")
+  preprocess.build_store(fmt, inputs, store_dir, options=preprocess.Options(**options))
+  from_store = Encoding.from_store(store_dir)
+  for encoding in (from_store, through_artifact_files(from_store, tmp_path)):
+    given = []
+    score = lambda columns: given.append(columns) or _zeros(columns)
+    summary = predict.predict_files(score, encoding, [test], str(tmp_path / "p.csv"),
+                                    chunk_rows=7, log=lambda msg: None)
+    assert_is_the_test_split(given, store_dir)
+    header, rows = _read(str(tmp_path / "p.csv"))
+    assert header[-3:] == list(predict.OUTPUTS) and len(rows) == summary["rows"]
+    assert summary["metrics"] is not None
 
 
 def assert_is_the_test_split(encoded, store_dir, labels=True):
@@ -101,8 +129,9 @@ def test_scores_agree_with_evaluate(run):
     np.testing.assert_allclose(rows[:, j].astype(np.float64), want[key], rtol=0,
                                atol=1e-6, err_msg=key)
   store_dir = trainer.config.data.path
+  encoding = Encoding.from_store(store_dir)
   summary = predict.predict_files(
-      predict.checkpoint_scorer(workdir, "latest")[0], store_dir, [TEST],
+      predict.checkpoint_scorer(workdir, "latest")[0], encoding, [TEST],
       str(tmp / "again.csv"), log=lambda m: None)
   metrics = evaluate(workdir, "test", "latest")
   for key, value in summary["metrics"].items():  # NaN where a task has one class.
@@ -119,22 +148,41 @@ def test_scores_agree_with_evaluate(run):
   packed = tmp / "unlabeled.csv.gz"
   packed.write_bytes(gzip.compress(unlabeled.read_bytes()))
   summary = predict.predict_files(
-      predict.checkpoint_scorer(workdir, "latest")[0], store_dir,
+      predict.checkpoint_scorer(workdir, "latest")[0], encoding,
       [str(unlabeled), str(packed)], str(tmp / "unlabeled_preds.csv"), chunk_rows=30)
   assert summary["metrics"] is None and summary["rows"] == 200
   np.testing.assert_array_equal(_read(str(tmp / "unlabeled_preds.csv"))[1],
                                 np.concatenate([rows, rows]))
 
-  # An exported artifact scores the same rows the same way.
+  # The exported artifact, alone (its store moved away), scores the same raw rows the
+  # same way: predict.py --artifact, and export.load(...).score in Python.
   from pico_jax import export
   artifact = str(tmp / "artifact")
-  export.export_model(trainer.model, trainer.state.params, trainer.schema, artifact,
-                      platforms=("cpu",), step=trainer.resumed_step, config=trainer.config)
-  out2 = str(tmp / "artifact_preds.csv")
-  predict.predict_files(predict.artifact_scorer(artifact, 32)[0], store_dir, [TEST], out2)
-  _, rows2 = _read(out2)
-  np.testing.assert_allclose(rows2[:, 1:].astype(np.float64),
-                             rows[:, 1:].astype(np.float64), rtol=0, atol=1e-6)
+  done = run_script("export", f"--workdir={workdir}", "--checkpoint=latest",
+                    f"--output={artifact}", "--platforms=cpu")
+  assert done.returncode == 0, done.stderr
+  assert "scores raw rows of format aliexpress" in done.stdout
+  os.rename(store_dir, store_dir + ".away")
+  try:
+    out2 = str(tmp / "artifact_preds.csv")
+    done = run_script("predict", f"--artifact={artifact}", f"--input={TEST}",
+                      f"--output={out2}", "--batch_size=32", "--noprogress")
+    assert done.returncode == 0, done.stderr
+    header2, rows2 = _read(out2)
+    assert header2 == header
+    np.testing.assert_array_equal(rows2[:, 0], rows[:, 0])
+    np.testing.assert_allclose(rows2[:, 1:].astype(np.float64),
+                               rows[:, 1:].astype(np.float64), rtol=0, atol=1e-6)
+    scored = export.load(artifact).score(TEST)
+    for j, key in enumerate(predict.OUTPUTS, start=1):
+      np.testing.assert_allclose(scored[key], rows[:, j].astype(np.float64), rtol=0,
+                                 atol=1e-6, err_msg=key)
+  finally:
+    os.rename(store_dir + ".away", store_dir)
+  text = open(os.path.join(artifact, export.MANIFEST_FILE)).read()
+  assert str(tmp) not in text and '"/' not in text  # no absolute path.
+  manifest = json.loads(text)
+  assert manifest["store"] == {"fingerprint": store.read_meta(store_dir).get("fingerprint")}
 
 
 @needs_data
@@ -157,30 +205,28 @@ def test_bad_rows_name_file_line_column(run, tmp_path):
 
 @needs_data
 def test_a_format_or_artifact_that_does_not_match_the_store_is_one_line(run, tmp_path):
-  """--format other than the store's, and an artifact whose manifest names no store:
-  a DataError each, which the CLI prints as one line."""
+  """--format other than the store's, and an artifact without a feature encoding: a
+  DataError each, which the CLI prints as one line."""
   from pico_jax import export
   from pico_jax.data.errors import DataError
   from pico_jax.train.restore import restore
   workdir, _ = run
   out = tmp_path / "preds.csv"
-  score, store_dir = predict.checkpoint_scorer(workdir, "latest")
-  with pytest.raises(DataError, match=re.escape(
-      f"--format census: the run's store was built from format aliexpress ({store_dir})")):
-    predict.predict_files(score, store_dir, [TEST], str(out), fmt_name="census")
+  score, encoding = predict.checkpoint_scorer(workdir, "latest")
+  message = ("--format census: the model's inputs are encoded from format aliexpress; "
+             "leave --format out or give aliexpress")
+  with pytest.raises(DataError, match=re.escape(message)):
+    predict.predict_files(score, encoding, [TEST], str(out), fmt_name="census")
   done = run_script("predict", f"--workdir={workdir}", f"--input={TEST}",
                     f"--output={out}", "--format=census", "--noprogress")
   assert done.returncode == 1
-  assert "Traceback" not in done.stderr
-  assert done.stderr.strip().splitlines()[-1] == (
-      f"error: --format census: the run's store was built from format aliexpress "
-      f"({store_dir}); leave --format out or give aliexpress")
+  assert done.stderr.strip().splitlines() == [f"error: {message}"]
   assert not out.exists()
   trainer = restore(workdir, "latest")
   artifact = str(tmp_path / "artifact")
   export.export_model(trainer.model, trainer.state.params, trainer.schema, artifact,
                       platforms=("cpu",), config=None)
-  with pytest.raises(DataError, match="names no training store") as e:
+  with pytest.raises(DataError, match="holds no feature encoding") as e:
     predict.artifact_scorer(artifact, 32)
   assert e.value.path == os.path.join(artifact, "manifest.json")
 
@@ -212,7 +258,8 @@ def test_predict_rejects_what_preprocess_rejects(tmp_path, content, message):
     preprocess.build_store("aliexpress", [TRAIN, str(bad)], str(tmp_path / "other"))
   want = (e.value.path, e.value.line)
   with pytest.raises(DataError, match=message) as e:
-    predict.predict_files(_zeros, store_dir, [str(bad)], str(tmp_path / "out.csv"),
+    predict.predict_files(_zeros, Encoding.from_store(store_dir), [str(bad)],
+                          str(tmp_path / "out.csv"),
                           log=lambda msg: None)
   assert (e.value.path, e.value.line) == want
   assert not os.path.exists(tmp_path / "out.csv")
@@ -235,7 +282,8 @@ def test_a_table_store_scores_its_csv_or_parquet_rows(tmp_path, kind):
                          options=preprocess.Options(table=ROLES, chunk_rows=8))
   given = []
   score = lambda columns: given.append(columns) or _zeros(columns)
-  summary = predict.predict_files(score, store_dir, [inputs[1]], str(tmp_path / "p.csv"),
+  encoding = Encoding.from_store(store_dir)
+  summary = predict.predict_files(score, encoding, [inputs[1]], str(tmp_path / "p.csv"),
                                   chunk_rows=8, log=lambda msg: None)
   assert_is_the_test_split(given, store_dir)
   header, rows = _read(str(tmp_path / "p.csv"))
@@ -248,11 +296,18 @@ def test_a_table_store_scores_its_csv_or_parquet_rows(tmp_path, kind):
   unlabeled = str(tmp_path / f"unlabeled.{kind}")
   (pq.write_table if kind == "parquet" else pacsv.write_csv)(table, unlabeled)
   given.clear()
-  summary = predict.predict_files(score, store_dir, [unlabeled], str(tmp_path / "q.csv"),
+  summary = predict.predict_files(score, encoding, [unlabeled], str(tmp_path / "q.csv"),
                                   chunk_rows=8, log=lambda msg: None)
   assert_is_the_test_split(given, store_dir, labels=False)
   assert summary["metrics"] is None
   np.testing.assert_array_equal(_read(str(tmp_path / "q.csv"))[1], rows)
+
+  # The same rows in memory (an Arrow table, as an artifact's encoding reads them).
+  encoding = through_artifact_files(encoding, tmp_path)
+  for source, labels in ((table, False), (pacsv.read_csv(SAMPLE.format("test")), True)):
+    source, layout = encoding.open(source)
+    assert_is_the_test_split([cols for chunk, cols in encoding.read(source, layout, 8)],
+                             store_dir, labels=labels)
 
 
 def test_a_store_without_vocabularies_is_a_located_error(tmp_path):
@@ -266,5 +321,5 @@ def test_a_store_without_vocabularies_is_a_located_error(tmp_path):
                    sizes) as writer:
     writer.commit({"format": "synthetic"})
   with pytest.raises(DataError, match="not built from raw files") as e:
-    predict.predict_files(_zeros, str(tmp_path / "s"), [TEST], str(tmp_path / "p.csv"))
+    Encoding.from_store(str(tmp_path / "s"))
   assert e.value.path == str(tmp_path / "s")

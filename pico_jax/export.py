@@ -49,7 +49,7 @@ from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema
 from pico_jax.ingest import blocks
 from pico_jax.models import serving_params
-from pico_jax.serving import serve, staging
+from pico_jax.serving import saved_model, serve, staging
 from pico_jax.serving.encoding import Encoding
 from pico_jax.train.state import example_features
 
@@ -90,7 +90,7 @@ def num_params(params) -> int:
 def export_model(model, params, schema: Schema, output_dir: str, *,
                  platforms=DEFAULT_PLATFORMS, step: int | None = None,
                  config=None, correct_pos_weight: bool = False,
-                 encoding: Encoding | None = None) -> dict:
+                 encoding: Encoding | None = None, tf_saved_model: bool = False) -> dict:
   """Writes the serving artifact of ``model`` with ``params`` to ``output_dir``.
 
   Args:
@@ -105,6 +105,8 @@ def export_model(model, params, schema: Schema, output_dir: str, *,
       (``pico_jax.calibration``); recorded in the manifest.
     encoding: the feature encoding of the training store (``serving.encoding``), so
       the artifact scores raw rows; None: it scores encoded features only.
+    tf_saved_model: also write a TF SavedModel with a raw-feature signature
+      (``serving.saved_model``; needs tensorflow and ``encoding``).
   Returns:
     The manifest (as written).
   """
@@ -145,6 +147,7 @@ def export_model(model, params, schema: Schema, output_dir: str, *,
       "config": _without_paths(config.to_dict()) if config is not None else None,
       "store": _store_record(config, encoding),
       "encoding": None,
+      "saved_model": None,
   }
   with staging.staged_directory(output_dir, _is_artifact) as out:
     with open(os.path.join(out, ARTIFACT_FILE), "wb") as f:
@@ -154,8 +157,16 @@ def export_model(model, params, schema: Schema, output_dir: str, *,
       manifest["encoding"], encoded = encoding.to_plain()
       np.savez(os.path.join(out, ENCODING_FILE), **encoded)
     shutil.copyfile(serve.__file__, os.path.join(out, LOADER_FILE))
-    manifest["files"] = {name: serve.file_entry(os.path.join(out, name))
-                         for name in sorted(os.listdir(out))}
+    if tf_saved_model:
+      if encoding is None:
+        raise DataError("a TF SavedModel takes raw rows: its run must have trained on "
+                        "a store built from raw files")
+      inputs = saved_model.save(flat_serve, arrays, list(example), encoding,
+                                os.path.join(out, saved_model.SAVED_MODEL_DIR))
+      manifest["saved_model"] = {"directory": saved_model.SAVED_MODEL_DIR,
+                                 "signature": saved_model.SIGNATURE, "inputs": inputs}
+    manifest["files"] = {name: serve.file_entry(os.path.join(out, *name.split("/")))
+                         for name in _files_below(out)}
     manifest = json.loads(json.dumps(manifest, default=_json_default))
     manifest[serve.CHECKSUM] = serve.manifest_checksum(manifest)
     with open(os.path.join(out, MANIFEST_FILE), "w") as f:
@@ -165,7 +176,8 @@ def export_model(model, params, schema: Schema, output_dir: str, *,
 
 def export_run(workdir: str, output_dir: str | None = None, *,
                checkpoint: str | None = None, platforms=DEFAULT_PLATFORMS,
-               correct_pos_weight: bool = False) -> tuple[str, dict, int]:
+               correct_pos_weight: bool = False, tf_saved_model: bool = False
+               ) -> tuple[str, dict, int]:
   """Exports checkpoint ``checkpoint`` of the run in ``workdir`` (None: the restore
   default) with its training store's feature encoding: (the artifact directory
   (default ``WORKDIR/export/step_<STEP>``), its manifest, the trained params' count,
@@ -178,8 +190,14 @@ def export_run(workdir: str, output_dir: str | None = None, *,
   manifest = export_model(r.model, r.state.params, r.schema, output, platforms=platforms,
                           step=r.resumed_step, config=r.config,
                           correct_pos_weight=correct_pos_weight,
-                          encoding=for_run(r.config))
+                          encoding=for_run(r.config), tf_saved_model=tf_saved_model)
   return output, manifest, num_params(r.state.params)
+
+
+def _files_below(root: str) -> list[str]:
+  """Every file below ``root``, as sorted relative paths joined with "/"."""
+  return sorted(os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
+                for d, _, files in os.walk(root) for f in files)
 
 
 def _is_artifact(path: str) -> bool:

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= workdir/default
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: train test clean
+.PHONY: train test test-tf clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,4 +22,13 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) workdir .pytest_cache *.egg-info
+	rm -rf $(VENV) $(TF_VENV) workdir .pytest_cache *.egg-info
+
+# The optional TF SavedModel export (the `tf` extra) in a venv of its own: tensorflow-cpu
+# adds about 1.4 GB to the install, so `make test` leaves it out (its test skips there).
+TF_VENV ?= .venv-tf
+
+test-tf:
+	test -x $(TF_VENV)/bin/python || $(PYTHON) -m venv $(TF_VENV)
+	$(TF_VENV)/bin/python -m pip install --quiet -r requirements.txt -e '.[tf]'
+	$(TF_VENV)/bin/python -m pytest -q tests/test_serving_e2e.py

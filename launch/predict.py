@@ -38,9 +38,9 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "A progress bar on stderr.")
 def main():
   from pico_jax import predict
   if _ARTIFACT.value:
-    if _CHECKPOINT.value or _WORKDIR.value:
-      raise cli.FlagError("--artifact scores with the artifact alone: leave out "
-                          "--workdir and --checkpoint")
+    for flag, value in (("--checkpoint", _CHECKPOINT.value), ("--workdir", _WORKDIR.value)):
+      if value:  # the artifact alone scores: a run named beside it would be ignored.
+        raise cli.FlagError(f"--artifact and {flag}: give one of them")
     score, encoding = predict.artifact_scorer(_ARTIFACT.value, _BATCH_SIZE.value)
   elif not _WORKDIR.value:
     raise cli.FlagError("give --workdir (a trained run) or --artifact")

@@ -12,6 +12,7 @@ parse and ``Encoder.encode`` as preprocessing.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import typing
 from typing import Any
@@ -85,10 +86,11 @@ class Encoding:
       elif isinstance(value, list) and "tuple" in str(hints[name]):
         value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
       fields[name] = value
-    options = plain["options"]
-    fmt = formats.get_format(plain["format"], sparse=options.get("sparse"),
-                             dense=options.get("dense"), table=options.get("table"))
-    return cls(Encoder(**fields), fmt, options, plain["task_relation"], fingerprint)
+    # Every option the format takes, as Encoder.from_store passes them from meta.json.
+    keys = [k for k in inspect.signature(formats.get_format).parameters if k != "name"]
+    fmt = formats.get_format(plain["format"], **{k: plain["options"].get(k) for k in keys})
+    return cls(Encoder(**fields), fmt, plain["options"], plain["task_relation"],
+               fingerprint)
 
   def open(self, source) -> tuple[Any, Layout]:
     """(the source as read, its layout): a file of the format (its labels optional),

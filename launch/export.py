@@ -1,6 +1,6 @@
 """Export a trained run for serving: python launch/export.py --workdir DIR.
 
-  python launch/export.py --workdir DIR [--output PATH] [--checkpoint best|latest|STEP]
+  python launch/export.py --workdir DIR [--output PATH] [--checkpoint default|best|latest|STEP]
       [--platforms cpu,cuda,tpu] [--correct_pos_weight] [--tf_saved_model]
 
 Writes the ``jax.export`` artifact described in ``pico_jax/export.py``: the serving
@@ -20,8 +20,9 @@ from pico_jax import cli
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's work directory.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Artifact directory (default: "
                               "WORKDIR/export/step_<STEP>).")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "best | latest | a step number "
-                                  "(default: the best where the run recorded one).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "default", "default (best when the run "
+                                  "recorded one, else latest) | best | latest | a step "
+                                  "number.")
 _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "Lowering platforms.")
 _CORRECT = flags.DEFINE_bool("correct_pos_weight", False, "Serve probabilities corrected "
                              "for the run's loss.pos_weight.")

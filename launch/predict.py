@@ -20,8 +20,9 @@ from pico_jax.ingest import blocks
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's work directory (not "
                                "with --artifact).")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "best | latest | a step number "
-                                  "(default: the best where the run recorded one).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "default (best when the run "
+                                  "recorded one, else latest) | best | latest | a step "
+                                  "number (default: default).")
 _ARTIFACT = flags.DEFINE_string("artifact", None, "An exported serving artifact directory "
                                 "(launch/export.py) instead of a checkpoint.")
 _INPUT = flags.DEFINE_list("input", None, "Raw files to score.", required=True)
@@ -45,7 +46,8 @@ def main():
   elif not _WORKDIR.value:
     raise cli.FlagError("give --workdir (a trained run) or --artifact")
   else:
-    score, encoding = predict.checkpoint_scorer(_WORKDIR.value, _CHECKPOINT.value)
+    from pico_jax.train.restore import DEFAULT
+    score, encoding = predict.checkpoint_scorer(_WORKDIR.value, _CHECKPOINT.value or DEFAULT)
   summary = predict.predict_files(score, encoding, _INPUT.value, _OUTPUT.value,
                                   fmt_name=_FORMAT.value, chunk_rows=_CHUNK_ROWS.value,
                                   progress=_PROGRESS.value)

@@ -51,6 +51,7 @@ from pico_jax.ingest import blocks
 from pico_jax.models import serving_params
 from pico_jax.serving import saved_model, serve, staging
 from pico_jax.serving.encoding import Encoding
+from pico_jax.train.restore import DEFAULT
 from pico_jax.train.state import example_features
 
 ARTIFACT_FILE = "serving.jax_export"
@@ -175,17 +176,18 @@ def export_model(model, params, schema: Schema, output_dir: str, *,
 
 
 def export_run(workdir: str, output_dir: str | None = None, *,
-               checkpoint: str | None = None, platforms=DEFAULT_PLATFORMS,
+               checkpoint: str = DEFAULT, platforms=DEFAULT_PLATFORMS,
                correct_pos_weight: bool = False, tf_saved_model: bool = False
                ) -> tuple[str, dict, int]:
-  """Exports checkpoint ``checkpoint`` of the run in ``workdir`` (None: the restore
-  default) with its training store's feature encoding: (the artifact directory
+  """Exports checkpoint ``checkpoint`` of the run in ``workdir`` (``train.restore``'s
+  choices; the default: the best step where the run recorded one, logged) with its
+  training store's feature encoding: (the artifact directory
   (default ``WORKDIR/export/step_<STEP>``), its manifest, the trained params' count,
   contrast head included)."""
   from pico_jax.serving.encoding import for_run
   from pico_jax.train.restore import restore
   from pico_jax.workdir import export_dir
-  r = restore(workdir, *([] if checkpoint is None else [checkpoint]))
+  r = restore(workdir, checkpoint)
   output = output_dir or export_dir(workdir, r.resumed_step)
   manifest = export_model(r.model, r.state.params, r.schema, output, platforms=platforms,
                           step=r.resumed_step, config=r.config,

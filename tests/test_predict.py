@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -229,6 +230,33 @@ def test_a_format_or_artifact_that_does_not_match_the_store_is_one_line(run, tmp
   with pytest.raises(DataError, match="holds no feature encoding") as e:
     predict.artifact_scorer(artifact, 32)
   assert e.value.path == os.path.join(artifact, "manifest.json")
+
+
+@needs_data
+def test_the_default_step_is_logged_and_a_rebuilt_store_is_refused(run, tmp_path):
+  """Without --checkpoint, predict scores the run's best step and says which; a store
+  rebuilt at the run's data.path (another vocabulary) is one error line naming both
+  data, before any row is encoded with it."""
+  workdir, tmp = run
+  out = tmp_path / "preds.csv"
+  done = run_script("predict", f"--workdir={workdir}", f"--input={TEST}",
+                    f"--output={out}", "--noprogress")
+  assert done.returncode == 0, done.stderr
+  # The default: the best step, or the latest where none was saved with an evaluation.
+  assert re.search(r"using checkpoint 4 of \S+ \(the (best by|latest: none)", done.stderr)
+  store_dir = str(tmp / "store")
+  os.rename(store_dir, store_dir + ".trained")
+  try:
+    preprocess.build_store("aliexpress", [TEST, TRAIN], store_dir)
+    done = run_script("predict", f"--workdir={workdir}", f"--input={TEST}",
+                      f"--output={tmp_path / 'other.csv'}", "--noprogress")
+  finally:
+    shutil.rmtree(store_dir, ignore_errors=True)
+    os.rename(store_dir + ".trained", store_dir)
+  assert done.returncode == 1 and "Traceback" not in done.stderr
+  assert re.match(rf"error: checkpoint \S+ was trained on store {re.escape(store_dir)} "
+                  ".*; this run reads store", done.stderr.strip().splitlines()[-1])
+  assert not (tmp_path / "other.csv").exists()
 
 
 def _zeros(columns):

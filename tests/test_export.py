@@ -161,7 +161,8 @@ def test_a_damaged_artifact_file_is_one_line_naming_it(trained, tmp_path, name):
   shutil.copytree(artifact, damaged)
   path = os.path.join(damaged, name)
   if name == export.MANIFEST_FILE:  # a changed digit: JSON that still parses.
-    open(path, "w").write(open(path).read().replace('"step": 20', '"step": 21'))
+    text = open(path).read()
+    open(path, "w").write(text.replace('"step": 20', '"step": 21'))
   else:
     _flip_byte(path)
   with pytest.raises(DataError, match="changed since it was exported") as e:

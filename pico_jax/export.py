@@ -314,8 +314,7 @@ class Artifact:
     Raises DataError naming file, line and column of a bad value (as preprocessing).
     """
     encoding = self.raw_encoding()
-    sources = rows if isinstance(rows, (list, tuple)) else [rows]
-    opened = [encoding.open(source) for source in sources]
+    opened = encoding.open(rows if isinstance(rows, (list, tuple)) else [rows])
     scored = []
     for source, layout in opened:
       for chunk, columns in encoding.read(source, layout, chunk_rows):

@@ -96,7 +96,7 @@ def predict_files(score, encoding: Encoding, inputs, output: str, *, fmt_name=No
   if fmt_name and fmt_name != fmt.name:
     raise DataError(f"--format {fmt_name}: the model's inputs are encoded from format "
                     f"{fmt.name}; leave --format out or give {fmt.name}")
-  opened = [encoding.open(p) for p in inputs]
+  opened = encoding.open(inputs)
   fields = encoder.sparse_names + encoder.multi_names
   id0 = dict.fromkeys(fields, 0)
   labeled = all(layout.labels for _, layout in opened)

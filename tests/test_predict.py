@@ -333,9 +333,9 @@ def test_a_table_store_scores_its_csv_or_parquet_rows(tmp_path, kind):
   # The same rows in memory (an Arrow table, as an artifact's encoding reads them).
   encoding = through_artifact_files(encoding, tmp_path)
   for source, labels in ((table, False), (pacsv.read_csv(SAMPLE.format("test")), True)):
-    source, layout = encoding.open(source)
-    assert_is_the_test_split([cols for chunk, cols in encoding.read(source, layout, 8)],
-                             store_dir, labels=labels)
+    [(name, layout)] = encoding.open([source])
+    assert_is_the_test_split([cols for chunk, cols in encoding.read(name, layout, 8)
+                              if chunk is not None], store_dir, labels=labels)
 
 
 def test_a_store_without_vocabularies_is_a_located_error(tmp_path):

@@ -1,7 +1,8 @@
-"""From a user's own logs to served predictions: partitioned Parquet with strings,
-int64 ids and lists goes through preprocess, a few training steps, export and the
-artifact's scoring of raw rows, which equals ``launch/predict.py --checkpoint``; the
-optional TF SavedModel scores the same raw rows through TF's own loader."""
+"""From a user's own logs to served predictions: partitioned Parquet with nulls,
+strings, int64 ids above 2**53 and lists goes through preprocess, a few training
+steps, export and the artifact's scoring of raw rows, which equals
+``launch/predict.py --checkpoint``; the optional TF SavedModel scores the same raw rows
+through TF's own loader."""
 
 import csv
 import os
@@ -15,26 +16,29 @@ from conftest import run_script, small_config
 from pico_jax import export, predict
 
 ROLES = ("--click=click", "--conversion=conversion", "--sparse=user_id,item_id,category",
-         "--multi=tags:|", "--dense=price,age")
+         "--multi=tags:|", "--dense=price,age", "--group=user_id", "--missing_sparse=default",
+         "--missing_dense=default", "--missing_indicator=price")
 TAGS = np.array(["red", "blue", "green", "big", "small", "new"])
 
 
 def click_log(rows: int, seed: int) -> pa.Table:
-  """A click log as users have them: string and int64 ids, a list column, floats, a
-  timestamp no role uses; conversions only on clicks."""
+  """A click log as users have them: string and hashed 64-bit ids (above 2**53), a
+  list column (some empty), nulls in a string and a float column, a timestamp no role
+  uses; conversions only on clicks."""
   rng = np.random.default_rng(seed)
   user = rng.integers(0, 40, rows)
-  item = rng.integers(0, 30, rows) * 7_919 + 10 ** 12  # large, sparse int64 ids.
-  tags = [list(TAGS[rng.choice(len(TAGS), rng.integers(1, 4), replace=False)])
+  item = rng.integers(0, 30, rows)
+  tags = [list(TAGS[rng.choice(len(TAGS), rng.integers(0, 4), replace=False)])
           for _ in range(rows)]
   price = np.round(rng.lognormal(3, 1, rows), 2)
   click = (rng.random(rows) < 0.2 + 0.3 * (user % 3 == 0)).astype(np.int64)
+  category = [None if i % 7 == 0 else f"c{i % 5}" for i in item]
   return pa.table({
       "user_id": [f"u{u}" for u in user],
-      "item_id": pa.array(item, pa.int64()),
-      "category": [f"c{i % 5}" for i in item // 7_919],
+      "item_id": pa.array(item * 7_919_000_003 + 2 ** 62, pa.int64()),
+      "category": pa.array(category, pa.string()),
       "tags": pa.array(tags, pa.list_(pa.string())),
-      "price": price,
+      "price": pa.array(price, mask=rng.random(rows) < 0.1),
       "age": rng.integers(18, 70, rows).astype(np.float64),
       "click": click,
       "conversion": click * (rng.random(rows) < 0.3),
@@ -108,7 +112,7 @@ def test_artifact_scores_raw_rows_as_predict_from_the_checkpoint(served):
 def test_raw_rows_missing_a_column_are_one_located_error(served):
   from pico_jax.data.errors import DataError
   artifact = export.load(served["artifact"])
-  with pytest.raises(DataError, match=r"no column\(s\) \['price'\]"):
+  with pytest.raises(DataError, match=r"^memory:rows0: no column\(s\) \[.*'price'\]"):
     artifact.score(pa.table({"user_id": ["u1"], "item_id": [1], "category": ["c1"],
                              "tags": [["red"]], "age": [30.0]}))
   with pytest.raises(DataError, match="cannot score a dict"):
@@ -119,6 +123,8 @@ def test_tf_saved_model_scores_raw_rows_as_predict(served):
   """The optional TF SavedModel (pip install -e .[tf]): TF's loader, fed raw columns
   (the lists joined by their separator), scores within 1e-5 of predict.py."""
   tf = pytest.importorskip("tensorflow")
+  # A null goes to TF Serving as what the SavedModel maps to id 0 (a string the
+  # vocabulary lacks) or to the training mean (NaN).
   artifact = str(served["tmp"] / "tf_artifact")
   manifest = export.export_run(served["workdir"], artifact, platforms=("cpu",),
                                tf_saved_model=True)[1]
@@ -129,6 +135,9 @@ def test_tf_saved_model_scores_raw_rows_as_predict(served):
   table = pads.dataset(served["new"], format="parquet", partitioning="hive").to_table()
   raw = {name: table.column(name).to_pylist() for name in inputs}
   raw["tags"] = ["|".join(tags) for tags in raw["tags"]]
+  raw["category"] = ["" if c is None else c for c in raw["category"]]
+  raw["price"] = [np.nan if p is None else p for p in raw["price"]]
+  assert "" in raw["category"] and np.isnan(raw["price"]).any() and "" in raw["tags"]
   loaded = tf.saved_model.load(os.path.join(artifact, "saved_model"))
   serve = loaded.signatures["serving_default"]
   got = serve(**{k: tf.constant(v, getattr(tf, inputs[k])) for k, v in raw.items()})

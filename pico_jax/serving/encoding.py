@@ -27,8 +27,6 @@ from pico_jax.ingest.encode import Encoder
 from pico_jax.ingest.format_contract import Format, Layout
 from pico_jax.ingest.vocab import Vocab
 
-IN_MEMORY = "<in-memory table>"  # the name errors give rows that come from no file.
-
 
 @dataclasses.dataclass
 class Encoding:
@@ -92,38 +90,27 @@ class Encoding:
     return cls(Encoder(**fields), fmt, plain["options"], plain["task_relation"],
                fingerprint)
 
-  def open(self, source) -> tuple[Any, Layout]:
-    """(the source as read, its layout): a file of the format (its labels optional),
-    or an Arrow table / pandas DataFrame for format ``table``; checked before any row
-    is read."""
-    if isinstance(source, (str, os.PathLike)):
-      path = os.fspath(source)
-      return path, self.fmt.open_input(path, labels_optional=True)
-    table = _arrow_table(source)
-    if self.fmt.name != "table":
-      raise DataError(f"an in-memory table holds the rows of format table; the model "
-                      f"reads format {self.fmt.name}: give its files")
-    roles = self.fmt.roles
-    needed = [*self.fmt.sparse_names, *self.fmt.list_names, *self.fmt.dense_names,
-              *(c for c in (roles.group, roles.id) if c)]
-    missing = [c for c in dict.fromkeys(needed) if c not in table.column_names]
-    if missing:
-      raise DataError(f"no column(s) {missing}; the table has {table.column_names}",
-                      path=IN_MEMORY)
-    labels = {roles.click, roles.conversion} <= set(table.column_names)
-    return table, Layout(labels=labels)
+  def open(self, sources) -> list[tuple[str, Layout]]:
+    """(input name, layout) of each source, all checked before any row is read: a file
+    of the format (its labels optional), or for format ``table`` an Arrow table or
+    pandas DataFrame (its input name ``memory:rows<i>``; the next ``open`` replaces
+    it)."""
+    names = []
+    for i, source in enumerate(sources):
+      if isinstance(source, (str, os.PathLike)):
+        names.append(os.fspath(source))
+      elif self.fmt.name != "table":
+        raise DataError(f"an in-memory table holds the rows of format table; the model "
+                        f"reads format {self.fmt.name}: give its files")
+      else:
+        names += self.fmt.add_tables({f"rows{i}": _arrow_table(source)})
+    return [(name, self.fmt.open_input(name, labels_optional=True)) for name in names]
 
-  def read(self, source, layout: Layout, chunk_rows: int):
-    """Blocks of an opened source, in order: ``(chunk, columns)`` (the parsed rows,
+  def read(self, name: str, layout: Layout, chunk_rows: int):
+    """Blocks of an opened input, in order: ``(chunk, columns)`` (the parsed rows,
     their model inputs from ``Encoder.encode``), and ``(None, bytes read so far)``
-    between a file's blocks, for progress."""
-    if isinstance(source, pa.Table):
-      for start in range(0, source.num_rows, chunk_rows):
-        data = source.slice(start, chunk_rows)
-        chunk = self.fmt.parse_block(IN_MEMORY, data, start + 1, layout)
-        yield chunk, self.encoder.encode(chunk, IN_MEMORY)[0]
-      return
-    for block, data in self.fmt.stream(source, layout, chunk_rows):
+    between them, for progress."""
+    for block, data in self.fmt.stream(name, layout, chunk_rows):
       if block is None:
         yield None, data
         continue

@@ -10,8 +10,14 @@ the graph, as ``Encoder.encode`` runs it in Python:
 * a multi-valued column of format ``table`` (tf.string [B]): the values joined by the
   column's declared separator (empty tokens dropped), looked up, cut to the padded
   length L, with its mask;
-* a dense column (tf.float64 [B]): ``(x - mean) / std`` in float64, then float32; a
-  column constant in the training rows is 0.
+* a dense column (tf.float64 [B]; a timestamp converted by the store's policy as
+  epoch seconds): NaN (missing, where the store's policy is ``default``) becomes the
+  training mean and sets the column's missing indicator where one was declared; then
+  ``(x - mean) / std`` in float64, cast to float32; a column constant in the training
+  rows is 0.
+
+A missing sparse value is sent as a value the vocabulary lacks (an empty string, or an
+empty list joined: ""), which is id 0, as a null is in the store.
 
 The model itself is the ``jax.export`` serving function converted by
 ``jax.experimental.jax2tf`` (native serialization, a symbolic batch dimension). A
@@ -50,9 +56,15 @@ def raw_inputs(encoding: Encoding) -> dict[str, str]:
       raise DataError(f"field {name!r} is {'hashed' if vocab.buckets else 'empty'}: "
                       "the TF SavedModel needs its vocabulary's keys (and their type)")
     inputs[name] = "string" if vocab.keys.dtype.kind == "S" else "int64"
-  for name in enc.dense_names:
+  for name in _read_dense(encoding):
     inputs[name] = "float64"
   return inputs
+
+
+def _read_dense(encoding: Encoding) -> tuple[str, ...]:
+  """The raw dense columns (format table's dense features less its missing indicators,
+  which are computed from them)."""
+  return getattr(encoding.fmt, "read_dense", encoding.encoder.dense_names)
 
 
 def _separators(encoding: Encoding) -> dict[str, str]:
@@ -76,6 +88,9 @@ def save(serve_fn, flat_params, feature_names, encoding: Encoding, directory: st
                    for name in enc.sparse_names + enc.multi_names}
   model = jax2tf.convert(serve_fn, with_gradient=False, polymorphic_shapes=[
       None, {k: "(b, ...)" for k in feature_names}])
+  read_dense = list(_read_dense(encoding))
+  policy = getattr(encoding.fmt, "values", None)
+  indicated = policy.missing_indicator if policy is not None else ()
   zeroed = enc.zeroed()
   mean, std = np.where(zeroed, 0.0, enc.mean), np.where(zeroed, np.inf, enc.std)
 
@@ -98,7 +113,13 @@ def save(serve_fn, flat_params, feature_names, encoding: Encoding, directory: st
       multi, mask = zip(*(multi_valued(n, raw[n]) for n in enc.multi_names))
       features[B.MULTI], features[B.MULTI_MASK] = tf.stack(multi, 1), tf.stack(mask, 1)
     if enc.dense_names:
-      x = tf.stack([raw[n] for n in enc.dense_names], axis=1)
+      x = tf.stack([raw[n] for n in read_dense], axis=1)
+      nan = tf.math.is_nan(x)
+      indicators = [tf.cast(nan[:, read_dense.index(c)], tf.float64)[:, None]
+                    for c in indicated]
+      if enc.fill is not None:
+        x = tf.where(nan, tf.constant(enc.fill[:len(read_dense)])[None, :], x)
+      x = tf.concat([x, *indicators], axis=1)
       features[B.DENSE] = tf.cast((x - mean) / std, tf.float32)
     return {k: features[k] for k in feature_names}
 

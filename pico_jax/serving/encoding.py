@@ -25,6 +25,7 @@ from pico_jax.data.errors import DataError
 from pico_jax.ingest import formats
 from pico_jax.ingest.encode import Encoder
 from pico_jax.ingest.format_contract import Format, Layout
+from pico_jax.ingest.table import MEMORY
 from pico_jax.ingest.vocab import Vocab
 
 
@@ -103,7 +104,8 @@ class Encoding:
         raise DataError(f"an in-memory table holds the rows of format table; the model "
                         f"reads format {self.fmt.name}: give its files")
       else:
-        names += self.fmt.add_tables({f"rows{i}": _arrow_table(source)})
+        self.fmt.add_tables({f"rows{i}": _arrow_table(source)})
+        names.append(f"{MEMORY}rows{i}")
     return [(name, self.fmt.open_input(name, labels_optional=True)) for name in names]
 
   def read(self, name: str, layout: Layout, chunk_rows: int):

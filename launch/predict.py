@@ -46,8 +46,7 @@ def main():
   elif not _WORKDIR.value:
     raise cli.FlagError("give --workdir (a trained run) or --artifact")
   else:
-    from pico_jax.train.restore import DEFAULT
-    score, encoding = predict.checkpoint_scorer(_WORKDIR.value, _CHECKPOINT.value or DEFAULT)
+    score, encoding = predict.checkpoint_scorer(_WORKDIR.value, _CHECKPOINT.value)
   summary = predict.predict_files(score, encoding, _INPUT.value, _OUTPUT.value,
                                   fmt_name=_FORMAT.value, chunk_rows=_CHUNK_ROWS.value,
                                   progress=_PROGRESS.value)

@@ -51,7 +51,6 @@ from pico_jax.ingest import blocks
 from pico_jax.models import serving_params
 from pico_jax.serving import saved_model, serve, staging
 from pico_jax.serving.encoding import Encoding
-from pico_jax.train.restore import DEFAULT
 from pico_jax.train.state import example_features
 
 ARTIFACT_FILE = "serving.jax_export"
@@ -117,6 +116,11 @@ def export_model(model, params, schema: Schema, output_dir: str, *,
   arrays = [np.asarray(x) for _, x in leaves]
   if correct_pos_weight and config is None:
     raise ValueError("export: correct_pos_weight needs the config (its loss.pos_weight)")
+  if tf_saved_model:  # refused before the lowering, not after it.
+    if encoding is None:
+      raise DataError("a TF SavedModel takes raw rows: its run must have trained on a "
+                      "store built from raw files")
+    saved_model.raw_inputs(encoding)
   fn = serving_function(model, config.loss if correct_pos_weight else None)
 
   def flat_serve(flat_params, features):
@@ -159,9 +163,6 @@ def export_model(model, params, schema: Schema, output_dir: str, *,
       np.savez(os.path.join(out, ENCODING_FILE), **encoded)
     shutil.copyfile(serve.__file__, os.path.join(out, LOADER_FILE))
     if tf_saved_model:
-      if encoding is None:
-        raise DataError("a TF SavedModel takes raw rows: its run must have trained on "
-                        "a store built from raw files")
       inputs = saved_model.save(flat_serve, arrays, list(example), encoding,
                                 os.path.join(out, saved_model.SAVED_MODEL_DIR))
       manifest["saved_model"] = {"directory": saved_model.SAVED_MODEL_DIR,
@@ -176,18 +177,18 @@ def export_model(model, params, schema: Schema, output_dir: str, *,
 
 
 def export_run(workdir: str, output_dir: str | None = None, *,
-               checkpoint: str = DEFAULT, platforms=DEFAULT_PLATFORMS,
+               checkpoint: str | None = None, platforms=DEFAULT_PLATFORMS,
                correct_pos_weight: bool = False, tf_saved_model: bool = False
                ) -> tuple[str, dict, int]:
   """Exports checkpoint ``checkpoint`` of the run in ``workdir`` (``train.restore``'s
-  choices; the default: the best step where the run recorded one, logged) with its
+  choices; None: its default, the best step where the run recorded one, logged) with its
   training store's feature encoding: (the artifact directory
   (default ``WORKDIR/export/step_<STEP>``), its manifest, the trained params' count,
   contrast head included)."""
   from pico_jax.serving.encoding import for_run
-  from pico_jax.train.restore import restore
+  from pico_jax.train.restore import DEFAULT, restore
   from pico_jax.workdir import export_dir
-  r = restore(workdir, checkpoint)
+  r = restore(workdir, checkpoint or DEFAULT)
   output = output_dir or export_dir(workdir, r.resumed_step)
   manifest = export_model(r.model, r.state.params, r.schema, output, platforms=platforms,
                           step=r.resumed_step, config=r.config,

@@ -37,17 +37,16 @@ from pico_jax import batch as B
 from pico_jax.data.errors import DataError
 from pico_jax.ingest import blocks, format_contract
 from pico_jax.serving.encoding import Encoding
-from pico_jax.train.restore import DEFAULT
 
 OUTPUTS = ("p_ctr", "p_cvr", "p_ctcvr")
 
 
-def checkpoint_scorer(workdir: str, which: str = DEFAULT):
+def checkpoint_scorer(workdir: str, which: str | None = None):
   """(score(columns) -> predictions, encoding) of the run's checkpoint ``which``
-  (``train.restore``'s choices; the default: the best step where the run recorded one)
-  and its training store. Restoring refuses a store whose data differ from those the
-  checkpoint was trained on (``CheckpointMismatchError``), so rows are never encoded
-  with a vocabulary the model did not learn.
+  (``train.restore``'s choices; None: its default, the best step where the run
+  recorded one) and its training store. Restoring refuses a store whose data differ
+  from those the checkpoint was trained on (``CheckpointMismatchError``), so rows are
+  never encoded with a vocabulary the model did not learn.
 
   ``score`` takes the model inputs of N rows (numpy, batch keys) and returns float32
   [N] arrays, computed as ``launch/evaluate.py`` computes them:
@@ -55,8 +54,8 @@ def checkpoint_scorer(workdir: str, which: str = DEFAULT):
   ``eval_step``, its mesh over every local device, fixed-size padded batches). One
   process.
   """
-  from pico_jax.train.restore import restore
-  trainer = restore(workdir, which)
+  from pico_jax.train.restore import DEFAULT, restore
+  trainer = restore(workdir, which or DEFAULT)
 
   def score(columns):
     out = trainer.predict_columns(B.features(columns))

@@ -101,6 +101,9 @@ def test_artifact_scores_raw_rows_as_predict_from_the_checkpoint(served):
   predict.py --checkpoint."""
   artifact = export.load(served["artifact"])
   assert artifact.manifest["encoding"]["format"] == "table"
+  from pico_jax.data import store
+  meta = store.read_meta(os.path.join(os.path.dirname(served["workdir"]), "store"))
+  assert artifact.manifest["store"] == {"fingerprint": meta["fingerprint"]}
   assert_scores(artifact.score(served["new"]), served["want"], 1e-6)
   import pyarrow.dataset as pads
   table = pads.dataset(served["new"], format="parquet", partitioning="hive").to_table()

@@ -135,6 +135,16 @@ def train_iterator(columns: Mapping[str, np.ndarray], *, global_batch_size: int,
                      f"{source.num_rows} rows of the training split")
   ds = grain.MapDataset.range(num_batches).map(source).to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+  return placed(ds, put, device_prefetch)
+
+
+def placed(ds: grain.IterDataset, put: Callable[[dict[str, np.ndarray]], Any] | None,
+           device_prefetch: int) -> grain.DatasetIterator:
+  """The iterator of host batches ``ds``, each mapped by ``put`` (None: left on the
+  host), ``device_prefetch`` of them placed ahead by Grain's thread (see
+  ``train_iterator``)."""
+  if device_prefetch < 0:
+    raise ValueError(f"device_prefetch={device_prefetch}: must be >= 0")
   if put is not None:
     ds = ds.map(put)
   if device_prefetch:

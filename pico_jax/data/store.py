@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from pico_jax import batch as B
-from pico_jax.data import integrity, value_checks
+from pico_jax.data import filesystem, integrity, sharded, value_checks
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema
 from pico_jax.data.dataset import Dataset
@@ -68,9 +68,10 @@ def read_meta(path: str) -> dict[str, Any]:
   except json.JSONDecodeError as e:
     raise DataError(f"invalid JSON: {e.msg}", path=meta_path, line=e.lineno,
                     column=e.colno) from None
-  if meta.get("store_version") != STORE_VERSION:
+  if meta.get("store_version") not in (STORE_VERSION, sharded.STORE_VERSION):
     raise DataError(f"store version {meta.get('store_version')!r}; this code reads "
-                    f"version {STORE_VERSION}: rebuild the store", path=meta_path)
+                    f"versions {STORE_VERSION} and {sharded.STORE_VERSION}: rebuild the "
+                    "store", path=meta_path)
   return meta
 
 
@@ -142,7 +143,8 @@ def open_columns(path: str, meta: dict[str, Any], verify: bool = True
 
 
 def load_store(path: str) -> Dataset:
-  """Maps the store at ``path``: a ``Dataset`` with splits train/val/test.
+  """Maps the store at ``path``: a ``Dataset`` with splits train/val/test. A sharded
+  store (version 2, a local path or a URI) is opened by ``sharded.load`` instead.
 
   Before any row is used, meta.json is checked against its fingerprint, every column
   against its BLAKE3 checksum and every value against what its column may hold
@@ -155,7 +157,16 @@ def load_store(path: str) -> Dataset:
     "independent"), ``tasks`` (what click and conversion mean), ``path`` and ``meta``
     (``meta["fingerprint"]`` names the store's exact bytes).
   """
+  if filesystem.is_uri(path):
+    meta = sharded.read_meta(path)
+    if meta.get("store_version") != sharded.STORE_VERSION:
+      raise DataError("a columnar (version 1) store is read from a local directory; "
+                      "convert it with launch/preprocess.py --convert", path=path)
+    return sharded.load(path, meta)
   path = os.path.abspath(path)
+  meta = read_meta(path)
+  if meta.get("store_version") == sharded.STORE_VERSION:
+    return sharded.load(path, meta)
   meta = verified_meta(path)
   for relpath, entry in meta[integrity.FILES].items():
     if not relpath.startswith(tuple(f"{s}/" for s in SPLITS)):  # columns: as opened.

@@ -1,0 +1,98 @@
+"""The sharded store's streaming reader against the memmap pipeline, at growing sizes.
+
+  nice python benchmarks/sharded_reader.py --rows 1000000,10000000,30000000 \
+      --workdir /tmp/sharded_bench
+
+For every size: a W2-shaped columnar store (``benchmarks/pipeline.py``'s
+``write_w2_store``) is written once and converted to a sharded store
+(``shard_writer.convert``, ``--num_shards`` shards); then each reader runs in a fresh
+process of its own, so that its peak RSS (``ru_maxrss``) is its own: rows/s of
+``stream.train_iterator`` (sharded) and ``pipeline.train_iterator`` (memmap) at global
+batch ``--batch``, process 0 of 1, after ``--warmup`` batches. ``--measure`` runs one
+reader on an existing store (what the parent calls). Prints one JSON object per size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+from pico_jax import batch as B
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def measure(reader: str, path: str, *, batch: int, batches: int, warmup: int,
+            window: int) -> dict:
+  """rows/s and peak RSS of one reader over the store at ``path`` (this process)."""
+  from pico_jax.data import pipeline, store, stream
+  train = store.load_store(path).splits["train"]
+  if reader == "sharded":
+    it = stream.train_iterator(train, global_batch_size=batch, num_batches=batches + warmup,
+                               seed=0, window=window)
+  else:
+    it = pipeline.train_iterator(train, global_batch_size=batch,
+                                 num_batches=batches + warmup, seed=0)
+  for _ in range(warmup):
+    next(it)
+  start, rows = time.perf_counter(), 0
+  for _ in range(batches):
+    rows += len(next(it)[B.CLICK])
+  rate = rows / (time.perf_counter() - start)
+  return {"rows_per_s": round(rate),
+          "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--rows", default="1000000,10000000")
+  p.add_argument("--num_shards", type=int, default=32)
+  p.add_argument("--batch", type=int, default=4096)
+  p.add_argument("--batches", type=int, default=300)
+  p.add_argument("--warmup", type=int, default=20)
+  p.add_argument("--window", type=int, default=65_536)
+  p.add_argument("--workdir", default="/tmp/pico_sharded_bench")
+  p.add_argument("--keep", action="store_true", help="keep the generated stores")
+  p.add_argument("--measure", choices=("sharded", "memmap"), help=argparse.SUPPRESS)
+  p.add_argument("--store", help=argparse.SUPPRESS)
+  args = p.parse_args()
+  settings = dict(batch=args.batch, batches=args.batches, warmup=args.warmup,
+                  window=args.window)
+  if args.measure:
+    print(json.dumps(measure(args.measure, args.store, **settings)))
+    return
+  import pipeline as w2  # benchmarks/pipeline.py
+  from pico_jax.ingest import shard_writer
+  for rows in (int(r) for r in args.rows.split(",")):
+    result = {"machine": f"{platform.node()}, {os.cpu_count()} cpus",
+              "date": time.strftime("%Y-%m-%d"), "rows": rows, **settings}
+    v1, v2 = (os.path.join(args.workdir, f"w2_{rows}_{kind}") for kind in ("v1", "v2"))
+    if not os.path.exists(os.path.join(v1, "meta.json")):
+      t = time.perf_counter()
+      w2.write_w2_store(v1, rows)
+      result["v1_write_s"] = round(time.perf_counter() - t, 1)
+    if not os.path.exists(os.path.join(v2, "meta.json")):
+      t = time.perf_counter()
+      shard_writer.convert(v1, v2, num_shards=args.num_shards, overwrite=True)
+      result["convert_s"] = round(time.perf_counter() - t, 1)
+    for reader, path in (("memmap", v1), ("sharded", v2)):
+      out = subprocess.run(
+          [sys.executable, __file__, "--measure", reader, "--store", path,
+           *(f"--{k}={v}" for k, v in settings.items())],
+          check=True, capture_output=True, text=True).stdout
+      result[reader] = json.loads(out.strip().splitlines()[-1])
+    print(json.dumps(result), flush=True)
+    if not args.keep:
+      shutil.rmtree(args.workdir)
+
+
+if __name__ == "__main__":
+  main()

@@ -30,6 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
   # other data (a store rebuilt at the same path) is refused unless this is True:
   # continue training (or evaluate) on the new data, on purpose.
   c.data.allow_new_data = False
+  # A sharded store (launch/preprocess.py --num_shards) is streamed: rows held in its
+  # shuffle window, and its order: shuffle | time (partitions in order, window only).
+  c.data.shuffle_window = 65_536
+  c.data.order = "shuffle"
   c.data.synthetic = ml_collections.ConfigDict(dict(
       num_rows=500_000, num_users=1_000, num_items=500, num_categories=32,
       rho=(0.0, 0.33, 0.67, 1.0), latent_dim=4, signal=1.5, ctr_bias=-1.5, cvr_bias=-1.0,

@@ -9,6 +9,8 @@
   python launch/preprocess.py --format=aliccp_aitm --output=DIR \
       --input=train=ctr_cvr.train,val=ctr_cvr.dev,test=ctr_cvr.test \
       --conversion_without_click=drop
+  python launch/preprocess.py ... --num_shards=64 --output=s3://bucket/store  # sharded
+  python launch/preprocess.py --convert=DIR --output=SHARDED_DIR  # columnar -> sharded
 
 Inputs: one file is split 80/10/10 by a seeded permutation (docs/data.md), two are
 train and test (val carved from train by --val_fraction), three are train, val, test;
@@ -25,17 +27,23 @@ import time
 from absl import flags
 
 from pico_jax import cli, dataclass_flags
-from pico_jax.ingest import formats, preprocess, store_writer, table
+from pico_jax.ingest import formats, preprocess, shard_writer, store_writer, table
 
 _FORMAT = flags.DEFINE_enum("format", None, sorted(formats.FORMATS), "The raw format.")
 _INPUT = flags.DEFINE_list("input", None, "[SPLIT=]PATH,...: the raw files.")
-_OUTPUT = flags.DEFINE_string("output", None, "Store directory to create.")
+_OUTPUT = flags.DEFINE_string("output", None, "Store to create: a directory, or with "
+                              "--num_shards a URI (s3://bucket/dir, gs://...).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing store (only a "
                                "store or an empty directory is ever replaced).")
 _SEAL = flags.DEFINE_string("seal", None, "Instead of a build: add checksums to the store "
                             "DIR written before stores had them, trusting its bytes as "
                             "they are now (trust on first use; its values are checked "
                             "first).")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Write a sharded store with this many "
+                                   "Parquet shards per split (0: a columnar store).")
+_CONVERT = flags.DEFINE_string("convert", None, "Instead of a build: rewrite the columnar "
+                               "store DIR as a sharded one (--num_shards, default 16) at "
+                               "--output.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars (rows/s, ETA) on stderr.")
 # One flag per build option and per column role (the fields' help is theirs).
 _OPTIONS = dataclass_flags.Fields(preprocess.Options, exclude=("table", "values"))
@@ -88,15 +96,20 @@ def _seal(path: str):
 def main():
   if _SEAL.value:
     return _seal(_SEAL.value)
-  missing = [f"--{f.name}" for f in (_FORMAT, _INPUT, _OUTPUT) if f.value is None]
-  if missing:
-    raise cli.FlagError(f"{', '.join(missing)} required (or --seal=DIR)")
-  start = time.perf_counter()
+  start, log = time.perf_counter(), lambda msg: print(msg, flush=True)
   try:
+    if _CONVERT.value:
+      if _OUTPUT.value is None:
+        raise cli.FlagError("--convert needs --output")
+      shard_writer.convert(_CONVERT.value, _OUTPUT.value, seed=options().seed, log=log,
+                           num_shards=_NUM_SHARDS.value or 16, overwrite=_OVERWRITE.value)
+      return print(f"wrote {_OUTPUT.value} in {time.perf_counter() - start:.1f}s")
+    missing = [f"--{f.name}" for f in (_FORMAT, _INPUT, _OUTPUT) if f.value is None]
+    if missing:
+      raise cli.FlagError(f"{', '.join(missing)} required (or --seal=DIR)")
     meta = preprocess.build_store(_FORMAT.value, _INPUT.value, _OUTPUT.value,
-                                  options=options(), overwrite=_OVERWRITE.value,
-                                  log=lambda msg: print(msg, flush=True),
-                                  progress=_PROGRESS.value)
+                                  options=options(), overwrite=_OVERWRITE.value, log=log,
+                                  progress=_PROGRESS.value, num_shards=_NUM_SHARDS.value)
   except preprocess.OptionError as e:  # out of range, or not for this format.
     fields = _VALUES if e.field in table.ValuePolicy.__dataclass_fields__ else _OPTIONS
     raise fields.error(e.field, e.what) from None

@@ -35,7 +35,7 @@ from pico_jax.config_rules import (ANY_NUMBER, BOOL, FRACTION, NON_NEGATIVE,
                                    NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, TEXT, Rule,
                                    choices, integer, ints, number, numbers)
 from pico_jax.contrast import IMPLEMENTATIONS as CONTRAST_IMPLEMENTATIONS
-from pico_jax.data import SOURCES, SYNTHETIC_KINDS
+from pico_jax.data import ORDERS, SOURCES, SYNTHETIC_KINDS
 from pico_jax.data.positive_control import RELATEDNESS
 from pico_jax.losses import CVR_ROWS, TAU_GRADIENTS
 from pico_jax.models.backbones import BACKBONES
@@ -73,6 +73,8 @@ RULES: dict[str, Rule] = {
     "data.device_prefetch": NON_NEGATIVE_INT,
     "data.num_threads": NON_NEGATIVE_INT,
     "data.allow_new_data": BOOL,
+    "data.shuffle_window": NON_NEGATIVE_INT,
+    "data.order": choices(ORDERS),
     "data.synthetic.num_rows": POSITIVE_INT,
     "data.synthetic.num_users": POSITIVE_INT,
     "data.synthetic.num_items": POSITIVE_INT,

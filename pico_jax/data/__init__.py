@@ -8,6 +8,7 @@ from pico_jax.data.dataset import Dataset
 
 SOURCES = ("synthetic", "store")  # config.data.name
 SYNTHETIC_KINDS = ("default", "positive_control")  # config.data.synthetic.kind
+ORDERS = ("shuffle", "time")  # config.data.order: how a sharded store is streamed.
 
 
 def data_seed(config) -> int:
@@ -23,9 +24,10 @@ def load_dataset(config) -> Dataset:
   ``config.data.name``: "synthetic" generates data from ``data_seed(config)``, of kind
   ``config.data.synthetic.kind``: "default" (``synthetic.generate`` with the other keys
   of ``config.data.synthetic``) or "positive_control" (``positive_control.generate``
-  with ``config.data.synthetic.positive_control``); "store" maps the columnar store at
-  ``config.data.path`` (built by ``launch/preprocess.py``), whose columns are read-only
-  memory maps.
+  with ``config.data.synthetic.positive_control``); "store" opens the store at
+  ``config.data.path`` (built by ``launch/preprocess.py``): a columnar store's columns
+  are read-only memory maps, a sharded store's splits ``sharded.ShardedSplit``s (a
+  local path or a URI such as ``s3://bucket/store``).
   """
   if config.data.name == "synthetic":
     s = config.data.synthetic

@@ -21,7 +21,9 @@ class Dataset:
   info: dict  # dataset-specific facts, e.g. {"rho": [...]} for synthetic data.
 
   def num_rows(self, split: str) -> int:
-    return len(self.splits[split][B.CLICK])
+    columns = self.splits[split]
+    # A sharded split knows its rows without reading them.
+    return columns.num_rows if hasattr(columns, "num_rows") else len(columns[B.CLICK])
 
 
 def random_splits(columns: dict[str, np.ndarray], permutation: np.ndarray,

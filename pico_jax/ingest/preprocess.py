@@ -149,8 +149,14 @@ class Options:
 def build_store(format_name: str, inputs: Sequence[str], output: str, *,
                 options: Options = Options(), overwrite: bool = False,
                 log: Callable[[str], None] = lambda msg: None,
-                progress: bool = False, tables=None) -> dict:
+                progress: bool = False, tables=None, num_shards: int = 0) -> dict:
   """Converts raw ``inputs`` of ``format_name`` into a store at ``output``.
+
+  With ``num_shards`` > 0 the store is sharded (``pico_jax.data.sharded``; ``output``
+  may be a URI): the columnar store is built in a temporary directory by the same
+  passes, then written as ``num_shards`` shards per split, and removed. A split kept
+  in input order (named ``SPLIT=PATH`` inputs) has one time partition per input file,
+  named by the file.
 
   Args:
     format_name: one of ``formats.FORMATS``.
@@ -176,6 +182,17 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
       if getattr(options.values, field.name) != field.default:
         raise OptionError(field.name, getattr(options.values, field.name),
                           "format table's option (other formats have no nulls)")
+  if num_shards:
+    return _build_sharded(format_name, inputs, output, options=options,
+                          overwrite=overwrite, log=log, progress=progress, tables=tables,
+                          num_shards=num_shards)
+  return _build_columnar(format_name, inputs, output, options=options,
+                         overwrite=overwrite, log=log, progress=progress, tables=tables)[0]
+
+
+def _build_columnar(format_name, inputs, output, *, options, overwrite, log, progress,
+                    tables):
+  """``build_store`` of a columnar store: (its meta, ``_partitions``)."""
   fmt = formats.get_format(format_name, sparse=options.sparse, dense=options.dense,
                            table=options.table, values=options.values)
   if tables:
@@ -204,11 +221,43 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
         threads, sum(s.info.size for s in sources),
         sum(len(s.info.blocks) for s in sources), options.processes)
     with blocks.Runner(workers, threads=not options.processes) as runner:
-      return _build(passes.Build(fmt, sources, inputs, output, options, overwrite, log,
-                                 progress, runner, threads, spill_dir))
+      meta, kept = _build(passes.Build(fmt, sources, inputs, output, options, overwrite,
+                                       log, progress, runner, threads, spill_dir))
+    return meta, _partitions(sources, kept, options)
   finally:
     hasher.shutdown(wait=True, cancel_futures=True)
     shutil.rmtree(spill_dir, ignore_errors=True)
+
+
+def _partitions(sources, kept, options) -> dict[str, list[tuple[str, int]]]:
+  """split -> [(input file name, its kept rows)] for the splits stored in input order
+  (``splits.assign``): the time partitions of a sharded store."""
+  if any(s.split == "all" for s in sources):
+    return {}
+  ordered = set(SPLIT_ID)
+  if not any(s.split == "val" for s in sources) and options.val_fraction > 0:
+    ordered = {"test"}
+  out: dict[str, list[tuple[str, int]]] = {}
+  for source, n in zip(sources, kept):
+    if source.split in ordered:
+      out.setdefault(source.split, []).append((os.path.basename(source.path), n))
+  return out
+
+
+def _build_sharded(format_name, inputs, output, *, num_shards, overwrite, log, **kwargs):
+  """``build_store`` of a sharded store: the columnar build, then its conversion."""
+  from pico_jax.data import filesystem
+  from pico_jax.ingest import shard_writer
+  if filesystem.exists(filesystem.join(output, "meta.json")) and not overwrite:
+    raise FileExistsError(f"{output} holds a store; pass --overwrite to replace it")
+  parent = (_spill_parent(os.path.abspath(output)) if not filesystem.is_uri(output)
+            else None)
+  with tempfile.TemporaryDirectory(prefix=".columnar-", dir=parent) as tmp:
+    _, partitions = _build_columnar(format_name, inputs, os.path.join(tmp, "store"),
+                                    overwrite=False, log=log, **kwargs)
+    return shard_writer.convert(os.path.join(tmp, "store"), output, num_shards=num_shards,
+                                seed=kwargs["options"].seed, overwrite=overwrite,
+                                partitions=partitions, log=log)
 
 
 def _scan(fmt, inputs, options, progress, hasher, threads) -> list[passes.Source]:
@@ -262,8 +311,9 @@ def _vocabularies(counters: dict[str, Counter], options: Options, hashed: dict[s
   return vocabs, vocab_meta
 
 
-def _build(build: passes.Build) -> dict:
-  """Passes 1 and 2 over the scanned sources, then the store committed (its meta)."""
+def _build(build: passes.Build) -> tuple[dict, list[int]]:
+  """Passes 1 and 2 over the scanned sources, then the store committed: (its meta, the
+  kept rows of every source)."""
   fmt, options, sources, runner = build.fmt, build.options, build.sources, build.runner
   policy = options.policy or fmt.default_policy
   split_of, rank_of = assign(sources, options.seed, options.split_fractions,
@@ -342,4 +392,4 @@ def _build(build: passes.Build) -> dict:
     }, schema=schema)
   build.log(f"wrote {build.output}: "
             + ", ".join(f"{s} {n:,}" for s, n in split_rows.items()))
-  return meta
+  return meta, [int(np.count_nonzero(keep[s.offset:s.offset + s.rows])) for s in sources]

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pico_jax.data import filesystem, integrity, sharded
+from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema
 from pico_jax.data.store import META, SPLITS, column_specs
 from pico_jax.ingest.store_writer import _make_dir
@@ -194,6 +195,8 @@ def convert(v1_path: str, output: str, *, num_shards: int, seed: int = 0,
   the same rows in the same order, vocabularies, statistics and facts."""
   from pico_jax.data import store
   dataset = store.load_store(v1_path)
+  if dataset.info["meta"].get("store_version") != store.STORE_VERSION:
+    raise DataError("not a columnar (version 1) store: nothing to convert", path=v1_path)
   meta = {k: v for k, v in dataset.info["meta"].items()
           if k not in (integrity.FILES, integrity.FINGERPRINT)}
   vocab = {entry["file"]: np.load(os.path.join(v1_path, entry["file"]), allow_pickle=False)

@@ -25,7 +25,8 @@ _RESUMABLE_KEYS = ("data.prefetch", "data.num_threads", "data.eval_split",
                    "data.allow_new_data")
 # Keys that fix which rows the saved data-iterator position points at: a resume with
 # any of them changed would silently train on a different data order.
-_DATA_ORDER_KEYS = ("seed", "train.batch_size", "data.name", "data.path")
+_DATA_ORDER_KEYS = ("seed", "train.batch_size", "data.name", "data.path",
+                    "data.shuffle_window", "data.order")
 
 
 NOT_RECORDED = "not recorded"  # a checkpoint saved before the data's identity was.

@@ -142,7 +142,7 @@ class Run:
     n_params = sum(x.size for x in jax.tree.leaves(trainer.state.params))
     log.info("%s backbone, contrast=%s, %d params, %d devices, mesh %s, %d train rows",
              c.model.backbone, c.contrast.mode, n_params, jax.device_count(),
-             dict(trainer.mesh.shape), len(next(iter(trainer.dataset.splits["train"].values()))))
+             dict(trainer.mesh.shape), trainer.dataset.num_rows("train"))
 
   def __enter__(self):
     return self

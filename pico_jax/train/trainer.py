@@ -17,7 +17,8 @@ import numpy as np
 from pico_jax import metrics as metrics_lib
 from pico_jax.config_keys import ConfigError
 from pico_jax import parallel
-from pico_jax.data import load_dataset, pipeline
+from pico_jax.data import load_dataset, pipeline, stream
+from pico_jax.data.sharded import ShardedSplit
 from pico_jax.data.schema import Schema
 from pico_jax.data.dataset import Dataset
 from pico_jax.models import build_model
@@ -179,13 +180,18 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None, *,
   t, data = config.train, None
   if dataset is not None:
     # With device_prefetch, Grain's thread places the batches ahead (trainer.put).
-    trainer.data = data = pipeline.train_iterator(
-        dataset.splits["train"], global_batch_size=t.batch_size, num_batches=t.steps,
-        seed=config.seed, process_index=jax.process_index(),
-        process_count=jax.process_count(), prefetch=config.data.prefetch,
-        num_threads=config.data.num_threads,
-        put=trainer.put if config.data.device_prefetch else None,
-        device_prefetch=config.data.device_prefetch)
+    common = dict(global_batch_size=t.batch_size, num_batches=t.steps, seed=config.seed,
+                  process_index=jax.process_index(), process_count=jax.process_count(),
+                  prefetch=config.data.prefetch,
+                  put=trainer.put if config.data.device_prefetch else None,
+                  device_prefetch=config.data.device_prefetch)
+    train = dataset.splits["train"]
+    if isinstance(train, ShardedSplit):
+      trainer.data = data = stream.train_iterator(
+          train, order=config.data.order, window=config.data.shuffle_window, **common)
+    else:
+      trainer.data = data = pipeline.train_iterator(
+          train, num_threads=config.data.num_threads, **common)
   if not init_state:
     return trainer
   if checkpointer is not None:

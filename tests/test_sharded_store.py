@@ -160,3 +160,11 @@ def test_convert_cli_and_its_errors(tmp_path, data):
   assert "nothing" in missing.stderr and "error: " in missing.stderr
   twice = run_script("preprocess", f"--convert={out}", f"--output={out}3")
   assert twice.stderr.strip() == f"error: {out}: not a columnar (version 1) store: nothing to convert"
+
+
+def test_a_window_larger_than_an_epoch_still_yields_every_batch(tmp_path, data):
+  write(tmp_path / "s", data, num_shards=2)
+  split = store.load_store(str(tmp_path / "s")).splits["train"]
+  it = stream.train_iterator(split, global_batch_size=100, num_batches=3, seed=0,
+                             window=2_500, prefetch=0)
+  assert [len(next(it)[B.CLICK]) for _ in range(3)] == [100] * 3

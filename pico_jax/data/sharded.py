@@ -82,7 +82,7 @@ class ShardFiles:
     try:
       return pq.ParquetFile(fs.open_input_file(path))
     except (OSError, pa.ArrowInvalid) as e:
-      raise DataError(f"cannot read shard: {e}", path=location) from None
+      raise DataError(f"cannot read shard: {_one_line(e)}", path=location) from None
 
 
 def row_group_starts(file: pq.ParquetFile) -> np.ndarray:
@@ -166,6 +166,17 @@ class ShardedSplit(Mapping):
     return len(self.specs)
 
 
+def _bucket(location: str) -> str:
+  """The bucket of the URI ``location``, with its query (the endpoint settings)."""
+  base, sep, query = location.partition("?")
+  scheme, _, rest = base.partition("://")
+  return f"{scheme}://{rest.split('/', 1)[0]}{sep}{query}"
+
+
+def _one_line(error: BaseException) -> str:
+  return " ".join(str(error).split())
+
+
 def read_meta(location: str) -> dict[str, Any]:
   """The parsed ``meta.json`` at the store ``location`` (a path or URI). A missing or
   unreachable location (no bucket, no file) is a ``DataError`` naming it."""
@@ -175,10 +186,13 @@ def read_meta(location: str) -> dict[str, Any]:
     with fs.open_input_stream(path) as f:
       text = f.read()
   except FileNotFoundError:
+    if filesystem.is_uri(location) and not filesystem.exists(_bucket(location)):
+      raise DataError(f"no bucket {path.split('/', 1)[0]!r} (or no access to it)",
+                      path=location) from None
     raise DataError("not a store (no meta.json); build one with launch/preprocess.py",
                     path=location) from None
   except OSError as e:
-    raise DataError(f"cannot read the store: {e}", path=meta_location) from None
+    raise DataError(f"cannot read the store: {_one_line(e)}", path=meta_location) from None
   try:
     return json.loads(text)
   except json.JSONDecodeError as e:

@@ -221,7 +221,7 @@ def train_iterator(split: ShardedSplit, *, global_batch_size: int, num_batches: 
     raise ValueError(f"local batch {local} exceeds the {rows} training rows of process "
                      f"{process_index} of {process_count}")
   block = local * max(1, -(-window // local))
-  epochs = num_batches * local // rows + 2
+  epochs = (num_batches * local + block) // rows + 1  # enough rows for the last block.
   ds = grain.experimental.InterleaveIterDataset(
       grain.MapDataset.range(epochs).map(lambda epoch: epoch_dataset(
           split, pieces, epoch=epoch, seed=seed, order=order, window=window,

@@ -163,3 +163,32 @@ def test_a_process_that_never_joins_ends_the_wait_with_one_line(tmp_path):
       f"{proc.stderr.split('localhost:')[1].split()[0]} within 5 s (one was stopped or "
       "never started); start all of them with the same --coordinator_address and "
       "--num_processes"], proc.stderr
+
+
+def test_two_processes_stream_a_sharded_store_and_resume_identically(tmp_path):
+  """Each process streams its half of 3 shards (row ranges inside the middle one); a
+  SIGTERM mid-epoch and the rerun end where the uninterrupted 2-process run does."""
+  from pico_jax.data import synthetic
+  from test_sharded_store import write
+  write(tmp_path / "store", synthetic.generate(seed=0, num_rows=1_250, num_users=50,
+                                               num_items=40), num_shards=3)
+  config = write_config(tmp_path / "config.py", {
+      **OVERRIDES, "data.name": "store", "data.path": str(tmp_path / "store"),
+      "data.shuffle_window": 256, "train.steps": 24, "checkpoint.every_steps": 4})
+  reference = str(tmp_path / "reference")
+  logs = _finish(_launch(config, reference, tmp_path / "jax_cache"))
+  assert "process 0 of 2 joined the job" in logs[0]
+  workdir = str(tmp_path / "preempted")
+  procs = _launch(config, workdir, tmp_path / "jax_cache")
+  for line in procs[0].stdout:
+    if " step 9/" in line:  # mid-epoch: 1,000 rows, 64 a step.
+      for p in procs:
+        p.send_signal(signal.SIGTERM)
+      break
+  _finish(procs)
+  step = ckpt_lib.Checkpointer(workdir, read_only=True).latest_step()
+  assert 9 <= step < 24
+  logs = _finish(_launch(config, workdir, tmp_path / "jax_cache"))
+  assert f"resumed from the checkpoint of step {step}" in logs[0]
+  jax.tree.map(np.testing.assert_array_equal, saved_state(workdir), saved_state(reference))
+  assert _records(workdir) == _records(reference)

@@ -5,13 +5,14 @@
 
 For every size: a W2-shaped columnar store (``benchmarks/pipeline.py``'s
 ``write_w2_store``) is written once and converted to a sharded store
-(``shard_writer.convert``, ``--num_shards`` shards); then each reader runs in a fresh
-process of its own, so that its peak RSS (``ru_maxrss``) is its own: rows/s of
-``stream.train_iterator`` (sharded) and ``pipeline.train_iterator`` (memmap) at global
-batch ``--batch``, process 0 of 1, after ``--warmup`` batches; peak RSS is the
-reader process's VmHWM from the moment the store is opened (the memmap reader's
-includes the store pages it touched), and its rise above the RSS at that moment. ``--measure`` runs one
-reader on an existing store (what the parent calls). Prints one JSON object per size.
+(``shard_writer.convert``, shards of ``--shard_rows`` rows); then each reader runs in a
+fresh process of its own: rows/s of ``pipeline.train_iterator`` (memmap) and of
+``stream.train_iterator`` (sharded, with ``verify_shards`` on and off) at global batch
+``--batch``, process 0 of 1, after ``--warmup`` batches. Peak RSS is the reader
+process's VmHWM counted from the moment the store is opened (the memmap reader's
+includes the store pages it touched), and its rise above the RSS of that moment.
+``--measure`` runs one reader on an existing store (what the parent calls). Prints one
+JSON object per size.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import time
 
 from pico_jax import batch as B
 
+# The memmap pipeline; the sharded reader checking each shard on its first read, and not.
+READERS = ("memmap", "sharded", "sharded_unverified")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -34,12 +37,12 @@ def measure(reader: str, path: str, *, batch: int, batches: int, warmup: int,
             window: int) -> dict:
   """rows/s and peak RSS of one reader over the store at ``path`` (this process)."""
   from pico_jax.data import pipeline, store, stream
-  train = store.load_store(path).splits["train"]
+  train = store.load_store(path, verify_shards=reader == "sharded").splits["train"]
   # The peak counts from here: the imports' own memory is the same for both readers.
   with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
   base = _status("VmRSS")
-  if reader == "sharded":
+  if reader.startswith("sharded"):
     it = stream.train_iterator(train, global_batch_size=batch, num_batches=batches + warmup,
                                seed=0, window=window)
   else:
@@ -66,14 +69,14 @@ def main():
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--rows", default="1000000,10000000")
-  p.add_argument("--num_shards", type=int, default=32)
+  p.add_argument("--shard_rows", type=int, default=250_000)
   p.add_argument("--batch", type=int, default=4096)
   p.add_argument("--batches", type=int, default=300)
   p.add_argument("--warmup", type=int, default=20)
   p.add_argument("--window", type=int, default=65_536)
   p.add_argument("--workdir", default="/tmp/pico_sharded_bench")
   p.add_argument("--keep", action="store_true", help="keep the generated stores")
-  p.add_argument("--measure", choices=("sharded", "memmap"), help=argparse.SUPPRESS)
+  p.add_argument("--measure", choices=READERS, help=argparse.SUPPRESS)
   p.add_argument("--store", help=argparse.SUPPRESS)
   args = p.parse_args()
   settings = dict(batch=args.batch, batches=args.batches, warmup=args.warmup,
@@ -93,17 +96,19 @@ def main():
       result["v1_write_s"] = round(time.perf_counter() - t, 1)
     if not os.path.exists(os.path.join(v2, "meta.json")):
       t = time.perf_counter()
-      shard_writer.convert(v1, v2, num_shards=args.num_shards, overwrite=True)
+      shard_writer.convert(v1, v2, num_shards=-(-rows // args.shard_rows), overwrite=True)
       result["convert_s"] = round(time.perf_counter() - t, 1)
-    for reader, path in (("memmap", v1), ("sharded", v2)):
+    for reader in READERS:
       out = subprocess.run(
-          [sys.executable, __file__, "--measure", reader, "--store", path,
+          [sys.executable, __file__, "--measure", reader,
+           "--store", v1 if reader == "memmap" else v2,
            *(f"--{k}={v}" for k, v in settings.items())],
           check=True, capture_output=True, text=True).stdout
       result[reader] = json.loads(out.strip().splitlines()[-1])
     print(json.dumps(result), flush=True)
     if not args.keep:
-      shutil.rmtree(args.workdir)
+      shutil.rmtree(v1)
+      shutil.rmtree(v2)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
   # shuffle window, and its order: shuffle | time (partitions in order, window only).
   c.data.shuffle_window = 65_536
   c.data.order = "shuffle"
+  # Each shard checked against its BLAKE3 on its first read in a process (one more
+  # sequential read of it per run: BENCHMARKS.md "Sharded reader").
+  c.data.verify_shards = True
   c.data.synthetic = ml_collections.ConfigDict(dict(
       num_rows=500_000, num_users=1_000, num_items=500, num_categories=32,
       rho=(0.0, 0.33, 0.67, 1.0), latent_dim=4, signal=1.5, ctr_bias=-1.5, cvr_bias=-1.0,

@@ -75,6 +75,7 @@ RULES: dict[str, Rule] = {
     "data.allow_new_data": BOOL,
     "data.shuffle_window": NON_NEGATIVE_INT,
     "data.order": choices(ORDERS),
+    "data.verify_shards": BOOL,
     "data.synthetic.num_rows": POSITIVE_INT,
     "data.synthetic.num_users": POSITIVE_INT,
     "data.synthetic.num_items": POSITIVE_INT,

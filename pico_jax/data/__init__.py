@@ -45,5 +45,5 @@ def load_dataset(config) -> Dataset:
         {k: v for k, v in s.items() if k not in ("kind", "seed", "positive_control")}))
   if config.data.name == "store":
     from pico_jax.data import store
-    return store.load_store(config.data.path)
+    return store.load_store(config.data.path, verify_shards=config.data.verify_shards)
   raise ValueError(f"config.data.name={config.data.name!r}: expected 'synthetic' or 'store'")

@@ -142,9 +142,10 @@ def open_columns(path: str, meta: dict[str, Any], verify: bool = True
   return schema, splits
 
 
-def load_store(path: str) -> Dataset:
+def load_store(path: str, *, verify_shards: bool = True) -> Dataset:
   """Maps the store at ``path``: a ``Dataset`` with splits train/val/test. A sharded
-  store (version 2, a local path or a URI) is opened by ``sharded.load`` instead.
+  store (version 2, a local path or a URI) is opened by ``sharded.load`` instead
+  (``verify_shards``: each shard checked on its first read).
 
   Before any row is used, meta.json is checked against its fingerprint, every column
   against its BLAKE3 checksum and every value against what its column may hold
@@ -162,11 +163,11 @@ def load_store(path: str) -> Dataset:
     if meta.get("store_version") != sharded.STORE_VERSION:
       raise DataError("a columnar (version 1) store is read from a local directory; "
                       "convert it with launch/preprocess.py --convert", path=path)
-    return sharded.load(path, meta)
+    return sharded.load(path, meta, verify=verify_shards)
   path = os.path.abspath(path)
   meta = read_meta(path)
   if meta.get("store_version") == sharded.STORE_VERSION:
-    return sharded.load(path, meta)
+    return sharded.load(path, meta, verify=verify_shards)
   meta = verified_meta(path)
   for relpath, entry in meta[integrity.FILES].items():
     if not relpath.startswith(tuple(f"{s}/" for s in SPLITS)):  # columns: as opened.

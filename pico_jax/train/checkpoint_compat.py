@@ -22,7 +22,7 @@ _PROCESS_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json$")
 # Config sections that may differ between a checkpoint and the run resuming it.
 _RESUMABLE_SECTIONS = ("train", "checkpoint", "mesh")
 _RESUMABLE_KEYS = ("data.prefetch", "data.num_threads", "data.eval_split",
-                   "data.allow_new_data")
+                   "data.allow_new_data", "data.verify_shards")
 # Keys that fix which rows the saved data-iterator position points at: a resume with
 # any of them changed would silently train on a different data order.
 _DATA_ORDER_KEYS = ("seed", "train.batch_size", "data.name", "data.path",

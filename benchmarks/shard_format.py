@@ -70,33 +70,29 @@ def main():
       sharded.read_row_group(f, g, specs)
   result["parquet_fixed_size_binary"] = _rate(n, lambda: read_parquet(f"{tmp}/fsb.parquet"))
 
-  lists = pa.table({**{k: pa.array(block[k]) for k in ("click", "conversion", "group")},
-                    "sparse": pa.FixedSizeListArray.from_arrays(pa.array(sparse.ravel()), 16),
-                    "dense": pa.FixedSizeListArray.from_arrays(pa.array(dense.ravel()), 63)})
-  pq.write_table(lists, f"{tmp}/lists.parquet", row_group_size=shard_writer.ROW_GROUP_ROWS,
-                 compression="none", use_dictionary=False)
+  def write_and_time(name, columns, decode):
+    """rows/s of reading a Parquet file of ``columns`` back, each row group decoded."""
+    pq.write_table(pa.table({**{k: pa.array(block[k]) for k in ("click", "conversion",
+                                                                  "group")}, **columns}),
+                   f"{tmp}/{name}.parquet", row_group_size=shard_writer.ROW_GROUP_ROWS,
+                   compression="none", use_dictionary=False)
 
-  def read_lists():
-    f = pq.ParquetFile(f"{tmp}/lists.parquet")
-    for g in range(f.num_row_groups):
-      t = f.read_row_group(g)
-      for k, width in (("sparse", 16), ("dense", 63)):
-        t.column(k).combine_chunks().flatten().to_numpy().reshape(-1, width)
-  result["parquet_fixed_size_list"] = _rate(n, read_lists)
+    def read():
+      f = pq.ParquetFile(f"{tmp}/{name}.parquet")
+      for g in range(f.num_row_groups):
+        decode(f.read_row_group(g))
+    return _rate(n, read)
 
-  flat = pa.table({**{k: pa.array(block[k]) for k in ("click", "conversion", "group")},
-                   **{f"sparse_{i}": sparse[:, i] for i in range(16)},
-                   **{f"dense_{i}": dense[:, i] for i in range(63)}})
-  pq.write_table(flat, f"{tmp}/flat.parquet", row_group_size=shard_writer.ROW_GROUP_ROWS,
-                 compression="none", use_dictionary=False)
-
-  def read_flat():
-    f = pq.ParquetFile(f"{tmp}/flat.parquet")
-    for g in range(f.num_row_groups):
-      t = f.read_row_group(g)
-      np.stack([t.column(f"sparse_{i}").to_numpy() for i in range(16)], 1)
-      np.stack([t.column(f"dense_{i}").to_numpy() for i in range(63)], 1)
-  result["parquet_column_per_element"] = _rate(n, read_flat)
+  result["parquet_fixed_size_list"] = write_and_time(
+      "lists", {"sparse": pa.FixedSizeListArray.from_arrays(pa.array(sparse.ravel()), 16),
+                "dense": pa.FixedSizeListArray.from_arrays(pa.array(dense.ravel()), 63)},
+      lambda t: [t.column(k).combine_chunks().flatten().to_numpy().reshape(-1, width)
+                 for k, width in (("sparse", 16), ("dense", 63))])
+  result["parquet_column_per_element"] = write_and_time(
+      "flat", {**{f"sparse_{i}": sparse[:, i] for i in range(16)},
+               **{f"dense_{i}": dense[:, i] for i in range(63)}},
+      lambda t: [np.stack([t.column(f"{k}_{i}").to_numpy() for i in range(width)], 1)
+                 for k, width in (("sparse", 16), ("dense", 63))])
 
   from array_record.python import array_record_module
   import grain.python as gp

@@ -168,3 +168,20 @@ def test_a_window_larger_than_an_epoch_still_yields_every_batch(tmp_path, data):
   it = stream.train_iterator(split, global_batch_size=100, num_batches=3, seed=0,
                              window=2_500, prefetch=0)
   assert [len(next(it)[B.CLICK]) for _ in range(3)] == [100] * 3
+
+
+def test_a_resume_with_another_window_or_order_is_refused_and_verification_is_not():
+  from pico_jax.train import checkpoint_compat
+  from conftest import small_config
+  saved = small_config().to_dict()
+  for key, value in (("data.shuffle_window", 1024), ("data.order", "time")):
+    assert [d.split(":")[0] for d in checkpoint_compat.data_order_differences(
+        saved, small_config(**{key: value}).to_dict())] == [key]
+  unverified = small_config(**{"data.verify_shards": False}).to_dict()
+  assert checkpoint_compat.model_differences(saved, unverified) == []
+
+
+def test_preprocess_without_format_or_convert_is_one_line(tmp_path):
+  done = run_script("preprocess", f"--output={tmp_path / 'x'}")
+  assert done.returncode == 1 and done.stderr.strip() == (
+      "error: --format and --input are required (or --convert)")

@@ -118,7 +118,8 @@ class Trainer:
 
   def close(self):
     """Waits for the checkpoint saves in flight, then releases the checkpointer and
-    stops the prefetch thread."""
+    stops the data iterator's threads (Grain's read-ahead of a sharded store, the
+    device prefetch), which would otherwise still be reading at interpreter exit."""
     try:
       if self.checkpointer is not None:
         try:
@@ -126,7 +127,7 @@ class Trainer:
         finally:
           self.checkpointer.close()
     finally:
-      if self.data is not None and self.config.data.device_prefetch:
+      if self.data is not None:
         self.data.close()
 
 

@@ -16,8 +16,6 @@ against its entry (a streamed store checks each shard on its first read).
 from __future__ import annotations
 
 import json
-import mmap
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,11 +45,14 @@ def file_entry(location: str) -> dict[str, Any]:
   # Every core: the digest is a tree, so the threads give the same hex.
   digest = blake3.blake3(max_threads=blake3.blake3.AUTO)
   if isinstance(fs, pafs.LocalFileSystem):
-    size = os.path.getsize(path)
-    if size:
-      with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        for start in range(0, size, _CHUNK):
-          digest.update(m[start:start + _CHUNK])
+    # Into one reused buffer: a map of the file would count its pages in the RSS of
+    # every process that checks a shard while training.
+    size, buffer = 0, bytearray(_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+      while n := f.readinto(buffer):
+        size += n
+        digest.update(view[:n])
     return {"bytes": size, "blake3": digest.hexdigest()}
   size = 0
   with fs.open_input_stream(path) as stream:

@@ -1,9 +1,10 @@
 """Writing a sharded store (the layout is ``pico_jax.data.sharded``'s).
 
 ``shard_table`` turns a block of encoded model inputs (the dict of batch key -> numpy
-array the columnar writer receives) into the Arrow table of a shard, and ``write_shard``
-writes one shard and returns its checksum entry; the local converter below and the Beam
-sink both call them. ``write_store`` writes whole splits from columns (a v1 store's
+array the columnar writer receives) into the Arrow table of a shard, ``write_shard``
+writes one shard and returns its checksum entry, and ``write_meta`` writes the
+``meta.json`` that makes the shards a store; the local conversion below and a
+distributed build's sink call the same three. ``write_store`` writes whole splits from columns (a v1 store's
 memory maps, or any arrays), so ``launch/preprocess.py --layout=sharded`` is the local
 build's passes followed by this conversion: the same vocabularies and statistics.
 
@@ -163,17 +164,28 @@ def write_store(output: str, meta: Mapping[str, Any], splits: Mapping[str, Mappi
       data = buffer.getvalue()
       _write_bytes(root, relpath, data)
       files[relpath] = {"bytes": data.size, "blake3": integrity.digest_bytes(memoryview(data))}
-    out = {**meta, "store_version": sharded.STORE_VERSION, "layout": sharded.LAYOUT,
-           "shard_format": sharded.SHARD_EXT, "splits": split_meta, integrity.FILES: files}
-    out.pop(integrity.FINGERPRINT, None)
-    out[integrity.FINGERPRINT] = integrity.fingerprint(out)
-    _write_bytes(root, META, json.dumps(out, indent=1, sort_keys=True).encode())
+    out = write_meta(root, meta, split_meta, files)
   except BaseException:
     if local:
       shutil.rmtree(root, ignore_errors=True)
     raise
   if local:
     _replace(root, output)
+  return out
+
+
+def write_meta(root: str, meta: Mapping[str, Any], splits: Mapping[str, Any],
+               files: Mapping[str, Any]) -> dict[str, Any]:
+  """Writes the store's ``meta.json`` under ``root``, the last file of a store: ``meta``
+  with the layout keys, ``splits`` (split -> {rows, shards: [{file, rows, partition}]})
+  and ``files`` (relative path -> ``write_shard``'s entry), and its fingerprint.
+  Returns what it wrote."""
+  out = {**meta, "store_version": sharded.STORE_VERSION, "layout": sharded.LAYOUT,
+         "shard_format": sharded.SHARD_EXT, "splits": dict(splits),
+         integrity.FILES: dict(files)}
+  out.pop(integrity.FINGERPRINT, None)
+  out[integrity.FINGERPRINT] = integrity.fingerprint(out)
+  _write_bytes(root, META, json.dumps(out, indent=1, sort_keys=True).encode())
   return out
 
 

@@ -56,7 +56,8 @@ def test_splits_read_back_in_row_order_with_checksums(tmp_path, data):
                                             {**loaded.splits["train"].specs, **_ROW_ID})
   assert sorted(first[sharded.ROW_ID]) == list(range(333))
   assert list(first[sharded.ROW_ID]) != list(range(333))
-  np.testing.assert_array_equal(first[B.DENSE], data.splits["train"][B.DENSE][first[sharded.ROW_ID]])
+  np.testing.assert_array_equal(first[B.DENSE],
+                                data.splits["train"][B.DENSE][first[sharded.ROW_ID]])
 
 
 @pytest.mark.parametrize("num_shards", [1, 2, 5, 7])
@@ -159,7 +160,8 @@ def test_convert_cli_and_its_errors(tmp_path, data):
   assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
   assert "nothing" in missing.stderr and "error: " in missing.stderr
   twice = run_script("preprocess", f"--convert={out}", f"--output={out}3")
-  assert twice.stderr.strip() == f"error: {out}: not a columnar (version 1) store: nothing to convert"
+  assert twice.stderr.strip() == (f"error: {out}: not a columnar (version 1) store: "
+                                  "nothing to convert")
 
 
 def test_a_window_larger_than_an_epoch_still_yields_every_batch(tmp_path, data):

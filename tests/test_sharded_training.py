@@ -15,9 +15,9 @@ import pytest
 
 from conftest import run_script, small_config
 from pico_jax import cli
-from pico_jax.data import integrity, store
+from pico_jax.data import filesystem, integrity, store
 from pico_jax.data.errors import DataError
-from pico_jax.ingest import preprocess, shard_writer
+from pico_jax.ingest import preprocess
 from pico_jax.train import checkpoint as ckpt_lib
 from pico_jax.train import trainer as trainer_lib
 from shared_data import ALIEXPRESS, needs_data
@@ -172,9 +172,10 @@ def test_object_store_failures_are_one_line_naming_the_uri(s3, data):
   assert str(e.value) == f"{missing_bucket}: no bucket 'no-such-bucket' (or no access to it)"
   uri = s3("damaged")
   write(uri, data, num_shards=2)
-  fs, path = pafs.FileSystem.from_uri(shard_writer.filesystem.join(uri, "val", "part-00001.parquet"))
+  shard = filesystem.join(uri, "val", "part-00001.parquet")
+  fs, path = pafs.FileSystem.from_uri(shard)
   fs.delete_file(path)
   with pytest.raises(integrity.IntegrityError) as e:
     store.load_store(uri).splits["val"]["click"]
-  assert str(e.value).startswith(shard_writer.filesystem.join(uri, "val", "part-00001.parquet"))
+  assert str(e.value).startswith(f"{shard}: ")
   assert cli.is_user_error(e.value) and "\n" not in str(e.value)

@@ -4,9 +4,10 @@
 array the columnar writer receives) into the Arrow table of a shard, ``write_shard``
 writes one shard and returns its checksum entry, and ``write_meta`` writes the
 ``meta.json`` that makes the shards a store; the local conversion below and a
-distributed build's sink call the same three. ``write_store`` writes whole splits from columns (a v1 store's
-memory maps, or any arrays), so ``launch/preprocess.py --layout=sharded`` is the local
-build's passes followed by this conversion: the same vocabularies and statistics.
+distributed build's sink call the same three. ``write_store`` writes whole splits from
+columns (a v1 store's memory maps, or any arrays), so ``launch/preprocess.py
+--num_shards`` is the local build's passes followed by this conversion: the same
+vocabularies and statistics.
 
 A local store is written into a temporary directory beside it and renamed into place
 when complete; an object-store location has no rename, so its ``meta.json`` is written

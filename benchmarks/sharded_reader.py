@@ -76,8 +76,9 @@ def main():
   p.add_argument("--window", type=int, default=65_536)
   p.add_argument("--workdir", default="/tmp/pico_sharded_bench")
   p.add_argument("--keep", action="store_true", help="keep the generated stores")
-  p.add_argument("--measure", choices=READERS, help=argparse.SUPPRESS)
-  p.add_argument("--store", help=argparse.SUPPRESS)
+  p.add_argument("--measure", choices=READERS,
+                  help="time this reader on --store only (one process, one JSON line)")
+  p.add_argument("--store", help="with --measure: the store (columnar for memmap)")
   args = p.parse_args()
   settings = dict(batch=args.batch, batches=args.batches, warmup=args.warmup,
                   window=args.window)

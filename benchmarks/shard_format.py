@@ -5,8 +5,9 @@
 Writes ``--rows`` W2-shaped rows (``benchmarks/pipeline.py``) once per layout and times
 reading them back into batch arrays (key -> [n, *tail]) on this process's thread:
 
-* Parquet, tensors as ``fixed_size_binary`` raw bytes (what ``shard_writer`` writes), as
-  fixed-size lists, and as one column per element, row groups of 16,384 rows;
+* Parquet, tensors as ``fixed_size_binary`` raw bytes (what ``shard_writer`` writes; read
+  with and without ``pre_buffer``), as fixed-size lists, and as one column per element,
+  row groups of 16,384 rows;
 * ArrayRecord, one record per row (its tensors' bytes), read through
   ``grain.python.ArrayRecordDataSource`` in batches of 4,096 random keys (what Grain's
   index shuffle asks for) and decoded with one ``np.frombuffer`` per batch;
@@ -64,11 +65,13 @@ def main():
   table = shard_writer.shard_table(block, np.arange(n), schema)
   shard_writer.write_shard(table, tmp, "fsb.parquet")
 
-  def read_parquet(file):
-    f = pq.ParquetFile(file)
+  def read_parquet(file, pre_buffer=True):
+    f = pq.ParquetFile(file, pre_buffer=pre_buffer)
     for g in range(f.num_row_groups):
       sharded.read_row_group(f, g, specs)
-  result["parquet_fixed_size_binary"] = _rate(n, lambda: read_parquet(f"{tmp}/fsb.parquet"))
+  for pre_buffer in (True, False):
+    result[f"parquet_fixed_size_binary_pre_buffer_{pre_buffer}"] = _rate(
+        n, lambda: read_parquet(f"{tmp}/fsb.parquet", pre_buffer))
 
   def write_and_time(name, columns, decode):
     """rows/s of reading a Parquet file of ``columns`` back, each row group decoded."""
@@ -127,8 +130,9 @@ def main():
     shard_writer.write_shard(table, uri, "fsb.parquet")
     fs, path = pafs.FileSystem.from_uri(f"s3://bench/x/fsb.parquet?endpoint_override="
                                         f"{args.s3}&scheme=http")
-    result["parquet_fixed_size_binary_s3"] = _rate(
-        n, lambda: read_parquet(fs.open_input_file(path)))
+    for pre_buffer in (True, False):
+      result[f"parquet_fixed_size_binary_s3_pre_buffer_{pre_buffer}"] = _rate(
+          n, lambda: read_parquet(fs.open_input_file(path), pre_buffer))
   print(json.dumps(result, indent=1))
 
 

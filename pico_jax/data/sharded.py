@@ -80,7 +80,9 @@ class ShardFiles:
     location = self.location(relpath)
     fs, path = filesystem.resolve(location)
     try:
-      return pq.ParquetFile(fs.open_input_file(path))
+      # pre_buffer: one coalesced read per row group, not one per column chunk (5x
+      # the rows/s from an S3 server, docs/data.md).
+      return pq.ParquetFile(fs.open_input_file(path), pre_buffer=True)
     except (OSError, pa.ArrowInvalid) as e:
       raise DataError(f"cannot read shard: {_one_line(e)}", path=location) from None
 

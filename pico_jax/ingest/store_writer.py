@@ -185,19 +185,25 @@ class StoreWriter:
     meta = integrity.seal(meta, self.tmp, _data_files(self.tmp))
     with open(os.path.join(self.tmp, META), "w") as f:
       json.dump(meta, f, indent=1, sort_keys=True)
-    old = None
-    if os.path.exists(self.path):
-      check_output(self.path, overwrite=True)  # it may have changed since the start.
-      old = make_temp_dir(self.path, "old")
-      os.rename(self.path, os.path.join(old, "store"))
-    os.rename(self.tmp, self.path)
-    if old:
-      shutil.rmtree(old)
+    move_into_place(self.tmp, self.path)
     return meta
 
   def abort(self) -> None:
     self.columns = {}
     shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def move_into_place(tmp: str, path: str) -> None:
+  """Renames the complete store ``tmp`` to ``path``; a store already at ``path`` is
+  moved aside first (an ``old`` directory) and removed only once ``tmp`` is in place."""
+  old = None
+  if os.path.exists(path):
+    check_output(path, overwrite=True)  # it may have changed since the start.
+    old = make_temp_dir(path, "old")
+    os.rename(path, os.path.join(old, "store"))
+  os.rename(tmp, path)
+  if old:
+    shutil.rmtree(old)
 
 
 def _data_files(root: str) -> list[str]:

@@ -155,7 +155,7 @@ def test_convert_cli_and_its_errors(tmp_path, data):
     np.testing.assert_array_equal(loaded.splits["test"][key], column)
   again = run_script("preprocess", f"--convert={v1}", f"--output={out}")
   assert again.returncode == 1 and again.stderr.strip().splitlines() == [
-      f"error: {out} holds a store; pass --overwrite to replace it"]
+      f"error: {out} exists; pass --overwrite to replace it"]
   missing = run_script("preprocess", f"--convert={tmp_path / 'nothing'}", f"--output={out}2")
   assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
   assert "nothing" in missing.stderr and "error: " in missing.stderr
@@ -183,7 +183,6 @@ def test_a_resume_with_another_window_or_order_is_refused_and_verification_is_no
   assert checkpoint_compat.model_differences(saved, unverified) == []
 
 
-def test_preprocess_without_format_or_convert_is_one_line(tmp_path):
-  done = run_script("preprocess", f"--output={tmp_path / 'x'}")
-  assert done.returncode == 1 and done.stderr.strip() == (
-      "error: --format and --input are required (or --convert)")
+def test_convert_without_output_is_one_line(tmp_path):
+  done = run_script("preprocess", f"--convert={tmp_path / 'x'}")
+  assert done.returncode == 1 and done.stderr.strip() == "error: --convert needs --output"

@@ -36,6 +36,7 @@ import concurrent.futures
 import dataclasses
 import os
 import shutil
+import tempfile
 from typing import Callable, Sequence
 
 import numpy as np
@@ -248,10 +249,12 @@ def _build_sharded(format_name, inputs, output, *, num_shards, overwrite, log, *
   """``build_store`` of a sharded store: the columnar build, then its conversion."""
   from pico_jax.data import filesystem
   from pico_jax.ingest import shard_writer
-  if filesystem.exists(filesystem.join(output, "meta.json")) and not overwrite:
+  local = not filesystem.is_uri(output)
+  if local:
+    store_writer.check_output(os.path.abspath(output), overwrite)
+  elif filesystem.exists(filesystem.join(output, "meta.json")) and not overwrite:
     raise FileExistsError(f"{output} holds a store; pass --overwrite to replace it")
-  parent = (_spill_parent(os.path.abspath(output)) if not filesystem.is_uri(output)
-            else None)
+  parent = store_writer.existing_parent(output) if local else None
   with tempfile.TemporaryDirectory(prefix=".columnar-", dir=parent) as tmp:
     _, partitions = _build_columnar(format_name, inputs, os.path.join(tmp, "store"),
                                     overwrite=False, log=log, **kwargs)

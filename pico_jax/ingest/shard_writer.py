@@ -29,7 +29,7 @@ from pico_jax.data import filesystem, integrity, sharded
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema
 from pico_jax.data.store import META, SPLITS, column_specs
-from pico_jax.ingest.store_writer import _make_dir
+from pico_jax.ingest import store_writer
 
 # Rows per Parquet row group: the unit a reader decodes; one per open shard is buffered.
 ROW_GROUP_ROWS = 16_384
@@ -133,14 +133,14 @@ def write_store(output: str, meta: Mapping[str, Any], splits: Mapping[str, Mappi
   if num_shards < 1:
     raise ValueError(f"num_shards={num_shards}: must be >= 1")
   schema = Schema.from_json(meta["schema"])
-  local = not filesystem.is_uri(output)
-  if filesystem.exists(filesystem.join(output, META)) and not overwrite:
-    raise FileExistsError(f"{output} holds a store; pass --overwrite to replace it")
-  root = output
+  local, root = not filesystem.is_uri(output), output
   if local:
     output = os.path.abspath(output)
+    store_writer.check_output(output, overwrite)
     os.makedirs(os.path.dirname(output), exist_ok=True)
-    root = _make_dir(os.path.dirname(output), f".{os.path.basename(output)}.tmp-")
+    root = store_writer.make_temp_dir(output, "tmp")
+  elif filesystem.exists(filesystem.join(output, META)) and not overwrite:
+    raise FileExistsError(f"{output} holds a store; pass --overwrite to replace it")
   try:
     files, split_meta = {}, {}
     for split in SPLITS:
@@ -171,7 +171,7 @@ def write_store(output: str, meta: Mapping[str, Any], splits: Mapping[str, Mappi
       shutil.rmtree(root, ignore_errors=True)
     raise
   if local:
-    _replace(root, output)
+    store_writer.move_into_place(root, output)
   return out
 
 
@@ -188,17 +188,6 @@ def write_meta(root: str, meta: Mapping[str, Any], splits: Mapping[str, Any],
   out[integrity.FINGERPRINT] = integrity.fingerprint(out)
   _write_bytes(root, META, json.dumps(out, indent=1, sort_keys=True).encode())
   return out
-
-
-def _replace(tmp: str, output: str) -> None:
-  """Renames ``tmp`` to ``output``; an old store there is removed only after."""
-  old = None
-  if os.path.exists(output):
-    old = _make_dir(os.path.dirname(output), f".{os.path.basename(output)}.old-")
-    os.rename(output, os.path.join(old, "store"))
-  os.rename(tmp, output)
-  if old:
-    shutil.rmtree(old)
 
 
 def convert(v1_path: str, output: str, *, num_shards: int, seed: int = 0,

@@ -86,3 +86,10 @@ def test_a_bad_value_names_the_table_row_and_column(tmp_path):
   assert not os.listdir(tmp_path)
   with pytest.raises(DataError, match="memory:all: not a table pyarrow can read"):
     ingest.store_from_table(42, str(tmp_path / "s"), roles=ROLES)
+
+
+def test_a_pandas_dataframe_gives_the_store_of_its_arrow_table(tmp_path):
+  table = logs(seed=3)
+  ingest.store_from_table(table, str(tmp_path / "arrow"), roles=ROLES)
+  ingest.store_from_table(table.to_pandas(), str(tmp_path / "pandas"), roles=ROLES)
+  same_store(str(tmp_path / "arrow"), str(tmp_path / "pandas"))

@@ -110,6 +110,7 @@ def test_artifact_scores_raw_rows_as_predict_from_the_checkpoint(served):
   assert_scores(artifact.score(table, batch_size=64, chunk_rows=50), served["want"], 1e-6)
   features_only = table.drop_columns(["click", "conversion", "ts", "date"])
   assert_scores(artifact.score(features_only), served["want"], 1e-6)
+  assert_scores(artifact.score(features_only.to_pandas()), served["want"], 1e-6)
 
 
 def test_raw_rows_missing_a_column_are_one_located_error(served):

@@ -8,11 +8,11 @@ showing a metric somewhere is an edit of the tuple of that place. A name absent 
 run's records is skipped wherever it is listed.
 """
 
-# The loop's train line, after the loss (the step metrics of the last step fetched).
+# The loop's train line, after the loss (means over the logging window, as the loss).
 TRAIN_LOG = ("loss_ctr", "loss_ctcvr", "loss_contrast", "tau_mean")
-# The loop's line after every evaluation of a split.
+# The loop's line after every evaluation of a split (GAUCs: data with groups).
 EVAL_LOG = ("ctr_auc", "oracle_ctr_auc", "cvr_auc", "oracle_cvr_auc", "ctcvr_auc",
-            "oracle_ctcvr_auc", "ctr_eauc", "cvr_eauc", "ctcvr_eauc", "ctr_logloss",
+            "oracle_ctcvr_auc", "ctr_gauc", "cvr_gauc", "ctcvr_gauc", "ctr_eauc", "cvr_eauc", "ctcvr_eauc", "ctr_logloss",
             "cvr_logloss", "ctcvr_logloss")
 
 # training_curves.png: one panel per train record key.

@@ -11,6 +11,8 @@ from conftest import small_config
 from pico_jax import metric_names
 from pico_jax import parallel
 from pico_jax.train import loop
+from pico_jax.train import reporting
+from pico_jax.workdir import TRAIN_METRICS_FILE
 
 BARE = "error: process 1 of 1 was lost (test); process 0 stops too."
 
@@ -22,6 +24,19 @@ class _Lines(logging.Handler):
 
   def emit(self, record):
     self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _logged():
+  """The messages of the ``pico_jax`` logger (INFO and up) while the block runs."""
+  lines, logger = _Lines(), logging.getLogger("pico_jax")
+  logger.addHandler(lines)
+  level, logger.level = logger.level, logging.INFO
+  try:
+    yield lines.lines
+  finally:
+    logger.removeHandler(lines)
+    logger.level = level
 
 
 @pytest.fixture(scope="module")
@@ -41,31 +56,24 @@ def runs(tmp_path_factory):
       notes.append([note, watch.line(1, "test")])
       yield
 
-  lines, logger = _Lines(), logging.getLogger("pico_jax")
-  logger.addHandler(lines)
-  level, logger.level = logger.level, logging.INFO
-  try:
-    with pytest.MonkeyPatch.context() as mp:
-      mp.setattr(parallel, "_watch", watch)
-      mp.setattr(watch, "exit_note", recording)
-      mp.setattr(metric_names, "TRAIN_LOG", ("tau_mean",))
-      mp.setattr(metric_names, "EVAL_LOG", ("cvr_auc", "ctr_pcoc"))
-      checkpoints = {"checkpoint.enabled": True, "checkpoint.every_steps": 2}
-      # oracle_ctr_auc is the same at every evaluation: the second one stops the run.
-      config = small_config(**checkpoints, **{
-          "train.steps": 6, "train.log_every": 2, "train.eval_every": 2,
-          "train.early_stopping_metric": "oracle_ctr_auc", "train.patience": 1})
-      for _ in range(2):
-        loop.train_and_evaluate(config, str(root / "early"))
-        notes[-1].append(watch.line(1, "test"))
-      mp.setattr(loop.Run, "train", lambda *_: (_ for _ in ()).throw(RuntimeError("x")))
-      with pytest.raises(RuntimeError):
-        loop.train_and_evaluate(small_config(**checkpoints), str(root / "failed"))
+  with _logged() as lines, pytest.MonkeyPatch.context() as mp:
+    mp.setattr(parallel, "_watch", watch)
+    mp.setattr(watch, "exit_note", recording)
+    mp.setattr(metric_names, "TRAIN_LOG", ("tau_mean",))
+    mp.setattr(metric_names, "EVAL_LOG", ("cvr_auc", "ctr_pcoc"))
+    checkpoints = {"checkpoint.enabled": True, "checkpoint.every_steps": 2}
+    # oracle_ctr_auc is the same at every evaluation: the second one stops the run.
+    config = small_config(**checkpoints, **{
+        "train.steps": 6, "train.log_every": 2, "train.eval_every": 2,
+        "train.early_stopping_metric": "oracle_ctr_auc", "train.patience": 1})
+    for _ in range(2):
+      loop.train_and_evaluate(config, str(root / "early"))
       notes[-1].append(watch.line(1, "test"))
-  finally:
-    logger.removeHandler(lines)
-    logger.level = level
-  return root, lines.lines, notes
+    mp.setattr(loop.Run, "train", lambda *_: (_ for _ in ()).throw(RuntimeError("x")))
+    with pytest.raises(RuntimeError):
+      loop.train_and_evaluate(small_config(**checkpoints), str(root / "failed"))
+    notes[-1].append(watch.line(1, "test"))
+  return root, lines, notes
 
 
 def test_the_loop_logs_the_names_metric_names_lists(runs):
@@ -99,3 +107,20 @@ def test_the_lost_process_note_lasts_one_run(runs):
                                                 f"{BARE} {none_yet}"]
   # Each run's note reads its own checkpoints (the failed run wrote none).
   assert [note() for note, _, _ in notes] == [resumable, resumable, none_yet]
+
+
+def test_the_train_line_shows_window_means_and_the_eval_line_gauc(tmp_path):
+  """Every loss term of the train line is the logging window's mean (train_metrics.jsonl),
+  not the last step's; the synthetic data have groups, so the eval line shows GAUC."""
+  config = small_config(**{"train.steps": 10, "train.log_every": 10,
+                           "train.eval_every": 10})
+  with _logged() as lines:
+    loop.train_and_evaluate(config, str(tmp_path))
+  (record,) = reporting.read_metrics(str(tmp_path), TRAIN_METRICS_FILE)
+  (train,) = [line for line in lines if line.startswith("step 10/10 ")]
+  shown = [k for k in metric_names.TRAIN_LOG if k in record]
+  assert "loss_ctr" in shown and "loss_contrast" in shown
+  for key in shown:
+    assert f" {key}={record[key]:.4f} " in train
+  evals = [line for line in lines if line.startswith("eval ")]
+  assert evals and all(" ctr_gauc=" in line and " ctcvr_gauc=" in line for line in evals)

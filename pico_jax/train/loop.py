@@ -135,7 +135,6 @@ class Run:
     self.pending = []  # (step, device metrics): fetched at log time, no sync per step.
     # The sums of the fetched, finite-checked metrics of the current logging window.
     self.window = self._saved_window()
-    self.last_metrics = {}  # the host metrics of the latest step fetched.
     self.saved_step = trainer.resumed_step
     self.evaluation = None  # (step, metrics) of the latest evaluation.
     self.preempted = False
@@ -205,8 +204,6 @@ class Run:
     bad = next((s for s, m in host if not m.pop("finite")), None)
     for _, m in host:
       self.window.add(m)
-    if host:
-      self.last_metrics = host[-1][1]
     if bad is None:
       return
     metrics = dict(host)[bad]
@@ -231,10 +228,11 @@ class Run:
     window, self.window = self.window, reporting.MetricsWindow()
     if not window.count:
       return
+    # Every term is the window's mean, as train_metrics.jsonl records it.
     record = self.reporter.train(step, window.mean())
     log.info("step %d/%d loss=%.4f %s | %.1f steps/s %.0f examples/s", step,
              self.config.train.steps, record["loss"],
-             _format(self.last_metrics, metric_names.TRAIN_LOG),
+             _format(record, metric_names.TRAIN_LOG),
              record["steps_per_sec"], record["examples_per_sec"])
 
   def evaluate(self, step: int):

@@ -255,6 +255,12 @@ def synthetic_split_rows(config) -> dict[str, int]:
 def _check_data(config):
   if config.data.name == "store" and not config.data.path:
     raise ConfigError("config.data.path: required when config.data.name='store'")
+  if config.data.path and config.data.name != "store":
+    # A path alone would train on the synthetic data, its one sign a row count.
+    raise ConfigError(f"config.data.path={config.data.path!r}: read only when "
+                      f"config.data.name='store', and it is {config.data.name!r}; add "
+                      "--config.data.name=store (or use a store recipe, e.g. "
+                      "--config=configs/census.py)")
   if config.model.oracle_feature and (config.data.name != "synthetic"
                                       or config.data.synthetic.kind != "positive_control"):
     raise ConfigError("config.model.oracle_feature=True: only the positive-control data "

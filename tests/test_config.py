@@ -222,6 +222,14 @@ def test_recipe_defaults_and_bad_arguments():
     validate(census.get_config("backbone=moe"))
 
 
+def test_a_data_path_without_the_store_source_is_an_error():
+  """data.path alone would train on the synthetic data, saying so only in a row count."""
+  with pytest.raises(ConfigError, match=r"config.data.path='data/mine': read only when "
+                     r"config.data.name='store', and it is 'synthetic'; add "
+                     r"--config.data.name=store"):
+    validate(small_config(**{"data.path": "data/mine"}))
+
+
 def test_a_saved_config_is_laid_over_todays_defaults(caplog):
   """An older run's checkpoint still evaluates: added keys take their defaults, removed
   keys are dropped with a warning."""

@@ -2,7 +2,8 @@
 
 A script defines its flags at module level and ends with ``cli.run(main)``. What goes
 wrong because of what the user gave prints as one line, ``error: <message>``, with exit
-status 1 and no usage dump; ``--verbose`` adds the traceback:
+status 1 and no usage dump; ``--verbose`` adds the traceback (``--help`` lists it and
+``--config`` with the script's own flags):
 
 * the command line itself (parsed here, not by ``app.run``'s own parser, which prints
   the usage): an unknown flag, a value that does not parse as the flag's type, an
@@ -194,4 +195,7 @@ def run(main):
         traceback.print_exc()
       print(f"error: {one_line(e)}", file=sys.stderr)
       return 1
+  # --help lists the main module's flags; these are defined here, for every script.
+  for holder in (VERBOSE, *_CONFIG_FLAGS):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[holder.name])
   app.run(wrapped, flags_parser=parse_flags)

@@ -38,6 +38,9 @@ def one_error_line(proc) -> str:
      "or directory: 'configs/nope.py'"),
     (["--config=configs/census.py:pico=maybe"], "error: --config=configs/census.py:pico=maybe:"
      " pico='maybe', expected true or false"),
+    (["--config.data.path=data/mine"], "error: config.data.path='data/mine': read only "
+     "when config.data.name='store', and it is 'synthetic'; add --config.data.name=store "
+     "(or use a store recipe, e.g. --config=configs/census.py)"),
 ])
 def test_train_command_line_errors_are_one_line(tmp_path, args, message):
   workdir = tmp_path / "run"
@@ -49,6 +52,16 @@ def test_train_command_line_errors_are_one_line(tmp_path, args, message):
 def test_help_still_prints_the_flags():
   proc = run_script("train", "--help")
   assert "--workdir: Output directory." in proc.stdout and not proc.stderr
+
+
+@pytest.mark.parametrize("script", ["train", "evaluate"])
+def test_help_shows_the_config_and_verbose_flags(script):
+  """--config and --verbose are defined in pico_jax.cli, yet --help (not only
+  --helpfull) lists them with the script's own flags."""
+  proc = run_script(script, "--help")
+  assert "--workdir" in proc.stdout and not proc.stderr
+  assert "--[no]verbose: On an error, print the traceback" in proc.stdout
+  assert ("--config: " in proc.stdout) == (script == "train")
 
 
 def test_train_config_error_is_one_line_before_training(tmp_path):

@@ -289,7 +289,8 @@ def task_metrics(predictions, columns, info: dict | None = None) -> dict[str, fl
       ``group`` (GAUC), ``segment`` (tau per segment), ``p_ctr_true`` /
       ``p_cvr_true`` (oracle and expected AUCs of synthetic data), ``r_true``.
     info: the dataset's info dict: ``task_relation`` ("independent" adds
-      ``cvr_auc_all_rows``), ``rho`` per segment (adds ``tau_rho_spearman``).
+      ``cvr_auc_all_rows``), ``rho`` per segment (adds ``tau_rho_spearman`` when tau
+      varies).
   Returns:
     Flat dict of metric name -> float: ``{ctr,cvr,ctcvr}_{auc,logloss,pcoc,ece}`` and
     the reliability curves (``calibration_metrics``; ``cvr_all_rows_*`` as well for
@@ -298,7 +299,8 @@ def task_metrics(predictions, columns, info: dict | None = None) -> dict[str, fl
     ``{ctr,cvr,ctcvr}_gauc`` with ``_gauc_groups`` and ``_gauc_skipped_groups``,
     ``oracle_*_auc`` and the expected AUCs ``{ctr,cvr,ctcvr,mean}_eauc`` (synthetic data:
     ``expected_auc`` against the true probabilities), ``tau_mean``,
-    ``tau_r_spearman`` (per-row tau against the true relatedness ``r_true``), ``tau_segment_<s>``, row counts, ``click_rate``
+    ``tau_r_spearman`` (per-row tau against the true relatedness ``r_true``, when tau
+    varies), ``tau_segment_<s>``, row counts, ``click_rate``
     and ``conversions_per_click`` (the split's realised rates).
   Raises:
     ValueError: a row with conversion 1 and click 0 in a dataset whose conversion is
@@ -366,6 +368,8 @@ def task_metrics(predictions, columns, info: dict | None = None) -> dict[str, fl
     tau = np.asarray(predictions["tau"], np.float64)
     out["tau_mean"] = float(tau.mean())
     out["tau_std"] = float(tau.std())
+    # A constant tau (contrast.mode=fixed) has no rank correlation with anything.
+    varies = tau.size > 1 and tau.max() > tau.min()
     if B.SEGMENT in columns:
       seg = np.asarray(columns[B.SEGMENT])
       segments = np.unique(seg)
@@ -373,8 +377,8 @@ def task_metrics(predictions, columns, info: dict | None = None) -> dict[str, fl
       for s, m in zip(segments, means):
         out[f"tau_segment_{int(s)}"] = m
       rho = info.get("rho")
-      if rho is not None and len(segments) > 1:
+      if rho is not None and len(segments) > 1 and varies:
         out["tau_rho_spearman"] = spearman(means, [rho[int(s)] for s in segments])
-    if B.R_TRUE in columns:  # per instance: tau should fall as the true r rises.
+    if B.R_TRUE in columns and varies:  # per instance: tau should fall as r rises.
       out["tau_r_spearman"] = spearman(tau, columns[B.R_TRUE])
   return out

@@ -116,6 +116,18 @@ def test_task_metrics_rows_per_task():
   assert out["tau_segment_0"] < out["tau_segment_3"]
 
 
+def test_a_constant_tau_has_no_rank_correlations():
+  """A fixed temperature: no tau_rho_spearman nor tau_r_spearman (they would be NaN,
+  which TensorBoard's writer left out with a warning at every default run)."""
+  preds, cols = _split()
+  cols[B.R_TRUE] = np.linspace(0, 1, len(cols[B.CLICK]))
+  preds["tau"] = np.full(len(cols[B.CLICK]), 0.2, np.float32)
+  out = metrics.task_metrics(preds, cols, {"rho": [1.0, 0.6, 0.3, 0.0]})
+  assert out["tau_mean"] == pytest.approx(0.2) and out["tau_segment_3"] == pytest.approx(0.2)
+  assert "tau_rho_spearman" not in out and "tau_r_spearman" not in out
+  assert all(np.isfinite(v) for k, v in out.items() if k.startswith("tau"))
+
+
 def test_task_metrics_independent_tasks_score_cvr_on_all_rows():
   preds, cols = _split()
   rng = np.random.default_rng(3)

@@ -5,15 +5,21 @@
 ``Figure`` objects by name (no pyplot, so a notebook's backend is left alone and shows
 them inline); ``plot_run`` writes them as ``<name>.png``:
 
-  training_curves.png   train loss terms, tau_mean and examples/s against the step.
-  eval_metrics.png      task AUCs (and oracle AUCs, dashed) and loglosses of every
-                        evaluated split against the step.
-  tau_segments.png      mean tau per segment against the step (runs with segments).
+  training_curves.png   train loss terms, tau_mean (when it varies) and examples/s
+                        against the step.
+  eval_metrics.png      task AUCs (and oracle AUCs, thin) and loglosses of every
+                        evaluated split against the step: one colour per metric, one
+                        line style per split (val solid, test dashed), the legend
+                        beside the panels.
+  tau_segments.png      mean tau per segment against the step (runs with segments whose
+                        tau varies).
   tau_distribution.png  histogram of the last evaluated per-row tau, per segment where
-                        the data has segments (runs with a learned tau).
+                        the data has segments (runs whose tau varies).
   reliability.png       reliability diagram per task of the last evaluation (test when
                         there is one): observed rate against mean prediction in
                         equal-mass bins, with PCOC and ECE (``pico_jax.metrics``).
+
+Every figure lays itself out (constrained layout), so the legends outside the axes fit.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from matplotlib import rcParams
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from pico_jax import metric_names
 
@@ -57,12 +65,24 @@ def _eval_splits(records) -> list[str]:
   return sorted({r["split"] for r in records} - {"train"})
 
 
+def _varies(values) -> bool:
+  """Whether ``values`` (float [N]) differ by more than rounding: a fixed tau does not."""
+  values = np.asarray(values, np.float64)
+  return values.size > 0 and np.ptp(values) > 1e-6 * max(np.abs(values).max(), 1e-12)
+
+
+def _figure(width: float, height: float) -> Figure:
+  return Figure(figsize=(width, height), layout="constrained")
+
+
 def training_curves(records) -> Figure | None:
-  """Train loss terms, tau_mean and examples/s against the step."""
+  """Train loss terms, tau_mean (when it varies) and examples/s against the step."""
   keys = [k for k in metric_names.TRAIN_PLOT if _series(records, "train", k)[0]]
+  keys = [k for k in keys if not k.startswith("tau") or _varies(
+      _series(records, "train", k)[1])]
   if not keys:
     return None
-  fig = Figure(figsize=(3.2 * len(keys), 3))
+  fig = _figure(3.2 * len(keys), 3)
   for ax, key in zip(fig.subplots(1, len(keys), squeeze=False)[0], keys):
     ax.plot(*_series(records, "train", key))
     ax.set_title(key)
@@ -70,46 +90,77 @@ def training_curves(records) -> Figure | None:
   return fig
 
 
+# The eval plot's line style and marker per split; any other split takes the last.
+_SPLIT_STYLES = {"val": ("-", "o"), "test": ("--", "s"), None: (":", "^")}
+
+
+def _split_style(split: str) -> tuple[str, str]:
+  return _SPLIT_STYLES.get(split, _SPLIT_STYLES[None])
+
+
 def eval_metrics(records) -> Figure | None:
-  """Task AUCs (oracle AUCs dashed) and loglosses of every evaluated split."""
-  splits = _eval_splits(records)
+  """Task AUCs (oracle AUCs thin) and loglosses of every evaluated split: one colour per
+  metric in both panels, one line style per split, each panel's legend beside it."""
+  order = list(_SPLIT_STYLES)
+  splits = sorted(_eval_splits(records), key=lambda s: (order.index(s) if s in order
+                                                         else len(order), s))
   if not splits:
     return None
-  fig = Figure(figsize=(11, 4))
-  ax_auc, ax_ll = fig.subplots(1, 2)
-  for split in splits:
-    for key in metric_names.AUC_PLOT:
-      steps, values = _series(records, split, key)
-      if steps:
-        line, = ax_auc.plot(steps, values, marker="o", label=f"{split} {key}")
-        ost, ovals = _series(records, split, f"oracle_{key}")
-        if ost:
-          ax_auc.plot(ost, ovals, linestyle="--", color=line.get_color(),
-                      label=f"{split} oracle_{key}")
-    for key in metric_names.LOGLOSS_PLOT:
-      steps, values = _series(records, split, key)
-      if steps:
-        ax_ll.plot(steps, values, marker="o", label=f"{split} {key}")
-  for ax, title in ((ax_auc, "AUC"), (ax_ll, "logloss")):
+  cycle = rcParams["axes.prop_cycle"].by_key()["color"]
+  fig = _figure(12, 4)
+  for ax, (title, keys) in zip(fig.subplots(1, 2), (("AUC", metric_names.AUC_PLOT),
+                                                    ("logloss", metric_names.LOGLOSS_PLOT))):
+    # A metric's colour is its place in the registry, the same in every figure.
+    colours = {key: cycle[(metric_names.AUC_PLOT + metric_names.LOGLOSS_PLOT).index(key)
+                          % len(cycle)] for key in keys}
+    for split in splits:
+      style, marker = _split_style(split)
+      for key in keys:
+        for name, thin in ((key, False), (f"oracle_{key}", True)):
+          steps, values = _series(records, split, name)
+          if steps:
+            ax.plot(steps, values, linestyle=style, marker="x" if thin else marker,
+                    linewidth=0.8 if thin else 1.5, alpha=0.6 if thin else 1.0,
+                    color=colours[key], label=f"{split} {name}")
     ax.set_title(title)
     ax.set_xlabel("step")
-    if ax.get_lines():
-      ax.legend(fontsize=7)
+    labels = [line.get_label().split(" ", 1) for line in ax.get_lines()]
+    if labels:
+      ax.legend(handles=_legend_handles(labels, colours), fontsize=7, loc="upper left",
+                bbox_to_anchor=(1.02, 1), borderaxespad=0)
   return fig
 
 
+def _legend_handles(labels, colours) -> list[Line2D]:
+  """One entry per metric drawn (its colour), the oracles' style, one per split (its
+  line style): ``labels`` are the drawn lines' (split, metric) pairs."""
+  metrics = {m for _, m in labels}
+  splits = list(dict.fromkeys(split for split, _ in labels))
+  handles = [Line2D([], [], color=c, label=k) for k, c in colours.items() if k in metrics]
+  if any(m.startswith("oracle_") for m in metrics):
+    handles.append(Line2D([], [], color="grey", marker="x", linewidth=0.8, label="oracle"))
+  for split in splits:
+    style, marker = _split_style(split)
+    handles.append(Line2D([], [], color="black", linestyle=style, marker=marker,
+                          label=split))
+  return handles
+
+
 def tau_segments(records) -> Figure | None:
-  """Mean tau per segment against the step (runs with segments)."""
+  """Mean tau per segment against the step (runs with segments whose tau varies)."""
   splits = _eval_splits(records)
   seg_keys = sorted({k for r in records for k in r if k.startswith("tau_segment_")},
                     key=lambda k: int(k.rsplit("_", 1)[1]))
   if not (seg_keys and splits):
     return None
-  fig = Figure(figsize=(6, 4))
-  ax = fig.subplots()
   split = splits[-1] if "val" not in splits else "val"
-  for key in seg_keys:
-    ax.plot(*_series(records, split, key), marker="o", label=key.replace("tau_", ""))
+  series = {key: _series(records, split, key) for key in seg_keys}
+  if not _varies([v for _, values in series.values() for v in values]):
+    return None
+  fig = _figure(6, 4)
+  ax = fig.subplots()
+  for key, (steps, values) in series.items():
+    ax.plot(steps, values, marker="o", label=key.replace("tau_", ""))
   ax.set_title(f"mean tau per segment ({split})")
   ax.set_xlabel("step")
   ax.legend(fontsize=7)
@@ -117,7 +168,8 @@ def tau_segments(records) -> Figure | None:
 
 
 def tau_distribution(workdir: str, records) -> Figure | None:
-  """Histogram of the last evaluated per-row tau, per segment where there are any."""
+  """Histogram of the last evaluated per-row tau, per segment where there are any
+  (None when tau does not vary)."""
   from pico_jax.workdir import tau_file
   tau_splits = [s for s in _eval_splits(records)
                 if os.path.exists(os.path.join(workdir, tau_file(s)))]
@@ -127,7 +179,9 @@ def tau_distribution(workdir: str, records) -> Figure | None:
   with np.load(os.path.join(workdir, tau_file(split))) as z:
     tau, segment = z["tau"], (z["segment"] if "segment" in z.files else None)
     step = int(z["step"])
-  fig = Figure(figsize=(6, 4))
+  if not _varies(tau):
+    return None
+  fig = _figure(6, 4)
   ax = fig.subplots()
   bins = np.linspace(tau.min(), tau.max() + 1e-6, 40)
   if segment is None:
@@ -141,27 +195,41 @@ def tau_distribution(workdir: str, records) -> Figure | None:
   return fig
 
 
-def reliability(records) -> Figure | None:
-  """Reliability diagram per task of the last evaluation (test when there is one)."""
+def reliability_figure(metrics: dict, label: str) -> Figure | None:
+  """Reliability diagram per task of one evaluation's ``metrics`` (a record of
+  ``metrics.jsonl``); ``label`` names it in each title (e.g. ``test, step 500``)."""
   from pico_jax.metrics import reliability_from_metrics
-  splits = _eval_splits(records)
-  if not splits:
-    return None
-  split = "test" if "test" in splits else splits[-1]
-  last = max((r for r in records if r["split"] == split), key=lambda r: r["step"])
-  curves = [(t, *reliability_from_metrics(last, t)) for t in
+  curves = [(t, *reliability_from_metrics(metrics, t)) for t in
             metric_names.CALIBRATION_TASKS]
   curves = [c for c in curves if len(c[1]) and np.isfinite(c[1]).all()
             and np.isfinite(c[2]).all()]
   if not curves:
     return None
-  fig = Figure(figsize=(3.6 * len(curves), 3.6))
+  fig = _figure(3.6 * len(curves), 3.6)
   for ax, (task, predicted, observed) in zip(
       fig.subplots(1, len(curves), squeeze=False)[0], curves):
     draw_reliability(ax, predicted, observed,
-                     f"{task} ({split}, step {last['step']})\nPCOC "
-                     f"{last[task + '_pcoc']:.3f}  ECE {last[task + '_ece']:.4f}")
+                     f"{task} ({label})\nPCOC {metrics[task + '_pcoc']:.3f}  ECE "
+                     f"{metrics[task + '_ece']:.4f}")
   return fig
+
+
+def reliability(records) -> Figure | None:
+  """Reliability diagram per task of the last evaluation (test when there is one)."""
+  splits = _eval_splits(records)
+  if not splits:
+    return None
+  split = "test" if "test" in splits else splits[-1]
+  last = max((r for r in records if r["split"] == split), key=lambda r: r["step"])
+  return reliability_figure(last, f"{split}, step {last['step']}")
+
+
+def rgb(fig: Figure) -> np.ndarray:
+  """``fig`` rendered: uint8 [height, width, 3] (for TensorBoard's images)."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  canvas = FigureCanvasAgg(fig)
+  canvas.draw()
+  return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def figures(workdir: str) -> dict[str, Figure]:
@@ -183,7 +251,6 @@ def plot_run(workdir: str, output: str = "") -> list[str]:
   written = []
   for name, fig in figures(workdir).items():
     path = os.path.join(output, f"{name}.png")
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     written.append(path)
   return written

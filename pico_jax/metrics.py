@@ -27,6 +27,8 @@ of them show in the log, the plots and the experiment tables is ``pico_jax.metri
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from pico_jax import batch as B
@@ -241,6 +243,12 @@ def calibration_metrics(prefix: str, labels, probs, num_bins: int = RELIABILITY_
     out[f"{prefix}_reliability_predicted_{k}"] = float(predicted[k])
     out[f"{prefix}_reliability_observed_{k}"] = float(observed[k])
   return out
+
+
+def is_reliability_point(name: str) -> bool:
+  """Whether the metric ``name`` is a point of a reliability curve
+  (``calibration_metrics``): TensorBoard gets each curve as one figure, not as scalars."""
+  return re.search(r"_reliability_(predicted|observed)_\d+$", name) is not None
 
 
 def reliability_from_metrics(metrics: dict, prefix: str):

@@ -64,6 +64,24 @@ def test_reporter_writes_jsonl_tensorboard_tau_and_progress(tmp_path):
   assert "<" in text  # tqdm's elapsed<remaining: the ETA
 
 
+def test_reliability_curves_go_to_tensorboard_as_one_image_not_scalars(tmp_path):
+  from pico_jax import metrics
+  rng = np.random.default_rng(0)
+  probs = rng.uniform(0, 1, 500)
+  labels = (rng.uniform(0, 1, 500) < probs).astype(np.float64)
+  evaluation = {"ctr_auc": 0.7, **metrics.calibration_metrics("ctr", labels, probs),
+                **metrics.calibration_metrics("cvr", labels, probs)}
+  rep = reporting.Reporter(str(tmp_path), total_steps=20, batch_size=32,
+                           progress_file=io.StringIO())
+  rep.eval(10, "val", evaluation)
+  rep.close()
+  tags = {(tag, kind) for tag, kind, _ in _events(tmp_path / "tensorboard")}
+  assert ("val/reliability", "image") in tags and ("val/ctr_pcoc", "simple_value") in tags
+  assert not [tag for tag, _ in tags if "_reliability_" in tag]
+  (record,) = reporting.read_metrics(str(tmp_path))  # the metrics file keeps every point.
+  assert record["ctr_reliability_observed_9"] == evaluation["ctr_reliability_observed_9"]
+
+
 def test_read_metrics_keeps_last_record_per_step_and_names_bad_lines(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 1, "split": "val", "a": 1}\n'

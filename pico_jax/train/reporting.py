@@ -12,10 +12,12 @@ Everything a run reports lands in its work directory (process 0 only; the layout
                    (``truncate_after``); ``read_metrics`` also keeps only the last
                    record of a (split, step).
   tensorboard/     TensorBoard event files (tensorboardX): the same scalars as
-                   ``<split>/<metric>``, and histograms of the evaluated tau, overall
-                   and per segment. A NaN or inf scalar (e.g. an AUC of a split with
-                   one class) is left out, with one warning per tag; the JSON-lines
-                   files keep it.
+                   ``<split>/<metric>`` but the reliability curves' points, which go as
+                   one image per evaluation, ``<split>/reliability``
+                   (``pico_jax.plots.reliability_figure``); histograms of the evaluated
+                   tau, overall and per segment. A NaN or inf scalar (e.g. an AUC of a
+                   split with one class) is left out, with one warning per tag; the
+                   JSON-lines files keep it.
   tau_<split>.npz  the per-row tau of the latest evaluation of a split (``tau``,
                    ``segment`` when the data has segments, ``step``), for
                    ``launch/plot.py``.
@@ -37,6 +39,7 @@ import jax
 import numpy as np
 
 from pico_jax import batch as B
+from pico_jax import metrics as metrics_lib
 
 # The file names belong to the work-directory layout (pico_jax/workdir.py).
 from pico_jax.workdir import METRICS_FILE, TENSORBOARD_DIR, TRAIN_METRICS_FILE, tau_file
@@ -199,7 +202,13 @@ class Reporter:
     if not self.enabled:
       return
     self.metrics.write(step, split, metrics)
-    self._scalars(split, metrics, step)
+    self._scalars(split, {k: v for k, v in metrics.items()
+                          if not metrics_lib.is_reliability_point(k)}, step)
+    if self._tb is not None:
+      from pico_jax import plots  # matplotlib: only for a run that writes TensorBoard.
+      fig = plots.reliability_figure(metrics, f"{split}, step {step}")
+      if fig is not None:
+        self._tb.add_image(f"{split}/reliability", plots.rgb(fig), step, dataformats="HWC")
     if predictions is None or "tau" not in predictions:
       return
     tau = np.asarray(predictions["tau"], np.float32)

@@ -88,6 +88,19 @@ def _choose(ckpt: Checkpointer, which: str) -> tuple[int, str]:
   return step, "as asked"
 
 
+def _read_only_checkpointer(workdir: str) -> Checkpointer:
+  """The run's checkpoints, read only, without orbax's warning that they are: it is what
+  was asked for, and it read as a fault in every evaluate, export and predict."""
+  def notice(record):
+    return not record.getMessage().startswith("Given directory is read only")
+  absl_logger = logging.getLogger("absl")  # orbax logs through absl's logger.
+  absl_logger.addFilter(notice)
+  try:
+    return Checkpointer(workdir, read_only=True)
+  finally:
+    absl_logger.removeFilter(notice)
+
+
 def restore(workdir: str, which: str = DEFAULT, *, mesh=None,
             allow_new_data: bool = False) -> Trainer:
   """The run in ``workdir`` rebuilt from its saved config, with the state of the chosen
@@ -103,7 +116,7 @@ def restore(workdir: str, which: str = DEFAULT, *, mesh=None,
       checkpoint was trained on; else that raises ``CheckpointMismatchError`` naming
       both fingerprints.
   """
-  ckpt = Checkpointer(workdir, read_only=True)
+  ckpt = _read_only_checkpointer(workdir)
   try:
     latest = ckpt.latest_step()
     if latest is not None:

@@ -5,13 +5,12 @@
       [--allow_new_data]
 
 Rebuilds the model from the config saved in the checkpoint, predicts every row of the
-split (gathered over processes) and prints and writes the metrics of
-``pico_jax.metrics.task_metrics`` as JSON (default: DIR/eval_<split>_step<STEP>.json);
-see ``pico_jax.train.restore.evaluate``.
+split (gathered over processes), prints a table of the main metrics per task and writes
+all the metrics of ``pico_jax.metrics.task_metrics`` as JSON (default:
+DIR/eval_<split>_step<STEP>.json), saying where; see ``pico_jax.train.restore.evaluate``.
 """
 
 import json
-import sys
 
 from absl import flags
 
@@ -30,16 +29,16 @@ _NEW_DATA = flags.DEFINE_bool("allow_new_data", False, "Evaluate even when the d
 
 
 def main():
+  from pico_jax.train.reporting import summary_table
   from pico_jax.train.restore import evaluate
   from pico_jax.workdir import eval_file
   result = evaluate(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value, _CORRECT.value,
                     _NEW_DATA.value)
   output = _OUTPUT.value or eval_file(_WORKDIR.value, result["split"], result["step"])
-  text = json.dumps(result, indent=2, sort_keys=True)
-  print(text)
   with open(output, "w") as f:
-    f.write(text + "\n")
-  print(f"wrote {output}", file=sys.stderr)
+    f.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+  print(summary_table(result))
+  print(f"all {len(result)} values: {output}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,12 @@ LOGLOSS_PLOT = ("ctr_logloss", "cvr_logloss", "ctcvr_logloss")
 # rows; cvr_all_rows: every row, for independent tasks).
 CALIBRATION_TASKS = ("ctr", "cvr", "cvr_all_rows", "ctcvr")
 
+# launch/evaluate.py's table: a row per task (a metric's prefix; "cvr_all_rows" for the
+# CVR tower on every row of independent tasks), a column per metric of a task (the
+# suffix), each shown where the result has it.
+SUMMARY_TASKS = ("ctr", "cvr", "cvr_all_rows", "ctcvr")
+SUMMARY_COLUMNS = ("auc", "gauc", "eauc", "logloss", "pcoc", "ece")
+
 # The experiment table's columns (``launch/experiment.py --columns`` replaces them).
 TABLE_COLUMNS = ("ctr_auc", "cvr_auc", "cvr_auc_all_rows", "ctcvr_auc", "cvr_eauc",
                  "ctcvr_eauc", "oracle_ctr_auc", "oracle_cvr_auc", "oracle_ctcvr_auc",

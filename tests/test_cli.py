@@ -107,6 +107,25 @@ def test_evaluate_and_export_report_a_checkpoint_that_cannot_be_restored(run):
       "error: --checkpoint='last': expected 'default', 'best', 'latest' or a step number")
 
 
+def test_evaluate_prints_a_table_and_says_where_its_json_is(run, tmp_path):
+  """A short table on stdout (it was 90 lines of JSON), the JSON in a file it names, and
+  no absl warning that the read-only restore is read only."""
+  import json
+  output = tmp_path / "eval.json"
+  proc = run_script("evaluate", f"--workdir={run}", "--checkpoint=20", f"--output={output}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.strip().splitlines()
+  result = json.loads(output.read_text())
+  assert lines[0] == (f"test split, step 20 (checkpoint 20): {int(result['num_rows']):,} "
+                      f"rows, {int(result['num_clicks']):,} clicks, "
+                      f"{int(result['num_conversions']):,} conversions")
+  assert lines[1].split() == ["task", "auc", "gauc", "eauc", "logloss", "pcoc", "ece"]
+  assert [line.split()[0] for line in lines[2:-1]] == ["ctr", "cvr", "ctcvr"]
+  assert lines[2].split()[1:3] == [f"{result['ctr_auc']:.4f}", f"{result['ctr_gauc']:.4f}"]
+  assert lines[-1] == f"all {len(result)} values: {output}"
+  assert "read only" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("script,args,message", [
     ("predict", ["--workdir=W", "--artifact=A", "--checkpoint=best", "--input=x.csv",
                  "--output=o.csv"], "error: --artifact and --checkpoint: give one of them"),

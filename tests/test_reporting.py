@@ -82,6 +82,21 @@ def test_reliability_curves_go_to_tensorboard_as_one_image_not_scalars(tmp_path)
   assert record["ctr_reliability_observed_9"] == evaluation["ctr_reliability_observed_9"]
 
 
+def test_summary_table_shows_the_tasks_and_metrics_a_result_has():
+  result = {"step": 500, "split": "test", "checkpoint": "best", "num_rows": 12345.0,
+            "num_clicks": 1000.0, "num_conversions": 50.0, "ctr_auc": 0.71234,
+            "ctr_logloss": 0.3, "ctr_pcoc": 1.01, "cvr_auc": 0.6, "cvr_logloss": 0.2,
+            "cvr_auc_all_rows": 0.65, "cvr_logloss_all_rows": 0.1, "cvr_all_rows_pcoc": 0.9,
+            "ctcvr_auc": 0.7}
+  assert reporting.summary_table(result).splitlines() == [
+      "test split, step 500 (checkpoint best): 12,345 rows, 1,000 clicks, 50 conversions",
+      "task                auc   logloss      pcoc",
+      "ctr              0.7123    0.3000    1.0100",
+      "cvr              0.6000    0.2000         -",
+      "cvr_all_rows     0.6500    0.1000    0.9000",
+      "ctcvr            0.7000         -         -"]
+
+
 def test_read_metrics_keeps_last_record_per_step_and_names_bad_lines(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 1, "split": "val", "a": 1}\n'

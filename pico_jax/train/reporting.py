@@ -39,6 +39,7 @@ import jax
 import numpy as np
 
 from pico_jax import batch as B
+from pico_jax import metric_names
 from pico_jax import metrics as metrics_lib
 
 # The file names belong to the work-directory layout (pico_jax/workdir.py).
@@ -98,6 +99,34 @@ def read_metrics(workdir: str, filename: str = METRICS_FILE) -> list[dict]:
       latest.pop(key, None)  # re-insert: a rewritten step moves to its new place.
       latest[key] = record
   return list(latest.values())
+
+
+def _task_metric(result: dict, task: str, column: str) -> float | None:
+  """``<task>_<column>`` of ``result``; the all-rows CVR scores are named
+  ``cvr_<column>_all_rows`` where the calibration's are ``cvr_all_rows_<column>``."""
+  base, all_rows, _ = task.partition("_all_rows")
+  keys = [f"{task}_{column}"] + ([f"{base}_{column}{all_rows}"] if all_rows else [])
+  return next((result[k] for k in keys if k in result), None)
+
+
+def summary_table(result: dict) -> str:
+  """A few lines for a terminal: what was scored (``step``, ``split``, ``checkpoint``
+  and the row counts of ``result``, an evaluation of ``train.restore.evaluate``), then
+  a row per task and a column per metric (``metric_names.SUMMARY_*``)."""
+  cells = {t: {c: _task_metric(result, t, c) for c in metric_names.SUMMARY_COLUMNS}
+           for t in metric_names.SUMMARY_TASKS}
+  rows = [t for t in cells if any(v is not None for v in cells[t].values())]
+  columns = [c for c in metric_names.SUMMARY_COLUMNS
+             if any(cells[t][c] is not None for t in rows)]
+  counts = ", ".join(f"{int(result[k]):,} {k.removeprefix('num_')}"
+                     for k in ("num_rows", "num_clicks", "num_conversions") if k in result)
+  lines = [f"{result.get('split', '?')} split, step {result.get('step', '?')} (checkpoint "
+           f"{result.get('checkpoint', '?')}): {counts}",
+           "  ".join([f"{'task':<13}"] + [f"{c:>8}" for c in columns])]
+  for t in rows:
+    lines.append("  ".join([f"{t:<13}"] + [f"{'-' if v is None else f'{v:.4f}':>8}" for v
+                                           in (cells[t][c] for c in columns)]))
+  return "\n".join(lines)
 
 
 class MetricsWindow:

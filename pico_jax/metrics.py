@@ -262,6 +262,13 @@ def reliability_from_metrics(metrics: dict, prefix: str):
   return predicted, observed
 
 
+def varies(values) -> bool:
+  """Whether ``values`` (float [N]) differ by more than float rounding: a fixed tau does
+  not, and then has no correlation, plot or histogram."""
+  values = np.asarray(values, np.float64)
+  return values.size > 1 and np.ptp(values) > 1e-6 * max(np.abs(values).max(), 1e-12)
+
+
 def spearman(x, y) -> float:
   """Spearman rank correlation with average ranks for ties (NaN if a side is constant)."""
   rx, ry = _average_ranks(x), _average_ranks(y)
@@ -377,7 +384,7 @@ def task_metrics(predictions, columns, info: dict | None = None) -> dict[str, fl
     out["tau_mean"] = float(tau.mean())
     out["tau_std"] = float(tau.std())
     # A constant tau (contrast.mode=fixed) has no rank correlation with anything.
-    varies = tau.size > 1 and tau.max() > tau.min()
+    tau_varies = varies(tau)
     if B.SEGMENT in columns:
       seg = np.asarray(columns[B.SEGMENT])
       segments = np.unique(seg)
@@ -385,8 +392,8 @@ def task_metrics(predictions, columns, info: dict | None = None) -> dict[str, fl
       for s, m in zip(segments, means):
         out[f"tau_segment_{int(s)}"] = m
       rho = info.get("rho")
-      if rho is not None and len(segments) > 1 and varies:
+      if rho is not None and len(segments) > 1 and tau_varies:
         out["tau_rho_spearman"] = spearman(means, [rho[int(s)] for s in segments])
-    if B.R_TRUE in columns and varies:  # per instance: tau should fall as r rises.
+    if B.R_TRUE in columns and tau_varies:  # per instance: tau should fall as r rises.
       out["tau_r_spearman"] = spearman(tau, columns[B.R_TRUE])
   return out

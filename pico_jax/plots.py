@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from pico_jax import metric_names
+from pico_jax.metrics import reliability_from_metrics, varies
 
 
 def draw_reliability(ax, predicted, observed, title: str = ""):
@@ -65,12 +66,6 @@ def _eval_splits(records) -> list[str]:
   return sorted({r["split"] for r in records} - {"train"})
 
 
-def _varies(values) -> bool:
-  """Whether ``values`` (float [N]) differ by more than rounding: a fixed tau does not."""
-  values = np.asarray(values, np.float64)
-  return values.size > 0 and np.ptp(values) > 1e-6 * max(np.abs(values).max(), 1e-12)
-
-
 def _figure(width: float, height: float) -> Figure:
   return Figure(figsize=(width, height), layout="constrained")
 
@@ -78,7 +73,7 @@ def _figure(width: float, height: float) -> Figure:
 def training_curves(records) -> Figure | None:
   """Train loss terms, tau_mean (when it varies) and examples/s against the step."""
   keys = [k for k in metric_names.TRAIN_PLOT if _series(records, "train", k)[0]]
-  keys = [k for k in keys if not k.startswith("tau") or _varies(
+  keys = [k for k in keys if not k.startswith("tau") or varies(
       _series(records, "train", k)[1])]
   if not keys:
     return None
@@ -155,7 +150,7 @@ def tau_segments(records) -> Figure | None:
     return None
   split = splits[-1] if "val" not in splits else "val"
   series = {key: _series(records, split, key) for key in seg_keys}
-  if not _varies([v for _, values in series.values() for v in values]):
+  if not varies([v for _, values in series.values() for v in values]):
     return None
   fig = _figure(6, 4)
   ax = fig.subplots()
@@ -179,7 +174,7 @@ def tau_distribution(workdir: str, records) -> Figure | None:
   with np.load(os.path.join(workdir, tau_file(split))) as z:
     tau, segment = z["tau"], (z["segment"] if "segment" in z.files else None)
     step = int(z["step"])
-  if not _varies(tau):
+  if not varies(tau):
     return None
   fig = _figure(6, 4)
   ax = fig.subplots()
@@ -198,7 +193,6 @@ def tau_distribution(workdir: str, records) -> Figure | None:
 def reliability_figure(metrics: dict, label: str) -> Figure | None:
   """Reliability diagram per task of one evaluation's ``metrics`` (a record of
   ``metrics.jsonl``); ``label`` names it in each title (e.g. ``test, step 500``)."""
-  from pico_jax.metrics import reliability_from_metrics
   curves = [(t, *reliability_from_metrics(metrics, t)) for t in
             metric_names.CALIBRATION_TASKS]
   curves = [c for c in curves if len(c[1]) and np.isfinite(c[1]).all()

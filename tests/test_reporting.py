@@ -82,6 +82,16 @@ def test_reliability_curves_go_to_tensorboard_as_one_image_not_scalars(tmp_path)
   assert record["ctr_reliability_observed_9"] == evaluation["ctr_reliability_observed_9"]
 
 
+def test_a_constant_tau_gets_no_histograms(tmp_path):
+  rep = reporting.Reporter(str(tmp_path), total_steps=20, batch_size=32,
+                           progress_file=io.StringIO())
+  rep.eval(10, "val", {"ctr_auc": 0.7}, {"tau": np.full(4, 0.2, np.float32)},
+           {B.SEGMENT: np.array([0, 0, 1, 1])})
+  rep.close()
+  assert [kind for _, kind, _ in _events(tmp_path / "tensorboard")] == ["simple_value"]
+  assert np.load(tmp_path / "tau_val.npz")["tau"].tolist() == pytest.approx([0.2] * 4)
+
+
 def test_summary_table_shows_the_tasks_and_metrics_a_result_has():
   result = {"step": 500, "split": "test", "checkpoint": "best", "num_rows": 12345.0,
             "num_clicks": 1000.0, "num_conversions": 50.0, "ctr_auc": 0.71234,

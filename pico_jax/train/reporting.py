@@ -17,7 +17,8 @@ Everything a run reports lands in its work directory (process 0 only; the layout
                    (``pico_jax.plots.reliability_figure``); histograms of the evaluated
                    tau, overall and per segment. A NaN or inf scalar (e.g. an AUC of a
                    split with one class) is left out, with one warning per tag; the
-                   JSON-lines files keep it.
+                   JSON-lines files keep it. A constant tau (a fixed temperature) gets
+                   no histogram.
   tau_<split>.npz  the per-row tau of the latest evaluation of a split (``tau``,
                    ``segment`` when the data has segments, ``step``), for
                    ``launch/plot.py``.
@@ -245,7 +246,7 @@ class Reporter:
     if columns is not None and B.SEGMENT in columns:
       arrays["segment"] = np.asarray(columns[B.SEGMENT], np.int32)
     np.savez(os.path.join(self.workdir, tau_file(split)), **arrays)
-    if self._tb is not None:
+    if self._tb is not None and metrics_lib.varies(tau[np.isfinite(tau)]):
       finite = np.isfinite(tau)  # TensorBoard's histograms take finite values only.
       self._tb.add_histogram(f"{split}/tau", tau[finite], step)
       if "segment" in arrays:

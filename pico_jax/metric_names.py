@@ -12,8 +12,8 @@ run's records is skipped wherever it is listed.
 TRAIN_LOG = ("loss_ctr", "loss_ctcvr", "loss_contrast", "tau_mean")
 # The loop's line after every evaluation of a split (GAUCs: data with groups).
 EVAL_LOG = ("ctr_auc", "oracle_ctr_auc", "cvr_auc", "oracle_cvr_auc", "ctcvr_auc",
-            "oracle_ctcvr_auc", "ctr_gauc", "cvr_gauc", "ctcvr_gauc", "ctr_eauc", "cvr_eauc", "ctcvr_eauc", "ctr_logloss",
-            "cvr_logloss", "ctcvr_logloss")
+            "oracle_ctcvr_auc", "ctr_gauc", "cvr_gauc", "ctcvr_gauc", "ctr_eauc",
+            "cvr_eauc", "ctcvr_eauc", "ctr_logloss", "cvr_logloss", "ctcvr_logloss")
 
 # training_curves.png: one panel per train record key.
 TRAIN_PLOT = ("loss", "loss_ctr", "loss_ctcvr", "loss_cvr", "loss_contrast",

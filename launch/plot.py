@@ -1,8 +1,9 @@
 """Plot a run: python launch/plot.py --workdir=DIR [--output=DIR/plots].
 
 Writes training_curves.png, eval_metrics.png, tau_segments.png, tau_distribution.png
-and reliability.png, each where the run's files allow it (``pico_jax.plots`` says what
-each shows; a notebook displays the same figures with ``plots.figures(DIR)``).
+and reliability.png, each where the run's files allow it (the tau plots only where tau
+varies; ``pico_jax.plots`` says what each shows; a notebook displays the same figures
+with ``plots.figures(DIR)``). Prints the path of each file written.
 """
 
 from absl import flags

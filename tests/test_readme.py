@@ -68,3 +68,15 @@ def test_the_formats_listed_are_those_preprocess_reads():
 def test_the_readme_names_no_path_outside_the_repository():
   assert "../" not in README
   assert "UCI" in README and "Census-Income (KDD)" in README
+
+
+def test_the_python_api_example_is_15_lines_of_python():
+  """Store from a table in memory, train, export and score raw rows: 15 lines at most,
+  each name it calls defined where it says."""
+  import importlib
+  (block,) = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+  lines = [line for line in block.splitlines() if line.strip()]
+  assert len(lines) <= 15, len(lines)
+  compile(block, "README.md", "exec")
+  for module, name in re.findall(r"\b(ingest|export)\.(\w+)\(", block):
+    assert hasattr(importlib.import_module(f"pico_jax.{module}"), name), (module, name)

@@ -1,7 +1,7 @@
 """Convert raw CTR/CVR files into a columnar store for training.
 
-  python launch/preprocess.py --format=census \
-      --input=../shared/data/census-income-kdd/census-income.test.gz --output=data/census
+  python launch/preprocess.py --format=census --input=census-income.test.gz \
+      --output=data/census
   python launch/preprocess.py --format=aliexpress --input=train.csv,test.csv --output=DIR
   python launch/preprocess.py --format=table --input='logs/*.parquet' --output=DIR \
       --click=clicked --conversion=bought --sparse=user,item --multi=tags:'|' \

@@ -43,14 +43,16 @@ def get_config() -> ml_collections.ConfigDict:
       history_len=4, dense_noise=0.2, val_fraction=0.1, test_fraction=0.1))
   # kind: default (the generator above) | positive_control (pico_jax/data/positive_control.py,
   # the test bed where transfer is known to help or not; its settings below, which the
-  # default kind ignores). seed: the generator's seed, separate from config.seed (model
-  # init and data order); -1 follows config.seed (one seed makes the whole run).
+  # default kind ignores; shares: scores | representations, whether conversion shares the
+  # click's score or only its latents). seed: the generator's seed, separate from
+  # config.seed (model init and data order); -1 follows config.seed (one seed makes the
+  # whole run).
   c.data.synthetic.kind = "default"
   c.data.synthetic.seed = -1
   c.data.synthetic.positive_control = ml_collections.ConfigDict(dict(
-      relatedness="one", conversions_per_click=0.02, nuisance_scale=0.5, num_rows=100_000,
-      num_users=300, num_items=200, num_categories=16, latent_dim=4, signal=1.5,
-      ctr_bias=-1.5, val_fraction=0.1, test_fraction=0.1))
+      relatedness="one", shares="scores", conversions_per_click=0.02, nuisance_scale=0.5,
+      num_rows=100_000, num_users=300, num_items=200, num_categories=16, latent_dim=4,
+      signal=1.5, ctr_bias=-1.5, val_fraction=0.1, test_fraction=0.1))
 
   c.model = ml_collections.ConfigDict()
   c.model.embed_dim = 16

@@ -36,7 +36,7 @@ from pico_jax.config_rules import (ANY_NUMBER, BOOL, FRACTION, NON_NEGATIVE,
                                    choices, integer, ints, number, numbers)
 from pico_jax.contrast import IMPLEMENTATIONS as CONTRAST_IMPLEMENTATIONS
 from pico_jax.data import ORDERS, SOURCES, SYNTHETIC_KINDS
-from pico_jax.data.positive_control import RELATEDNESS
+from pico_jax.data.positive_control import RELATEDNESS, SHARES
 from pico_jax.losses import CVR_ROWS, TAU_GRADIENTS
 from pico_jax.models.backbones import BACKBONES
 from pico_jax.models.embeddings import POOLINGS
@@ -92,6 +92,7 @@ RULES: dict[str, Rule] = {
     "data.synthetic.kind": choices(SYNTHETIC_KINDS),
     "data.synthetic.seed": integer(0, or_=-1),  # -1: follow config.seed.
     "data.synthetic.positive_control.relatedness": choices(RELATEDNESS),
+    "data.synthetic.positive_control.shares": choices(SHARES),
     "data.synthetic.positive_control.conversions_per_click": number(0, 1, low_open=True,
                                                                     high_open=True),
     "data.synthetic.positive_control.nuisance_scale": NON_NEGATIVE,

@@ -126,3 +126,84 @@ def test_a_positive_control_run_reports_expected_aucs(tmp_path, caplog, arm):
   records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert all("cvr_eauc" in r for r in records if r["split"] in ("val", "test"))
   assert any("cvr_eauc=" in m for m in caplog.messages if m.startswith("eval val"))
+
+
+def _digest(d) -> str:
+  import hashlib
+  h = hashlib.sha256()
+  for s in ("train", "val", "test"):
+    for k in sorted(d.splits[s]):
+      h.update(k.encode())
+      h.update(np.ascontiguousarray(d.splits[s][k]).tobytes())
+  h.update(repr(d.info["cvr_bias"]).encode())
+  return h.hexdigest()
+
+
+@pytest.mark.parametrize("relatedness,expected", [
+    ("one", "da7917d0a9bfb327b9422230e9b074916e47f2eff6829d328226eff18b51cb86"),
+    ("zero", "9c817d98801656569840851fe81fd34f7b93909882af2b7b0b2883de727119a5"),
+    ("mixed", "4ba4938d2c0f569c0f5bf45eb0181a07966d0681f36c24ea67fecd86b2427916")])
+def test_shares_scores_is_bit_identical_to_the_generator_before_the_axis(relatedness,
+                                                                          expected):
+  # Digests of the generator as it was before `shares` existed (section 4's data).
+  d = positive_control.generate(seed=3, num_rows=20_000, num_users=100, num_items=80,
+                                conversions_per_click=0.005, relatedness=relatedness)
+  assert _digest(d) == expected
+  assert _digest(positive_control.generate(
+      seed=3, num_rows=20_000, num_users=100, num_items=80, conversions_per_click=0.005,
+      relatedness=relatedness, shares="scores")) == expected
+
+
+def _corr(x, y):
+  return float(np.corrcoef(x, y)[0, 1])
+
+
+def test_representations_share_the_latents_not_the_score():
+  kw = dict(seed=4, relatedness="one", conversions_per_click=0.02, num_rows=60_000)
+  scores = _all_rows(positive_control.generate(shares="scores", **kw))
+  reps = _all_rows(positive_control.generate(shares="representations", **kw))
+  # The click side is the same draw under both: only the conversion's factor changes.
+  np.testing.assert_array_equal(scores[B.P_CTR_TRUE], reps[B.P_CTR_TRUE])
+  np.testing.assert_array_equal(scores[B.CLICK], reps[B.CLICK])
+  ctr_logit = np.log(reps[B.P_CTR_TRUE] / (1 - reps[B.P_CTR_TRUE]))
+  # scores: the conversion factor is the click factor; representations: nearly
+  # uncorrelated with it (tr M = 0), yet a function of the same latents.
+  assert _corr(scores[B.ORACLE_SHARED], ctr_logit) > 0.8
+  assert abs(_corr(reps[B.ORACLE_SHARED], ctr_logit)) < 0.1
+  clicked = reps[B.CLICK] > 0
+  cvr_logit = np.log(reps[B.P_CVR_TRUE] / (1 - reps[B.P_CVR_TRUE]))
+  # At r = 1 the conversion logit is b_v + q_i + signal * shared_cvr: the oracle column
+  # carries all of it but the item quality.
+  assert _corr(reps[B.ORACLE_SHARED][clicked], cvr_logit[clicked]) > 0.9
+
+
+def test_cross_map_is_a_traceless_rotation_and_seeded():
+  m = positive_control._cross_map(np.random.default_rng(0), 4)
+  np.testing.assert_allclose(m @ m.T, np.eye(4), atol=1e-12)
+  assert abs(np.trace(m)) < 1e-12
+  x = np.random.default_rng(1).normal(size=4)
+  assert abs(x @ m @ x) < 1e-12
+  np.testing.assert_array_equal(m, positive_control._cross_map(np.random.default_rng(0), 4))
+  assert not np.allclose(m, positive_control._cross_map(np.random.default_rng(1), 4))
+  a = positive_control.generate(seed=5, shares="representations", num_rows=5_000)
+  b = positive_control.generate(seed=5, shares="representations", num_rows=5_000)
+  np.testing.assert_array_equal(a.splits["train"][B.P_CVR_TRUE], b.splits["train"][B.P_CVR_TRUE])
+
+
+@pytest.mark.parametrize("shares", ["scores", "representations"])
+def test_r_zero_owes_nothing_to_the_latents_the_click_uses(shares):
+  d = _all_rows(positive_control.generate(seed=6, relatedness="zero", shares=shares,
+                                          num_rows=40_000))
+  cvr_logit = np.log(d[B.P_CVR_TRUE] / (1 - d[B.P_CVR_TRUE]))
+  assert abs(_corr(d[B.ORACLE_SHARED], cvr_logit)) < 0.05
+
+
+def test_bad_shares_and_odd_latent_dim_are_refused():
+  with pytest.raises(ValueError, match="shares='both'"):
+    positive_control.generate(seed=0, shares="both", num_rows=1_000)
+  with pytest.raises(ValueError, match="latent_dim=3"):
+    positive_control.generate(seed=0, shares="representations", latent_dim=3, num_rows=1_000)
+  config = small_config()
+  config.data.synthetic.positive_control.shares = "both"
+  with pytest.raises(config_lib.ConfigError, match="shares"):
+    config_lib.validate(config)

@@ -11,7 +11,20 @@ the logits are
   click logit      = b_c + s_b (user_bias_u + item_bias_i) + signal * shared
   conversion logit = b_v + q_i + signal * (r(x) shared + sqrt(1 - r(x)^2) indep)
 
-so the conversion signal has variance signal^2 for every r. b_v is calibrated per
+so the conversion signal has variance signal^2 for every r.
+
+What the click and the conversion share (``shares``, the generator axis):
+
+  "scores"           shared_cvr = shared: the conversion reuses the click score itself,
+                     so scoring CVR by pCTR already transfers it.
+  "representations"  shared_cvr = <a_u, M b_i>, standardised, with M = Q J Q^T (Q a
+                     seeded random rotation, J the block-diagonal quarter turn): the
+                     same latents through another map. E[<a, b> <a, M b>] = tr(M) = 0,
+                     so the click score carries nothing about it in expectation, while
+                     embeddings that hold a_u and b_i (learned from clicks) carry all of
+                     it.
+
+The conversion logit uses shared_cvr in place of shared above. b_v is calibrated per
 condition by bisection so that the expected conversions per click (the mean true CVR
 over the generated clicks) equals ``conversions_per_click``: deterministic from the seed.
 
@@ -25,7 +38,7 @@ can learn it, but the segment alone does not give it.
 Inputs are ids and categorical side information only: user id, item id, context,
 item category (independent of the latents) and user activity bucket. There is no dense
 copy of any latent: the shared factor must be learned from clicks. The true shared
-factor is provided as ``oracle_shared`` for the oracle arm only
+conversion factor (shared_cvr) is provided as ``oracle_shared`` for the oracle arm only
 (``config.model.oracle_feature``); the model never reads it otherwise.
 
 Recorded per row: ``p_ctr_true``, ``p_cvr_true`` (so p_ctcvr_true is their product),
@@ -41,6 +54,7 @@ from pico_jax.data.dataset import Dataset, random_splits
 from pico_jax.data.schema import Schema, SparseField
 
 RELATEDNESS = ("zero", "one", "mixed")
+SHARES = ("scores", "representations")
 NUM_CONTEXTS = 8
 _BISECTION_STEPS = 60
 
@@ -68,10 +82,21 @@ def calibrate_bias(offset: np.ndarray, target: float, low: float = -20.0,
   return (low + high) / 2
 
 
+def _cross_map(rng: np.random.Generator, k: int) -> np.ndarray:
+  """M = Q J Q^T, float64 [k, k] (k even): Q a random rotation (QR of a Gaussian, signs
+  fixed), J the quarter turn on each pair of axes. M is a rotation with trace 0 and
+  <x, M x> = 0 for every x."""
+  q, upper = np.linalg.qr(rng.normal(size=(k, k)))
+  q = q * np.sign(np.diag(upper))
+  j = np.kron(np.eye(k // 2), np.array([[0.0, -1.0], [1.0, 0.0]]))
+  return q @ j @ q.T
+
+
 def generate(
     *,
     seed: int,
     relatedness: str = "one",
+    shares: str = "scores",
     conversions_per_click: float = 0.02,
     nuisance_scale: float = 0.5,
     num_rows: int = 100_000,
@@ -95,6 +120,11 @@ def generate(
   """
   if relatedness not in RELATEDNESS:
     raise ValueError(f"relatedness={relatedness!r}: expected one of {list(RELATEDNESS)}")
+  if shares not in SHARES:
+    raise ValueError(f"shares={shares!r}: expected one of {list(SHARES)}")
+  if shares == "representations" and latent_dim % 2:
+    raise ValueError(f"latent_dim={latent_dim}: shares='representations' needs an even "
+                     "latent_dim (the quarter turn acts on pairs of axes)")
   if nuisance_scale < 0:
     raise ValueError(f"nuisance_scale={nuisance_scale}: must be >= 0")
   if not 0 <= val_fraction + test_fraction < 1:
@@ -122,7 +152,11 @@ def generate(
   ctr_logit = ctr_bias + nuisance_scale * (user_bias[user] + item_bias[item]) + signal * shared
   p_ctr = _sigmoid(ctr_logit)
   click = rng.random(num_rows) < p_ctr
-  cvr_offset = item_quality[item] + signal * (r * shared + np.sqrt(1 - r ** 2) * indep)
+  shared_cvr = shared
+  if shares == "representations":  # drawn last: the "scores" arrays stay as they were.
+    shared_cvr = _standardise(np.einsum("nk,nk->n", a[user], b[item] @ _cross_map(
+        np.random.default_rng([seed, 1]), k).T))
+  cvr_offset = item_quality[item] + signal * (r * shared_cvr + np.sqrt(1 - r ** 2) * indep)
   cvr_bias = calibrate_bias(cvr_offset[click], conversions_per_click)
   p_cvr = _sigmoid(cvr_bias + cvr_offset)
   conversion = click & (rng.random(num_rows) < p_cvr)
@@ -139,7 +173,7 @@ def generate(
       B.P_CTR_TRUE: p_ctr.astype(np.float32),
       B.P_CVR_TRUE: p_cvr.astype(np.float32),
       B.R_TRUE: r.astype(np.float32),
-      B.ORACLE_SHARED: shared.astype(np.float32),
+      B.ORACLE_SHARED: shared_cvr.astype(np.float32),
   }
   splits = random_splits(columns, rng.permutation(num_rows), val_fraction, test_fraction)
   schema = Schema(
@@ -152,6 +186,6 @@ def generate(
   rho = [float(r[context == s].mean()) if (context == s).any() else float("nan")
          for s in range(NUM_CONTEXTS)]
   return Dataset(schema=schema, splits=splits, info={
-      "kind": "positive_control", "relatedness": relatedness,
+      "kind": "positive_control", "relatedness": relatedness, "shares": shares,
       "conversions_per_click": conversions_per_click, "nuisance_scale": nuisance_scale,
       "cvr_bias": cvr_bias, "rho": rho})

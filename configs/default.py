@@ -117,6 +117,10 @@ def get_config() -> ml_collections.ConfigDict:
   # by default: neither orders tau by relatedness at every scarcity level of the map
   # (supervision does only when conversions are common; the prior orders it backwards).
   c.contrast.tau_gradient = "contrast"
+  # The tau of the InfoNCE (training only): learned (the model's) | oracle (from the
+  # positive control's true relatedness, an upper bound) | shuffled (the model's,
+  # permuted across the batch: the control of per-instance variation).
+  c.contrast.tau_source = "learned"
   c.contrast.tau_prior_weight = 0.0
   c.contrast.tau_prior = 0.2
   # Transfer options (RESULTS.md section 3). representation: towers (the towers' last
@@ -158,6 +162,9 @@ def get_config() -> ml_collections.ConfigDict:
   # stop after `patience` evaluations without improvement; test scores the best params.
   c.train.early_stopping_metric = ""
   c.train.patience = 2
+  # Also score the test split by the pCTR baselines of the tested params (ctr_as_cvr,
+  # and blend with its weight fitted on data.eval_split; pico_jax/scorings.py).
+  c.train.baseline_scorings = False
 
   # Orbax checkpoints in workdir/checkpoints, written asynchronously every every_steps
   # and at the end. Kept: the last `keep` and the `keep_best` best. "Best" is defined

@@ -24,7 +24,8 @@ seeds], ``pico_jax/stats.py``) and ``DIR/runs.csv`` (every run). With ``--baseli
 the deltas of ``--test_metrics`` get paired t p-values, Holm-adjusted over the
 ``--family`` of variants, and the minimum detectable effect at 80% power;
 ``--primary='POINT :: METRIC'`` is printed first. ``--select`` adds variants chosen per
-condition on the eval split. The grid itself is ``pico_jax.experiments.run_grid``.
+condition on the eval split; ``--scored`` adds a variant's runs re-scored by a pCTR
+baseline. The grid itself is ``pico_jax.experiments.run_grid``.
 """
 
 import os
@@ -50,6 +51,9 @@ _BASELINE = flags.DEFINE_string("baseline", "", "A variant name: adds delta_<met
 _SELECT = flags.DEFINE_multi_string("select", [], "NAME=V1,V2,...:METRIC: a variant NAME "
                                     "per grid condition, the member variant with the best "
                                     "mean eval-split METRIC (selection never sees test).")
+_SCORED = flags.DEFINE_multi_string("scored", [], "NAME=VARIANT:SCORING: a variant NAME, "
+                                    "VARIANT's runs re-scored by ctr_as_cvr or blend "
+                                    "(needs config.train.baseline_scorings).")
 _TEST_METRICS = flags.DEFINE_list("test_metrics", ["cvr_eauc"], "Metrics whose --baseline "
                                   "deltas get paired t p-values, Holm-adjusted over the "
                                   "family, and minimum detectable effects.")
@@ -62,11 +66,12 @@ _PRIMARY = flags.DEFINE_string("primary", "", "'POINT :: METRIC': the declared p
 
 def main():
   from pico_jax import config as config_lib
-  from pico_jax import experiments
+  from pico_jax import experiments, scorings
   base = config_lib.validate(_CONFIG.value)
-  try:  # the parsers of --grid and --variant name the flag; a bad one is a flag error.
+  try:  # the parsers of --grid, --variant and --scored name the flag: a flag error.
     grid = [experiments.parse_axis(spec) for spec in _GRID.value]
     variants = [experiments.parse_variant(spec) for spec in _VARIANT.value]
+    scored = [scorings.parse_scored(spec) for spec in _SCORED.value]
   except ValueError as e:
     raise cli.FlagError(str(e)) from None
   selects = [experiments.parse_select(spec) for spec in _SELECT.value]
@@ -76,7 +81,8 @@ def main():
                               [int(s) for s in _SEEDS.value], _EPOCHS.value,
                               _COLUMNS.value,
                               not _REPORT_ONLY.value, _BASELINE.value, selects,
-                              _TEST_METRICS.value, _FAMILY.value or None, _PRIMARY.value)
+                              _TEST_METRICS.value, _FAMILY.value or None, _PRIMARY.value,
+                              scored)
   if rows is None:
     return  # preempted: exit status 0, the rerun resumes.
   with open(os.path.join(_WORKDIR.value, "results.md")) as f:

@@ -37,7 +37,7 @@ from pico_jax.config_rules import (ANY_NUMBER, BOOL, FRACTION, NON_NEGATIVE,
 from pico_jax.contrast import IMPLEMENTATIONS as CONTRAST_IMPLEMENTATIONS
 from pico_jax.data import ORDERS, SOURCES, SYNTHETIC_KINDS
 from pico_jax.data.positive_control import RELATEDNESS, SHARES
-from pico_jax.losses import CVR_ROWS, TAU_GRADIENTS
+from pico_jax.losses import CVR_ROWS, TAU_GRADIENTS, TAU_SOURCES
 from pico_jax.models.backbones import BACKBONES
 from pico_jax.models.embeddings import POOLINGS
 from pico_jax.models.heads import DETACH_SIDES, RELATEDNESS_INPUTS
@@ -141,6 +141,7 @@ RULES: dict[str, Rule] = {
     "contrast.chunk_size": NON_NEGATIVE_INT,
     "contrast.relatedness_supervision_weight": NON_NEGATIVE,
     "contrast.tau_gradient": choices(TAU_GRADIENTS),
+    "contrast.tau_source": choices(TAU_SOURCES),
     "contrast.tau_prior_weight": NON_NEGATIVE,
     "contrast.tau_prior": POSITIVE,
     "contrast.representation": choices(CONTRAST_REPRESENTATIONS),
@@ -171,6 +172,7 @@ RULES: dict[str, Rule] = {
     "train.eval_batch_size": POSITIVE_INT,
     "train.early_stopping_metric": TEXT,  # '' (off) or a metric name.
     "train.patience": POSITIVE_INT,
+    "train.baseline_scorings": BOOL,
     "checkpoint.enabled": BOOL,
     "checkpoint.every_steps": POSITIVE_INT,
     "checkpoint.keep": POSITIVE_INT,
@@ -229,6 +231,12 @@ def _check_contrast(c):
       and not (c.relatedness_supervision_weight or c.tau_prior_weight)):
     raise ConfigError("config.contrast.tau_gradient='supervision': tau would never be "
                       "trained; set relatedness_supervision_weight or tau_prior_weight")
+  if c.tau_source == "shuffled" and c.mode != "personalized":
+    raise ConfigError(f"config.contrast.tau_source='shuffled' with contrast.mode={c.mode!r}: "
+                      "only a per-instance (personalized) tau changes when permuted")
+  if c.tau_source == "oracle" and c.mode == "none":
+    raise ConfigError("config.contrast.tau_source='oracle' with contrast.mode='none': "
+                      "there is no contrast to set a temperature for")
 
 
 def _check_optimizer(config):
@@ -262,11 +270,14 @@ def _check_data(config):
                       f"config.data.name='store', and it is {config.data.name!r}; add "
                       "--config.data.name=store (or use a store recipe, e.g. "
                       "--config=configs/census.py)")
-  if config.model.oracle_feature and (config.data.name != "synthetic"
-                                      or config.data.synthetic.kind != "positive_control"):
-    raise ConfigError("config.model.oracle_feature=True: only the positive-control data "
-                      "(data.name='synthetic', data.synthetic.kind='positive_control') "
-                      "provide the oracle input")
+  positive_control = (config.data.name == "synthetic"
+                      and config.data.synthetic.kind == "positive_control")
+  for key, on in (("model.oracle_feature=True", config.model.oracle_feature),
+                  ("contrast.tau_source='oracle'", config.contrast.tau_source == "oracle")):
+    if on and not positive_control:  # the oracle columns exist in that test bed only.
+      raise ConfigError(f"config.{key}: only the positive-control data (data.name="
+                        "'synthetic', data.synthetic.kind='positive_control') provide the "
+                        "oracle input")
   if config.data.name == "synthetic":
     s = config.data.synthetic
     kind = s.get("kind", "default")

@@ -289,7 +289,7 @@ def _train_run(base, names, settings, seed, run_dir) -> dict | None:
 def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
              columns=(), train: bool = True,
              baseline: str = "", selects=(), test_metrics=("cvr_eauc",), family=None,
-             primary: str = "") -> list[dict] | None:
+             primary: str = "", scored=()) -> list[dict] | None:
   """Trains every (grid point, seed) not yet done; returns every run's result row, or
   None when a run was preempted (SIGTERM): its state is saved, no table is written, and
   the same call resumes the grid.
@@ -297,7 +297,8 @@ def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
   ``columns``: those of ``results.md`` (default ``metric_names.TABLE_COLUMNS``). With
   ``train=False`` nothing is trained: the tables cover the finished runs only.
   ``selects``: ``parse_select`` specs, variants chosen per condition on the eval split
-  (``select_best``). With a ``baseline``, the deltas of ``test_metrics`` get paired t
+  (``select_best``); ``scored``: ``scorings.parse_scored`` specs, a variant's runs
+  re-scored by a pCTR baseline (``scorings.scored_runs``). With a ``baseline``, the deltas of ``test_metrics`` get paired t
   p-values, minimum detectable effects and Holm-adjusted p-values over ``family`` (the
   variants tested; default all but the baseline) (``add_tests``); ``primary``
   (``parse_primary``) is written first in ``results.md``.
@@ -341,10 +342,12 @@ def run_grid(base, workdir: str, grid, variants, seeds, epochs: int = 0,
         rows.append(result)
   if not rows:
     raise ValueError(f"{workdir}: no finished run to tabulate")
-  from pico_jax import stats
+  from pico_jax import scorings, stats
   rows = stats.add_oracle_gaps([dict(r) for r in rows])
   for name, members, metric in selects:
     rows = select_best(rows, name, members, metric)
+  for name, variant, scoring in scored:
+    rows = scorings.scored_runs(rows, name, variant, scoring)
   if baseline:
     rows = add_deltas(rows, baseline)
   summary = stats.add_intervals(summarize(rows, group_keys), rows)

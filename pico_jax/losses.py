@@ -230,6 +230,42 @@ def agreement_target(cosine):
   conflict (<= 0) asks for tau_max, the weakest. float [B] -> float32 [B] in [0, 1]."""
   return 1.0 - jnp.maximum(cosine.astype(jnp.float32), 0.0)
 CVR_ROWS = ("clicked", "all")  # the rows of the CVR loss: clicked (entire space) | all.
+# Which tau the InfoNCE uses (training only; serving never computes a tau):
+# "learned" (the model's), "oracle" (from the batch's true relatedness r_true,
+# ``oracle_tau``) or "shuffled" (the model's, permuted across the batch).
+TAU_SOURCES = ("learned", "oracle", "shuffled")
+
+
+def oracle_tau(r_true, tau_min: float, tau_max: float):
+  """The oracle temperature of a true relatedness, log-linear and decreasing:
+  tau = tau_min^r tau_max^(1 - r), so r = 1 gives tau_min (the strongest contrast) and
+  r = 0 tau_max. r_true float [B] in [0, 1] -> float32 [B]."""
+  r = jnp.clip(jnp.asarray(r_true, jnp.float32), 0.0, 1.0)
+  return jnp.exp(r * jnp.log(tau_min) + (1.0 - r) * jnp.log(tau_max))
+
+
+def source_tau(tau, batch, source: str, *, rng=None, tau_range=(0.05, 1.0)):
+  """The per-instance tau of the InfoNCE under ``source`` (``TAU_SOURCES``).
+
+  Args:
+    tau: the model's tau, float [B]. batch: holds ``r_true`` [B] for "oracle".
+    rng: a PRNG key for "shuffled" (a permutation of the B rows, one per step).
+    tau_range: (tau_min, tau_max) of ``oracle_tau``.
+  Returns:
+    float [B].
+  """
+  if source == "learned":
+    return tau
+  if source == "oracle":
+    if "r_true" not in batch:
+      raise ValueError("tau_source='oracle' needs the batch key 'r_true' (positive-control "
+                       "data)")
+    return oracle_tau(batch["r_true"], *tau_range).astype(tau.dtype)
+  if source == "shuffled":
+    if rng is None:
+      raise ValueError("tau_source='shuffled' needs a PRNG key")
+    return tau[jax.random.permutation(rng, tau.shape[0])]
+  raise ValueError(f"tau_source={source!r}; expected one of {TAU_SOURCES}")
 
 
 def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
@@ -241,7 +277,8 @@ def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
                    tau_gradient: str = "contrast", tau_prior_weight: float = 0.0,
                    tau_prior: float = 0.2,
                    pos_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                   calibrator_weight: float = 0.0):
+                   calibrator_weight: float = 0.0, tau_source: str = "learned",
+                   tau_range: tuple[float, float] = (0.05, 1.0), rng=None):
   """The total loss L = w_ctr L_ctr + w_ctcvr L_ctcvr + w_cvr L_cvr + lambda L_cl
   [+ w_sup L_relatedness + w_prior L_tau_prior + w_cal L_calibrator].
 
@@ -266,6 +303,8 @@ def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
     tau_prior_weight, tau_prior: w_prior of L_tau_prior = ((mean_i tau_i - tau_prior)
       / tau_prior)^2, a pull of the batch-mean tau (not of each tau_i) to tau_prior, so
       the spread of tau over instances stays free.
+    tau_source, tau_range, rng: the tau of L_cl (``source_tau``); the reported
+      ``tau_mean`` and every tau loss stay the model's.
 
   Returns:
     (total float32 scalar, dict of every term by name).
@@ -296,6 +335,7 @@ def pico_objective(outputs, batch, *, ctr_weight: float, ctcvr_weight: float,
     # push and leaves tau to the terms that carry a relatedness signal.
     tau = (outputs["tau"] if tau_gradient == "contrast"
            else jax.lax.stop_gradient(outputs["tau"]))
+    tau = source_tau(tau, batch, tau_source, rng=rng, tau_range=tau_range)
     if negative_groups > 1:
       per_instance = local_contrastive_per_instance(
           outputs["z_ctr"], outputs["z_cvr"], tau, num_groups=negative_groups, **kwargs)

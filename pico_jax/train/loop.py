@@ -19,7 +19,7 @@ import jax
 import ml_collections
 
 from pico_jax import metric_names
-from pico_jax import parallel
+from pico_jax import parallel, scorings
 from pico_jax import workdir as workdir_lib
 from pico_jax.contrast.diagnostics import TemperatureReport
 from pico_jax.train import checkpoint as checkpoint_lib
@@ -297,7 +297,17 @@ class Run:
       log.warning("the best params (step %s) are not available; the test metrics below "
                   "are of the last step; `launch/evaluate.py --checkpoint best` scores the "
                   "best checkpoint", stopper.best_step)
-    if stopper is not None and self.best_params is not None:
-      return self._evaluate("test", stopper.best_step, self.best_params)
-    return self._evaluate("test", self.step)
+    params = self.best_params if stopper is not None else None
+    step = stopper.best_step if params is not None else self.step
+    result = self._evaluate("test", step, params)
+    if self.config.train.baseline_scorings:  # the pCTR baselines of these params.
+      trainer, fit_split = self.trainer, self.config.data.eval_split
+      result.update(scorings.scoring_metrics(
+          trainer.predict(fit_split, params), trainer.dataset.splits[fit_split],
+          trainer.predict("test", params), trainer.dataset.splits["test"],
+          trainer.dataset.info))
+      log.info("test step %d, CVR scored by pCTR: cvr_auc=%.4f; blended (w=%.3f fitted on "
+               "%s): cvr_auc=%.4f", step, result["ctr_as_cvr/cvr_auc"],
+               result[scorings.BLEND_WEIGHT], fit_split, result["blend/cvr_auc"])
+    return result
 

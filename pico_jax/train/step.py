@@ -45,7 +45,7 @@ def objective_kwargs(config, mesh) -> dict:
       negative_groups=groups,
       relatedness_supervision_weight=c.relatedness_supervision_weight,
       tau_gradient=c.tau_gradient, tau_prior_weight=c.tau_prior_weight,
-      tau_prior=c.tau_prior,
+      tau_prior=c.tau_prior, tau_source=c.tau_source, tau_range=(c.tau_min, c.tau_max),
       pos_weights=(config.loss.pos_weight.ctr, config.loss.pos_weight.ctcvr,
                    config.loss.pos_weight.cvr),
       calibrator_weight=config.loss.calibrator_weight)
@@ -72,7 +72,8 @@ def train_step(state: TrainState, batch, *, model, tx, objective: dict,
     outputs = task_gradients.apply_model(
         model, {"params": params}, features, logit_gradients=logit_gradients, train=True,
         rngs={"dropout": rng}, embedding_rows=embedding_rows)
-    return pico_objective(outputs, batch, **objective)
+    # The shuffled temperature's permutation: from the state's rng (the config seed).
+    return pico_objective(outputs, batch, rng=jax.random.fold_in(rng, 1), **objective)
 
   if isinstance(tx, sparse_optimizer.LazyEmbeddingOptimizer):
     params, opt_state, metrics = tx.step(loss_fn, state.params, state.opt_state,

@@ -117,3 +117,13 @@ def test_the_source_trains_but_never_reaches_serving(source, mode):
   assert set(out) == set(export.OUTPUTS)
   moved = trainer.eval_step(state.params, {**batch, B.R_TRUE: 1 - batch[B.R_TRUE]})
   np.testing.assert_allclose(out["p_cvr"], moved["p_cvr"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("tau", [0.05, 1.0])
+def test_a_fixed_tau_may_sit_at_either_end_of_its_range(tau):
+  # The config accepts tau_min <= tau_init <= tau_max for a fixed tau; the head too.
+  config = config_lib.validate(small_config(**{"contrast.mode": "fixed",
+                                               "contrast.tau_init": tau}))
+  trainer = build(config)
+  out = trainer.eval_step(trainer.state.params, next(iter(trainer.batches())))
+  np.testing.assert_allclose(out["tau"], tau)

@@ -93,12 +93,12 @@ class ContrastHead(nn.Module):
     z_cvr = Projection(self.proj_hidden, self.proj_dim, self.dtype,
                        name="projection_cvr")(h_cvr_in)
     batch = z_ctr.shape[0]
+    if self.tau_mode == "fixed":  # tau_init may be an end of the range here.
+      r = jnp.zeros((batch,), jnp.float32)
+      return z_ctr, z_cvr, jnp.full((batch,), self.tau_init, jnp.float32), r
     span = self.tau_max - self.tau_min
     # Start every learned temperature at tau_init.
     r0 = _sigmoid_inverse((self.tau_init - self.tau_min) / span)
-    if self.tau_mode == "fixed":
-      r = jnp.zeros((batch,), jnp.float32)
-      return z_ctr, z_cvr, jnp.full((batch,), self.tau_init, jnp.float32), r
     if self.tau_mode == "global":
       r = jnp.broadcast_to(self.param("tau_logit", nn.initializers.constant(r0), ()), (batch,))
     elif self.tau_mode == "personalized":

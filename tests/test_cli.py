@@ -131,6 +131,9 @@ def test_evaluate_prints_a_table_and_says_where_its_json_is(run, tmp_path):
                  "--output=o.csv"], "error: --artifact and --checkpoint: give one of them"),
     ("experiment", ["--workdir=W", "--grid=model.backbone"],
      "error: --grid='model.backbone': expected KEY=V1,V2,..."),
+    ("experiment", ["--workdir=W", "--scored=blend=none:mean"],
+     "error: --scored='blend=none:mean': expected NAME=VARIANT:SCORING with SCORING one of "
+     "['ctr_as_cvr', 'blend']"),
     ("probe_interference", ["--workdir=W", "--config.model.ple.num_levels=0"],
      "error: config.model.ple.num_levels=0: expected an integer >= 1"),
     ("plot", ["--workdir=/nonexistent"],

@@ -20,14 +20,8 @@
 # lambda {0.01, 0.03, 0.1} x tau {0.1, 0.2, 0.6, 1.0} on seeds 0-2. Selection: the member
 # with the best mean val cvr_auc (selected.txt). Stage 2 (two processes) trains `pico`
 # (the selected settings) and the other arms; a finished run is never rerun.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-WORKDIR="${1:-/tmp/baselines_grid}"
-PYTHON="${PYTHON:-.venv/bin/python}"
-export JAX_PLATFORMS=cpu JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$WORKDIR/jax_cache}"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-mkdir -p "$WORKDIR/regime"
-PC=data.synthetic.positive_control
+DEFAULT_WORKDIR=/tmp/baselines_grid
+source "$(dirname "$0")/grid_env.sh"
 EPOCH_FLAGS=(--config=configs/default.py --config.optimizer.learning_rate=0.003
   --config.train.early_stopping_metric=mean_auc --config.checkpoint.enabled=False
   --config.train.baseline_scorings=True --test_metrics=cvr_eauc

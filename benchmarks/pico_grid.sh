@@ -25,14 +25,8 @@
 # adds oracle and lambda 0.003 / 0.03 to the map cells. A finished run is never rerun,
 # so the script as a whole is the grid. The persistent compilation cache lets runs that
 # differ only in data reuse the compiled steps.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-WORKDIR="${1:-/tmp/pico_grid}"
-PYTHON="${PYTHON:-.venv/bin/python}"
-export JAX_PLATFORMS=cpu JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$WORKDIR/jax_cache}"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-mkdir -p "$WORKDIR"
-PC=data.synthetic.positive_control
+DEFAULT_WORKDIR=/tmp/pico_grid
+source "$(dirname "$0")/grid_env.sh"
 COMMON=(--config=configs/default.py --workdir="$WORKDIR" --epochs=30 --baseline=none
   --config.data.synthetic.kind=positive_control --config.optimizer.learning_rate=0.003
   --config.train.early_stopping_metric=mean_eauc --config.train.patience=5

@@ -39,11 +39,11 @@ NONE="none:contrast.mode=none"
 TRANSFER="transfer:contrast.mode=none;model.transfer=ctr_logit"
 ORACLE="oracle:contrast.mode=none;model.oracle_feature=True"
 AITM="aitm:contrast.mode=none;model.backbone=aitm"
-pico() { echo "pico_l$1:contrast.mode=fixed;contrast.weight=$1"; }
+pico() { echo "pico_l$1:contrast.mode=fixed;contrast.weight=$1;contrast.tau_init=0.2"; }
 CLICKED_LOSS="loss.cvr_weight=1.0;loss.ctcvr_weight=0.0"
-CLICKED="pico_clicked:contrast.mode=fixed;contrast.weight=0.01;$CLICKED_LOSS"
+CLICKED="pico_clicked:contrast.mode=fixed;contrast.weight=0.01;contrast.tau_init=0.2;$CLICKED_LOSS"
 NONE_CLICKED="none_clicked:contrast.mode=none;$CLICKED_LOSS"
-PERSONAL="personal:contrast.mode=personalized;contrast.weight=0.01;contrast.tau_gradient=gradient_agreement"
+PERSONAL="personal:contrast.mode=personalized;contrast.weight=0.01;contrast.tau_init=0.2;contrast.tau_gradient=gradient_agreement"
 SEEDS10=0,1,2,3,4,5,6,7,8,9
 run() { "$PYTHON" launch/experiment.py "${COMMON[@]}" "$@"; }
 

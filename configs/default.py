@@ -1,6 +1,7 @@
 """Default recipe: embedded synthetic data, MMoE backbone, PICO's contrast with a fixed
-temperature at lambda 0.03 (the variant that helped in RESULTS.md section 4; the
-personalised temperature stays an option, README "When does PICO help?").
+temperature 1.0 at lambda 0.1 (chosen on realised validation metrics in RESULTS.md
+section 6, where it beat the strongest pCTR baseline; the personalised temperature stays
+an option documented as research, README "When does PICO help?").
 
   python launch/train.py --config=configs/default.py --workdir=/tmp/pico
   python launch/train.py --config=configs/default.py --config.model.backbone=ple \
@@ -81,17 +82,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.oracle_feature = False
 
   c.contrast = ml_collections.ConfigDict()
-  # none | fixed | global | personalized. fixed at lambda 0.03: the variant that raised
-  # CVR expected AUC on the positive control wherever transfer exists, without harm
-  # where it does not; personalized (with any tau_gradient) did not beat it nor order
-  # tau by relatedness per instance (RESULTS.md section 4).
+  # none | fixed | global | personalized. fixed tau 1.0 at lambda 0.1: selected on
+  # realised validation CVR AUC among lambda {0.01, 0.03, 0.1} x tau {0.1, 0.2, 0.6, 1.0};
+  # it beat the validation-fitted pCTR blend where representations transfer and did no
+  # detectable harm elsewhere (RESULTS.md section 6). personalized (with any
+  # tau_gradient) beat neither the fixed tau nor its own shuffled control there.
   c.contrast.mode = "fixed"
-  c.contrast.weight = 0.03  # lambda
+  c.contrast.weight = 0.1  # lambda
   c.contrast.proj_dim = 32
   c.contrast.proj_hidden = (32,)
   c.contrast.tau_min = 0.05
   c.contrast.tau_max = 1.0
-  c.contrast.tau_init = 0.2  # the fixed tau, and the start of learned ones.
+  # The fixed tau, and the start of learned ones (which must start strictly inside
+  # (tau_min, tau_max): set e.g. 0.2 with mode global or personalized).
+  c.contrast.tau_init = 1.0
   c.contrast.relatedness_hidden = (32,)
   c.contrast.relatedness_input = "embedding"  # embedding | towers
   c.contrast.relatedness_stop_gradient = True

@@ -41,9 +41,10 @@ def run_script(name: str, *args: str, timeout: float = 300) -> subprocess.Comple
 def small_config(**overrides):
   """The default recipe shrunk to run in seconds on CPU."""
   c = default_config.get_config()
-  # The tests were written for PICO's personalised path at lambda 0.1 (the recipe's
-  # defaults until RESULTS.md section 4); they name other modes where they test them.
-  c.contrast.mode, c.contrast.weight = "personalized", 0.1
+  # The tests were written for PICO's personalised path at lambda 0.1 from tau 0.2 (the
+  # recipe's defaults until RESULTS.md section 4); they name other modes where they test
+  # them.
+  c.contrast.mode, c.contrast.weight, c.contrast.tau_init = "personalized", 0.1, 0.2
   c.data.synthetic.num_rows = 8_000
   c.data.synthetic.num_users = 200
   c.data.synthetic.num_items = 100

@@ -243,3 +243,15 @@ def test_a_saved_config_is_laid_over_todays_defaults(caplog):
   assert (config.model.backbone, config.contrast.mode) == ("ple", "none")
   assert tuple(config.model.tower_hidden) == (32,) and config.data.device_prefetch == 0
   assert "checkpoint.best_mode" in caplog.text
+
+
+def test_the_default_recipe_is_section_6s_selection():
+  from configs import default
+  c = default.get_config()
+  assert (c.contrast.mode, c.contrast.weight, c.contrast.tau_init) == ("fixed", 0.1, 1.0)
+  # A learned tau cannot start at tau_max: the check names the key and a way out.
+  c.contrast.mode = "personalized"
+  with pytest.raises(ConfigError, match=r"contrast.tau_init=1.0: .*e\.g\. contrast.tau_init=0.2"):
+    validate(c)
+  c.contrast.tau_init = 0.2
+  assert validate(c)

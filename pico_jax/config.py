@@ -222,13 +222,14 @@ def _check_contrast(c):
     raise ConfigError(f"config.contrast.tau_min={c.tau_min} and tau_max={c.tau_max}: "
                       "need 0 < tau_min < tau_max")
   # A learned tau starts at tau_init through an inverse sigmoid: strictly inside.
-  inside = (c.tau_min <= c.tau_init <= c.tau_max if c.mode == "fixed"
-            else c.tau_min < c.tau_init < c.tau_max)
+  learned = c.mode in ("global", "personalized")
+  inside = (c.tau_min < c.tau_init < c.tau_max if learned
+            else c.tau_min <= c.tau_init <= c.tau_max)
   if not inside:
     raise ConfigError(f"config.contrast.tau_init={c.tau_init}: must lie between "
                       f"tau_min={c.tau_min} and tau_max={c.tau_max}"
-                      + ("" if c.mode == "fixed" else ", strictly for a learned tau "
-                         "(e.g. contrast.tau_init=0.2)"))
+                      + (", strictly for a learned tau (e.g. contrast.tau_init=0.2)"
+                         if learned else ""))
   if (c.mode in ("global", "personalized") and c.tau_gradient == "supervision"
       and not (c.relatedness_supervision_weight or c.tau_prior_weight)):
     raise ConfigError("config.contrast.tau_gradient='supervision': tau would never be "

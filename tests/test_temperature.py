@@ -233,8 +233,10 @@ def test_the_temperature_report_logs_tau_beside_rho_and_the_notice_once(caplog):
   caplog.clear()
   fixed = small_config(**{"contrast.mode": "fixed", "contrast.tau_init": 0.2}).contrast
   with caplog.at_level(logging.INFO, logger="pico_jax"):
-    diagnostics.TemperatureReport(fixed, rho=None)({"tau_segment_0": 0.2})
-  assert [r.levelname for r in caplog.records] == ["INFO"]  # a fixed tau is a choice.
+    diagnostics.TemperatureReport(fixed, rho=[0.0, 0.5])(
+        {"tau_segment_0": 0.2, "tau_segment_1": 0.2})
+  assert [r.levelname for r in caplog.records] == ["INFO"]  # a fixed tau is a choice,
+  assert "mean tau per segment" not in caplog.records[0].message  # and has no segments.
   assert diagnostics.tau_rho_line({"tau_segment_0": 0.2}, None) is None
 
 

@@ -2,7 +2,7 @@
 
 ``TemperatureReport`` is one of the training loop's actions: after every evaluation
 (and after the test) it logs the mean tau of each segment beside the segment's true
-relatedness rho, and once a run the notice that no temperature is personalised
+relatedness rho where tau is learned, and once a run the notice that no temperature is personalised
 (``inactive_temperature_notice``).
 """
 
@@ -20,8 +20,8 @@ def inactive_temperature_notice(result: dict, contrast: ml_collections.ConfigDic
                                 tolerance: float = 0.01) -> str | None:
   """The notice to log when no temperature is personalised, else None.
 
-  ``contrast.mode`` fixed: every instance has tau_init, by choice (the default since
-  RESULTS.md section 4; tau 1.0 at lambda 0.1 since section 6). Global or personalized: the mean tau of every segment
+  ``contrast.mode`` fixed: every instance has tau_init, by choice (the default, RESULTS.md
+  section 6). Global or personalized: the mean tau of every segment
   (``tau_segment_<s>`` of ``result``; ``tau_mean`` without segments) lies within
   ``tolerance * (tau_max - tau_min)`` of ``tau_min``, so the contrast acts as ``fixed``
   at tau_min.
@@ -73,7 +73,8 @@ class TemperatureReport:
 
   def __call__(self, result: dict) -> None:
     """``result``: the metrics of one evaluation (``pico_jax.metrics.task_metrics``)."""
-    line = tau_rho_line(result, self.rho)
+    # A fixed tau is the same in every segment by construction: nothing to set beside rho.
+    line = tau_rho_line(result, self.rho) if self.contrast.mode != "fixed" else None
     if line:
       log.info(line)
     notice = inactive_temperature_notice(result, self.contrast)

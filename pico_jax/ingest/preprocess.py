@@ -41,18 +41,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from pico_jax import batch as B
-from pico_jax.ingest import (blocks, compiled, format_contract, formats, passes, raw_files,
+from pico_jax.ingest import (blocks, format_contract, formats, layout, passes, raw_files,
                              store_writer)
-from pico_jax.ingest.encode import Encoder, column_roles
-from pico_jax.data.errors import DataError
-from pico_jax.data.schema import Schema, SparseField
 from pico_jax.ingest.spill import Spill
 from pico_jax.ingest.splits import SPLIT_ID, assign, parse_inputs
 from pico_jax.ingest.table import TableRoles, ValuePolicy
-from pico_jax.ingest.vocab import Counter, build_vocab
+from pico_jax.ingest.vocab import Counter
 
-PREPROCESS_VERSION = 1
 POLICIES = ("error", "drop", "keep")
 DENSE_TRANSFORMS = ("standardize", "none")
 
@@ -178,11 +173,6 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
     OptionError: ``hash_buckets`` names a field that is not categorical.
   """
   raw_files.blake3_module()  # a missing dependency fails now, not after the passes.
-  if format_name != "table":
-    for field in dataclasses.fields(ValuePolicy):
-      if getattr(options.values, field.name) != field.default:
-        raise OptionError(field.name, getattr(options.values, field.name),
-                          "format table's option (other formats have no nulls)")
   if num_shards:
     return _build_sharded(format_name, inputs, output, options=options,
                           overwrite=overwrite, log=log, progress=progress, tables=tables,
@@ -191,9 +181,15 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
                          overwrite=overwrite, log=log, progress=progress, tables=tables)[0]
 
 
-def _build_columnar(format_name, inputs, output, *, options, overwrite, log, progress,
-                    tables):
-  """``build_store`` of a columnar store: (its meta, ``_partitions``)."""
+def open_format(format_name: str, options: Options, tables=None
+                ) -> format_contract.Format:
+  """The format of a build, ``options`` checked against it: a value policy is format
+  table's only, ``hash_buckets`` may name categorical fields only (OptionError)."""
+  if format_name != "table":
+    for field in dataclasses.fields(ValuePolicy):
+      if getattr(options.values, field.name) != field.default:
+        raise OptionError(field.name, getattr(options.values, field.name),
+                          "format table's option (other formats have no nulls)")
   fmt = formats.get_format(format_name, sparse=options.sparse, dense=options.dense,
                            table=options.table, values=options.values)
   if tables:
@@ -203,6 +199,13 @@ def _build_columnar(format_name, inputs, output, *, options, overwrite, log, pro
   if unknown:
     raise OptionError("hash_buckets", options.hash_buckets, f"{sorted(unknown)}: not "
                       f"categorical fields of format {fmt.name}")
+  return fmt
+
+
+def _build_columnar(format_name, inputs, output, *, options, overwrite, log, progress,
+                    tables):
+  """``build_store`` of a columnar store: (its meta, ``_partitions``)."""
+  fmt = open_format(format_name, options, tables)
   output = os.path.abspath(output)
   leftovers = store_writer.clear_leftovers(output)
   if leftovers:
@@ -285,18 +288,6 @@ def _scan(fmt, inputs, options, progress, hasher, threads) -> list[passes.Source
   return sources
 
 
-def _positions(keep, split_of, rank_of, inputs) -> tuple[np.ndarray, dict[str, int]]:
-  """Where every kept row goes: its index in its split (int64 [N]; rows not kept are
-  left unset), and the rows of every split. Raises DataError for an empty split."""
-  position, rows = compiled.split_positions(split_of, rank_of, keep)
-  split_rows = {split: int(rows[sid]) for split, sid in SPLIT_ID.items()}
-  for split, n in split_rows.items():
-    if not n:
-      raise DataError(f"split {split!r} has no rows (inputs: {list(inputs)}); give a "
-                      f"{split} file or a fraction for it")
-  return position, split_rows
-
-
 def _vocabularies(counters: dict[str, Counter], options: Options, hashed: dict[str, int],
                   threads: int):
   """(name -> Vocab, name -> its meta.json entry) from the training counts, the fields
@@ -305,12 +296,8 @@ def _vocabularies(counters: dict[str, Counter], options: Options, hashed: dict[s
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     results = pool.map(lambda counter: counter.result(), counters.values())
     for name, (keys, key_counts) in zip(counters, results):
-      v = build_vocab(keys, key_counts, min_count=options.min_count,
-                      buckets=hashed.get(name, 0), max_size=options.max_vocab)
-      vocabs[name] = v
-      vocab_meta[name] = {"kind": "hash" if v.buckets else "table",
-                          "size": v.vocab_size,
-                          "train_distinct": 0 if keys is None else len(keys)}
+      vocabs[name], vocab_meta[name] = layout.vocabulary(keys, key_counts, options,
+                                                  hashed.get(name, 0))
   return vocabs, vocab_meta
 
 
@@ -324,43 +311,26 @@ def _build(build: passes.Build) -> tuple[dict, list[int]]:
   hashed = dict(options.hash_buckets)
   spill = Spill(options.spill_memory if runner.in_process else 0)
   counts = passes.count_pass(build, split_of, policy, spill)
-  keep, max_mult = counts.keep, counts.max_mult
+  keep = counts.keep
   build.log(f"pass 1: {len(keep):,} rows parsed and checked")
   dropped = {s: int(np.sum(~keep & (split_of == sid))) for s, sid in SPLIT_ID.items()}
 
-  position, split_rows = _positions(keep, split_of, rank_of, build.inputs)
+  position, split_rows = layout.positions(keep, split_of, rank_of, build.inputs)
   del rank_of
-  multi_names = tuple(n for n in fmt.list_names
-                      if max_mult[n] > 1 or n in options.multi_fields)
-  single_lists = tuple(n for n in fmt.list_names if n not in multi_names)
-  sparse_names = fmt.sparse_names + single_lists
-  multi_len = min(max((max_mult[n] for n in multi_names), default=1), options.multi_max_len)
-  multi_len = max(multi_len, 2) if multi_names else 1  # max_len > 1 marks multi-valued.
-  extras = (B.GROUP,) if fmt.group_name else ()
-  schema_of = lambda size: Schema(
-      sparse=tuple(SparseField(n, size(n)) for n in sparse_names),
-      multi=tuple(SparseField(n, size(n), multi_len) for n in multi_names),
-      dense=fmt.dense_names, extras=extras)
+  fields = layout.Fields.of(fmt, options, counts.max_mult)
 
   # The store's columns do not depend on the vocabularies' sizes: they are allocated
   # (written as zeros) on a thread while the vocabularies are merged.
   # Inside the writer's block, so that any exception (an interrupt included) waits for
   # the allocation, then removes the new store.
-  with store_writer.StoreWriter(build.output, schema_of(lambda name: 1), split_rows,
+  with store_writer.StoreWriter(build.output, fields.schema(lambda name: 1), split_rows,
                                 overwrite=build.overwrite, allocate=False) as writer:
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
       allocating = pool.submit(writer.allocate)
       vocabs, vocab_meta = _vocabularies(counts.counters, options, hashed, build.threads)
       allocating.result()
-    schema = schema_of(lambda name: vocabs[name].vocab_size)
-    mean, std, constant = counts.moments.result()
-    encoder = Encoder(sparse_names, single_lists, multi_names, multi_len, vocabs, mean, std,
-                      constant=constant, **column_roles(fmt))
-    if options.values.missing_dense == "default":
-      encoder.fill = mean
-    if options.dense_transform == "none":
-      encoder.mean, encoder.std = np.zeros_like(mean), np.ones_like(std)
-      encoder.constant = None
+    schema = fields.schema(lambda name: vocabs[name].vocab_size)
+    encoder = fields.encoder(fmt, vocabs, counts.moments.result(), options)
 
     # Pass 2: encode and write.
     kept_split = np.where(keep, split_of, -1).astype(np.int8)
@@ -368,31 +338,16 @@ def _build(build: passes.Build) -> tuple[dict, list[int]]:
                                   spill)
     for name, v in vocabs.items():
       if not v.buckets and v.keys is not None:
-        file = f"vocab/{(sparse_names + multi_names).index(name):03d}.npy"
-        writer.save_array(file, v.keys)
-        vocab_meta[name]["file"] = file
+        writer.save_array(fields.vocab_file(name), v.keys)
+        vocab_meta[name]["file"] = fields.vocab_file(name)
     digests = [s.digest.result() for s in sources]  # the hash reads each file last.
     for source in sources:
       fmt.check_unchanged(source.info)
-    meta = writer.commit({
-        "format": fmt.name,
-        "preprocess_version": PREPROCESS_VERSION,
-        "task_relation": fmt.task_relation,
-        "tasks": fmt.tasks,
-        "entire_space_policy": policy,
-        "splits": {s: {"dropped_conversion_without_click": dropped[s]} for s in SPLIT_ID},
-        "sources": [{"path": fmt.source_path(s.path), "split": s.split,
-                     "blake3": digest, "rows": s.rows, "header": s.layout.header}
-                    for s, digest in zip(sources, digests)],
-        "vocab": vocab_meta,
-        "dense_stats": {"mean": encoder.mean.tolist(), "std": encoder.std.tolist(),
-                        "transform": options.dense_transform,
-                        **({} if encoder.fill is None else {"fill": encoder.fill.tolist()})},
-        "dense_constant": [n for n, c in zip(fmt.dense_names, encoder.zeroed()) if c],
-        "multi_truncated_rows": truncated,
-        "options": {k: (list(v) if isinstance(v, tuple) else v)
-                    for k, v in dataclasses.asdict(options).items()},
-    }, schema=schema)
+    meta = writer.commit(layout.store_facts(
+        fmt, options, policy, dropped,
+        [{"path": fmt.source_path(s.path), "split": s.split, "blake3": digest,
+          "rows": s.rows, "header": s.layout.header} for s, digest in zip(sources, digests)],
+        vocab_meta, encoder, truncated), schema=schema)
   build.log(f"wrote {build.output}: "
             + ", ".join(f"{s} {n:,}" for s, n in split_rows.items()))
   return meta, [int(np.count_nonzero(keep[s.offset:s.offset + s.rows])) for s in sources]

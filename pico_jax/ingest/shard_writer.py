@@ -133,14 +133,7 @@ def write_store(output: str, meta: Mapping[str, Any], splits: Mapping[str, Mappi
   if num_shards < 1:
     raise ValueError(f"num_shards={num_shards}: must be >= 1")
   schema = Schema.from_json(meta["schema"])
-  local, root = not filesystem.is_uri(output), output
-  if local:
-    output = os.path.abspath(output)
-    store_writer.check_output(output, overwrite)
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    root = store_writer.make_temp_dir(output, "tmp")
-  elif filesystem.exists(filesystem.join(output, META)) and not overwrite:
-    raise FileExistsError(f"{output} holds a store; pass --overwrite to replace it")
+  root = open_root(output, overwrite)
   try:
     files, split_meta = {}, {}
     for split in SPLITS:
@@ -159,19 +152,49 @@ def write_store(output: str, meta: Mapping[str, Any], splits: Mapping[str, Mappi
       split_meta[split] = {**meta.get("splits", {}).get(split, {}), "rows": rows,
                            "shards": shards}
       log(f"{split}: {rows:,} rows in {len(shards)} shards")
-    for relpath, values in vocab.items():
-      buffer = pa.BufferOutputStream()
-      np.save(buffer, values, allow_pickle=False)
-      data = buffer.getvalue()
-      _write_bytes(root, relpath, data)
-      files[relpath] = {"bytes": data.size, "blake3": integrity.digest_bytes(memoryview(data))}
-    out = write_meta(root, meta, split_meta, files)
+    return finish_store(root, output, meta, split_meta, files, vocab)
   except BaseException:
-    if local:
-      shutil.rmtree(root, ignore_errors=True)
+    abandon(root, output)
     raise
-  if local:
-    store_writer.move_into_place(root, output)
+
+
+def open_root(output: str, overwrite: bool) -> str:
+  """Where a store for ``output`` is written: a new temporary directory beside a local
+  ``output`` (which must be absent, or with ``overwrite`` a store or an empty
+  directory: ``store_writer.check_output``), ``output`` itself for a URI (FileExistsError
+  where a store is already and ``overwrite`` is not given)."""
+  if filesystem.is_uri(output):
+    if filesystem.exists(filesystem.join(output, META)) and not overwrite:
+      raise FileExistsError(f"{output} holds a store; pass --overwrite to replace it")
+    return output
+  output = os.path.abspath(output)
+  store_writer.check_output(output, overwrite)
+  os.makedirs(os.path.dirname(output), exist_ok=True)
+  return store_writer.make_temp_dir(output, "tmp")
+
+
+def abandon(root: str, output: str) -> None:
+  """Removes an unfinished local store (``open_root``'s directory)."""
+  if root != output:
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def finish_store(root: str, output: str, meta: Mapping[str, Any],
+                 split_meta: Mapping[str, dict], files: dict[str, dict],
+                 vocab: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """Completes the store written under ``root`` (``open_root``): the vocabularies
+  (relative path -> sorted raw values), then ``meta.json`` (``write_meta``), last; a
+  local store is then moved to ``output``. Returns the meta written."""
+  files = dict(files)
+  for relpath, values in vocab.items():
+    buffer = pa.BufferOutputStream()
+    np.save(buffer, values, allow_pickle=False)
+    data = buffer.getvalue()
+    _write_bytes(root, relpath, data)
+    files[relpath] = {"bytes": data.size, "blake3": integrity.digest_bytes(memoryview(data))}
+  out = write_meta(root, meta, split_meta, files)
+  if root != output:
+    store_writer.move_into_place(root, os.path.abspath(output))
   return out
 
 

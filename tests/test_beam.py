@@ -190,3 +190,27 @@ def test_bad_line_names_file_and_line_and_leaves_nothing(tmp_path):
 def test_glob_that_matches_nothing(tmp_path):
   with pytest.raises(DataError, match="no input files match"):
     beam_pipeline.build_store("census", [str(tmp_path / "*.gz")], str(tmp_path / "s"))
+
+
+def test_uri_inputs_and_output(tmp_path):
+  """Inputs and output as URIs (file://: the object-store path, through pyarrow.fs):
+  the glob is listed, each file copied to the worker, the store written in place with
+  meta.json last; a bad row is reported at the input's URI."""
+  roles = TableRoles(click="clicked", conversion="bought", sparse=("user", "item"),
+                     dense=("price",))
+  pattern = "file://" + _write_table(tmp_path)
+  options = preprocess.Options(table=roles, policy="keep", chunk_rows=64)
+  preprocess.build_store("table", [_write_table(tmp_path / "copy")],
+                         str(tmp_path / "local"), options=options)
+  beam_pipeline.build_store("table", [pattern], f"file://{tmp_path}/beam", options=options)
+  assert_same_store(str(tmp_path / "local"), str(tmp_path / "beam"))
+
+  bad = pq.read_table(tmp_path / "logs" / "day1.parquet").to_pydict()
+  bad["price"][5] = None
+  pq.write_table(pa.table(bad), tmp_path / "logs" / "day1.parquet")
+  with pytest.raises(DataError) as e:
+    beam_pipeline.build_store("table", [pattern], f"file://{tmp_path}/beam2",
+                              options=options)
+  assert str(e.value).startswith(
+      f"file://{tmp_path}/logs/day1.parquet: column 'price': row 6 "), e.value
+  assert not os.path.exists(tmp_path / "beam2" / "meta.json")

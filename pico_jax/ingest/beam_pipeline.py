@@ -128,7 +128,7 @@ def _quiet_runner():
 
 def _original(error: BaseException) -> BaseException:
   """The error a step raised, without the "[while running 'STEP']" the runner adds."""
-  while type(error.__context__) is type(error):
+  while "[while running" in str(error) and type(error.__context__) is type(error):
     error = error.__context__
   return error
 

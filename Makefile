@@ -1,5 +1,6 @@
 # Quick start: `make train` then `make test`. Both create .venv on first use and install
-# the pinned requirements and this package (editable) into it.
+# the pinned requirements (with the [beam] extra's, so the tests of the Beam build run)
+# and this package (editable) into it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,10 +9,10 @@ STAMP := $(VENV)/.requirements-installed
 
 .PHONY: train test test-tf clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-beam.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-beam.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

@@ -11,6 +11,8 @@
       --conversion_without_click=drop
   python launch/preprocess.py ... --num_shards=64 --output=s3://bucket/store  # sharded
   python launch/preprocess.py --convert=DIR --output=SHARDED_DIR  # columnar -> sharded
+  python launch/preprocess.py --runner=DirectRunner --format=census \
+      --input='logs/*.gz' --output=gs://BUCKET/census   # Apache Beam: a sharded store
 
 Inputs: one file is split 80/10/10 by a seeded permutation (docs/data.md), two are
 train and test (val carved from train by --val_fraction), three are train, val, test;
@@ -22,12 +24,14 @@ pico_jax/ingest/preprocess.py. The store records every file's BLAKE3 checksum;
 --seal=DIR adds them to a store written before they existed.
 """
 
+import shlex
 import time
 
 from absl import flags
 
 from pico_jax import cli, dataclass_flags
-from pico_jax.ingest import formats, preprocess, shard_writer, store_writer, table
+from pico_jax.ingest import (distributed, formats, preprocess, shard_writer, store_writer,
+                             table)
 
 _FORMAT = flags.DEFINE_enum("format", None, sorted(formats.FORMATS), "The raw format.")
 _INPUT = flags.DEFINE_list("input", None, "[SPLIT=]PATH,...: the raw files.")
@@ -44,6 +48,12 @@ _NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Write a sharded store with 
 _CONVERT = flags.DEFINE_string("convert", None, "Instead of a build: rewrite the columnar "
                                "store DIR as a sharded one (--num_shards, default 16) at "
                                "--output.")
+_RUNNER = flags.DEFINE_enum("runner", None, list(distributed.RUNNERS), "Build a sharded "
+                            "store with Apache Beam on this runner (pip install -e '.[beam]'; "
+                            "one shard per block and split; --workers, --processes and "
+                            "--spill_memory_mb are then the runner's concern).")
+_BEAM_ARGS = flags.DEFINE_string("beam_args", "", "--runner: the runner's own options, "
+                                 "e.g. '--project=P --region=R --temp_location=gs://B/t'.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bars (rows/s, ETA) on stderr.")
 # One flag per build option and per column role (the fields' help is theirs).
 _OPTIONS = dataclass_flags.Fields(preprocess.Options, exclude=("table", "values"))
@@ -93,6 +103,18 @@ def _seal(path: str):
         f"{meta['fingerprint']}")
 
 
+def _beam_build(log) -> dict:
+  if _NUM_SHARDS.value:
+    raise cli.FlagError("--runner writes a shard per block and split, not --num_shards")
+  try:
+    from pico_jax.ingest import beam_pipeline
+  except ImportError as e:
+    raise cli.FlagError(f"--runner needs apache-beam ({e}): pip install -e '.[beam]'")
+  return beam_pipeline.build_store(
+      _FORMAT.value, _INPUT.value, _OUTPUT.value, options=options(), log=log,
+      overwrite=_OVERWRITE.value, runner=_RUNNER.value, pipeline_args=shlex.split(_BEAM_ARGS.value))
+
+
 def main():
   if _SEAL.value:
     return _seal(_SEAL.value)
@@ -107,9 +129,12 @@ def main():
     missing = [f"--{f.name}" for f in (_FORMAT, _INPUT, _OUTPUT) if f.value is None]
     if missing:
       raise cli.FlagError(f"{', '.join(missing)} required (or --seal=DIR)")
-    meta = preprocess.build_store(_FORMAT.value, _INPUT.value, _OUTPUT.value,
-                                  options=options(), overwrite=_OVERWRITE.value, log=log,
-                                  progress=_PROGRESS.value, num_shards=_NUM_SHARDS.value)
+    if _RUNNER.value:
+      meta = _beam_build(log)
+    else:
+      meta = preprocess.build_store(_FORMAT.value, _INPUT.value, _OUTPUT.value,
+                                    options=options(), overwrite=_OVERWRITE.value, log=log,
+                                    progress=_PROGRESS.value, num_shards=_NUM_SHARDS.value)
   except preprocess.OptionError as e:  # out of range, or not for this format.
     fields = _VALUES if e.field in table.ValuePolicy.__dataclass_fields__ else _OPTIONS
     raise fields.error(e.field, e.what) from None

@@ -17,7 +17,9 @@ from pico_jax.data import integrity, store  # noqa: E402
 from pico_jax.data.errors import DataError  # noqa: E402
 from pico_jax.ingest import beam_pipeline, preprocess, shard_writer  # noqa: E402
 from pico_jax.ingest.table import TableRoles, ValuePolicy  # noqa: E402
+from conftest import run_script  # noqa: E402
 from shared_data import ALIEXPRESS, CENSUS, needs_data  # noqa: E402
+from test_cli import one_error_line  # noqa: E402
 from test_store_equality import write_aliccp_raw  # noqa: E402
 
 # meta.json entries that describe the data, equal in both builds.
@@ -214,3 +216,19 @@ def test_uri_inputs_and_output(tmp_path):
   assert str(e.value).startswith(
       f"file://{tmp_path}/logs/day1.parquet: column 'price': row 6 "), e.value
   assert not os.path.exists(tmp_path / "beam2" / "meta.json")
+
+
+def test_command_line(tmp_path):
+  """launch/preprocess.py --runner: a sharded store, or one error line naming the line."""
+  path = write_aliccp_raw(tmp_path / "raw.txt", rows=120)
+  proc = run_script("preprocess", "--runner=DirectRunner", "--format=aliccp_raw",
+                    f"--input={path}", f"--output={tmp_path / 'store'}", "--chunk_rows=50")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  _, splits = read_sharded(str(tmp_path / "store"))
+  assert sum(len(s["click"]) for s in splits.values()) == 120
+  with open(path, "a") as f:
+    f.write("121,1,0,101:x\n")
+  proc = run_script("preprocess", "--runner=DirectRunner", "--format=aliccp_raw",
+                    f"--input={path}", f"--output={tmp_path / 'store2'}", "--chunk_rows=50")
+  assert one_error_line(proc).startswith(f"error: {path}:121: "), proc.stderr
+  assert not (tmp_path / "store2").exists()

@@ -17,15 +17,21 @@ import json
 import logging
 from typing import Callable, Sequence
 
-import apache_beam as beam
 import numpy as np
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from pico_jax.data import filesystem, integrity, store
 from pico_jax.ingest import distributed, preprocess, shard_writer
 from pico_jax.ingest.vocab import Counter
 
-RUNNERS = ("DirectRunner", "PrismRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
+# Beam's import warns, on the root logger, about Google Cloud client libraries that a
+# build without BigQuery does not use.
+_level = logging.getLogger().level
+logging.getLogger().setLevel(logging.ERROR)
+try:
+  import apache_beam as beam
+  from apache_beam.options.pipeline_options import PipelineOptions
+finally:
+  logging.getLogger().setLevel(_level)
 
 
 class _CountValues(beam.CombineFn):
@@ -144,7 +150,7 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
       inputs may be globs and URIs (``s3://``, ``gs://``). The options of local
       workers (``workers``, ``processes``, ``spill_memory``) are the runner's concern.
     output: the store's location, a local directory or a URI.
-    runner: one of ``RUNNERS``.
+    runner: one of ``distributed.RUNNERS``.
     pipeline_args: the runner's own options (``--project=...``, ``--region=...``).
 
   Returns:
@@ -152,8 +158,8 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
     (naming file, line and column); nothing is left at ``output`` then, and an
     existing store there stays as it was.
   """
-  if runner not in RUNNERS:
-    raise ValueError(f"runner {runner!r}: expected one of {list(RUNNERS)}")
+  if runner not in distributed.RUNNERS:
+    raise ValueError(f"runner {runner!r}: expected one of {list(distributed.RUNNERS)}")
   options.validate()
   job = distributed.Job(format_name, options)
   job.format()  # a bad option fails before the run.

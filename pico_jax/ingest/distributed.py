@@ -46,6 +46,8 @@ from pico_jax.ingest.moments import Moments
 from pico_jax.ingest.splits import SPLIT_ID, assign, parse_inputs
 
 _SPLITS = tuple(SPLIT_ID)
+# The Beam runners the build is written for (DirectRunner tested; docs/data.md).
+RUNNERS = ("DirectRunner", "PrismRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,11 @@ The modules:
   encode           ``Encoder``: parsed rows -> the store's (and the model's) columns
   store_writer     the store's preallocated, memory-mapped columns and its commit
   compiled         the Numba loops the passes and the encoder share
+  layout           the store's layout once pass 1 has counted: fields, vocabularies,
+                   row positions, meta.json's facts (both builds share it)
   preprocess       ``build_store``: the scan, the two passes and the store, in order
+  distributed      the build's steps per input file and per plan, for a distributed engine
+  beam_pipeline    those steps as an Apache Beam pipeline (the optional [beam] extra)
   memory           ``store_from_table``: ``build_store`` over tables in memory
 """
 

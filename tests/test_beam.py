@@ -3,7 +3,6 @@ by row_id), the vocabularies and the statistics, on slices of the real samples a
 tables; bad input is one DataError naming the file and line, and leaves nothing."""
 
 import gzip
-import json
 import os
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 
 pytest.importorskip("apache_beam")
 
-from pico_jax.data import integrity, store  # noqa: E402
+from pico_jax.data import sharded, store  # noqa: E402
 from pico_jax.data.errors import DataError  # noqa: E402
 from pico_jax.ingest import beam_pipeline, preprocess, shard_writer  # noqa: E402
 from pico_jax.ingest.table import TableRoles, ValuePolicy  # noqa: E402
@@ -29,24 +28,11 @@ FACTS = ("schema", "columns", "vocab", "dense_stats", "dense_constant",
 
 
 def read_sharded(path):
-  """meta.json and split -> key -> array [rows, *shape] of a sharded store, its rows
-  sorted by row_id (which must be 0..rows-1)."""
-  with open(os.path.join(path, store.META)) as f:
-    meta = json.load(f)
-  integrity.check_meta(meta, path)
-  splits = {}
-  for split, entry in meta["splits"].items():
-    tables = [pq.read_table(os.path.join(path, s["file"])) for s in entry["shards"]]
-    assert [t.num_rows for t in tables] == [s["rows"] for s in entry["shards"]]
-    table = pa.concat_tables(tables).sort_by("row_id")
-    assert table["row_id"].to_numpy().tolist() == list(range(entry["rows"])), split
-    splits[split] = {}
-    for key, spec in meta["columns"].items():
-      column = table[key].combine_chunks()
-      values = column.flatten() if spec["shape"] else column
-      splits[split][key] = values.to_numpy(zero_copy_only=False).astype(
-          spec["dtype"]).reshape([entry["rows"]] + spec["shape"])
-  return meta, splits
+  """meta.json and split -> key -> array [rows, *shape] of a sharded store, read by the
+  store's reader (every shard verified; rows placed by row_id, each exactly once)."""
+  meta = sharded.read_meta(path)
+  dataset = sharded.load(path, meta)
+  return meta, {split: dict(columns) for split, columns in dataset.splits.items()}
 
 
 def assert_same_store(local_dir, beam_dir):

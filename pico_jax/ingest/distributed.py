@@ -287,8 +287,12 @@ def write_unit(job: Job, unit: Unit, first_block: int, enc: Encoding,
         truncated[name] += n
       for sid, rows in enumerate(members):
         if len(rows):
+          # In a seeded order, as the local writer's shards (the row_id keeps the place).
+          rows = rows[np.random.default_rng([job.options.seed, sid, first_block + k])
+                      .permutation(len(rows))]
           relpath = f"{_SPLITS[sid]}/part-{first_block + k:05d}.{sharded.SHARD_EXT}"
-          table = shard_writer.shard_table({key: outs[key][sid] for key in specs},
+          table = shard_writer.shard_table({key: outs[key][sid][where[rows]]
+                                            for key in specs},
                                            position[row:row + len(chunk)][rows],
                                            enc.schema)
           shards.append((_SPLITS[sid], first_block + k, relpath, len(rows),

@@ -160,7 +160,6 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
   """
   if runner not in distributed.RUNNERS:
     raise ValueError(f"runner {runner!r}: expected one of {list(distributed.RUNNERS)}")
-  options.validate()
   job = distributed.Job(format_name, options)
   job.format()  # a bad option fails before the run.
   units = distributed.units(inputs)

@@ -164,6 +164,8 @@ def generate(
   # Field-local ids start at 1: 0 is reserved for unseen / padding.
   sparse = np.stack([user + 1, item + 1, context + 1, item_category[item] + 1,
                      user_activity[user] + 1], axis=1)
+  # Laid out as synthetic.generate's on purpose: both are read by the same batch keys,
+  # but each generator names its own columns and extras, so a shared builder would hide them.
   columns = {
       B.SPARSE: sparse.astype(np.int32),
       B.CLICK: click.astype(np.float32),

@@ -77,8 +77,10 @@ def test_a_rejected_value_is_named_as_its_flag_was_given():
 def test_preprocessing_flags_default_to_the_options():
   """No flag given: the options are ``Options()`` and the roles empty, so a default
   lives only in the dataclass."""
-  fields, _ = parse(preprocess.Options, exclude=("table",))
+  fields, _ = parse(preprocess.Options, exclude=("table", "values"))
   assert preprocess.Options(**fields.values()) == preprocess.Options()
+  values, _ = parse(table.ValuePolicy)
+  assert table.ValuePolicy(**values.values()) == table.ValuePolicy()
   roles, _ = parse(table.TableRoles, "--click=c", "--conversion=v", "--multi=tags:|",
                    exclude=("sparse", "dense"))
   assert table.TableRoles(**roles.values()) == table.TableRoles(

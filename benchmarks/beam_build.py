@@ -2,7 +2,7 @@
 input, interleaved: wall seconds and rows/s of each repeat (BENCHMARKS.md).
 
   python benchmarks/beam_build.py --format=census \
-      --input=../shared/data/census-income-kdd/census-income.test.gz --repeat=2
+      --input=census-income.test.gz --repeat=2
 """
 
 import argparse

@@ -185,6 +185,23 @@ def _killed_after(n):
   return wrapped
 
 
+def killed_and_resumed(config, tmp_path, monkeypatch) -> tuple[str, str]:
+  """(reference, workdir): ``config`` trained uninterrupted into ``reference``, and into
+  ``workdir`` killed after step 17 (its checkpoint every 5 steps: 15 is the latest) and
+  resumed to the end."""
+  from pico_jax.train import loop
+  reference, workdir = str(tmp_path / "reference"), str(tmp_path / "run")
+  loop.train_and_evaluate(config.copy_and_resolve_references(), reference)
+  batches = trainer_lib.Trainer.batches
+  monkeypatch.setattr(trainer_lib.Trainer, "batches", _killed_after(17))
+  with pytest.raises(_Killed):
+    loop.train_and_evaluate(config.copy_and_resolve_references(), workdir)
+  assert ckpt_lib.Checkpointer(workdir, read_only=True).latest_step() == 15
+  monkeypatch.setattr(trainer_lib.Trainer, "batches", batches)
+  loop.train_and_evaluate(config.copy_and_resolve_references(), workdir)
+  return reference, workdir
+
+
 def _without_throughput(path) -> list[str]:
   """The lines of train_metrics.jsonl up to the wall-clock rates (the last two keys, the
   only ones that depend on the machine's speed), as bytes on disk."""
@@ -196,20 +213,11 @@ def test_train_metrics_after_a_resume_equal_the_uninterrupted_run(tmp_path, monk
   """Logging every 10 steps, saving every 5: a run killed after step 17 resumes from 15,
   inside the window of steps 11-20; its record of step 20 must still average steps
   11-20, as the run that never stopped logged it (issue 19: it averaged 16-20)."""
-  from pico_jax.train import loop
   config = small_config(**{"model.backbone": "shared_bottom", "train.steps": 20,
                            "train.log_every": 10, "train.eval_every": 100,
                            "checkpoint.enabled": True, "checkpoint.every_steps": 5,
                            "mesh.data": -1})
-  reference, workdir = str(tmp_path / "reference"), str(tmp_path / "run")
-  loop.train_and_evaluate(config.copy_and_resolve_references(), reference)
-  batches = trainer_lib.Trainer.batches
-  monkeypatch.setattr(trainer_lib.Trainer, "batches", _killed_after(17))
-  with pytest.raises(_Killed):
-    loop.train_and_evaluate(config.copy_and_resolve_references(), workdir)
-  assert ckpt_lib.Checkpointer(workdir, read_only=True).latest_step() == 15
-  monkeypatch.setattr(trainer_lib.Trainer, "batches", batches)
-  loop.train_and_evaluate(config.copy_and_resolve_references(), workdir)
+  reference, workdir = killed_and_resumed(config, tmp_path, monkeypatch)
   got = _without_throughput(os.path.join(workdir, "train_metrics.jsonl"))
   assert got == _without_throughput(os.path.join(reference, "train_metrics.jsonl"))
   assert len(got) == 2 and got[1].startswith('{"step": 20, "split": "train", ')

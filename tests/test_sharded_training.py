@@ -18,11 +18,9 @@ from pico_jax import cli
 from pico_jax.data import filesystem, integrity, store
 from pico_jax.data.errors import DataError
 from pico_jax.ingest import preprocess
-from pico_jax.train import checkpoint as ckpt_lib
-from pico_jax.train import trainer as trainer_lib
 from shared_data import ALIEXPRESS, needs_data
 from test_faults import saved_state
-from test_resume import _Killed, _killed_after, _without_throughput
+from test_resume import _without_throughput, killed_and_resumed
 from test_sharded_store import write
 
 SAMPLE = os.path.join(ALIEXPRESS, "torch-rechub-sample", "aliexpress_{}_sample.csv")
@@ -87,20 +85,11 @@ def test_a_run_stopped_mid_epoch_resumes_bit_identical(tmp_path, monkeypatch, re
                                                          data, where):
   """1,000 training rows in 3 shards, batch 64: the run is killed after step 17 (the
   second epoch's third batch) and resumes from its checkpoint of step 15."""
-  from pico_jax.train import loop
   path = (str(tmp_path / "store") if where == "local"
           else request.getfixturevalue("s3")(f"resume-{tmp_path.name}"))
   write(path, data, num_shards=3)
   config = _config(path)
-  reference, workdir = str(tmp_path / "reference"), str(tmp_path / "run")
-  loop.train_and_evaluate(config.copy_and_resolve_references(), reference)
-  batches = trainer_lib.Trainer.batches
-  monkeypatch.setattr(trainer_lib.Trainer, "batches", _killed_after(17))
-  with pytest.raises(_Killed):
-    loop.train_and_evaluate(config.copy_and_resolve_references(), workdir)
-  assert ckpt_lib.Checkpointer(workdir, read_only=True).latest_step() == 15
-  monkeypatch.setattr(trainer_lib.Trainer, "batches", batches)
-  loop.train_and_evaluate(config.copy_and_resolve_references(), workdir)
+  reference, workdir = killed_and_resumed(config, tmp_path, monkeypatch)
   import jax
   jax.tree.map(np.testing.assert_array_equal, saved_state(workdir), saved_state(reference))
   assert (_without_throughput(os.path.join(workdir, "train_metrics.jsonl"))

@@ -35,6 +35,7 @@ class ArtifactError(ValueError):
     super().__init__(f"{path}: {reason}")
 
 
+# SHA-256 from hashlib, not data.integrity's BLAKE3: this file must run with jax and numpy only.
 def file_entry(path):
   """{"bytes": size, "sha256": hex} of the file at ``path``."""
   digest = hashlib.sha256()

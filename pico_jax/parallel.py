@@ -130,8 +130,9 @@ class PeerWatch(threading.Thread):
   answers (process 0 lost), prints ``error: process <k> of <n> was lost ...`` (``line``)
   and exits with status 1 at once: the collectives of the survivors would otherwise wait
   for jax's heartbeat timeout and abort with pages of thread dumps. A process that
-  finishes normally marks itself done first (atexit), so the others never take it for
-  lost.
+  finishes normally marks itself done and stops its watch (atexit, before jax's own exit
+  hook shuts the coordination client down), so the others never take it for lost and
+  its own watch never takes that shutdown for a lost coordinator.
   """
 
   def __init__(self, timeout: float = 10.0, interval: float = 1.0):
@@ -141,6 +142,7 @@ class PeerWatch(threading.Thread):
     self.index, self.count = jax.process_index(), jax.process_count()
     self.timeout, self.interval = timeout, interval
     self.lost = threading.Event()
+    self._stopping = threading.Event()
     self._notes: list[Callable[[], str]] = []  # those of the open ``exit_note`` blocks.
     atexit.register(self._done)
 
@@ -172,11 +174,16 @@ class PeerWatch(threading.Thread):
       self.client.key_value_set(self._key("done", self.index), "1", allow_overwrite=True)
     except Exception:  # pylint: disable=broad-except (the job is ending anyway)
       pass
+    # atexit runs this before jax's clean_up (registered at import, so later in LIFO
+    # order), which shuts the client down: no call of the watch may be in flight then.
+    self._stopping.set()
+    if self.is_alive() and threading.current_thread() is not self:
+      self.join(timeout=10 * self.interval)
 
   def run(self):
     beat, now = 0, time.monotonic()
     last = {p: (None, now) for p in range(self.count) if p != self.index}
-    while True:
+    while not self._stopping.is_set():
       beat += 1
       try:
         self.client.key_value_set(self._key("alive", self.index), str(beat),
@@ -191,9 +198,11 @@ class PeerWatch(threading.Thread):
             self._exit(p, f"no sign of life for {self.timeout:.0f} s")
       except Exception:  # pylint: disable=broad-except (the coordinator is gone)
         self._exit(0, "the coordinator (process 0) does not answer")
-      time.sleep(self.interval)
+      self._stopping.wait(self.interval)
 
   def _exit(self, process: int, why: str):
+    if self._stopping.is_set():  # this process is ending normally: nothing to report.
+      return
     self.lost.set()
     print(self.line(process, why), file=sys.stderr, flush=True)
     os._exit(1)

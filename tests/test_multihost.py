@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -47,8 +48,11 @@ def _launch(config, workdir, cache) -> list[subprocess.Popen]:
 
 def _finish(procs, codes=(0, 0)) -> list[str]:
   logs = [p.communicate(timeout=300)[0] for p in procs]
-  for i, (p, log) in enumerate(zip(procs, logs)):
-    assert p.returncode == (codes[i] if i < len(codes) else 0), f"process {i}:\n{log[-4000:]}"
+  expected = [codes[i] if i < len(codes) else 0 for i in range(len(procs))]
+  # On a failure every process's log is shown: the one that failed first may be another.
+  assert [p.returncode for p in procs] == expected, "\n".join(
+      f"process {i} (exit {p.returncode}):\n{log[-3000:]}"
+      for i, (p, log) in enumerate(zip(procs, logs)))
   return logs
 
 
@@ -122,6 +126,53 @@ def test_distributed_auto_stays_single_process_without_a_launcher(monkeypatch):
   assert parallel._cluster_detected() == "SLURM"
   with pytest.raises(ValueError, match="--distributed='maybe'"):
     parallel.initialize_distributed("maybe")
+
+
+class _ShutDownClient:
+  """A coordination client that answers until ``shut_down`` is set, then raises like
+  jax's client after ``jax.distributed.shutdown``."""
+
+  def __init__(self):
+    self.store, self.shut_down = {}, False
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    if self.shut_down:
+      raise RuntimeError("UNAVAILABLE: the coordination client was shut down")
+    self.store[key] = value
+
+  def key_value_try_get(self, key):
+    if self.shut_down:
+      raise RuntimeError("UNAVAILABLE: the coordination client was shut down")
+    if key not in self.store:
+      raise RuntimeError(f"NOT_FOUND: {key}")
+    return self.store[key]
+
+
+@pytest.mark.parametrize("ends_normally", [True, False])
+def test_the_watch_of_a_process_that_ends_normally_never_reports_the_shutdown(
+    monkeypatch, ends_normally):
+  """jax's exit hook shuts the coordination client down after the watch's own hook: a
+  watch still running then would take it for a lost coordinator and turn a finished run
+  into exit 1 (it did, in CI). A watch whose process did not end is still told."""
+  exits = []
+  watch = parallel.PeerWatch(interval=0.01)
+  monkeypatch.setattr(watch, "client", _ShutDownClient())
+  watch.count, watch.index = 2, 0
+  monkeypatch.setattr(parallel.os, "_exit", exits.append)
+  watch.start()
+  while "pico_jax/alive/0" not in watch.client.store:
+    time.sleep(0.01)
+  if ends_normally:
+    watch._done()  # what atexit runs first.
+    assert not watch.is_alive() and watch.client.store["pico_jax/done/0"] == "1"
+  watch.client.shut_down = True
+  reported = watch.lost.wait(timeout=0.5 if ends_normally else 10)
+  watch._stopping.set()
+  watch.join(timeout=5)
+  if ends_normally:
+    assert not reported and exits == []
+  else:
+    assert reported and set(exits) == {1}
 
 
 def test_a_lost_process_ends_the_job_with_one_line(two_process_run):

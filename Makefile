@@ -19,8 +19,9 @@ $(STAMP): requirements.txt requirements-beam.txt pyproject.toml
 train: $(STAMP)
 	$(PY) launch/train.py --config=configs/default.py --workdir=$(WORKDIR)
 
+# --durations: CI's own log then says what the slowest tests cost on its runner.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 clean:
 	rm -rf $(VENV) $(TF_VENV) workdir .pytest_cache *.egg-info

@@ -170,6 +170,10 @@ def test_rules_check_the_type(rule, bad):
      r"rows, and config\.data\.eval_split='val' evaluates it"),
     ({"data.name": "store", "data.path": "/s"}, {"train": 100, "val": 5, "test": 0}, None,
      r"the store /s: the 'test' split has no rows, and the final test evaluates it"),
+    # Time order exists only for a streamed (sharded) store: not a silent global shuffle.
+    ({"data.order": "time", "data.name": "store", "data.path": "/s"},
+     {"train": 100, "val": 5, "test": 5}, None, r"config\.data\.order='time': only a "
+     r"sharded store .* the store /s is shuffled over all rows every epoch"),
 ])
 def test_checks_against_the_data_and_devices(overrides, splits, devices, match):
   config = validate(small_config(**overrides)) if "data.path" not in overrides else (
@@ -177,6 +181,8 @@ def test_checks_against_the_data_and_devices(overrides, splits, devices, match):
   with pytest.raises(ConfigError, match=match):
     validate_against(config, splits, devices)
   validate_against(small_config(), {"train": 6400, "val": 800, "test": 800}, 8)
+  validate_against(small_config(**{"data.order": "time"}),
+                   {"train": 6400, "val": 800, "test": 800}, 8, streamed=True)
 
 
 def test_build_checks_the_mesh_before_anything_trains():

@@ -45,7 +45,7 @@ def check_splits(config, split_rows: Mapping[str, int], source: str,
 
 
 def validate_against(config, split_rows: Mapping[str, int] | None = None,
-                     device_count: int | None = None):
+                     device_count: int | None = None, streamed: bool = False):
   """The checks that need the data or the devices; ``ConfigError`` names the key.
 
   Args:
@@ -53,11 +53,19 @@ def validate_against(config, split_rows: Mapping[str, int] | None = None,
     split_rows: the dataset's splits and their row counts (None: no dataset).
     device_count: the devices ``config.mesh`` spans (None: the mesh is given
       explicitly, not built from the config).
+    streamed: whether the train split is a sharded store's, read in order of its
+      partitions by ``data.stream`` (otherwise a global permutation per epoch).
   """
   if split_rows is not None:
     where = (f"the store {config.data.path}" if config.data.name == "store"
              else "the dataset")
     check_splits(config, split_rows, where)
+    # Time order only exists where partitions are streamed; elsewhere it would be a
+    # global shuffle the user did not ask for.
+    if config.data.order != "shuffle" and not streamed:
+      raise ConfigError(f"config.data.order={config.data.order!r}: only a sharded store "
+                        "(preprocess.py --num_shards=N) is read in the order of its "
+                        f"partitions; {where} is shuffled over all rows every epoch")
   if device_count is None:
     return
   m, n = config.mesh, device_count

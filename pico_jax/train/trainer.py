@@ -163,7 +163,8 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None, *,
   # What needs the data and the devices, before anything is built or trained.
   validate_against(
       config, dataset and {split: dataset.num_rows(split) for split in dataset.splits},
-      None if mesh is not None else jax.device_count())
+      None if mesh is not None else jax.device_count(),
+      streamed=dataset is not None and isinstance(dataset.splits["train"], ShardedSplit))
   mesh = mesh if mesh is not None else parallel.mesh_from_config(config)
   model = build_model(config, schema)
   tx = make_optimizer(config.optimizer, config.train.steps)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pico_jax import batch as B
+from pico_jax.data.errors import DataError
 from pico_jax.train import reporting
 
 
@@ -119,7 +120,7 @@ def test_read_metrics_keeps_last_record_per_step_and_names_bad_lines(tmp_path):
       ("val", 1, 1), ("val", 2, 3), ("train", 2, 4)]
   with open(path, "a") as f:
     f.write('{"step": 3, "split"\n')
-  with pytest.raises(ValueError, match=r"metrics.jsonl:6: malformed"):
+  with pytest.raises(DataError, match=r"metrics.jsonl:6: malformed"):
     reporting.read_metrics(str(tmp_path))
 
 
@@ -155,3 +156,39 @@ def test_non_finite_scalars_are_left_out_of_tensorboard_with_one_warning(tmp_pat
   # The metrics file keeps every value.
   records = reporting.read_metrics(str(tmp_path))
   assert [np.isnan(r["ctr_auc"]) for r in records] == [True, True]
+
+
+def _records(steps):
+  return "".join(json.dumps({"step": s, "split": "val", "a": s}) + "\n" for s in steps)
+
+
+def test_truncate_after_keeps_the_steps_up_to_the_resumed_one(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text(_records([1, 2, 3]) + "\n" + _records([4]))
+  reporting.MetricsWriter(str(tmp_path)).truncate_after(2)
+  assert path.read_text() == _records([1, 2])
+
+
+def test_truncate_after_drops_a_last_line_cut_short_with_a_warning(tmp_path, caplog):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text(_records([1, 2]) + _records([3])[:9])  # killed mid-write.
+  with caplog.at_level(logging.WARNING, "pico_jax"):
+    reporting.MetricsWriter(str(tmp_path)).truncate_after(5)
+  assert path.read_text() == _records([1, 2])
+  assert [r.getMessage() for r in caplog.records] == [
+      f"{path}:3: dropped the last line, cut short (the run was killed while writing it)"]
+
+
+@pytest.mark.parametrize("damaged, line", [
+    (_records([1]) + "garbage\n" + _records([2, 3]), 2),  # in the middle.
+    (_records([1, 2]) + '{"split": "val"}\n', 3),  # a whole last line without a step.
+    (_records([1]) + "\x00" * 8 + "\n" + _records([2])[:9], 2)],  # damage, then a cut.
+    ids=["middle", "whole_last_line", "damage_before_a_cut"])
+def test_truncate_after_stops_at_a_damaged_line_and_keeps_the_file(tmp_path, damaged, line):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text(damaged)
+  with pytest.raises(DataError, match=rf"^{path}:{line}: malformed metrics record .*"
+                     "left as it was: mend or delete the line, then resume$"):
+    reporting.MetricsWriter(str(tmp_path)).truncate_after(1)
+  assert path.read_text() == damaged
+  assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]  # no temporary file left.

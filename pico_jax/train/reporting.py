@@ -42,6 +42,7 @@ import numpy as np
 from pico_jax import batch as B
 from pico_jax import metric_names
 from pico_jax import metrics as metrics_lib
+from pico_jax.data.errors import DataError
 
 # The file names belong to the work-directory layout (pico_jax/workdir.py).
 from pico_jax.workdir import METRICS_FILE, TENSORBOARD_DIR, TRAIN_METRICS_FILE, tau_file
@@ -57,18 +58,30 @@ class MetricsWriter:
 
   def truncate_after(self, step: int):
     """Drops records of steps after ``step``: a resumed run redoes those steps, and
-    the file then reads as if the run had never stopped."""
+    the file then reads as if the run had never stopped.
+
+    A last line cut short (no newline: the run was killed while writing it) is dropped
+    with a warning. Any other line that is not a record is damage: ``DataError`` naming
+    its line, the file left as it is (nothing saved is thrown away unseen)."""
     if jax.process_index() != 0 or not os.path.exists(self.path):
       return
     with open(self.path) as f:
-      lines = [line for line in f if line.strip()]
-    # A line cut short by a kill mid-write is dropped with the rest.
+      lines = list(enumerate(f, 1))
     kept = []
-    for line in lines:
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
+    for line_no, line in lines:
+      if not line.strip():
         continue
+      if line_no == len(lines) and not line.endswith("\n"):
+        try:
+          record = _parse_record(line, self.path, line_no)
+        except DataError:
+          log.warning("%s:%d: dropped the last line, cut short (the run was killed while "
+                      "writing it)", self.path, line_no)
+          continue
+      else:
+        # Only the last line can be cut by a kill; a bad line before it is damage.
+        record = _parse_record(line, self.path, line_no, hint=(
+            "; the file is left as it was: mend or delete the line, then resume"))
       if record["step"] <= step:
         kept.append(line if line.endswith("\n") else line + "\n")
     with open(self.path + ".tmp", "w") as f:
@@ -83,20 +96,29 @@ class MetricsWriter:
       f.write(json.dumps(record) + "\n")
 
 
+def _parse_record(line: str, path: str, line_no: int, hint: str = "") -> dict:
+  """The record of line ``line_no`` of the metrics file ``path``; ``DataError`` naming
+  the file and line (and ending with ``hint``) unless it is a JSON object with a
+  ``split`` and an integer ``step``."""
+  try:
+    record = json.loads(line)
+    record.update(split=record["split"], step=int(record["step"]))
+  except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    raise DataError(f"malformed metrics record ({e}){hint}", path=path, line=line_no) from None
+  return record
+
+
 def read_metrics(workdir: str, filename: str = METRICS_FILE) -> list[dict]:
   """The records of ``workdir/<filename>``, the last one of each (split, step) kept, in
-  file order. Raises ValueError naming the file and line of a malformed record."""
+  file order. Raises DataError naming the file and line of a malformed record."""
   path = os.path.join(workdir, filename)
   latest = {}
   with open(path) as f:
     for line_no, line in enumerate(f, 1):
       if not line.strip():
         continue
-      try:
-        record = json.loads(line)
-        key = (record["split"], int(record["step"]))
-      except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}:{line_no}: malformed metrics record ({e})") from None
+      record = _parse_record(line, path, line_no)
+      key = (record["split"], record["step"])
       latest.pop(key, None)  # re-insert: a rewritten step moves to its new place.
       latest[key] = record
   return list(latest.values())

@@ -79,3 +79,39 @@ def test_uri_locations(tmp_path):
   assert not filesystem.exists(filesystem.join(uri, "g.bin"))
   with pytest.raises(integrity.DataError, match="nosuch://x"):
     filesystem.resolve("nosuch://x")
+
+
+# BLAKE3's own test vectors (input byte i is i % 251): what b3sum prints.
+VECTORS = {0: "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+           1: "2d3adedff11b61f14c886e35afa036736dcd87a74d27b5c1510225d0f592e213",
+           1025: "d00278ae47eb27b34faecf67b4fe263f82d5412916c1ffd97c8cb7fb814b8444",
+           10_000: "5f81f9e4ab67627b6b036d5d4e3bc40d9d3daa6fcc2b6dd07ab2bbf0a877da54"}
+
+
+@pytest.mark.parametrize("threads", [1, 3, integrity.blake3.blake3.AUTO])
+@pytest.mark.parametrize("window", [999, 4 << 20])  # 999: several windows, the last short.
+def test_file_entry_is_what_b3sum_prints_whatever_the_windows_and_threads(
+    tmp_path, monkeypatch, threads, window):
+  monkeypatch.setattr(integrity, "_WINDOW", window)
+  monkeypatch.setattr(integrity, "_CHUNK", window)
+  path = tmp_path / "f"
+  for size, hexdigest in VECTORS.items():
+    path.write_bytes(bytes(i % 251 for i in range(size)))
+    expected = {"bytes": size, "blake3": hexdigest}
+    assert integrity.file_entry(str(path), threads) == expected
+    assert integrity.file_entry(f"file://{path}", threads) == expected
+  path.write_bytes(bytes(i % 251 for i in range(10_000 - 1)) + b"\0")
+  assert integrity.file_entry(str(path), threads)["blake3"] != VECTORS[10_000]
+
+
+def test_a_store_sealed_before_still_verifies(tmp_path):
+  """meta.json as the earlier reader (reads into a 16 MiB buffer) sealed it."""
+  meta = {"splits": {"train": {"rows": 1}},
+          "files": {"train/f.bin": {"bytes": 10000, "blake3": VECTORS[10_000]}},
+          "fingerprint": "140c543fad229849c329dde2bda9caee5618546b5849cac471a103d0951ea5d5"}
+  (tmp_path / "train").mkdir()
+  (tmp_path / "train" / "f.bin").write_bytes(bytes(i % 251 for i in range(10_000)))
+  integrity.check_meta(meta, str(tmp_path / "meta.json"))
+  integrity.verify_file(str(tmp_path), "train/f.bin", meta["files"]["train/f.bin"])
+  assert integrity.seal({"splits": {"train": {"rows": 1}}}, str(tmp_path),
+                        ["train/f.bin"]) == meta

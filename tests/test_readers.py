@@ -286,22 +286,3 @@ def test_blocks_cut_at_line_boundaries(tmp_path, monkeypatch):
     assert info.num_lines == len(raw_files.split_lines(text))
     streamed = [(b, d) for b, d in raw_files.stream_blocks(str(path), rows, header) if b]
     assert streamed == list(zip(info.blocks, data))
-
-
-def test_hash_file_is_the_blake3_of_the_bytes(tmp_path, monkeypatch):
-  """The digest meta.json records is what ``b3sum`` prints, whatever the read windows."""
-  from pico_jax.ingest import raw_files
-  empty = tmp_path / "empty"
-  empty.write_bytes(b"")
-  # The BLAKE3 specification's digest of the empty input.
-  assert raw_files.hash_file(str(empty)) == (
-      "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262")
-  path = tmp_path / "f"
-  data = np.random.default_rng(0).integers(0, 256, 10_000, np.uint8).tobytes()
-  path.write_bytes(data)
-  whole = raw_files.hash_file(str(path))
-  monkeypatch.setattr(raw_files, "_READ_BYTES", 999)  # 11 windows, the last one short.
-  assert raw_files.hash_file(str(path)) == whole
-  assert raw_files.hash_file(str(path), threads=3) == whole
-  path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-  assert raw_files.hash_file(str(path)) != whole

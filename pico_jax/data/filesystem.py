@@ -9,6 +9,7 @@ directories, ``file://``, ``s3://`` (AWS, or any S3 server: add
 
 from __future__ import annotations
 
+import mmap
 import os
 import posixpath
 
@@ -50,3 +51,16 @@ def exists(location: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
   except OSError as e:
     raise DataError(f"cannot reach this location: {e}", path=location) from None
+
+
+def map_window(path: str, offset: int, length: int) -> memoryview:
+  """A read-only view of bytes [offset, offset + length) of the local file ``path``,
+  mapped (``mmap``) rather than copied. Only that window is mapped, and only while a
+  view of it lives, so the pages a process has read do not pile up in its memory."""
+  if not length:
+    return memoryview(b"")
+  start = offset - offset % mmap.ALLOCATIONGRANULARITY
+  with open(path, "rb") as f:
+    mapped = mmap.mmap(f.fileno(), offset + length - start, offset=start,
+                       access=mmap.ACCESS_READ)
+  return memoryview(mapped)[offset - start:]

@@ -17,6 +17,7 @@ import warnings
 
 import numpy as np
 
+from pico_jax.data import integrity
 from pico_jax.data.errors import DataError
 from pico_jax.ingest import raw_files
 from pico_jax.ingest.raw_files import split_lines
@@ -205,7 +206,7 @@ class Format:
 
   def digest(self, path: str, threads: int) -> str:
     """The input's BLAKE3 digest (hex), recorded in the store's meta.json."""
-    return raw_files.hash_file(path, threads)
+    return integrity.file_entry(path, threads)["blake3"]
 
   def check_unchanged(self, info: raw_files.FileInfo) -> None:
     raw_files.check_unchanged(info)

@@ -5,8 +5,7 @@ byte offset where every block of ``block_rows`` data lines starts); a block is t
 read by offset (``read_block``: a view of the mapped file, not a copy), so parallel
 workers read their own blocks and only offsets travel between processes. A gzip
 stream cannot seek: it is unpacked once, in order (``iter_gzip_blocks``). Scoring
-reads blocks in one sequential pass without a scan (``stream_blocks``). ``hash_file``
-is the BLAKE3 digest that a store records of each input.
+reads blocks in one sequential pass without a scan (``stream_blocks``).
 """
 
 from __future__ import annotations
@@ -15,14 +14,14 @@ import concurrent.futures
 import dataclasses
 import gzip
 import io
-import mmap
 import os
 import zlib
 
 import numpy as np
 
-from pico_jax.ingest import compiled
+from pico_jax.data import filesystem
 from pico_jax.data.errors import DataError
+from pico_jax.ingest import compiled
 
 _READ_BYTES = 1 << 22  # scan granularity: 4 MiB.
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -109,17 +108,6 @@ def blake3_module():
 
 # One BLAKE3 thread hashes as fast as this many parsing workers read: no hash bound.
 WORKERS_PER_HASH_THREAD = 6
-
-
-def hash_file(path: str, threads: int = 1) -> str:
-  """The BLAKE3 digest of the file at ``path`` (hex, 256 bits; what ``b3sum PATH``
-  prints, whatever the ``threads``), read through mapped windows (no copy). BLAKE3,
-  not sha256: several times faster on one core."""
-  digest = blake3_module().blake3(max_threads=threads)
-  size = os.path.getsize(path)
-  for start in range(0, size, _READ_BYTES):
-    digest.update(_map(path, start, min(_READ_BYTES, size - start)))  # releases the GIL.
-  return digest.hexdigest()
 
 
 class _BlockCutter:
@@ -220,27 +208,15 @@ def scan_file(path: str, block_rows: int, header: bool) -> FileInfo:
   elif stat.st_size:
     windows = [(o, min(_READ_BYTES, stat.st_size - o))
                for o in range(0, stat.st_size, _READ_BYTES)]
-    count = lambda window: compiled.count_newlines(_map(path, *window))
+    count = lambda window: compiled.count_newlines(filesystem.map_window(path, *window))
     with concurrent.futures.ThreadPoolExecutor(min(len(windows),
                                                    os.cpu_count() or 1)) as pool:
       for window, newlines in zip(windows, pool.map(count, windows)):
-        blocks += [b for b, _ in cutter.feed(_map(path, *window), newlines)]
+        piece = filesystem.map_window(path, *window)
+        blocks += [b for b, _ in cutter.feed(piece, newlines)]
   blocks += [b for b, _ in cutter.finish()]
   return FileInfo(path, cutter.num_lines, stat.st_size, packed, tuple(blocks),
                   stat.st_mtime_ns)
-
-
-def _map(path: str, offset: int, length: int) -> memoryview:
-  """A read-only view of bytes [offset, offset + length) of a file, mapped (``mmap``)
-  rather than copied. Only that window is mapped, and only while a view of it lives,
-  so the pages a run has read do not pile up in the process's memory."""
-  if not length:
-    return memoryview(b"")
-  start = offset - offset % mmap.ALLOCATIONGRANULARITY
-  with open(path, "rb") as f:
-    mapped = mmap.mmap(f.fileno(), offset + length - start, offset=start,
-                       access=mmap.ACCESS_READ)
-  return memoryview(mapped)[offset - start:]
 
 
 def stream_blocks(path: str, block_rows: int, header: bool):
@@ -261,8 +237,8 @@ def stream_blocks(path: str, block_rows: int, header: bool):
 
 def read_block(block: Block) -> memoryview:
   """The bytes of ``block`` of a plain (not gzip) file: a view of the file's pages,
-  not a copy (see ``_map``)."""
-  return _map(block.path, block.offset, block.length)
+  not a copy (see ``filesystem.map_window``)."""
+  return filesystem.map_window(block.path, block.offset, block.length)
 
 
 def iter_gzip_blocks(info: FileInfo):

@@ -5,6 +5,7 @@ column."""
 import json
 import os
 
+import blake3
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -94,6 +95,12 @@ def test_a_partitioned_directory_with_multi_valued_tags(tmp_path):
   assert [f.name for f in ds.schema.multi] == ["tags"]
   assert meta["vocab"]["day"]["size"] == 3 and meta["vocab"]["tags"]["size"] == 6
   assert ds.info["meta"]["options"]["table"]["multi"] == [["tags", "|"]]
+  # The input's digest: BLAKE3 over its files' bytes, one after another, in path order.
+  files = sorted(os.path.join(d, n) for d, _, names in os.walk(tmp_path / "logs")
+                 for n in names)
+  assert len(files) > 1
+  assert meta["sources"][0]["blake3"] == blake3.blake3(
+      b"".join(open(f, "rb").read() for f in files)).hexdigest()
 
 
 def test_the_roles_flags_and_schema_file(tmp_path):

@@ -51,8 +51,15 @@ def file_entry(location: str, threads: int = blake3.blake3.AUTO) -> dict[str, An
   ``threads``: BLAKE3's threads (default every core). The digest is a tree, so every
   count gives the same hex; a build hashes its inputs beside its parsing workers on few.
   """
-  fs, path = filesystem.resolve(location)
   digest = blake3.blake3(max_threads=threads)
+  size = hash_into(digest, location)
+  return {"bytes": size, "blake3": digest.hexdigest()}
+
+
+def hash_into(digest, location: str) -> int:
+  """Feeds the bytes of the file at ``location`` (a path or a URI) to ``digest`` (a
+  ``blake3.blake3``); returns how many."""
+  fs, path = filesystem.resolve(location)
   if isinstance(fs, pafs.LocalFileSystem):
     # Mapped, not copied, a window at a time: a map of the whole file would count its
     # pages in the RSS of every process that checks a shard while training.
@@ -60,13 +67,13 @@ def file_entry(location: str, threads: int = blake3.blake3.AUTO) -> dict[str, An
     for start in range(0, size, _WINDOW):
       # Releases the GIL: a build's parsing goes on beside it.
       digest.update(filesystem.map_window(path, start, min(_WINDOW, size - start)))
-    return {"bytes": size, "blake3": digest.hexdigest()}
+    return size
   size = 0
   with fs.open_input_stream(path) as stream:
     while chunk := stream.read(_CHUNK):
       size += len(chunk)
       digest.update(chunk)
-  return {"bytes": size, "blake3": digest.hexdigest()}
+  return size
 
 
 def fingerprint(meta: Mapping[str, Any]) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from pico_jax.data import integrity
 from pico_jax.data.errors import DataError
 from pico_jax.ingest import raw_files, table_columns as columns
 from pico_jax.ingest.format_contract import Chunk, Format, Layout
@@ -279,9 +280,7 @@ class TableFormat(Format):
         out.write_table(self._memory[path])
       return digest.hexdigest()
     for file, *_ in self._inputs[path].files:
-      with open(file, "rb") as f:
-        for piece in iter(lambda: f.read(1 << 22), b""):
-          digest.update(piece)
+      integrity.hash_into(digest, file)
     return digest.hexdigest()
 
   def check_unchanged(self, info):

@@ -186,3 +186,20 @@ def test_a_resume_with_another_window_or_order_is_refused_and_verification_is_no
 def test_convert_without_output_is_one_line(tmp_path):
   done = run_script("preprocess", f"--convert={tmp_path / 'x'}")
   assert done.returncode == 1 and done.stderr.strip() == "error: --convert needs --output"
+
+
+@pytest.mark.parametrize("key,index,value,match", [
+    (B.CLICK, (3,), 7.0, r"split 'train', column 'click', row 3: "),
+    (B.SPARSE, (5, 1), -5, r"split 'train', column 'sparse' \(field '[^']+'\), row 5: "),
+])
+def test_impossible_values_are_refused_before_a_sharded_store_is_sealed(
+    tmp_path, data, key, index, value, match):
+  """The reader trusts a shard that matches its BLAKE3, so the writer checks values."""
+  splits = {name: dict(columns) for name, columns in data.splits.items()}
+  splits["train"][key] = bad = np.array(splits["train"][key])
+  bad[index] = value
+  meta = {"schema": data.schema.to_json(), "format": "synthetic",
+          "task_relation": "entire_space"}
+  with pytest.raises(DataError, match=match):
+    shard_writer.write_store(str(tmp_path / "s"), meta, splits, {}, num_shards=2)
+  assert not os.path.exists(tmp_path / "s")

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pico_jax.data import filesystem, integrity, sharded
+from pico_jax.data import filesystem, integrity, sharded, value_checks
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema
 from pico_jax.data.store import META, SPLITS, column_specs
@@ -133,6 +133,11 @@ def write_store(output: str, meta: Mapping[str, Any], splits: Mapping[str, Mappi
   if num_shards < 1:
     raise ValueError(f"num_shards={num_shards}: must be >= 1")
   schema = Schema.from_json(meta["schema"])
+  # The reader checks shards against their BLAKE3 only, so what a shard may hold is
+  # checked here, once, before anything is sealed (the columnar store's rule at load).
+  for split in SPLITS:
+    value_checks.check_split(split, splits[split], {k: str(output) for k in splits[split]},
+                             schema, meta)
   root = open_root(output, overwrite)
   try:
     files, split_meta = {}, {}

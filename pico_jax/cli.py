@@ -48,9 +48,9 @@ def project_errors() -> tuple[type[BaseException], ...]:
   from pico_jax.data.errors import DataError
   from pico_jax.train.checkpoint import CheckpointMismatchError, CheckpointRestoreError
   from pico_jax.train.loop import DivergenceError
-  from pico_jax.workdir import WorkdirBusyError
+  from pico_jax.workdir import WorkdirError
   return (FlagError, ConfigError, DataError, CheckpointMismatchError, CheckpointRestoreError,
-          DivergenceError, WorkdirBusyError)
+          DivergenceError, WorkdirError)
 
 
 def is_user_error(error: BaseException) -> bool:

@@ -71,8 +71,21 @@ def export_dir(workdir: str, step: int) -> str:
   return os.path.join(workdir, EXPORT_DIR, f"step_{step}")
 
 
-class WorkdirBusyError(RuntimeError):
+class WorkdirError(RuntimeError):
+  """The work directory cannot serve a run; the message says why in one line."""
+
+
+class WorkdirBusyError(WorkdirError):
   """Another run holds the work directory's lock; the message names it (pid, host)."""
+
+
+def check_location(workdir: str) -> None:
+  """Raises WorkdirError for a URI: the lock, the metrics and TensorBoard files are POSIX
+  files, so ``gs://b/run`` would silently become a local directory named ``gs:``."""
+  if "://" in str(workdir):
+    raise WorkdirError(
+        f"--workdir={workdir}: a work directory is a path on a file system every host "
+        "shares (NFS, or a bucket mounted with gcsfuse or s3fs), not a URI")
 
 
 def _process_start(pid: int) -> str | None:

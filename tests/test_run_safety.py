@@ -140,3 +140,14 @@ def test_the_lock_works_without_hard_links(tmp_path, monkeypatch):
       with workdir_lib.writer_lock(str(tmp_path)):
         pass
   assert os.listdir(tmp_path) == []
+
+
+def test_a_uri_work_directory_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+  """os.makedirs('gs://b/run') would make a local directory 'gs:' and train into it."""
+  from conftest import small_config
+  from pico_jax.train import loop
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(workdir_lib.WorkdirError, match=r"--workdir=gs://b/run: a work "
+                     r"directory is a path on a file system every host shares"):
+    loop.train_and_evaluate(small_config(), "gs://b/run")
+  assert os.listdir(tmp_path) == []

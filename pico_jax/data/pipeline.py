@@ -12,7 +12,7 @@ single-host runs.
 Columns are usually the read-only memory maps of a columnar store
 (``pico_jax.data.store``): a batch gather touches only the pages of its rows, so the
 store may be far larger than memory, and every process maps the same files.
-Throughput on W2-shaped data is in BENCHMARKS.md ("Pipeline").
+Throughput on W2-shaped data is in BENCHMARKS.md ("Input pipeline").
 """
 
 from __future__ import annotations

@@ -11,8 +11,11 @@ fresh process of its own: rows/s of ``pipeline.train_iterator`` (memmap) and of
 ``--batch``, process 0 of 1, after ``--warmup`` batches. Peak RSS is the reader
 process's VmHWM counted from the moment the store is opened (the memmap reader's
 includes the store pages it touched), and its rise above the RSS of that moment.
-``--measure`` runs one reader on an existing store (what the parent calls). Prints one
-JSON object per size.
+``--repeats N`` runs the readers N times, interleaved (memmap, sharded, unverified,
+memmap, ...), and reports each reader's median and the median of the per-round ratios
+to memmap: on a shared machine one sample per reader says little. ``--measure`` runs
+one reader on an existing store (what the parent calls). Prints one JSON object per
+size.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -76,6 +80,8 @@ def main():
   p.add_argument("--window", type=int, default=65_536)
   p.add_argument("--workdir", default="/tmp/pico_sharded_bench")
   p.add_argument("--keep", action="store_true", help="keep the generated stores")
+  p.add_argument("--repeats", type=int, default=1,
+                 help="rounds of the readers, interleaved; medians are reported")
   p.add_argument("--measure", choices=READERS,
                   help="time this reader on --store only (one process, one JSON line)")
   p.add_argument("--store", help="with --measure: the store (columnar for memmap)")
@@ -99,17 +105,29 @@ def main():
       t = time.perf_counter()
       shard_writer.convert(v1, v2, num_shards=-(-rows // args.shard_rows), overwrite=True)
       result["convert_s"] = round(time.perf_counter() - t, 1)
+    rounds = [{reader: _measure_in_child(reader, v1 if reader == "memmap" else v2, settings)
+               for reader in READERS} for _ in range(args.repeats)]
     for reader in READERS:
-      out = subprocess.run(
-          [sys.executable, __file__, "--measure", reader,
-           "--store", v1 if reader == "memmap" else v2,
-           *(f"--{k}={v}" for k, v in settings.items())],
-          check=True, capture_output=True, text=True).stdout
-      result[reader] = json.loads(out.strip().splitlines()[-1])
+      samples = [r[reader] for r in rounds]
+      result[reader] = {**samples[-1], "rows_per_s": round(statistics.median(
+          s["rows_per_s"] for s in samples)), "samples": [s["rows_per_s"] for s in samples]}
+      if reader == "memmap":
+        continue
+      result[f"{reader}_over_memmap"] = round(statistics.median(
+          r[reader]["rows_per_s"] / r["memmap"]["rows_per_s"] for r in rounds), 2)
     print(json.dumps(result), flush=True)
     if not args.keep:
       shutil.rmtree(v1)
       shutil.rmtree(v2)
+
+
+def _measure_in_child(reader: str, store: str, settings: dict) -> dict:
+  """``measure`` in a fresh process: no reader inherits another's page-cache or heap."""
+  out = subprocess.run(
+      [sys.executable, __file__, "--measure", reader, "--store", store,
+       *(f"--{k}={v}" for k, v in settings.items())],
+      check=True, capture_output=True, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Test set-up: 8 CPU devices (set before jax is imported) and small configs.
+"""Test set-up: 8 CPU devices (set before jax is imported), small configs, and a local
+S3 server (``s3``) for stores in object storage.
 
 ``pico_jax`` and ``configs`` are imported as installed packages (``make test`` runs
 ``pip install -e .``).
@@ -7,9 +8,11 @@
 import atexit
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
@@ -97,3 +100,47 @@ def small_model(data, **overrides):
   batch[B.MASK] = np.ones(64, np.float32)
   params = model.init(jax.random.PRNGKey(0), B.features(batch))["params"]
   return model, params, batch, objective_kwargs(config, mesh=None)
+
+
+# Credentials moto accepts; set while the server runs so that no real ones are used.
+_S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+  """A moto S3 server on a free port of 127.0.0.1 with bucket "pico": a function of a
+  key giving its s3:// URI (the endpoint in the query string)."""
+  pytest.importorskip("moto", reason="moto[server] (requirements.txt) is not installed")
+  import pyarrow.fs as pafs
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+  log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
+  server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+  saved = {k: os.environ.get(k) for k in _S3_ENV}
+  os.environ.update(_S3_ENV)
+  try:
+    deadline = time.monotonic() + 60
+    while True:
+      try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        break
+      except OSError:
+        assert time.monotonic() < deadline and server.poll() is None, "moto did not start"
+        time.sleep(0.2)
+    endpoint = f"127.0.0.1:{port}"
+    pafs.S3FileSystem(endpoint_override=endpoint, scheme="http",
+                      allow_bucket_creation=True).create_dir("pico")
+    yield lambda key, bucket="pico": (f"s3://{bucket}/{key}?endpoint_override={endpoint}"
+                                      "&scheme=http")
+  finally:
+    server.terminate()
+    server.wait(timeout=30)
+    log.close()
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v

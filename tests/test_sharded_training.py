@@ -1,13 +1,9 @@
 """Training from a sharded store: a local build equal to the columnar one, a resume in
 the middle of an epoch bit-identical to the run that never stopped, from local disk and
-from a local S3 server (moto, started here on 127.0.0.1), and one-line failures naming
+from a local S3 server (conftest's ``s3``: moto on 127.0.0.1), and one-line failures naming
 the URI."""
 
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -24,48 +20,6 @@ from test_resume import _without_throughput, killed_and_resumed
 from test_sharded_store import write
 
 SAMPLE = os.path.join(ALIEXPRESS, "torch-rechub-sample", "aliexpress_{}_sample.csv")
-_S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-  """A moto S3 server on a free port of 127.0.0.1 with bucket "pico": a function of a
-  key giving its s3:// URI (the endpoint in the query string)."""
-  pytest.importorskip("moto", reason="moto[server] (requirements.txt) is not installed")
-  with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-  log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
-  server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-  saved = {k: os.environ.get(k) for k in _S3_ENV}
-  os.environ.update(_S3_ENV)
-  try:
-    deadline = time.monotonic() + 60
-    while True:
-      try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        break
-      except OSError:
-        assert time.monotonic() < deadline and server.poll() is None, "moto did not start"
-        time.sleep(0.2)
-    endpoint = f"127.0.0.1:{port}"
-    pafs.S3FileSystem(endpoint_override=endpoint, scheme="http",
-                      allow_bucket_creation=True).create_dir("pico")
-    yield lambda key, bucket="pico": (f"s3://{bucket}/{key}?endpoint_override={endpoint}"
-                                      "&scheme=http")
-  finally:
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
-    for k, v in saved.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
-
-
 def _config(path):
   return small_config(**{
       "data.name": "store", "data.path": path, "data.shuffle_window": 256,

@@ -351,3 +351,57 @@ def test_a_store_without_vocabularies_is_a_located_error(tmp_path):
   with pytest.raises(DataError, match="not built from raw files") as e:
     Encoding.from_store(str(tmp_path / "s"))
   assert e.value.path == str(tmp_path / "s")
+
+
+@needs_data
+def test_a_store_in_object_storage_scores_as_its_local_copy(tmp_path, s3):
+  """A run trained on an s3:// store: predict from its checkpoint and from its export
+  read the store's encoding (meta.json, vocabularies) through the URI, checked against
+  the same checksums, and score exactly as with the store copied to local disk."""
+  import pyarrow.fs as pafs
+  from pico_jax import export
+  from pico_jax.data import filesystem, integrity
+  from pico_jax.train.loop import train_and_evaluate
+  uri = s3(f"predict-{tmp_path.name}")
+  preprocess.build_store("aliexpress", [TRAIN, TEST], uri, num_shards=2,
+                         options=preprocess.Options(min_count=2))
+  local = str(tmp_path / "copy")
+  fs, path = filesystem.resolve(uri)
+  pafs.copy_files(path, local, source_filesystem=fs,
+                  destination_filesystem=pafs.LocalFileSystem())
+  config = small_config(**{"data.name": "store", "data.path": uri,
+                           "checkpoint.enabled": True, "checkpoint.every_steps": 2,
+                           "train.steps": 2, "train.eval_every": 2, "train.log_every": 2,
+                           "train.eval_batch_size": 64})
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(config, workdir)
+  score, remote = predict.checkpoint_scorer(workdir, "latest")
+  copied = Encoding.from_store(local)
+  assert remote.fingerprint == copied.fingerprint
+  scores = {}
+  for name, encoding in (("s3", remote), ("local", copied)):
+    predict.predict_files(score, encoding, [TEST], str(tmp_path / f"{name}.csv"))
+    scores[name] = _read(str(tmp_path / f"{name}.csv"))[1]
+  np.testing.assert_array_equal(scores["s3"], scores["local"])
+  assert len(scores["s3"]) == 100
+
+  exported, manifest, _ = export.export_run(workdir, str(tmp_path / "artifact"),
+                                            checkpoint="latest", platforms=("cpu",))
+  assert manifest["store"] == {"fingerprint": copied.fingerprint}
+  score, from_artifact = predict.artifact_scorer(exported, 32)
+  predict.predict_files(score, from_artifact, [TEST], str(tmp_path / "artifact.csv"))
+  np.testing.assert_allclose(_read(str(tmp_path / "artifact.csv"))[1][:, 1:].astype(float),
+                             scores["local"][:, 1:].astype(float), rtol=0, atol=1e-6)
+  loaded = export.load(exported).raw_encoding()
+  for field, vocab in copied.encoder.vocabs.items():
+    np.testing.assert_array_equal(loaded.encoder.vocabs[field].keys, vocab.keys)
+
+  # A vocabulary changed in the bucket is refused as it is on disk, naming its URI.
+  relpath = next(r for r in store.read_meta(local)[integrity.FILES] if r.startswith("vocab/"))
+  vocab_uri = filesystem.join(uri, *relpath.split("/"))
+  fs, path = filesystem.resolve(vocab_uri)
+  with fs.open_output_stream(path) as f:
+    f.write(b"changed")
+  with pytest.raises(integrity.IntegrityError) as e:
+    Encoding.from_store(uri)
+  assert str(e.value).startswith(f"{vocab_uri}: ")

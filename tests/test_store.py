@@ -151,7 +151,7 @@ def test_existing_store_is_replaced_only_when_asked(tmp_path):
 
 
 def test_load_errors_name_the_file(tmp_path):
-  with pytest.raises(DataError, match=r"nothere: not a columnar store \(no meta\.json\)"):
+  with pytest.raises(DataError, match=r"nothere: not a store \(no meta\.json\)"):
     store.load_store(str(tmp_path / "nothere"))
   write_store(tmp_path / "s")
   meta_path = tmp_path / "s" / "meta.json"

@@ -19,7 +19,7 @@ whatever the process count, and each process pages in only the rows it gathers.
 
 from __future__ import annotations
 
-import json
+import io
 import os
 from typing import Any
 
@@ -57,21 +57,13 @@ def column_specs(schema: Schema) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
 
 
 def read_meta(path: str) -> dict[str, Any]:
-  """The parsed ``meta.json`` of the store at ``path`` (checked for version)."""
-  meta_path = os.path.join(path, META)
-  if not os.path.isfile(meta_path):
-    raise DataError(f"not a columnar store (no {META}); build one with "
-                    "launch/preprocess.py", path=path)
-  try:
-    with open(meta_path) as f:
-      meta = json.load(f)
-  except json.JSONDecodeError as e:
-    raise DataError(f"invalid JSON: {e.msg}", path=meta_path, line=e.lineno,
-                    column=e.colno) from None
+  """The parsed ``meta.json`` of the store at ``path`` (a local path or a URI, read
+  through ``filesystem``), checked for version."""
+  meta = sharded.read_meta(path)
   if meta.get("store_version") not in (STORE_VERSION, sharded.STORE_VERSION):
     raise DataError(f"store version {meta.get('store_version')!r}; this code reads "
                     f"versions {STORE_VERSION} and {sharded.STORE_VERSION}: rebuild the "
-                    "store", path=meta_path)
+                    "store", path=filesystem.join(path, META))
   return meta
 
 
@@ -79,28 +71,40 @@ def verified_meta(path: str) -> dict[str, Any]:
   """``read_meta`` of the store at ``path``, checked against its fingerprint: a store
   without checksums, or whose meta.json was edited, is a DataError naming meta.json."""
   meta = read_meta(path)
-  integrity.check_meta(meta, os.path.join(path, META))
+  integrity.check_meta(meta, filesystem.join(path, META))
   return meta
 
 
 def load_array(path: str, meta: dict[str, Any], relpath: str, mmap: bool = False
                ) -> np.ndarray:
-  """The array at ``relpath`` of the store at ``path``, verified against the size and
-  BLAKE3 digest that ``meta`` (``verified_meta``) records for it before it is read."""
+  """The array at ``relpath`` of the store at ``path`` (a local path or a URI),
+  verified against the size and BLAKE3 digest that ``meta`` (``verified_meta``)
+  records for it before it is read. ``mmap`` maps a local file read-only; a file in
+  object storage is read into memory."""
   entry = meta[integrity.FILES].get(relpath)
-  file = os.path.join(path, *relpath.split("/"))
+  file = filesystem.join(path, *relpath.split("/"))
   if entry is None:
     raise integrity.IntegrityError("meta.json records no checksum for this file",
                                    path=file)
   integrity.verify_file(path, relpath, entry)
-  return _read(file, mmap)
+  if not filesystem.is_uri(path):
+    return _read(file, mmap)
+  fs, inside = filesystem.resolve(file)
+  # A second read, as of a local file: verify_file streams the bytes and keeps none.
+  try:
+    with fs.open_input_stream(inside) as stream:
+      data = stream.read()
+  except OSError as e:
+    raise DataError(f"cannot read store file: {e}", path=file) from None
+  return _read(io.BytesIO(data), False, file)
 
 
-def _read(file: str, mmap: bool) -> np.ndarray:
+def _read(file, mmap: bool, name: str | None = None) -> np.ndarray:
+  """``np.load`` of ``file`` (a path, or a file object named ``name``)."""
   try:
     return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
   except (ValueError, OSError) as e:  # a damaged header, a truncated array.
-    raise DataError(f"unreadable .npy file: {e}", path=file) from None
+    raise DataError(f"unreadable .npy file: {e}", path=name or file) from None
 
 
 def open_columns(path: str, meta: dict[str, Any], verify: bool = True

@@ -4,6 +4,10 @@ tables; bad input is one DataError naming the file and line, and leaves nothing.
 
 import gzip
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +20,7 @@ from pico_jax.data import sharded, store  # noqa: E402
 from pico_jax.data.errors import DataError  # noqa: E402
 from pico_jax.ingest import beam_pipeline, preprocess, shard_writer  # noqa: E402
 from pico_jax.ingest.table import TableRoles, ValuePolicy  # noqa: E402
-from conftest import run_script  # noqa: E402
+from conftest import ROOT, run_script  # noqa: E402
 from shared_data import ALIEXPRESS, CENSUS, needs_data  # noqa: E402
 from test_cli import one_error_line  # noqa: E402
 from test_store_equality import write_aliccp_raw  # noqa: E402
@@ -207,11 +211,28 @@ def test_uri_inputs_and_output(tmp_path):
 
 
 def test_command_line(tmp_path):
-  """launch/preprocess.py --runner: a sharded store, or one error line naming the line."""
+  """launch/preprocess.py --runner: a sharded store, or one error line naming the line;
+  a build killed (SIGKILL) once its temporary store exists leaves it, and the next
+  build removes it and says so in one line, as the local build does."""
   path = write_aliccp_raw(tmp_path / "raw.txt", rows=120)
-  proc = run_script("preprocess", "--runner=DirectRunner", "--format=aliccp_raw",
-                    f"--input={path}", f"--output={tmp_path / 'store'}", "--chunk_rows=50")
+  args = ("--runner=DirectRunner", "--format=aliccp_raw", f"--input={path}",
+          f"--output={tmp_path / 'store'}", "--chunk_rows=50")
+  child = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch", "preprocess.py"),
+                            *args], env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while not any(n.startswith(".store.tmp-") for n in os.listdir(tmp_path)):
+    assert child.poll() is None and time.time() < deadline, "the build ended first"
+    time.sleep(0.01)
+  child.send_signal(signal.SIGKILL)
+  child.wait()
+  (left,) = [n for n in os.listdir(tmp_path) if n.startswith(".store.")]
+  proc = run_script("preprocess", *args)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  said = [line for line in proc.stdout.splitlines() if line.startswith("removed")]
+  assert said == [f"removed 1 leftover(s) of an interrupted build of "
+                  f"{tmp_path / 'store'}: {left}"]
+  assert sorted(os.listdir(tmp_path)) == ["raw.txt", "store"]
   _, splits = read_sharded(str(tmp_path / "store"))
   assert sum(len(s["click"]) for s in splits.values()) == 120
   with open(path, "a") as f:

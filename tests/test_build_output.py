@@ -67,7 +67,10 @@ def test_overwrite_replaces_a_store_or_an_empty_directory(tmp_path):
     build(csv, tmp_path / "file", overwrite=True)
 
 
-def test_leftovers_of_dead_builds_are_removed_and_said(tmp_path):
+@pytest.mark.parametrize("num_shards", [0, 2])
+def test_leftovers_of_dead_builds_are_removed_and_said(tmp_path, num_shards):
+  """The columnar build and the sharded one (whose store is written by
+  ``shard_writer.open_root``, as the Beam build's is) remove the same leftovers."""
   csv = write_csv(tmp_path / "in.csv")
   dead = 2 ** 22 + 7  # above Linux's default pid_max: never a running process.
   for kind in ("tmp", "spill", "old"):
@@ -77,7 +80,7 @@ def test_leftovers_of_dead_builds_are_removed_and_said(tmp_path):
   other = tmp_path / f".other.tmp-{dead}-abc"  # another output's: kept.
   other.mkdir()
   lines = []
-  build(csv, tmp_path / "out", log=lines.append)
+  build(csv, tmp_path / "out", log=lines.append, num_shards=num_shards)
   assert sorted(os.listdir(tmp_path)) == sorted(
       ["in.csv", "out", live.name, other.name])
   said = [line for line in lines if line.startswith("removed")]

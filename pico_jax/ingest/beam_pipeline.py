@@ -164,7 +164,7 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
   job.format()  # a bad option fails before the run.
   units = distributed.units(inputs)
   log(f"{len(units)} input file(s); runner {runner}")
-  root = shard_writer.open_root(output, overwrite)
+  root = shard_writer.open_root(output, overwrite, log)
   try:
     with _quiet_runner(), beam.Pipeline(options=PipelineOptions(
         list(pipeline_args), runner=runner)) as p:

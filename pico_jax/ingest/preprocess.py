@@ -207,10 +207,7 @@ def _build_columnar(format_name, inputs, output, *, options, overwrite, log, pro
   """``build_store`` of a columnar store: (its meta, ``_partitions``)."""
   fmt = open_format(format_name, options, tables)
   output = os.path.abspath(output)
-  leftovers = store_writer.clear_leftovers(output)
-  if leftovers:
-    log(f"removed {len(leftovers)} leftover(s) of an interrupted build of {output}: "
-        + ", ".join(os.path.basename(p) for p in leftovers))
+  store_writer.clear_leftovers(output, log)
   store_writer.check_output(output, overwrite)
   spill_dir = store_writer.make_temp_dir(output, "spill")
   # Decided once: for processes it follows the load average, which moves.
@@ -253,7 +250,8 @@ def _build_sharded(format_name, inputs, output, *, num_shards, overwrite, log, *
   from pico_jax.data import filesystem
   from pico_jax.ingest import shard_writer
   local = not filesystem.is_uri(output)
-  if local:
+  if local:  # before the check: a killed commit's old store is put back first.
+    store_writer.clear_leftovers(os.path.abspath(output), log)
     store_writer.check_output(os.path.abspath(output), overwrite)
   elif filesystem.exists(filesystem.join(output, "meta.json")) and not overwrite:
     raise FileExistsError(f"{output} holds a store; pass --overwrite to replace it")

@@ -138,7 +138,7 @@ def write_store(output: str, meta: Mapping[str, Any], splits: Mapping[str, Mappi
   for split in SPLITS:
     value_checks.check_split(split, splits[split], {k: str(output) for k in splits[split]},
                              schema, meta)
-  root = open_root(output, overwrite)
+  root = open_root(output, overwrite, log)
   try:
     files, split_meta = {}, {}
     for split in SPLITS:
@@ -163,16 +163,20 @@ def write_store(output: str, meta: Mapping[str, Any], splits: Mapping[str, Mappi
     raise
 
 
-def open_root(output: str, overwrite: bool) -> str:
+def open_root(output: str, overwrite: bool,
+              log: Callable[[str], None] = lambda msg: None) -> str:
   """Where a store for ``output`` is written: a new temporary directory beside a local
   ``output`` (which must be absent, or with ``overwrite`` a store or an empty
   directory: ``store_writer.check_output``), ``output`` itself for a URI (FileExistsError
-  where a store is already and ``overwrite`` is not given)."""
+  where a store is already and ``overwrite`` is not given). The leftovers of killed
+  builds of a local ``output`` are removed first, in a ``log`` line
+  (``store_writer.clear_leftovers``)."""
   if filesystem.is_uri(output):
     if filesystem.exists(filesystem.join(output, META)) and not overwrite:
       raise FileExistsError(f"{output} holds a store; pass --overwrite to replace it")
     return output
   output = os.path.abspath(output)
+  store_writer.clear_leftovers(output, log)
   store_writer.check_output(output, overwrite)
   os.makedirs(os.path.dirname(output), exist_ok=True)
   return store_writer.make_temp_dir(output, "tmp")

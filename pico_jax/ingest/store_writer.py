@@ -21,7 +21,7 @@ import json
 import os
 import secrets
 import shutil
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -254,11 +254,13 @@ def _running(pid: int) -> bool:
   return True
 
 
-def clear_leftovers(output: str) -> list[str]:
+def clear_leftovers(output: str, log: Callable[[str], None] = lambda msg: None
+                    ) -> list[str]:
   """Removes the temporary directories that killed builds of ``output`` left beside
-  it (those whose process is no longer running); the removed paths. A build killed
-  between the two renames of its commit left the previous store in its ``old``
-  directory and nothing at ``output``: that store is put back first."""
+  it (those whose process is no longer running), and says so in one ``log`` line; the
+  removed paths. A build killed between the two renames of its commit left the
+  previous store in its ``old`` directory and nothing at ``output``: that store is put
+  back first. Every writer of a local store calls it before it checks ``output``."""
   parent, name = existing_parent(output), os.path.basename(os.path.abspath(output))
   removed = []
   for kind in ("old",) + tuple(k for k in LEFTOVER_KINDS if k != "old"):
@@ -272,6 +274,9 @@ def clear_leftovers(output: str) -> list[str]:
         os.rename(kept, output)
       shutil.rmtree(leftover, ignore_errors=True)
       removed.append(leftover)
+  if removed:
+    log(f"removed {len(removed)} leftover(s) of an interrupted build of {output}: "
+        + ", ".join(os.path.basename(p) for p in removed))
   return removed
 
 

@@ -60,11 +60,10 @@ _OPTIONS = dataclass_flags.Fields(preprocess.Options, exclude=("table", "values"
 _VALUES = dataclass_flags.Fields(table.ValuePolicy, help_prefix="--format=table: ")
 _ROLES = dataclass_flags.Fields(table.TableRoles, exclude=("sparse", "dense"),
                                 help_prefix="--format=table: ")
-_TABLE_SCHEMA = flags.DEFINE_string("table_schema", None, "--format=table: a JSON file "
-                                    "of the column roles ({\"click\": ..., "
-                                    "\"conversion\": ..., \"sparse\": [...], \"multi\": "
-                                    "{COLUMN: SEPARATOR}, \"dense\": [...]}) instead of the "
-                                    "role flags.")
+_TABLE_SCHEMA = flags.DEFINE_string(
+    "table_schema", None, "--format=table: a JSON file of the column roles ({\"click\": "
+    "..., \"conversion\": ..., \"sparse\": [...], \"multi\": {COLUMN: SEPARATOR}, "
+    "\"dense\": [...]}) instead of the role flags.")
 
 
 def _table_roles(sparse, dense) -> table.TableRoles | None:
@@ -98,9 +97,8 @@ def options() -> preprocess.Options:
 
 def _seal(path: str):
   meta, sealed = store_writer.seal_store(path)
-  print(f"{path}: " + ("checksums added (trusted as it is now)" if sealed else
-                       "has checksums already; verified") + f"; fingerprint "
-        f"{meta['fingerprint']}")
+  print(f"{path}: " + ("checksums added (trusted as it is now)" if sealed else "has "
+        "checksums already; verified") + f"; fingerprint {meta['fingerprint']}")
 
 
 def _beam_build(log) -> dict:
@@ -123,6 +121,8 @@ def main():
     if _CONVERT.value:
       if _OUTPUT.value is None:
         raise cli.FlagError("--convert needs --output")
+      if _RUNNER.value:  # the conversion runs here: the runner would go unused.
+        raise cli.FlagError("--convert runs here, on no Beam runner: leave out --runner")
       shard_writer.convert(_CONVERT.value, _OUTPUT.value, seed=options().seed, log=log,
                            num_shards=_NUM_SHARDS.value or 16, overwrite=_OVERWRITE.value)
       return print(f"wrote {_OUTPUT.value} in {time.perf_counter() - start:.1f}s")

@@ -183,9 +183,14 @@ def test_a_resume_with_another_window_or_order_is_refused_and_verification_is_no
   assert checkpoint_compat.model_differences(saved, unverified) == []
 
 
-def test_convert_without_output_is_one_line(tmp_path):
+def test_convert_without_output_or_with_a_runner_is_one_line(tmp_path):
   done = run_script("preprocess", f"--convert={tmp_path / 'x'}")
   assert done.returncode == 1 and done.stderr.strip() == "error: --convert needs --output"
+  done = run_script("preprocess", f"--convert={tmp_path / 'x'}", "--runner=DirectRunner",
+                    f"--output={tmp_path / 'y'}")
+  assert done.returncode == 1 and done.stderr.strip() == (
+      "error: --convert runs here, on no Beam runner: leave out --runner")
+  assert sorted(os.listdir(tmp_path)) == []
 
 
 @pytest.mark.parametrize("key,index,value,match", [

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -101,12 +102,17 @@ def test_census_slice_hashed_and_capped(tmp_path):
   assert kinds == {"hash", "table"}
 
 
-def test_multi_valued_fields_truncated(tmp_path):
-  """Ali-CCP raw lines with repeated (multi-valued) fields cut at 3 values."""
+def test_multi_valued_fields_truncated(tmp_path, monkeypatch):
+  """Ali-CCP raw lines with repeated (multi-valued) fields cut at 3 values; the run
+  leaves nothing in the temporary directory (Beam's DirectRunner left three empty
+  directories a run)."""
   path = write_aliccp_raw(tmp_path / "raw.txt", rows=300)
+  (tmp_path / "tmp").mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
   meta = build_both(tmp_path, "aliccp_raw", [path], chunk_rows=64, multi_max_len=3,
                     min_count=2)
   assert sum(meta["multi_truncated_rows"].values()) > 0
+  assert os.listdir(tmp_path / "tmp") == []
 
 
 def _write_table(tmp_path, rows=240, seed=0):

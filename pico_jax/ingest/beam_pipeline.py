@@ -139,6 +139,22 @@ def _original(error: BaseException) -> BaseException:
   return error
 
 
+def _runner(name: str):
+  """The runner ``name``; for DirectRunner, Beam's in-process ``FnApiRunner``.
+
+  Beam's own DirectRunner first tries Prism (``PrismRunner``, which downloads its
+  binary) and falls back to the FnApiRunner; the try leaves three empty directories in
+  the system temporary directory per run (Beam's job server and artifact staging call
+  ``tempfile.mkdtemp()`` with no pipeline option for where: --temp_location and
+  --staging_location do not move them). Setting ``tempfile.tempdir`` would, but for the
+  whole process, a notebook that imports pico_jax included, and not thread-safely.
+  Prism stays available as ``--runner=PrismRunner``."""
+  if name == "DirectRunner":
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    return FnApiRunner()
+  return name
+
+
 def build_store(format_name: str, inputs: Sequence[str], output: str, *,
                 options: preprocess.Options = preprocess.Options(), overwrite: bool = False,
                 runner: str = "DirectRunner", pipeline_args: Sequence[str] = (),
@@ -166,8 +182,8 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
   log(f"{len(units)} input file(s); runner {runner}")
   root = shard_writer.open_root(output, overwrite, log)
   try:
-    with _quiet_runner(), beam.Pipeline(options=PipelineOptions(
-        list(pipeline_args), runner=runner)) as p:
+    with _quiet_runner(), beam.Pipeline(runner=_runner(runner), options=PipelineOptions(
+        list(pipeline_args))) as p:
       _graph(p, job, units, list(inputs), root, output)
   except Exception as e:
     shard_writer.abandon(root, output)

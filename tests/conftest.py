@@ -41,6 +41,21 @@ def run_script(name: str, *args: str, timeout: float = 300) -> subprocess.Comple
                         env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def kill_preprocess_once(directory, prefix: str, *args: str, timeout: float = 240) -> None:
+  """Starts ``launch/preprocess.py ARGS`` and SIGKILLs it as soon as a name in
+  ``directory`` starts with ``prefix`` (its temporary store or spill exists)."""
+  import signal
+  child = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch", "preprocess.py"),
+                            *args], env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  while not any(n.startswith(prefix) for n in os.listdir(directory)):
+    assert child.poll() is None and time.time() < deadline, "the build ended first"
+    time.sleep(0.01)
+  child.send_signal(signal.SIGKILL)
+  child.wait()
+
+
 def small_config(**overrides):
   """The default recipe shrunk to run in seconds on CPU."""
   c = default_config.get_config()

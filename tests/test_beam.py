@@ -4,11 +4,7 @@ tables; bad input is one DataError naming the file and line, and leaves nothing.
 
 import gzip
 import os
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +17,7 @@ from pico_jax.data import sharded, store  # noqa: E402
 from pico_jax.data.errors import DataError  # noqa: E402
 from pico_jax.ingest import beam_pipeline, preprocess, shard_writer  # noqa: E402
 from pico_jax.ingest.table import TableRoles, ValuePolicy  # noqa: E402
-from conftest import ROOT, run_script  # noqa: E402
+from conftest import kill_preprocess_once, run_script  # noqa: E402
 from shared_data import ALIEXPRESS, CENSUS, needs_data  # noqa: E402
 from test_cli import one_error_line  # noqa: E402
 from test_store_equality import write_aliccp_raw  # noqa: E402
@@ -223,15 +219,7 @@ def test_command_line(tmp_path):
   path = write_aliccp_raw(tmp_path / "raw.txt", rows=120)
   args = ("--runner=DirectRunner", "--format=aliccp_raw", f"--input={path}",
           f"--output={tmp_path / 'store'}", "--chunk_rows=50")
-  child = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch", "preprocess.py"),
-                            *args], env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 120
-  while not any(n.startswith(".store.tmp-") for n in os.listdir(tmp_path)):
-    assert child.poll() is None and time.time() < deadline, "the build ended first"
-    time.sleep(0.01)
-  child.send_signal(signal.SIGKILL)
-  child.wait()
+  kill_preprocess_once(tmp_path, ".store.tmp-", *args, timeout=120)
   (left,) = [n for n in os.listdir(tmp_path) if n.startswith(".store.")]
   proc = run_script("preprocess", *args)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -2,17 +2,13 @@
 and the leftovers of a killed build are removed by the next build of the same output."""
 
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import kill_preprocess_once, run_script
 from pico_jax.data import store
 from pico_jax.data.errors import DataError
 from pico_jax.ingest import preprocess, store_writer
@@ -104,19 +100,10 @@ def test_a_sigkilled_build_leaves_what_the_next_build_removes(tmp_path):
   temporary store directories exist), then a rerun: they are gone, and it says so."""
   csv = write_csv(tmp_path / "in.csv", rows=200_000)
   out = tmp_path / "out"
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  child = subprocess.Popen(
-      [sys.executable, os.path.join(ROOT, "launch", "preprocess.py"), "--format=table",
-       f"--input={csv}", f"--output={out}", "--click=click", "--conversion=conversion",
-       "--sparse=a,b", "--dense=x", "--chunk_rows=2000", "--spill_memory_mb=0",
-       "--workers=1", "--noprogress"], env=env, stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL)
-  deadline = time.time() + 240
-  while not any(n.startswith(".out.tmp-") for n in os.listdir(tmp_path)):
-    assert child.poll() is None and time.time() < deadline, "the build ended first"
-    time.sleep(0.01)
-  child.send_signal(signal.SIGKILL)
-  child.wait()
+  kill_preprocess_once(
+      tmp_path, ".out.tmp-", "--format=table", f"--input={csv}", f"--output={out}",
+      "--click=click", "--conversion=conversion", "--sparse=a,b", "--dense=x",
+      "--chunk_rows=2000", "--spill_memory_mb=0", "--workers=1", "--noprogress")
   left = sorted(n for n in os.listdir(tmp_path) if n.startswith(".out."))
   assert {n.split("-")[0] for n in left} == {".out.tmp", ".out.spill"}
   result = run_script("preprocess", "--format=table", f"--input={csv}",

@@ -45,10 +45,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Returns None when the job was preempted (SIGTERM): the state was saved and the same
   command resumes it. Raises ``periodic.Interrupted`` after a Ctrl-C (the state saved at
   the next step boundary), ``WorkdirError`` for a URI ``workdir``, ``WorkdirBusyError``
-  when another run holds it (``workdir.writer_lock``), DivergenceError on a non-finite loss (the last good
-  checkpoint is kept), ``CheckpointMismatchError`` when the workdir holds a checkpoint
-  of another model and ``CheckpointRestoreError`` when its latest checkpoint cannot be
-  resumed.
+  when another run holds it (``workdir.writer_lock``), DivergenceError on a non-finite
+  loss (the last good checkpoint is kept), ``CheckpointMismatchError`` when the workdir
+  holds a checkpoint of another model and ``CheckpointRestoreError`` when its latest
+  checkpoint cannot be resumed.
   """
   workdir_lib.check_location(workdir)
   os.makedirs(workdir, exist_ok=True)

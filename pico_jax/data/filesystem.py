@@ -35,13 +35,33 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     raise DataError(f"cannot open this location: {e}", path=location) from None
 
 
+def split_query(location: str) -> tuple[str, str]:
+  """(``location`` without its query string, the query with its ``?``, or ""): a URI's
+  endpoint settings (``s3://bucket/dir?endpoint_override=...``) stay at its end
+  whatever is done to its path."""
+  base, sep, query = location.partition("?")
+  return base, sep + query
+
+
 def join(location: str, *parts: str) -> str:
-  """``location`` with ``parts`` appended, keeping a URI's query string (the endpoint
-  settings of ``s3://bucket/dir?endpoint_override=...``) at the end."""
+  """``location`` with ``parts`` appended (a URI keeps its query string at the end)."""
   if not is_uri(location):
     return os.path.join(location, *parts)
-  base, sep, query = location.partition("?")
-  return posixpath.join(base, *parts) + sep + query
+  base, query = split_query(location)
+  return posixpath.join(base, *parts) + query
+
+
+def parent(location: str) -> str:
+  """The directory holding ``location`` (a URI keeps its query string), "." for none."""
+  base, query = split_query(location)
+  return base.rsplit("/", 1)[0] + query if "/" in base else "."
+
+
+def bucket(location: str) -> str:
+  """The bucket of the URI ``location`` (``s3://b/x/y?q`` -> ``s3://b?q``)."""
+  base, query = split_query(location)
+  scheme, _, rest = base.partition("://")
+  return f"{scheme}://{rest.split('/', 1)[0]}{query}"
 
 
 def exists(location: str) -> bool:

@@ -102,15 +102,10 @@ def check_meta(meta: Mapping[str, Any], meta_location: str) -> None:
         "meta.json has no checksums: the store was written before stores had them (or "
         "they were removed). To trust it as it is now (trust on first use: its current "
         "bytes become the reference), add them with: python launch/preprocess.py "
-        f"--seal={_store_dir(meta_location)}", path=meta_location)
+        f"--seal={filesystem.parent(meta_location)}", path=meta_location)
   if fingerprint(meta) != meta[FINGERPRINT]:
     raise IntegrityError("meta.json was changed after the store was written (its "
                          "fingerprint does not match its content)", path=meta_location)
-
-
-def _store_dir(meta_location: str) -> str:
-  base, sep, query = meta_location.partition("?")
-  return base.rsplit("/", 1)[0] + sep + query if "/" in base else "."
 
 
 def verify_file(root: str, relpath: str, entry: Mapping[str, Any]) -> None:

@@ -168,13 +168,6 @@ class ShardedSplit(Mapping):
     return len(self.specs)
 
 
-def _bucket(location: str) -> str:
-  """The bucket of the URI ``location``, with its query (the endpoint settings)."""
-  base, sep, query = location.partition("?")
-  scheme, _, rest = base.partition("://")
-  return f"{scheme}://{rest.split('/', 1)[0]}{sep}{query}"
-
-
 def _one_line(error: BaseException) -> str:
   return " ".join(str(error).split())
 
@@ -188,7 +181,7 @@ def read_meta(location: str) -> dict[str, Any]:
     with fs.open_input_stream(path) as f:
       text = f.read()
   except FileNotFoundError:
-    if filesystem.is_uri(location) and not filesystem.exists(_bucket(location)):
+    if filesystem.is_uri(location) and not filesystem.exists(filesystem.bucket(location)):
       raise DataError(f"no bucket {path.split('/', 1)[0]!r} (or no access to it)",
                       path=location) from None
     raise DataError("not a store (no meta.json); build one with launch/preprocess.py",

@@ -97,8 +97,8 @@ def _match(location: str) -> list[str]:
   except OSError as e:
     raise DataError(f"cannot list the input files: {e}", path=location) from None
   depth = None if "**" in path else path.count("/")
-  scheme, query = location.split("://", 1)[0], location.partition("?")[1:]
-  return sorted(f"{scheme}://{info.path}{''.join(query)}" for info in infos
+  scheme, query = location.split("://", 1)[0], filesystem.split_query(location)[1]
+  return sorted(f"{scheme}://{info.path}{query}" for info in infos
                 if info.type == pafs.FileType.File and fnmatch.fnmatchcase(info.path, path)
                 and depth in (None, info.path.count("/")))
 

@@ -16,17 +16,18 @@ One epoch of one process (``epoch_dataset``), with every random choice drawn fro
      order, ``shard_writer``)
   -> ``grain.experimental.InterleaveIterDataset`` over ``CYCLE_PIECES`` open pieces
      ("time": one, in order); Grain reads ahead on its threads, a chunk per hand-over
-  -> ``grain.experimental.WindowShuffleIterDataset``: the chunks of every ``window``
-     rows in a shuffled order.
+  -> ``window_shuffle.WindowShuffleIterDataset`` (Grain's window shuffle, element for
+     element, at a quarter of its cost): the chunks of every ``window`` rows in a
+     shuffled order.
 
 The groups of an epoch follow each other (a window never mixes two time partitions), the
 epochs too (``InterleaveIterDataset``s of cycle 1). ``train_iterator`` then cuts the row
 stream into blocks of ``window`` rows (``RebatchIterDataset``), draws a permutation of
 each (``random_map``) and cuts the block into local batches, each one gather of its
 permuted rows (``FlatMapIterDataset``): row-level mixing over the window, vectorized.
-Grain's window shuffle costs about 0.9 ms an element (``index_shuffle``, measured on the
-development VM): per row it would cap the reader near 1,000 rows/s, per chunk it is
-noise. Memory is O(window + open pieces' row groups),
+The window holds chunks, not rows: a window element costs Python (a list entry, an
+order computed, a hand-over), a few a window are noise, 65,536 would cap the reader.
+Memory is O(window + open pieces' row groups),
 whatever the store's size. The iterator's ``get_state`` (Grain's, nested: epoch, open
 pieces and their next rows, the window's start, the block count) is what a checkpoint
 saves; a resume is bit-identical.
@@ -44,7 +45,7 @@ import grain
 import numpy as np
 
 from pico_jax import batch as B
-from pico_jax.data import ORDERS, pipeline
+from pico_jax.data import ORDERS, pipeline, window_shuffle
 from pico_jax.data.sharded import ShardedSplit, read_row_group, row_group_starts
 
 CHUNK_ROWS = 16_384  # the most rows one read hands over (never across a row group),
@@ -169,7 +170,7 @@ def epoch_dataset(split: ShardedSplit, pieces: Sequence[Piece], *, epoch: int, s
     ds = grain.experimental.InterleaveIterDataset(
         ds, cycle_length=CYCLE_PIECES if shuffle else 1, iter_buffer_size=2)
     if window >= 2:  # per group: a window never mixes two time partitions.
-      ds = grain.experimental.WindowShuffleIterDataset(
+      ds = window_shuffle.WindowShuffleIterDataset(
           ds, window_size=-(-window // chunk), seed=int(window_seed))
     datasets.append(ds)
   if len(datasets) == 1:

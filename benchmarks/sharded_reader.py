@@ -13,7 +13,10 @@ process's VmHWM counted from the moment the store is opened (the memmap reader's
 includes the store pages it touched), and its rise above the RSS of that moment.
 ``--repeats N`` runs the readers N times, interleaved (memmap, sharded, unverified,
 memmap, ...), and reports each reader's median and the median of the per-round ratios
-to memmap: on a shared machine one sample per reader says little. ``--measure`` runs
+to memmap: on a shared machine one sample per reader says little. ``--baseline_src DIR``
+also times the sharded readers of another source tree (``git worktree add DIR main``),
+named ``sharded@base`` and ``sharded_unverified@base``, in the same rounds: before and
+after a change, side by side. ``--measure`` runs
 one reader on an existing store (what the parent calls). Prints one JSON object per
 size.
 """
@@ -85,6 +88,8 @@ def main():
   p.add_argument("--measure", choices=READERS,
                   help="time this reader on --store only (one process, one JSON line)")
   p.add_argument("--store", help="with --measure: the store (columnar for memmap)")
+  p.add_argument("--baseline_src", help="also time the sharded readers of this source "
+                 "tree (its pico_jax and benchmarks/), interleaved")
   args = p.parse_args()
   settings = dict(batch=args.batch, batches=args.batches, warmup=args.warmup,
                   window=args.window)
@@ -105,9 +110,12 @@ def main():
       t = time.perf_counter()
       shard_writer.convert(v1, v2, num_shards=-(-rows // args.shard_rows), overwrite=True)
       result["convert_s"] = round(time.perf_counter() - t, 1)
-    rounds = [{reader: _measure_in_child(reader, v1 if reader == "memmap" else v2, settings)
-               for reader in READERS} for _ in range(args.repeats)]
-    for reader in READERS:
+    readers = list(READERS) + ([f"{r}@base" for r in READERS[1:]] if args.baseline_src
+                               else [])
+    rounds = [{reader: _measure_in_child(reader, v1 if reader == "memmap" else v2, settings,
+                                         args.baseline_src)
+               for reader in readers} for _ in range(args.repeats)]
+    for reader in readers:
       samples = [r[reader] for r in rounds]
       result[reader] = {**samples[-1], "rows_per_s": round(statistics.median(
           s["rows_per_s"] for s in samples)), "samples": [s["rows_per_s"] for s in samples]}
@@ -121,12 +129,19 @@ def main():
       shutil.rmtree(v2)
 
 
-def _measure_in_child(reader: str, store: str, settings: dict) -> dict:
-  """``measure`` in a fresh process: no reader inherits another's page-cache or heap."""
+def _measure_in_child(reader: str, store: str, settings: dict,
+                      baseline_src: str | None = None) -> dict:
+  """``measure`` in a fresh process: no reader inherits another's page-cache or heap.
+  A ``READER@base`` reader runs ``baseline_src``'s script on its own pico_jax."""
+  reader, _, base = reader.partition("@")
+  script, env = __file__, None
+  if base:
+    script = os.path.join(baseline_src, "benchmarks", os.path.basename(__file__))
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(baseline_src)}
   out = subprocess.run(
-      [sys.executable, __file__, "--measure", reader, "--store", store,
+      [sys.executable, script, "--measure", reader, "--store", store,
        *(f"--{k}={v}" for k, v in settings.items())],
-      check=True, capture_output=True, text=True).stdout
+      check=True, capture_output=True, text=True, env=env).stdout
   return json.loads(out.strip().splitlines()[-1])
 
 

@@ -180,7 +180,9 @@ def epoch_dataset(split: ShardedSplit, pieces: Sequence[Piece], *, epoch: int, s
 
 class _Batches(grain.experimental.FlatMapTransform):
   """(block of k * batch rows, a permutation of them) -> its k batches, each one gather
-  of its rows (the only copy after the Parquet decode and the block's)."""
+  of its rows (the only copy after the Parquet decode and the block's). ``np.take``
+  along axis 0, not ``v[rows]``: the same rows, copied whole, about twice the rows/s
+  for the [n, F] and [n, D] columns (measured on the development VM)."""
 
   def __init__(self, batch: int, block: int):
     self.batch, self.max_fan_out = batch, block // batch
@@ -188,7 +190,7 @@ class _Batches(grain.experimental.FlatMapTransform):
   def flat_map(self, element):
     block, order = element
     ones = np.ones(self.batch, np.float32)
-    return [{**{k: v[rows] for k, v in block.items()}, B.MASK: ones}
+    return [{**{k: np.take(v, rows, axis=0) for k, v in block.items()}, B.MASK: ones}
             for rows in order.reshape(-1, self.batch)]
 
 

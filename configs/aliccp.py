@@ -16,7 +16,7 @@ from configs.store_recipe import recipe_args, store_config
 
 
 def get_config(arg: str | None = None):
-  """``arg``: ``backbone=shared_bottom|mmoe|ple,pico=true|false`` (default mmoe, true)."""
+  """``arg``: ``backbone=shared_bottom|mmoe|ple,pico=true|false`` (default mmoe, false)."""
   c = store_config(**recipe_args(arg, "configs/aliccp.py"), embed_dim=16,
                    expert_hidden=(256, 128), tower_hidden=(64, 32), batch_size=4096,
                    steps=10_000, log_every=200, eval_every=2_000, eval_batch_size=16_384)

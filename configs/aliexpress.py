@@ -15,7 +15,7 @@ from configs.store_recipe import recipe_args, store_config
 
 
 def get_config(arg: str | None = None):
-  """``arg``: ``backbone=shared_bottom|mmoe|ple,pico=true|false`` (default mmoe, true)."""
+  """``arg``: ``backbone=shared_bottom|mmoe|ple,pico=true|false`` (default mmoe, false)."""
   c = store_config(**recipe_args(arg, "configs/aliexpress.py"), embed_dim=128,
                    expert_hidden=(512, 256), tower_hidden=(128, 64), batch_size=2048,
                    steps=10_000, log_every=200, eval_every=2_000, eval_batch_size=8_192)

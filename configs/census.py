@@ -30,7 +30,7 @@ from configs.store_recipe import recipe_args, store_config
 
 
 def get_config(arg: str | None = None):
-  """``arg``: ``backbone=shared_bottom|mmoe|ple,pico=true|false`` (default mmoe, true)."""
+  """``arg``: ``backbone=shared_bottom|mmoe|ple,pico=true|false`` (default mmoe, false)."""
   c = store_config(**recipe_args(arg, "configs/census.py"), embed_dim=16, expert_hidden=(64,),
                    tower_hidden=(32,), batch_size=1024, steps=780, log_every=78,
                    eval_every=78)

@@ -6,7 +6,7 @@ Each recipe takes the backbone and whether PICO is on as its config-string argum
       --config.data.path=DIR
 
 ``backbone`` is one of shared_bottom | mmoe | ple (default mmoe), ``pico`` true | false
-(default true); ``recipe_args`` parses them, then the recipe calls ``store_config``
+(default false); ``recipe_args`` parses them, then the recipe calls ``store_config``
 with its sizes and schedule and sets what is particular to it (loss weights, pooling).
 """
 
@@ -17,9 +17,9 @@ _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no"
 
 def recipe_args(arg: str | None, recipe: str) -> dict:
   """``"backbone=ple,pico=false"`` -> ``{"backbone": "ple", "pico": False}``; keys left
-  out take their defaults (mmoe, PICO on). Raises ValueError naming the recipe and the
+  out take their defaults (mmoe, PICO off: configs/default.py says why). Raises ValueError naming the recipe and the
   bad item."""
-  args = {"backbone": "mmoe", "pico": True}
+  args = {"backbone": "mmoe", "pico": False}
   for item in filter(None, (arg or "").split(",")):
     key, sep, value = (part.strip() for part in item.partition("="))
     if not sep or key not in args:
@@ -64,7 +64,7 @@ def store_config(*, backbone: str, pico: bool, embed_dim: int, expert_hidden: tu
   c.train.eval_every = eval_every
   c.train.eval_batch_size = eval_batch_size
   c.checkpoint.every_steps = eval_every
-  if pico:  # the shipped variant: fixed tau at the default lambda (configs/default.py).
+  if pico:  # PICO's recipe: fixed tau at lambda 0.1 (configs/default.py's contrast keys).
     c.contrast.mode = "fixed"
   else:
     c.contrast.mode = "none"

@@ -217,7 +217,10 @@ def test_recipes_take_backbone_and_pico_as_their_argument(recipe, backbone, pico
 def test_recipe_defaults_and_bad_arguments():
   from configs import census
   config = census.get_config()
-  assert (config.model.backbone, config.contrast.mode) == ("mmoe", "fixed")
+  # PICO is opt-in (RESULTS.md section 8): pico=true is its recipe, fixed tau 1.0 at 0.1.
+  assert (config.model.backbone, config.contrast.mode) == ("mmoe", "none")
+  pico = census.get_config("pico=true").contrast
+  assert (pico.mode, pico.weight, pico.tau_init) == ("fixed", 0.1, 1.0)
   with pytest.raises(ConfigError, match="config.data.path"):
     validate(config)  # a store recipe needs --config.data.path.
   with pytest.raises(ValueError, match=r"configs/census.py:pico=maybe: pico='maybe'"):
@@ -251,10 +254,13 @@ def test_a_saved_config_is_laid_over_todays_defaults(caplog):
   assert "checkpoint.best_mode" in caplog.text
 
 
-def test_the_default_recipe_is_section_6s_selection():
+def test_the_default_recipe_has_no_contrast_and_pico_is_section_6s_selection():
+  """RESULTS.md section 8's rule: no contrast by default; mode=fixed is PICO's recipe."""
   from configs import default
   c = default.get_config()
-  assert (c.contrast.mode, c.contrast.weight, c.contrast.tau_init) == ("fixed", 0.1, 1.0)
+  assert (c.contrast.mode, c.contrast.weight, c.contrast.tau_init) == ("none", 0.1, 1.0)
+  c.contrast.mode = "fixed"
+  assert validate(c)
   # A learned tau cannot start at tau_max: the check names the key and a way out.
   c.contrast.mode = "personalized"
   with pytest.raises(ConfigError, match=r"contrast.tau_init=1.0: .*e\.g\. contrast.tau_init=0.2"):

@@ -20,18 +20,17 @@ def inactive_temperature_notice(result: dict, contrast: ml_collections.ConfigDic
                                 tolerance: float = 0.01) -> str | None:
   """The notice to log when no temperature is personalised, else None.
 
-  ``contrast.mode`` fixed: every instance has tau_init, by choice (the default, RESULTS.md
-  section 6). Global or personalized: the mean tau of every segment
+  ``contrast.mode`` fixed: every instance has tau_init, by choice (PICO's recipe,
+  RESULTS.md section 6). Global or personalized: the mean tau of every segment
   (``tau_segment_<s>`` of ``result``; ``tau_mean`` without segments) lies within
   ``tolerance * (tau_max - tau_min)`` of ``tau_min``, so the contrast acts as ``fixed``
   at tau_min.
   """
   if contrast.mode == "fixed":
     return (f"the personalised temperature is inactive: contrast.mode=fixed gives every "
-            f"instance tau={contrast.tau_init:g} (the default: on the positive-control test "
-            "bed a fixed tau beat the pCTR baselines where representations transfer, and "
-            "a learned one beat neither it nor its shuffled control, RESULTS.md section 6); "
-            "contrast.mode=personalized learns one per instance")
+            f"instance tau={contrast.tau_init:g} (on the positive-control test bed a "
+            "learned tau beat neither a fixed one nor its shuffled control, RESULTS.md "
+            "section 6); contrast.mode=personalized learns one per instance")
   if contrast.mode not in ("global", "personalized"):
     return None
   taus = [v for k, v in sorted(result.items()) if k.startswith("tau_segment_")]

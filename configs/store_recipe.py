@@ -16,9 +16,9 @@ _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no"
 
 
 def recipe_args(arg: str | None, recipe: str) -> dict:
-  """``"backbone=ple,pico=false"`` -> ``{"backbone": "ple", "pico": False}``; keys left
-  out take their defaults (mmoe, PICO off: configs/default.py says why). Raises ValueError naming the recipe and the
-  bad item."""
+  """``"backbone=ple,pico=true"`` -> ``{"backbone": "ple", "pico": True}``; keys left
+  out take their defaults (mmoe, PICO off: configs/default.py says why). Raises
+  ValueError naming the recipe and the bad item."""
   args = {"backbone": "mmoe", "pico": False}
   for item in filter(None, (arg or "").split(",")):
     key, sep, value = (part.strip() for part in item.partition("="))

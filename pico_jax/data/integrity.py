@@ -15,6 +15,7 @@ against its entry (a streamed store checks each shard on its first read).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -112,12 +113,34 @@ def verify_file(root: str, relpath: str, entry: Mapping[str, Any]) -> None:
   """Raises ``IntegrityError`` naming the file unless the file at ``relpath`` under
   ``root`` has the size and digest of ``entry``."""
   location = filesystem.join(root, *relpath.split("/"))
-  try:
+  with _reading(location):
     found = file_entry(location)
+  _check_entry(found, entry, location)
+
+
+def read_verified(root: str, relpath: str, entry: Mapping[str, Any]) -> bytes:
+  """The bytes of the file at ``relpath`` under ``root``, read once and checked as
+  ``verify_file`` checks them (for a file in object storage, which cannot be mapped)."""
+  location = filesystem.join(root, *relpath.split("/"))
+  fs, path = filesystem.resolve(location)
+  with _reading(location), fs.open_input_stream(path) as stream:
+    data = stream.read()
+  _check_entry({"bytes": len(data), "blake3": digest_bytes(data)}, entry, location)
+  return data
+
+
+@contextlib.contextmanager
+def _reading(location: str):
+  """Turns the OSError of reading a store file into an IntegrityError naming it."""
+  try:
+    yield
   except FileNotFoundError:
     raise IntegrityError("missing store file", path=location) from None
   except OSError as e:
     raise IntegrityError(f"cannot read store file: {e}", path=location) from None
+
+
+def _check_entry(found: Mapping[str, Any], entry: Mapping[str, Any], location: str):
   if found["bytes"] != entry["bytes"]:
     raise IntegrityError(f"store file has {found['bytes']} bytes; meta.json recorded "
                          f"{entry['bytes']}", path=location)

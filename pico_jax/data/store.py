@@ -86,17 +86,10 @@ def load_array(path: str, meta: dict[str, Any], relpath: str, mmap: bool = False
   if entry is None:
     raise integrity.IntegrityError("meta.json records no checksum for this file",
                                    path=file)
+  if filesystem.is_uri(path):  # read once: checked, then parsed from memory.
+    return _read(io.BytesIO(integrity.read_verified(path, relpath, entry)), False, file)
   integrity.verify_file(path, relpath, entry)
-  if not filesystem.is_uri(path):
-    return _read(file, mmap)
-  fs, inside = filesystem.resolve(file)
-  # A second read, as of a local file: verify_file streams the bytes and keeps none.
-  try:
-    with fs.open_input_stream(inside) as stream:
-      data = stream.read()
-  except OSError as e:
-    raise DataError(f"cannot read store file: {e}", path=file) from None
-  return _read(io.BytesIO(data), False, file)
+  return _read(file, mmap)
 
 
 def _read(file, mmap: bool, name: str | None = None) -> np.ndarray:

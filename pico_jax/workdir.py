@@ -82,7 +82,8 @@ class WorkdirBusyError(WorkdirError):
 def check_location(workdir: str) -> None:
   """Raises WorkdirError for a URI: the lock, the metrics and TensorBoard files are POSIX
   files, so ``gs://b/run`` would silently become a local directory named ``gs:``."""
-  if "://" in str(workdir):
+  from pico_jax.data import filesystem  # pyarrow: only for the run that trains.
+  if filesystem.is_uri(str(workdir)):
     raise WorkdirError(
         f"--workdir={workdir}: a work directory is a path on a file system every host "
         "shares (NFS, or a bucket mounted with gcsfuse or s3fs), not a URI")

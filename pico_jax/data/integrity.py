@@ -52,9 +52,15 @@ def file_entry(location: str, threads: int = blake3.blake3.AUTO) -> dict[str, An
   ``threads``: BLAKE3's threads (default every core). The digest is a tree, so every
   count gives the same hex; a build hashes its inputs beside its parsing workers on few.
   """
-  digest = blake3.blake3(max_threads=threads)
+  digest = new_digest(threads)
   size = hash_into(digest, location)
   return {"bytes": size, "blake3": digest.hexdigest()}
+
+
+def new_digest(threads: int = blake3.blake3.AUTO):
+  """An empty ``blake3.blake3`` hashing on ``threads`` threads (the hex is the same for
+  every count: BLAKE3 is a tree)."""
+  return blake3.blake3(max_threads=threads)
 
 
 def hash_into(digest, location: str) -> int:

@@ -165,7 +165,7 @@ def load_store(path: str, *, verify_shards: bool = True) -> Dataset:
   meta = read_meta(path)
   if meta.get("store_version") == sharded.STORE_VERSION:
     return sharded.load(path, meta, verify=verify_shards)
-  meta = verified_meta(path)
+  integrity.check_meta(meta, os.path.join(path, META))  # verified_meta, read once.
   for relpath, entry in meta[integrity.FILES].items():
     if not relpath.startswith(tuple(f"{s}/" for s in SPLITS)):  # columns: as opened.
       integrity.verify_file(path, relpath, entry)

@@ -13,13 +13,12 @@ optional dependency (``pip install -e .[beam]``); nothing else imports this modu
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from typing import Callable, Sequence
 
 import numpy as np
 
-from pico_jax.data import filesystem, integrity, store
+from pico_jax.data import store
 from pico_jax.ingest import distributed, preprocess, shard_writer
 from pico_jax.ingest.vocab import Counter
 
@@ -188,10 +187,7 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
   except Exception as e:
     shard_writer.abandon(root, output)
     raise _original(e) from None
-  fs, path = filesystem.resolve(filesystem.join(output, store.META))
-  with fs.open_input_stream(path) as f:
-    meta = json.loads(f.read())
-  integrity.check_meta(meta, filesystem.join(output, store.META))
+  meta = store.verified_meta(output)
   log(f"wrote {output}: " + ", ".join(f"{s} {m['rows']:,}"
                                       for s, m in meta["splits"].items()))
   return meta

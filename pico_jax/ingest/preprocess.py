@@ -172,7 +172,6 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
       existing one at ``output`` stays as it was) and no temporary file is left.
     OptionError: ``hash_buckets`` names a field that is not categorical.
   """
-  raw_files.blake3_module()  # a missing dependency fails now, not after the passes.
   if num_shards:
     return _build_sharded(format_name, inputs, output, options=options,
                           overwrite=overwrite, log=log, progress=progress, tables=tables,
@@ -249,13 +248,9 @@ def _build_sharded(format_name, inputs, output, *, num_shards, overwrite, log, *
   """``build_store`` of a sharded store: the columnar build, then its conversion."""
   from pico_jax.data import filesystem
   from pico_jax.ingest import shard_writer
-  local = not filesystem.is_uri(output)
-  if local:  # before the check: a killed commit's old store is put back first.
-    store_writer.clear_leftovers(os.path.abspath(output), log)
-    store_writer.check_output(os.path.abspath(output), overwrite)
-  elif filesystem.exists(filesystem.join(output, "meta.json")) and not overwrite:
-    raise FileExistsError(f"{output} holds a store; pass --overwrite to replace it")
-  parent = store_writer.existing_parent(output) if local else None
+  # Before the columnar build: a refused output fails now, not after the passes.
+  shard_writer.check_target(output, overwrite, log)
+  parent = None if filesystem.is_uri(output) else store_writer.existing_parent(output)
   with tempfile.TemporaryDirectory(prefix=".columnar-", dir=parent) as tmp:
     _, partitions = _build_columnar(format_name, inputs, os.path.join(tmp, "store"),
                                     overwrite=False, log=log, **kwargs)

@@ -163,21 +163,29 @@ def write_store(output: str, meta: Mapping[str, Any], splits: Mapping[str, Mappi
     raise
 
 
-def open_root(output: str, overwrite: bool,
-              log: Callable[[str], None] = lambda msg: None) -> str:
-  """Where a store for ``output`` is written: a new temporary directory beside a local
-  ``output`` (which must be absent, or with ``overwrite`` a store or an empty
-  directory: ``store_writer.check_output``), ``output`` itself for a URI (FileExistsError
-  where a store is already and ``overwrite`` is not given). The leftovers of killed
-  builds of a local ``output`` are removed first, in a ``log`` line
-  (``store_writer.clear_leftovers``)."""
+def check_target(output: str, overwrite: bool,
+                 log: Callable[[str], None] = lambda msg: None) -> None:
+  """Whether a store may be written at ``output``: a local ``output`` must be absent,
+  or with ``overwrite`` a store or an empty directory (``store_writer.check_output``),
+  after the leftovers of killed builds of it are removed in a ``log`` line
+  (``store_writer.clear_leftovers``); a URI must hold no store unless ``overwrite``
+  (FileExistsError)."""
   if filesystem.is_uri(output):
     if filesystem.exists(filesystem.join(output, META)) and not overwrite:
       raise FileExistsError(f"{output} holds a store; pass --overwrite to replace it")
+    return
+  store_writer.clear_leftovers(os.path.abspath(output), log)
+  store_writer.check_output(os.path.abspath(output), overwrite)
+
+
+def open_root(output: str, overwrite: bool,
+              log: Callable[[str], None] = lambda msg: None) -> str:
+  """Where a store for ``output`` is written, once ``check_target`` allows it: a new
+  temporary directory beside a local ``output``, ``output`` itself for a URI."""
+  check_target(output, overwrite, log)
+  if filesystem.is_uri(output):
     return output
   output = os.path.abspath(output)
-  store_writer.clear_leftovers(output, log)
-  store_writer.check_output(output, overwrite)
   os.makedirs(os.path.dirname(output), exist_ok=True)
   return store_writer.make_temp_dir(output, "tmp")
 

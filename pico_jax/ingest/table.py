@@ -274,7 +274,7 @@ class TableFormat(Format):
   def digest(self, path, threads):
     """BLAKE3 over the input's files in order (each file's bytes, as read); of an
     in-memory table, over its Arrow IPC stream."""
-    digest = raw_files.blake3_module().blake3(max_threads=threads)
+    digest = integrity.new_digest(threads)
     if path in self._memory:
       with pa.ipc.new_stream(_Digesting(digest), self._memory[path].schema) as out:
         out.write_table(self._memory[path])

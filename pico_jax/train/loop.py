@@ -17,6 +17,7 @@ from typing import Iterable
 
 import jax
 import ml_collections
+import numpy as np
 
 from pico_jax import metric_names
 from pico_jax import parallel, scorings
@@ -238,7 +239,7 @@ class Run:
 
   def evaluate(self, step: int):
     """Evaluates the eval split (the latest evaluation: ``self.evaluation``)."""
-    self.evaluation = (step, self._evaluate(self.config.data.eval_split, step))
+    self.evaluation = (step, self._evaluate(self.config.data.eval_split, step)[0])
 
   def update_early_stopping(self, step: int):
     """Updates early stopping and the best params with the evaluation of ``step``."""
@@ -251,12 +252,14 @@ class Run:
       log.info("early stop at step %d: %s has not improved on %.4f (step %d) for %d "
                "evaluations", step, s.metric, s.best_value, s.best_step, s.bad_evals)
 
-  def _evaluate(self, split: str, step: int, params=None) -> dict[str, float]:
+  def _evaluate(self, split: str, step: int, params=None
+                ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """(metrics, predictions) of ``split``, reported and logged."""
     trainer = self.trainer
     result, predictions = trainer.evaluate(split, params)
     self.reporter.eval(step, split, result, predictions, trainer.dataset.splits[split])
     log.info("eval %s step %d: %s", split, step, _format(result, metric_names.EVAL_LOG))
-    return result
+    return result, predictions
 
   def save(self, step: int):
     """Saves ``step`` (once; checked finite first) with its evaluation, if any."""
@@ -300,12 +303,12 @@ class Run:
                   "best checkpoint", stopper.best_step)
     params = self.best_params if stopper is not None else None
     step = stopper.best_step if params is not None else self.step
-    result = self._evaluate("test", step, params)
+    result, predictions = self._evaluate("test", step, params)
     if self.config.train.baseline_scorings:  # the pCTR baselines of these params.
       trainer, fit_split = self.trainer, self.config.data.eval_split
       result.update(scorings.scoring_metrics(
           trainer.predict(fit_split, params), trainer.dataset.splits[fit_split],
-          trainer.predict("test", params), trainer.dataset.splits["test"],
+          predictions, trainer.dataset.splits["test"],
           trainer.dataset.info))
       log.info("test step %d, CVR scored by pCTR: cvr_auc=%.4f; blended (w=%.3f fitted on "
                "%s): cvr_auc=%.4f", step, result["ctr_as_cvr/cvr_auc"],

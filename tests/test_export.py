@@ -226,6 +226,18 @@ def test_export_is_staged_and_replaces_only_an_artifact(trained, tmp_path, monke
                       step=3)
   assert export.load(str(out)).manifest["step"] == 3
   assert sorted(os.listdir(tmp_path)) == ["artifact"]
+  # Killed between its two renames: the old artifact aside, nothing at NAME. The next
+  # export puts it back first, so a failure of that export still leaves it in place.
+  aside = tmp_path / ".artifact.old-killed"
+  os.makedirs(aside)
+  os.rename(out, aside / "artifact")
+  monkeypatch.setattr(np, "savez", fail)
+  with pytest.raises(OSError, match="No space left"):
+    export.export_model(r.model, r.state.params, r.schema, str(out), platforms=("cpu",),
+                        step=4)
+  monkeypatch.undo()
+  assert export.load(str(out)).manifest["step"] == 3
+  assert sorted(os.listdir(tmp_path)) == ["artifact"]
 
   mine = tmp_path / "mine"
   mine.mkdir()

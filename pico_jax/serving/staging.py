@@ -3,8 +3,9 @@
 An export writes every file into ``.NAME.tmp-*`` next to ``NAME`` and renames it into
 place when complete; an artifact already at ``NAME`` is first renamed aside
 (``.NAME.old-*``) and removed after. A process killed at any point leaves ``NAME``
-either the old artifact or the new one, never a mix; what it leaves beside ``NAME``
-is removed (and said) by the next export to ``NAME``.
+the old artifact, the new one, or (killed between the two renames) nothing, with the
+old one whole in ``.NAME.old-*``; never a mix. The next export to ``NAME`` first puts
+such an old artifact back, then removes (and says) what was left beside ``NAME``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def staged_directory(target: str, is_replaceable):
     raise DataError("exists and is not an artifact this writer made (no manifest.json "
                     "of one); choose another output or remove it", path=target)
   os.makedirs(parent, exist_ok=True)
+  if not os.path.exists(target):  # killed between the renames: the old one is whole.
+    for aside in sorted(glob.glob(os.path.join(parent, f".{glob.escape(name)}.old-*",
+                                               glob.escape(name)))):
+      os.rename(aside, target)
+      log.warning("put back %s as %s, left aside by an interrupted export", aside, target)
+      break
   for leftover in sorted(glob.glob(os.path.join(parent, f".{glob.escape(name)}.tmp-*"))
                          + glob.glob(os.path.join(parent, f".{glob.escape(name)}.old-*"))):
     shutil.rmtree(leftover, ignore_errors=True)

@@ -32,11 +32,12 @@ _TF = flags.DEFINE_bool("tf_saved_model", False, "Also write a TF SavedModel for
 
 def main():
   from pico_jax import export
+  from pico_jax.serving import saved_model
   if _TF.value:
     try:
-      import tensorflow  # noqa: F401 -- checked before the run is restored.
-    except ImportError:
-      raise cli.FlagError("--tf_saved_model needs tensorflow: pip install -e .[tf]") from None
+      saved_model.require_tensorflow()
+    except ImportError as e:
+      raise cli.FlagError(f"--tf_saved_model: {e}") from None
   output, manifest, trained = export.export_run(
       _WORKDIR.value, _OUTPUT.value, checkpoint=_CHECKPOINT.value,
       platforms=_PLATFORMS.value, correct_pos_weight=_CORRECT.value,

@@ -117,6 +117,7 @@ def export_model(model, params, schema: Schema, output_dir: str, *,
   if correct_pos_weight and config is None:
     raise ValueError("export: correct_pos_weight needs the config (its loss.pos_weight)")
   if tf_saved_model:  # refused before the lowering, not after it.
+    saved_model.require_tensorflow()
     if encoding is None:
       raise DataError("a TF SavedModel takes raw rows: its run must have trained on a "
                       "store built from raw files")
@@ -188,6 +189,8 @@ def export_run(workdir: str, output_dir: str | None = None, *,
   from pico_jax.serving.encoding import for_run
   from pico_jax.train.restore import DEFAULT, restore
   from pico_jax.workdir import export_dir
+  if tf_saved_model:  # before the run is restored.
+    saved_model.require_tensorflow()
   r = restore(workdir, checkpoint or DEFAULT)
   output = output_dir or export_dir(workdir, r.resumed_step)
   manifest = export_model(r.model, r.state.params, r.schema, output, platforms=platforms,

@@ -38,6 +38,15 @@ SAVED_MODEL_DIR = "saved_model"
 SIGNATURE = "serving_default"
 
 
+def require_tensorflow() -> None:
+  """ImportError with the install line unless tensorflow imports: asked before the slow
+  work (restoring a run, lowering the model), not after it."""
+  try:
+    import tensorflow  # noqa: F401
+  except ImportError:
+    raise ImportError("a TF SavedModel needs tensorflow: pip install -e .[tf]") from None
+
+
 def raw_inputs(encoding: Encoding) -> dict[str, str]:
   """The signature's inputs: raw column name -> TF dtype name ("string", "int64" or
   "float64"). Raises DataError for a field without an in-graph encoding."""

@@ -218,9 +218,7 @@ class Encoder:
       raise DataError(f"a store of format {meta.get('format')!r}, not built from raw "
                       "files by launch/preprocess.py: it has no vocabularies", path=path)
     options = meta.get("options", {})
-    fmt = formats.get_format(meta["format"], sparse=options.get("sparse"),
-                             dense=options.get("dense"), table=options.get("table"),
-                             values=options.get("values"))
+    fmt = formats.from_options(meta["format"], options)
     schema = meta["schema"]
     names = [f["name"] for f in schema["sparse"]]
     multi = [f["name"] for f in schema["multi"]]

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from pico_jax.ingest import numeric_csv, table, text_formats
 from pico_jax.ingest.format_contract import Format
 from pico_jax.ingest.table import TableRoles, ValuePolicy
@@ -48,3 +50,10 @@ def get_format(name: str, *, sparse=None, dense=None, table=None, values=None) -
                      "--missing_dense, --missing_indicator, --timestamps) is format "
                      "table's")
   return FORMATS[name](sparse=sparse, dense=dense)
+
+
+def from_options(name: str, options: Mapping[str, Any]) -> Format:
+  """``get_format`` with the options a store's meta.json records (``options``: the
+  build's options as JSON; keys other than get_format's are ignored)."""
+  return get_format(name, sparse=options.get("sparse"), dense=options.get("dense"),
+                    table=options.get("table"), values=options.get("values"))

@@ -12,7 +12,6 @@ parse and ``Encoder.encode`` as preprocessing.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import typing
 from typing import Any
@@ -85,9 +84,7 @@ class Encoding:
       elif isinstance(value, list) and "tuple" in str(hints[name]):
         value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
       fields[name] = value
-    # Every option the format takes, as Encoder.from_store passes them from meta.json.
-    keys = [k for k in inspect.signature(formats.get_format).parameters if k != "name"]
-    fmt = formats.get_format(plain["format"], **{k: plain["options"].get(k) for k in keys})
+    fmt = formats.from_options(plain["format"], plain["options"])
     return cls(Encoder(**fields), fmt, plain["options"], plain["task_relation"],
                fingerprint)
 

@@ -61,6 +61,7 @@ class ShardFiles:
   def __init__(self, root: str, files: Mapping[str, Any], verify: bool = True):
     self.root, self.files, self.verify = root, files, verify
     self._lock = threading.Lock()
+    self._verifying: dict[str, threading.Lock] = {}  # per shard: one thread hashes it.
     self._verified: set[str] = set()
 
   def location(self, relpath: str) -> str:
@@ -69,13 +70,15 @@ class ShardFiles:
   def open(self, relpath: str) -> pq.ParquetFile:
     if self.verify:
       with self._lock:
-        first = relpath not in self._verified
-      if first:
-        if relpath not in self.files:
-          raise integrity.IntegrityError("meta.json has no checksum for this shard",
-                                         path=self.location(relpath))
-        integrity.verify_file(self.root, relpath, self.files[relpath])
-        with self._lock:
+        shard_lock = self._verifying.setdefault(relpath, threading.Lock())
+      # Grain's threads open pieces of one shard together: the others wait for its
+      # checksum instead of reading the whole shard again.
+      with shard_lock:
+        if relpath not in self._verified:
+          if relpath not in self.files:
+            raise integrity.IntegrityError("meta.json has no checksum for this shard",
+                                           path=self.location(relpath))
+          integrity.verify_file(self.root, relpath, self.files[relpath])
           self._verified.add(relpath)
     location = self.location(relpath)
     fs, path = filesystem.resolve(location)

@@ -230,7 +230,7 @@ def _check_contrast(c):
                       f"tau_min={c.tau_min} and tau_max={c.tau_max}"
                       + (", strictly for a learned tau (e.g. contrast.tau_init=0.2)"
                          if learned else ""))
-  if (c.mode in ("global", "personalized") and c.tau_gradient == "supervision"
+  if (learned and c.tau_gradient == "supervision"
       and not (c.relatedness_supervision_weight or c.tau_prior_weight)):
     raise ConfigError("config.contrast.tau_gradient='supervision': tau would never be "
                       "trained; set relatedness_supervision_weight or tau_prior_weight")

@@ -268,8 +268,8 @@ class Reporter:
     if columns is not None and B.SEGMENT in columns:
       arrays["segment"] = np.asarray(columns[B.SEGMENT], np.int32)
     np.savez(os.path.join(self.workdir, tau_file(split)), **arrays)
-    if self._tb is not None and metrics_lib.varies(tau[np.isfinite(tau)]):
-      finite = np.isfinite(tau)  # TensorBoard's histograms take finite values only.
+    finite = np.isfinite(tau)  # TensorBoard's histograms take finite values only.
+    if self._tb is not None and metrics_lib.varies(tau[finite]):
       self._tb.add_histogram(f"{split}/tau", tau[finite], step)
       if "segment" in arrays:
         for s in np.unique(arrays["segment"]):

@@ -160,11 +160,12 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None, *,
   if schema is None:
     dataset = dataset if dataset is not None else load_dataset(config)
     schema = dataset.schema
+  # A sharded store's train split is streamed; any other is permuted in memory maps.
+  streamed = dataset is not None and isinstance(dataset.splits["train"], ShardedSplit)
   # What needs the data and the devices, before anything is built or trained.
   validate_against(
       config, dataset and {split: dataset.num_rows(split) for split in dataset.splits},
-      None if mesh is not None else jax.device_count(),
-      streamed=dataset is not None and isinstance(dataset.splits["train"], ShardedSplit))
+      None if mesh is not None else jax.device_count(), streamed=streamed)
   mesh = mesh if mesh is not None else parallel.mesh_from_config(config)
   model = build_model(config, schema)
   tx = make_optimizer(config.optimizer, config.train.steps)
@@ -188,7 +189,7 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None, *,
                   put=trainer.put if config.data.device_prefetch else None,
                   device_prefetch=config.data.device_prefetch)
     train = dataset.splits["train"]
-    if isinstance(train, ShardedSplit):
+    if streamed:
       trainer.data = data = stream.train_iterator(
           train, order=config.data.order, window=config.data.shuffle_window, **common)
     else:

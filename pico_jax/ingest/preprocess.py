@@ -172,6 +172,7 @@ def build_store(format_name: str, inputs: Sequence[str], output: str, *,
       existing one at ``output`` stays as it was) and no temporary file is left.
     OptionError: ``hash_buckets`` names a field that is not categorical.
   """
+  raw_files.blake3_module()  # a missing dependency fails now, not after the passes.
   if num_shards:
     return _build_sharded(format_name, inputs, output, options=options,
                           overwrite=overwrite, log=log, progress=progress, tables=tables,

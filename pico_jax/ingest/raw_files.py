@@ -95,6 +95,17 @@ def check_unchanged(info: FileInfo) -> None:
                     "nothing is writing", path=info.path)
 
 
+def blake3_module():
+  """The ``blake3`` package, imported here rather than with this module (training and
+  serving hosts need not have it); preprocessing asks for it before it reads a byte."""
+  try:
+    import blake3
+  except ImportError as e:
+    raise ImportError("preprocessing records each input's BLAKE3 digest and needs the "
+                      "blake3 package (pip install -r requirements.txt)") from e
+  return blake3
+
+
 # One BLAKE3 thread hashes as fast as this many parsing workers read: no hash bound.
 WORKERS_PER_HASH_THREAD = 6
 

@@ -71,6 +71,41 @@ def test_an_interrupt_while_the_store_is_allocated_leaves_nothing(tmp_path, monk
   assert sorted(p for p in os.listdir(tmp_path) if "out" in p) == []
 
 
+def test_no_two_threads_parse_npy_headers_at_once(tmp_path, monkeypatch):
+  """numpy parses a ``.npy`` header with ``ast.literal_eval``, and CPython 3.11's ast
+  keeps one recursion counter for all threads: two parses at once can fail with
+  "SystemError: AST constructor recursion depth mismatch" (it failed CI once, in the
+  columns' allocation). Each parse here is held open for 20 ms, so threads that parse
+  side by side overlap, and the overlap is counted."""
+  import ast
+  import threading
+  import time
+  monkeypatch.setattr(blocks, "MIN_BYTES_PER_WORKER", 1)
+  monkeypatch.setattr(os, "cpu_count", lambda: 4)  # the allocation's thread pool.
+  literal_eval, lock = ast.literal_eval, threading.Lock()
+  parsing, most = 0, 0
+
+  def held_open(text):
+    nonlocal parsing, most
+    with lock:
+      parsing += 1
+      most = max(most, parsing)
+    try:
+      time.sleep(0.02)
+      return literal_eval(text)
+    finally:
+      with lock:
+        parsing -= 1
+
+  monkeypatch.setattr(ast, "literal_eval", held_open)
+  path = write(tmp_path, "ae.csv", good_ae(tmp_path, n=300))
+  preprocess.build_store("aliexpress", [path], str(tmp_path / "out"),
+                         options=preprocess.Options(chunk_rows=16, workers=2))
+  assert most <= 1
+  monkeypatch.undo()
+  assert len(store.load_store(str(tmp_path / "out")).splits["train"]["click"]) > 0
+
+
 def test_parallel_workers_write_the_same_store(tmp_path, monkeypatch):
   # Worker processes even for this small file (by default one needs 16 MiB of input).
   monkeypatch.setattr(blocks, "MIN_BYTES_PER_WORKER", 1)

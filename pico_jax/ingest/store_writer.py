@@ -61,7 +61,13 @@ def make_temp_dir(output: str, kind: str) -> str:
 def _zeroed_map(path: str, dtype, shape) -> np.memmap:
   """A new ``.npy`` file of zeros, mapped for writing. The zeros are written in one
   sequential pass: rows scattered into a sparse file fault its pages in one at a time,
-  which is slower."""
+  which is slower.
+
+  Called on many threads at once, so it never parses a ``.npy`` header: numpy parses
+  one with ``ast.literal_eval``, and CPython 3.11's ast module keeps one recursion
+  counter for all threads (python/cpython#106905), so two parses at once can fail with
+  "SystemError: AST constructor recursion depth mismatch". The map is made from the
+  header's offset, which writing the header gave."""
   offset = np.lib.format.open_memmap(path, "w+", dtype, shape).offset
   left = int(np.prod(shape)) * np.dtype(dtype).itemsize
   zeros = bytes(min(left, 1 << 22))
@@ -69,7 +75,7 @@ def _zeroed_map(path: str, dtype, shape) -> np.memmap:
     f.seek(offset)
     while left:
       left -= f.write(zeros[:left])
-  return np.lib.format.open_memmap(path, "r+")
+  return np.memmap(path, dtype, "r+", offset, shape)
 
 
 # File systems of this machine's own disks or memory: every process that opens a file

@@ -113,7 +113,29 @@ def _beam_build(log) -> dict:
       overwrite=_OVERWRITE.value, runner=_RUNNER.value, pipeline_args=shlex.split(_BEAM_ARGS.value))
 
 
+# What --seal and --convert do instead of a build, and the build's flags each has no
+# use for: given with them, those flags are refused rather than silently ignored.
+_INSTEAD_OF_A_BUILD = {
+    "seal": ("adds checksums to the store DIR",
+             ("format", "input", "output", "convert", "runner", "beam_args", "num_shards",
+              "overwrite")),
+    "convert": ("rewrites a store here, on no Beam runner",
+                ("format", "input", "runner", "beam_args")),
+}
+
+
+def _refuse_unused_flags() -> None:
+  for mode, (what, unused) in _INSTEAD_OF_A_BUILD.items():
+    given = [f"--{name}" for name in unused if flags.FLAGS[name].present]
+    if flags.FLAGS[mode].value and given:
+      raise cli.FlagError(f"--{mode} {what}: leave out {', '.join(given)}")
+  if flags.FLAGS["beam_args"].present and not _RUNNER.value:
+    raise cli.FlagError("--beam_args are a Beam runner's options: give --runner too, or "
+                        "leave them out")
+
+
 def main():
+  _refuse_unused_flags()
   if _SEAL.value:
     return _seal(_SEAL.value)
   start, log = time.perf_counter(), lambda msg: print(msg, flush=True)
@@ -121,8 +143,6 @@ def main():
     if _CONVERT.value:
       if _OUTPUT.value is None:
         raise cli.FlagError("--convert needs --output")
-      if _RUNNER.value:  # the conversion runs here: the runner would go unused.
-        raise cli.FlagError("--convert runs here, on no Beam runner: leave out --runner")
       shard_writer.convert(_CONVERT.value, _OUTPUT.value, seed=options().seed, log=log,
                            num_shards=_NUM_SHARDS.value or 16, overwrite=_OVERWRITE.value)
       return print(f"wrote {_OUTPUT.value} in {time.perf_counter() - start:.1f}s")

@@ -183,13 +183,22 @@ def test_a_resume_with_another_window_or_order_is_refused_and_verification_is_no
   assert checkpoint_compat.model_differences(saved, unverified) == []
 
 
-def test_convert_without_output_or_with_a_runner_is_one_line(tmp_path):
-  done = run_script("preprocess", f"--convert={tmp_path / 'x'}")
-  assert done.returncode == 1 and done.stderr.strip() == "error: --convert needs --output"
-  done = run_script("preprocess", f"--convert={tmp_path / 'x'}", "--runner=DirectRunner",
-                    f"--output={tmp_path / 'y'}")
-  assert done.returncode == 1 and done.stderr.strip() == (
-      "error: --convert runs here, on no Beam runner: leave out --runner")
+def test_flags_that_seal_convert_or_a_local_build_would_ignore_are_one_line(tmp_path):
+  """--convert without --output, and flags the chosen command has no use for, are
+  refused in one line before anything is read or written."""
+  refused = {
+      (f"--convert={tmp_path / 'x'}",): "--convert needs --output",
+      (f"--convert={tmp_path / 'x'}", "--runner=DirectRunner", f"--output={tmp_path / 'y'}"):
+          "--convert rewrites a store here, on no Beam runner: leave out --runner",
+      (f"--seal={tmp_path / 'x'}", "--format=census", f"--output={tmp_path / 'y'}"):
+          "--seal adds checksums to the store DIR: leave out --format, --output",
+      ("--format=census", f"--input={tmp_path / 'x'}", f"--output={tmp_path / 'y'}",
+       "--beam_args=--num_workers=2"):
+          "--beam_args are a Beam runner's options: give --runner too, or leave them out",
+  }
+  for args, message in refused.items():
+    done = run_script("preprocess", *args)
+    assert (done.returncode, done.stderr.strip()) == (1, f"error: {message}"), args
   assert sorted(os.listdir(tmp_path)) == []
 
 

@@ -56,6 +56,12 @@ def column_specs(schema: Schema) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   return specs
 
 
+def columns_meta(schema: Schema) -> dict[str, dict[str, Any]]:
+  """meta.json's ``columns``: per batch key, {"shape": after the row axis, "dtype"}."""
+  return {key: {"shape": list(tail), "dtype": dtype.name}
+          for key, (tail, dtype) in column_specs(schema).items()}
+
+
 def read_meta(path: str) -> dict[str, Any]:
   """The parsed ``meta.json`` of the store at ``path`` (a local path or a URI, read
   through ``filesystem``), checked for version."""

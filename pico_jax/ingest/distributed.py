@@ -39,7 +39,7 @@ import pyarrow.fs as pafs
 from pico_jax.data import filesystem, sharded
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema
-from pico_jax.data.store import column_specs
+from pico_jax.data.store import column_specs, columns_meta
 from pico_jax.ingest import format_contract, layout, passes, preprocess, shard_writer
 from pico_jax.ingest.encode import Encoder, StoreRows
 from pico_jax.ingest.moments import Moments
@@ -315,11 +315,7 @@ def finish(job: Job, scans: list[Scanned], enc: Encoding, placed: Placement,
                         "shards": [{"file": f, "rows": n, "partition": None}
                                    for s, _, f, n, _ in shards if s == split]}
                 for split in _SPLITS}
-  vocab = {}
-  for name, v in enc.encoder.vocabs.items():
-    if not v.buckets and v.keys is not None:
-      vocab[enc.fields.vocab_file(name)] = v.keys
-      enc.vocab_meta[name]["file"] = enc.fields.vocab_file(name)
+  vocab = enc.fields.vocab_files(enc.encoder.vocabs, enc.vocab_meta)
   sources = [{"path": s.unit.location if filesystem.is_uri(s.unit.location)
               else fmt.source_path(s.unit.location), "split": s.unit.split,
               "blake3": s.digest, "rows": s.rows, "header": s.header}
@@ -327,7 +323,6 @@ def finish(job: Job, scans: list[Scanned], enc: Encoding, placed: Placement,
   meta = layout.store_facts(fmt, job.options, job.policy, placed.dropped, sources,
                             enc.vocab_meta, enc.encoder, truncated)
   meta["schema"] = enc.schema.to_json()
-  meta["columns"] = {k: {"shape": list(t), "dtype": d.name}
-                     for k, (t, d) in column_specs(enc.schema).items()}
+  meta["columns"] = columns_meta(enc.schema)
   return shard_writer.finish_store(root, output, meta, split_meta,
                                    {f: entry for _, _, f, _, entry in shards}, vocab)

@@ -86,6 +86,18 @@ class Fields:
     """The store's file of field ``name``'s table vocabulary."""
     return f"vocab/{(self.sparse_names + self.multi_names).index(name):03d}.npy"
 
+  def vocab_files(self, vocabs: dict[str, Vocab], vocab_meta: dict[str, dict]
+                  ) -> dict[str, np.ndarray]:
+    """{relative path: sorted raw keys} of the vocabularies a store keeps as files
+    (every table vocabulary; hashed fields have none), each path also recorded as
+    ``"file"`` in its field's ``vocab_meta`` entry."""
+    files = {}
+    for name, vocab in vocabs.items():
+      if not vocab.buckets and vocab.keys is not None:
+        files[self.vocab_file(name)] = vocab.keys
+        vocab_meta[name]["file"] = self.vocab_file(name)
+    return files
+
   def encoder(self, fmt, vocabs: dict[str, Vocab], moments: tuple[np.ndarray, ...],
               options: Options) -> Encoder:
     """The Encoder of these fields of ``fmt``, ``moments`` being ``Moments.result()``

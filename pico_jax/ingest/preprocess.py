@@ -330,10 +330,8 @@ def _build(build: passes.Build) -> tuple[dict, list[int]]:
     kept_split = np.where(keep, split_of, -1).astype(np.int8)
     truncated = passes.write_pass(build, writer, encoder, counts, kept_split, position,
                                   spill)
-    for name, v in vocabs.items():
-      if not v.buckets and v.keys is not None:
-        writer.save_array(fields.vocab_file(name), v.keys)
-        vocab_meta[name]["file"] = fields.vocab_file(name)
+    for relpath, keys in fields.vocab_files(vocabs, vocab_meta).items():
+      writer.save_array(relpath, keys)
     digests = [s.digest.result() for s in sources]  # the hash reads each file last.
     for source in sources:
       fmt.check_unchanged(source.info)

@@ -28,7 +28,7 @@ import numpy as np
 from pico_jax.data import integrity, store
 from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema
-from pico_jax.data.store import META, STORE_VERSION, column_specs
+from pico_jax.data.store import META, STORE_VERSION, column_specs, columns_meta
 
 LEFTOVER_KINDS = ("tmp", "spill", "old")  # the temporary directories of a build.
 
@@ -186,8 +186,7 @@ class StoreWriter:
     meta = dict(meta, store_version=STORE_VERSION, schema=self.schema.to_json(),
                 splits={s: {"rows": n, **meta.get("splits", {}).get(s, {})}
                         for s, n in self.rows.items()},
-                columns={k: {"shape": list(t), "dtype": d.name}
-                         for k, (t, d) in column_specs(self.schema).items()})
+                columns=columns_meta(self.schema))
     meta = integrity.seal(meta, self.tmp, _data_files(self.tmp))
     with open(os.path.join(self.tmp, META), "w") as f:
       json.dump(meta, f, indent=1, sort_keys=True)

@@ -1,11 +1,12 @@
-"""Test set-up: 8 CPU devices (set before jax is imported), small configs, and a local
-S3 server (``s3``) for stores in object storage.
+"""Test set-up: 8 CPU devices (set before jax is imported), small configs, and local
+S3 and Google Cloud Storage servers (``s3``, ``gcs``) for stores in object storage.
 
 ``pico_jax`` and ``configs`` are imported as installed packages (``make test`` runs
 ``pip install -e .``).
 """
 
 import atexit
+import contextlib
 import os
 import shutil
 import socket
@@ -117,6 +118,43 @@ def small_model(data, **overrides):
   return model, params, batch, objective_kwargs(config, mesh=None)
 
 
+def _free_port() -> int:
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _server(command: list[str], port: int, log_dir, env: dict[str, str]):
+  """Runs ``command`` (a server listening on ``port`` of 127.0.0.1) until the block
+  ends, with ``env`` set in this process meanwhile; its output goes to a file in
+  ``log_dir``."""
+  log = open(log_dir / "server.log", "w")
+  server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  try:
+    deadline = time.monotonic() + 60
+    while True:
+      try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        break
+      except OSError:
+        assert time.monotonic() < deadline and server.poll() is None, (
+            f"{command[2]} did not start: {open(log_dir / 'server.log').read()}")
+        time.sleep(0.2)
+    yield
+  finally:
+    server.terminate()
+    server.wait(timeout=30)
+    log.close()
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+
+
 # Credentials moto accepts; set while the server runs so that no real ones are used.
 _S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
@@ -128,34 +166,27 @@ def s3(tmp_path_factory):
   key giving its s3:// URI (the endpoint in the query string)."""
   pytest.importorskip("moto", reason="moto[server] (requirements.txt) is not installed")
   import pyarrow.fs as pafs
-  with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-  log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
-  server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-  saved = {k: os.environ.get(k) for k in _S3_ENV}
-  os.environ.update(_S3_ENV)
-  try:
-    deadline = time.monotonic() + 60
-    while True:
-      try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        break
-      except OSError:
-        assert time.monotonic() < deadline and server.poll() is None, "moto did not start"
-        time.sleep(0.2)
+  port = _free_port()
+  with _server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+               port, tmp_path_factory.mktemp("moto"), _S3_ENV):
     endpoint = f"127.0.0.1:{port}"
     pafs.S3FileSystem(endpoint_override=endpoint, scheme="http",
                       allow_bucket_creation=True).create_dir("pico")
     yield lambda key, bucket="pico": (f"s3://{bucket}/{key}?endpoint_override={endpoint}"
                                       "&scheme=http")
-  finally:
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
-    for k, v in saved.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+  """A Google Cloud Storage emulator (gcp-storage-emulator, in memory) on a free port
+  of 127.0.0.1 with bucket "pico": a function of a key giving its gs:// URI. The URI's
+  user "anonymous" is pyarrow's way to send no credentials (none are looked for)."""
+  pytest.importorskip("gcp_storage_emulator",
+                      reason="gcp-storage-emulator (requirements.txt) is not installed")
+  port = _free_port()
+  with _server([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+                f"--port={port}", "--in-memory", "--default-bucket=pico"],
+               port, tmp_path_factory.mktemp("gcs"), {}):
+    yield lambda key, bucket="pico": (
+        f"gs://anonymous@{bucket}/{key}?endpoint_override=127.0.0.1:{port}&scheme=http"
+        "&retry_limit_seconds=10")

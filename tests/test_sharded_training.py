@@ -1,7 +1,7 @@
 """Training from a sharded store: a local build equal to the columnar one, a resume in
 the middle of an epoch bit-identical to the run that never stopped, from local disk and
-from a local S3 server (conftest's ``s3``: moto on 127.0.0.1), and one-line failures naming
-the URI."""
+from local S3 and Google Cloud Storage servers (conftest's ``s3`` and ``gcs``, on
+127.0.0.1), and one-line failures naming the URI."""
 
 import os
 
@@ -34,13 +34,13 @@ def data():
   return synthetic.generate(seed=0, num_rows=1_250, num_users=50, num_items=40)
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", "s3", "gcs"])
 def test_a_run_stopped_mid_epoch_resumes_bit_identical(tmp_path, monkeypatch, request,
                                                          data, where):
   """1,000 training rows in 3 shards, batch 64: the run is killed after step 17 (the
   second epoch's third batch) and resumes from its checkpoint of step 15."""
   path = (str(tmp_path / "store") if where == "local"
-          else request.getfixturevalue("s3")(f"resume-{tmp_path.name}"))
+          else request.getfixturevalue(where)(f"resume-{tmp_path.name}"))
   write(path, data, num_shards=3)
   config = _config(path)
   reference, workdir = killed_and_resumed(config, tmp_path, monkeypatch)
@@ -91,9 +91,11 @@ def test_named_inputs_are_the_time_partitions_of_their_split(tmp_path):
 
 
 @needs_data
-def test_preprocess_writes_to_s3_and_training_reads_it(tmp_path, s3):
+@pytest.mark.parametrize("where", ["s3", "gcs"])
+def test_preprocess_writes_to_object_storage_and_training_reads_it(tmp_path, request,
+                                                                   where):
   from pico_jax.train import loop
-  uri = s3("built")
+  uri = request.getfixturevalue(where)("built")
   inputs = f"--input={SAMPLE.format('train')},{SAMPLE.format('test')}"
   done = run_script("preprocess", "--format=aliexpress", inputs, f"--output={uri}",
                     "--num_shards=3", "--progress=false")
@@ -107,13 +109,15 @@ def test_preprocess_writes_to_s3_and_training_reads_it(tmp_path, s3):
   assert os.path.exists(tmp_path / "run" / "train_metrics.jsonl")
 
 
-def test_object_store_failures_are_one_line_naming_the_uri(s3, data):
-  missing_bucket = s3("store", bucket="no-such-bucket")
+@pytest.mark.parametrize("where", ["s3", "gcs"])
+def test_object_store_failures_are_one_line_naming_the_uri(request, data, where):
+  uri_of = request.getfixturevalue(where)
+  missing_bucket = uri_of("store", bucket="no-such-bucket")
   with pytest.raises(DataError) as e:
     store.load_store(missing_bucket)
   assert cli.is_user_error(e.value) and "\n" not in str(e.value)
   assert str(e.value) == f"{missing_bucket}: no bucket 'no-such-bucket' (or no access to it)"
-  uri = s3("damaged")
+  uri = uri_of("damaged")
   write(uri, data, num_shards=2)
   shard = filesystem.join(uri, "val", "part-00001.parquet")
   fs, path = pafs.FileSystem.from_uri(shard)

@@ -4,7 +4,8 @@ Store code never assumes a POSIX path: it resolves a location once with ``resolv
 then talks to the returned ``pyarrow.fs.FileSystem`` with ``/``-joined paths. Local
 directories, ``file://``, ``s3://`` (AWS, or any S3 server: add
 ``?endpoint_override=HOST:PORT&scheme=http`` or set ``AWS_ENDPOINT_URL``) and ``gs://``
-(pyarrow's GCS filesystem) all go through the same calls.
+(pyarrow's GCS filesystem; an emulator: ``gs://anonymous@bucket/dir?endpoint_override=
+HOST:PORT&scheme=http``) all go through the same calls.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """Convert raw CTR/CVR files into a columnar store for training.
 
-  python launch/preprocess.py --format=census --input=census-income.test.gz \
-      --output=data/census
+  python launch/preprocess.py --format=census --input=census-income.test.gz --output=DIR
   python launch/preprocess.py --format=aliexpress --input=train.csv,test.csv --output=DIR
   python launch/preprocess.py --format=table --input='logs/*.parquet' --output=DIR \
       --click=clicked --conversion=bought --sparse=user,item --multi=tags:'|' \
       --dense=price
-  python launch/preprocess.py --format=aliccp_aitm --output=DIR \
-      --input=train=ctr_cvr.train,val=ctr_cvr.dev,test=ctr_cvr.test \
-      --conversion_without_click=drop
   python launch/preprocess.py ... --num_shards=64 --output=s3://bucket/store  # sharded
   python launch/preprocess.py --convert=DIR --output=SHARDED_DIR  # columnar -> sharded
   python launch/preprocess.py --runner=DirectRunner --format=census \
@@ -18,10 +14,9 @@ Inputs: one file is split 80/10/10 by a seeded permutation (docs/data.md), two a
 train and test (val carved from train by --val_fraction), three are train, val, test;
 or name them SPLIT=PATH. Bad input stops with a message naming file, line and column,
 and nothing is left at --output. Every byte is parsed once, by --workers threads;
-the parsed blocks wait for the second pass in memory (up to --spill_memory_mb) or in
-temporary files beside --output; progress bars show rows/s and the time left. See
-pico_jax/ingest/preprocess.py. The store records every file's BLAKE3 checksum;
---seal=DIR adds them to a store written before they existed.
+parsed blocks wait for pass 2 in memory (up to --spill_memory_mb) or in temporary files
+beside --output. The store records every file's BLAKE3 checksum; --seal=DIR adds them
+to a store written before they existed. See pico_jax/ingest/preprocess.py.
 """
 
 import shlex
@@ -102,8 +97,7 @@ def _seal(path: str):
 
 
 def _beam_build(log) -> dict:
-  if _NUM_SHARDS.value:
-    raise cli.FlagError("--runner writes a shard per block and split, not --num_shards")
+  cli.refuse_flags(("num_shards",), "--runner writes a shard per block and split")
   try:
     from pico_jax.ingest import beam_pipeline
   except ImportError as e:
@@ -113,34 +107,20 @@ def _beam_build(log) -> dict:
       overwrite=_OVERWRITE.value, runner=_RUNNER.value, pipeline_args=shlex.split(_BEAM_ARGS.value))
 
 
-# What --seal and --convert do instead of a build, and the build's flags each has no
-# use for: given with them, those flags are refused rather than silently ignored.
-_INSTEAD_OF_A_BUILD = {
-    "seal": ("adds checksums to the store DIR",
-             ("format", "input", "output", "convert", "runner", "beam_args", "num_shards",
-              "overwrite")),
-    "convert": ("rewrites a store here, on no Beam runner",
-                ("format", "input", "runner", "beam_args")),
-}
-
-
-def _refuse_unused_flags() -> None:
-  for mode, (what, unused) in _INSTEAD_OF_A_BUILD.items():
-    given = [f"--{name}" for name in unused if flags.FLAGS[name].present]
-    if flags.FLAGS[mode].value and given:
-      raise cli.FlagError(f"--{mode} {what}: leave out {', '.join(given)}")
-  if flags.FLAGS["beam_args"].present and not _RUNNER.value:
-    raise cli.FlagError("--beam_args are a Beam runner's options: give --runner too, or "
-                        "leave them out")
+_BUILD_FLAGS = ("format", "input", "runner", "beam_args")  # not for --seal, --convert
 
 
 def main():
-  _refuse_unused_flags()
   if _SEAL.value:
+    cli.refuse_flags(_BUILD_FLAGS + ("output", "convert", "num_shards", "overwrite"),
+                     "--seal adds checksums to the store DIR")
     return _seal(_SEAL.value)
+  if not _RUNNER.value:
+    cli.refuse_flags(("beam_args",), "--beam_args are options of a Beam --runner")
   start, log = time.perf_counter(), lambda msg: print(msg, flush=True)
   try:
     if _CONVERT.value:
+      cli.refuse_flags(_BUILD_FLAGS, "--convert rewrites a store here, on no Beam runner")
       if _OUTPUT.value is None:
         raise cli.FlagError("--convert needs --output")
       shard_writer.convert(_CONVERT.value, _OUTPUT.value, seed=options().seed, log=log,

@@ -29,6 +29,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from pico_jax.data.errors import one_line
+
 VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, print the traceback as well "
                             "as the one-line message.")
 
@@ -40,6 +42,15 @@ _FILE_ERRNOS = frozenset({errno.ENOENT, errno.EEXIST, errno.EACCES, errno.EPERM,
 
 class FlagError(ValueError):
   """A command-line flag has an invalid value; the message names the flag."""
+
+
+def refuse_flags(names: tuple[str, ...], because: str) -> None:
+  """Raises a FlagError naming those of the flags ``names`` given on the command line,
+  ``because`` saying why the command has no use for them: a flag is refused rather than
+  silently ignored."""
+  given = [f"--{name}" for name in names if flags.FLAGS[name].present]
+  if given:
+    raise FlagError(f"{because}: leave out {', '.join(given)}")
 
 
 def project_errors() -> tuple[type[BaseException], ...]:
@@ -60,14 +71,6 @@ def is_user_error(error: BaseException) -> bool:
     return True
   return isinstance(error, (FileNotFoundError, FileExistsError, PermissionError,
                             *project_errors()))
-
-
-def one_line(error: BaseException) -> str:
-  """``error`` as one line: the file it names, its message, no newlines."""
-  text = " ".join(str(error).split())
-  if isinstance(error, OSError) and error.filename and str(error.filename) not in text:
-    text = f"{error.filename}: {text}"
-  return text or type(error).__name__
 
 
 def configure_logging(verbose_module: str = "pico_jax"):

@@ -194,7 +194,7 @@ def test_flags_that_seal_convert_or_a_local_build_would_ignore_are_one_line(tmp_
           "--seal adds checksums to the store DIR: leave out --format, --output",
       ("--format=census", f"--input={tmp_path / 'x'}", f"--output={tmp_path / 'y'}",
        "--beam_args=--num_workers=2"):
-          "--beam_args are a Beam runner's options: give --runner too, or leave them out",
+          "--beam_args are options of a Beam --runner: leave out --beam_args",
   }
   for args, message in refused.items():
     done = run_script("preprocess", *args)

@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 
+def one_line(error: BaseException) -> str:
+  """``error`` as one line: the file it names, its message, no newlines."""
+  text = " ".join(str(error).split())
+  if isinstance(error, OSError) and error.filename and str(error.filename) not in text:
+    text = f"{error.filename}: {text}"
+  return text or type(error).__name__
+
+
 class DataError(ValueError):
   """Bad input data or a bad store.
 

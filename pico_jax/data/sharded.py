@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from pico_jax.data import filesystem, integrity
 from pico_jax.data.dataset import Dataset
-from pico_jax.data.errors import DataError
+from pico_jax.data.errors import DataError, one_line
 from pico_jax.data.schema import Schema
 
 STORE_VERSION = 2
@@ -87,7 +87,7 @@ class ShardFiles:
       # the rows/s from an S3 server, docs/data.md).
       return pq.ParquetFile(fs.open_input_file(path), pre_buffer=True)
     except (OSError, pa.ArrowInvalid) as e:
-      raise DataError(f"cannot read shard: {_one_line(e)}", path=location) from None
+      raise DataError(f"cannot read shard: {one_line(e)}", path=location) from None
 
 
 def row_group_starts(file: pq.ParquetFile) -> np.ndarray:
@@ -171,10 +171,6 @@ class ShardedSplit(Mapping):
     return len(self.specs)
 
 
-def _one_line(error: BaseException) -> str:
-  return " ".join(str(error).split())
-
-
 def read_meta(location: str) -> dict[str, Any]:
   """The parsed ``meta.json`` at the store ``location`` (a path or URI). A missing or
   unreachable location (no bucket, no file) is a ``DataError`` naming it."""
@@ -190,7 +186,7 @@ def read_meta(location: str) -> dict[str, Any]:
     raise DataError("not a store (no meta.json); build one with launch/preprocess.py",
                     path=location) from None
   except OSError as e:
-    raise DataError(f"cannot read the store: {_one_line(e)}", path=meta_location) from None
+    raise DataError(f"cannot read the store: {one_line(e)}", path=meta_location) from None
   try:
     return json.loads(text)
   except json.JSONDecodeError as e:

@@ -95,20 +95,25 @@ def test_a_commit_killed_between_its_renames_gets_the_old_store_back(tmp_path):
   assert store.load_store(str(tmp_path / "out")).info["meta"]["fingerprint"] == fingerprint
 
 
-def test_a_sigkilled_build_leaves_what_the_next_build_removes(tmp_path):
+@pytest.mark.parametrize("kill_at,sharded,left_kinds", [
+    (".out.tmp-", (), {".out.tmp", ".out.spill"}),
+    (".out.columnar-", ("--num_shards=2",), {".out.columnar"})])
+def test_a_sigkilled_build_leaves_what_the_next_build_removes(tmp_path, kill_at, sharded,
+                                                              left_kinds):
   """SIGKILL of launch/preprocess.py while it writes the store (its spill and
-  temporary store directories exist), then a rerun: they are gone, and it says so."""
+  temporary store directories exist; for a sharded store, the columnar build's
+  directory), then a rerun: they are gone, and it says so."""
   csv = write_csv(tmp_path / "in.csv", rows=200_000)
   out = tmp_path / "out"
   kill_preprocess_once(
-      tmp_path, ".out.tmp-", "--format=table", f"--input={csv}", f"--output={out}",
+      tmp_path, kill_at, "--format=table", f"--input={csv}", f"--output={out}",
       "--click=click", "--conversion=conversion", "--sparse=a,b", "--dense=x",
-      "--chunk_rows=2000", "--spill_memory_mb=0", "--workers=1", "--noprogress")
+      "--chunk_rows=2000", "--spill_memory_mb=0", "--workers=1", "--noprogress", *sharded)
   left = sorted(n for n in os.listdir(tmp_path) if n.startswith(".out."))
-  assert {n.split("-")[0] for n in left} == {".out.tmp", ".out.spill"}
+  assert {n.split("-")[0] for n in left} == left_kinds
   result = run_script("preprocess", "--format=table", f"--input={csv}",
                       f"--output={out}", "--click=click", "--conversion=conversion",
-                      "--sparse=a,b", "--dense=x", "--noprogress")
+                      "--sparse=a,b", "--dense=x", "--noprogress", *sharded)
   assert result.returncode == 0, result.stderr
   assert f"removed {len(left)} leftover(s) of an interrupted build of {out}" in result.stdout
   assert sorted(os.listdir(tmp_path)) == ["in.csv", "out"]

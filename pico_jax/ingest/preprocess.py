@@ -251,13 +251,22 @@ def _build_sharded(format_name, inputs, output, *, num_shards, overwrite, log, *
   from pico_jax.ingest import shard_writer
   # Before the columnar build: a refused output fails now, not after the passes.
   shard_writer.check_target(output, overwrite, log)
-  parent = None if filesystem.is_uri(output) else store_writer.existing_parent(output)
-  with tempfile.TemporaryDirectory(prefix=".columnar-", dir=parent) as tmp:
+  # The columnar store is built beside a local output, or in the system's temporary
+  # directory for a URI, in a directory named with this process's id: the next build
+  # removes it if this one is killed (a local output's check_target has already).
+  anchor = output
+  if filesystem.is_uri(output):
+    anchor = os.path.join(tempfile.gettempdir(), "pico_jax-sharded-build")
+    store_writer.clear_leftovers(anchor, log)
+  tmp = store_writer.make_temp_dir(os.path.abspath(anchor), "columnar")
+  try:
     _, partitions = _build_columnar(format_name, inputs, os.path.join(tmp, "store"),
                                     overwrite=False, log=log, **kwargs)
     return shard_writer.convert(os.path.join(tmp, "store"), output, num_shards=num_shards,
                                 seed=kwargs["options"].seed, overwrite=overwrite,
                                 partitions=partitions, log=log)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _scan(fmt, inputs, options, progress, hasher, threads) -> list[passes.Source]:

@@ -30,7 +30,8 @@ from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema
 from pico_jax.data.store import META, STORE_VERSION, column_specs, columns_meta
 
-LEFTOVER_KINDS = ("tmp", "spill", "old", "columnar")  # the temporary directories of a build.
+# The temporary directories of a build.
+LEFTOVER_KINDS = ("tmp", "spill", "old", "columnar")
 
 
 def existing_parent(output: str) -> str:

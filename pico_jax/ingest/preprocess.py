@@ -253,12 +253,11 @@ def _build_sharded(format_name, inputs, output, *, num_shards, overwrite, log, *
   shard_writer.check_target(output, overwrite, log)
   # The columnar store is built beside a local output, or in the system's temporary
   # directory for a URI, in a directory named with this process's id: the next build
-  # removes it if this one is killed (a local output's check_target has already).
-  anchor = output
-  if filesystem.is_uri(output):
-    anchor = os.path.join(tempfile.gettempdir(), "pico_jax-sharded-build")
-    store_writer.clear_leftovers(anchor, log)
-  tmp = store_writer.make_temp_dir(os.path.abspath(anchor), "columnar")
+  # removes it if this one is killed.
+  anchor = (os.path.join(tempfile.gettempdir(), "pico_jax-sharded-build")
+            if filesystem.is_uri(output) else os.path.abspath(output))
+  store_writer.clear_leftovers(anchor, log, kinds=("columnar",))
+  tmp = store_writer.make_temp_dir(anchor, "columnar")
   try:
     _, partitions = _build_columnar(format_name, inputs, os.path.join(tmp, "store"),
                                     overwrite=False, log=log, **kwargs)

@@ -30,8 +30,10 @@ from pico_jax.data.errors import DataError
 from pico_jax.data.schema import Schema
 from pico_jax.data.store import META, STORE_VERSION, column_specs, columns_meta
 
-# The temporary directories of a build.
-LEFTOVER_KINDS = ("tmp", "spill", "old", "columnar")
+# The temporary directories of a build. A sharded build's columnar copy ("columnar")
+# is cleared only by the sharded build, before it makes its own: the checks of the
+# writers it calls run while that copy exists, and would take it for a leftover.
+LEFTOVER_KINDS = ("tmp", "spill", "old")
 
 
 def existing_parent(output: str) -> str:
@@ -45,7 +47,7 @@ def existing_parent(output: str) -> str:
 
 def make_temp_dir(output: str, kind: str) -> str:
   """A new directory ``.NAME.KIND-PID-<random>`` beside ``output`` (``kind``: one of
-  ``LEFTOVER_KINDS``), made by ``os.mkdir`` (mode 0o777 less the umask;
+  ``LEFTOVER_KINDS``, or "columnar"), made by ``os.mkdir`` (mode 0o777 less the umask;
   ``tempfile.mkdtemp`` would make it 0o700 whatever the umask, and renamed into place
   it would keep that mode). The pid tells a killed build's leftovers from a live one's."""
   parent, name = existing_parent(output), os.path.basename(output)
@@ -260,16 +262,16 @@ def _running(pid: int) -> bool:
   return True
 
 
-def clear_leftovers(output: str, log: Callable[[str], None] = lambda msg: None
-                    ) -> list[str]:
-  """Removes the temporary directories that killed builds of ``output`` left beside
-  it (those whose process is no longer running), and says so in one ``log`` line; the
-  removed paths. A build killed between the two renames of its commit left the
+def clear_leftovers(output: str, log: Callable[[str], None] = lambda msg: None,
+                    kinds: tuple[str, ...] = LEFTOVER_KINDS) -> list[str]:
+  """Removes the temporary directories (of ``kinds``) that killed builds of ``output``
+  left beside it (those whose process is no longer running), and says so in one
+  ``log`` line; the removed paths. A build killed between the two renames of its commit left the
   previous store in its ``old`` directory and nothing at ``output``: that store is put
   back first. Every writer of a local store calls it before it checks ``output``."""
   parent, name = existing_parent(output), os.path.basename(os.path.abspath(output))
   removed = []
-  for kind in ("old",) + tuple(k for k in LEFTOVER_KINDS if k != "old"):
+  for kind in sorted(kinds, key=lambda kind: kind != "old"):  # "old" first.
     pattern = os.path.join(glob.escape(parent), f".{glob.escape(name)}.{kind}-*")
     for leftover in sorted(glob.glob(pattern)):
       pid = _owner(leftover)

@@ -266,9 +266,10 @@ def clear_leftovers(output: str, log: Callable[[str], None] = lambda msg: None,
                     kinds: tuple[str, ...] = LEFTOVER_KINDS) -> list[str]:
   """Removes the temporary directories (of ``kinds``) that killed builds of ``output``
   left beside it (those whose process is no longer running), and says so in one
-  ``log`` line; the removed paths. A build killed between the two renames of its commit left the
-  previous store in its ``old`` directory and nothing at ``output``: that store is put
-  back first. Every writer of a local store calls it before it checks ``output``."""
+  ``log`` line; the removed paths. A build killed between the two renames of its
+  commit left the previous store in its ``old`` directory and nothing at ``output``:
+  that store is put back first. Every writer of a local store calls it before it
+  checks ``output``."""
   parent, name = existing_parent(output), os.path.basename(os.path.abspath(output))
   removed = []
   for kind in sorted(kinds, key=lambda kind: kind != "old"):  # "old" first.

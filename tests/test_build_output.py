@@ -105,15 +105,14 @@ def test_a_sigkilled_build_leaves_what_the_next_build_removes(tmp_path, kill_at,
   directory), then a rerun: they are gone, and it says so."""
   csv = write_csv(tmp_path / "in.csv", rows=200_000)
   out = tmp_path / "out"
-  kill_preprocess_once(
-      tmp_path, kill_at, "--format=table", f"--input={csv}", f"--output={out}",
-      "--click=click", "--conversion=conversion", "--sparse=a,b", "--dense=x",
-      "--chunk_rows=2000", "--spill_memory_mb=0", "--workers=1", "--noprogress", *sharded)
+  args = ("--format=table", f"--input={csv}", f"--output={out}", "--click=click",
+          "--conversion=conversion", "--sparse=a,b", "--dense=x", "--noprogress", *sharded)
+  # Small blocks, spilled to disk, one worker: the killed build is still writing.
+  kill_preprocess_once(tmp_path, kill_at, *args, "--chunk_rows=2000",
+                       "--spill_memory_mb=0", "--workers=1")
   left = sorted(n for n in os.listdir(tmp_path) if n.startswith(".out."))
   assert {n.split("-")[0] for n in left} == left_kinds
-  result = run_script("preprocess", "--format=table", f"--input={csv}",
-                      f"--output={out}", "--click=click", "--conversion=conversion",
-                      "--sparse=a,b", "--dense=x", "--noprogress", *sharded)
+  result = run_script("preprocess", *args)
   assert result.returncode == 0, result.stderr
   assert f"removed {len(left)} leftover(s) of an interrupted build of {out}" in result.stdout
   assert sorted(os.listdir(tmp_path)) == ["in.csv", "out"]
